@@ -1,0 +1,62 @@
+//! Choosing the device on purpose: `Device::default()` picks wgpu whenever it is compiled in,
+//! even when the only adapter is a CPU emulation (lavapipe) or there is none.
+
+use burn::tensor::Device;
+
+/// The device names `--device` and `BURN_DEVICE` accept.
+pub const DEVICE_NAMES: &str = "auto, flex, ndarray, wgpu, vulkan, metal, webgpu";
+
+/// Resolves a device name; `auto` takes a real GPU through wgpu when there is one, else flex.
+pub fn choose_device(name: &str) -> Result<Device, String> {
+    match name.to_ascii_lowercase().as_str() {
+        "auto" => Ok(auto_device()),
+        #[cfg(feature = "flex")]
+        "flex" => Ok(Device::flex()),
+        #[cfg(feature = "ndarray")]
+        #[allow(deprecated)]
+        "ndarray" => Ok(Device::ndarray()),
+        #[cfg(feature = "wgpu")]
+        "wgpu" => Ok(Device::wgpu(Default::default())),
+        #[cfg(feature = "vulkan")]
+        "vulkan" => Ok(Device::vulkan(Default::default())),
+        #[cfg(feature = "metal")]
+        "metal" => Ok(Device::metal(Default::default())),
+        #[cfg(feature = "webgpu")]
+        "webgpu" => Ok(Device::webgpu(Default::default())),
+        other if DEVICE_NAMES.split(", ").any(|known| known == other) => Err(format!(
+            "device \"{other}\" is not compiled in; rebuild with --features {other}"
+        )),
+        other => Err(format!(
+            "unknown device \"{other}\"; expected one of: {DEVICE_NAMES}"
+        )),
+    }
+}
+
+/// A real GPU adapter through wgpu if the machine has one, else the best CPU backend.
+pub fn auto_device() -> Device {
+    #[cfg(feature = "wgpu")]
+    if let Some(gpu) = real_gpu() {
+        return gpu;
+    }
+    cpu_device()
+}
+
+#[cfg(feature = "wgpu")]
+fn real_gpu() -> Option<Device> {
+    use burn::tensor::DeviceType;
+    // Software adapters (lavapipe, llvmpipe) enumerate with the `Cpu` kind: slower than flex.
+    Device::enumerate(DeviceType::Wgpu)
+        .iter()
+        .find(|device| !format!("{device:?}").contains("kind: Cpu"))
+        .cloned()
+}
+
+fn cpu_device() -> Device {
+    #[cfg(feature = "flex")]
+    return Device::flex();
+    #[cfg(all(not(feature = "flex"), feature = "ndarray"))]
+    #[allow(deprecated)]
+    return Device::ndarray();
+    #[cfg(not(any(feature = "flex", feature = "ndarray")))]
+    Device::default()
+}

@@ -1,0 +1,65 @@
+//! Padding-mask helpers shared by the attention stages.
+//!
+//! Masks follow burn-nn's convention: `true` marks a padded (ignored) position.
+
+use burn::tensor::activation::softmax;
+use burn::tensor::{Bool, Tensor};
+
+/// Score given to masked entries before a softmax.
+///
+/// Finite on purpose: a row whose every entry is masked becomes uniform instead of NaN (the
+/// xformers fault listed in NYSTROMFORMER.md). For any realistic score `s`, `exp(MASKED_SCORE - s)`
+/// underflows to exactly 0 in f32, so masked entries get exactly zero weight.
+pub const MASKED_SCORE: f32 = -1.0e9;
+
+/// Softmax over the last axis in which masked entries get zero weight.
+///
+/// # Shapes
+///
+/// - scores: `[batch, heads, rows, cols]`
+/// - mask: `[batch, 1, 1, cols]` or any shape broadcastable to `scores`; `true` = masked
+/// - output: `[batch, heads, rows, cols]`
+pub fn masked_softmax(scores: Tensor<4>, mask: Option<Tensor<4, Bool>>) -> Tensor<4> {
+    let scores = match mask {
+        Some(mask) => {
+            let mask = mask.expand(scores.dims());
+            scores.mask_fill(mask, MASKED_SCORE)
+        }
+        None => scores,
+    };
+    softmax(scores, 3)
+}
+
+/// `1.0` at valid positions and `0.0` at padded ones.
+///
+/// # Shapes
+///
+/// - mask_pad: `[batch, n]` (`true` = padding)
+/// - output: `[batch, n]`
+pub fn keep_weights(mask_pad: &Tensor<2, Bool>) -> Tensor<2> {
+    mask_pad.clone().bool_not().float()
+}
+
+/// Broadcasts a `[batch, n]` padding mask over heads and rows: `[batch, 1, 1, n]`.
+pub fn mask_over_columns(mask_pad: Tensor<2, Bool>) -> Tensor<4, Bool> {
+    let [batch, n] = mask_pad.dims();
+    mask_pad.reshape([batch, 1, 1, n])
+}
+
+/// Broadcasts a `[batch, n]` padding mask over heads and features: `[batch, 1, n, 1]`.
+pub fn mask_over_rows(mask_pad: Tensor<2, Bool>) -> Tensor<4, Bool> {
+    let [batch, n] = mask_pad.dims();
+    mask_pad.reshape([batch, 1, n, 1])
+}
+
+/// Sets the rows of padded positions to zero.
+///
+/// # Shapes
+///
+/// - x: `[batch, heads, n, d]`
+/// - mask_pad: `[batch, n]` (`true` = padding)
+/// - output: `[batch, heads, n, d]`
+pub fn zero_padded_rows(x: Tensor<4>, mask_pad: &Tensor<2, Bool>) -> Tensor<4> {
+    let dims = x.dims();
+    x.mask_fill(mask_over_rows(mask_pad.clone()).expand(dims), 0.0)
+}

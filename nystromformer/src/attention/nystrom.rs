@@ -1,0 +1,144 @@
+//! The functional core on `[batch, heads, n, head_dim]` tensors: `F · A⁺ · (B · V)`.
+//!
+//! For users who bring their own projections. [`NystromAttention`](super::NystromAttention)
+//! calls [`nystrom_attention`] after projecting and splitting heads.
+
+use burn::config::Config;
+use burn::tensor::{Bool, Tensor};
+
+use super::config::MaskPolicy;
+use super::exact::softmax_attention;
+use super::landmarks::{Landmarks, segment_means};
+use super::pinv::{PinvInit, iterative_pinv};
+use super::softmax_kernels::{kernel_a, kernel_b, kernel_f};
+
+/// Options of [`nystrom_attention`].
+#[derive(Config, Debug, PartialEq)]
+pub struct NystromOptions {
+    /// Number of landmarks `m`. Default: 64.
+    #[config(default = 64)]
+    pub num_landmarks: usize,
+    /// Iterations of the pseudo-inverse. Default: 6.
+    #[config(default = 6)]
+    pub pinv_iterations: usize,
+    /// Initialisation of the pseudo-inverse. Default: [`PinvInit::Exact`].
+    #[config(default = "PinvInit::Exact")]
+    pub pinv_init: PinvInit,
+    /// How the padding mask enters the landmarks. Default: [`MaskPolicy::LeakFree`].
+    #[config(default = "MaskPolicy::LeakFree")]
+    pub mask_policy: MaskPolicy,
+    /// Return `F`, `A⁺` and `B` with the output. Default: false.
+    #[config(default = false)]
+    pub return_kernels: bool,
+}
+
+/// The three factors of the Nyström approximation, for inspection.
+#[derive(Debug, Clone)]
+pub struct NystromKernels {
+    /// `F = softmax(Q K̃ᵀ)`, `[batch, heads, n, m]`.
+    pub f: Tensor<4>,
+    /// `A⁺`, the iterative pseudo-inverse of `A = softmax(Q̃ K̃ᵀ)`, `[batch, heads, m, m]`.
+    pub a_pinv: Tensor<4>,
+    /// `B = softmax(Q̃ Kᵀ)`, `[batch, heads, m, n]`.
+    pub b: Tensor<4>,
+}
+
+/// Output of [`nystrom_attention`].
+#[derive(Debug, Clone)]
+pub struct NystromAttentionOutput {
+    /// The attention context, `[batch, heads, n, d_v]`.
+    pub context: Tensor<4>,
+    /// The kernels, when [`NystromOptions::return_kernels`] is set and the Nyström path ran
+    /// (`None` on the exact path taken when `n ≤ m`).
+    pub kernels: Option<NystromKernels>,
+}
+
+/// Nyström attention of `q` over `k` and `v` (self-attention: the three share `n`).
+///
+/// When `n ≤ num_landmarks` the approximation has nothing to save and exact softmax attention
+/// is returned. Otherwise the products are associated as `F · (A⁺ · (B · V))`: no `n × n`
+/// matrix is formed, time is `O(n·m·d + m³)` and memory `O(n·m)`.
+///
+/// # Shapes
+///
+/// - q, k: `[batch, heads, n, d]`
+/// - v: `[batch, heads, n, d_v]`
+/// - mask_pad: `[batch, n]` (`true` = padding)
+/// - output context: `[batch, heads, n, d_v]`
+///
+/// # Panics
+///
+/// Panics if the shapes disagree or `num_landmarks` is 0.
+pub fn nystrom_attention(
+    q: Tensor<4>,
+    k: Tensor<4>,
+    v: Tensor<4>,
+    mask_pad: Option<Tensor<2, Bool>>,
+    options: &NystromOptions,
+) -> NystromAttentionOutput {
+    check_shapes(&q, &k, &v, mask_pad.as_ref());
+    assert!(
+        options.num_landmarks > 0,
+        "num_landmarks must be at least 1"
+    );
+    let [_, _, n, d] = q.dims();
+    let m = options.num_landmarks;
+    if n <= m {
+        return NystromAttentionOutput {
+            context: softmax_attention(q, k, v, mask_pad.as_ref()),
+            kernels: None,
+        };
+    }
+
+    // Q Kᵀ then carries the usual 1/√d.
+    let scale = (d as f64).powf(-0.25);
+    let q = q.mul_scalar(scale);
+    let k = k.mul_scalar(scale);
+
+    let landmark_mask = match options.mask_policy {
+        MaskPolicy::LeakFree => mask_pad.as_ref(),
+        MaskPolicy::HfCompatible => None,
+    };
+    let Landmarks {
+        queries,
+        keys,
+        missing,
+    } = segment_means(q.clone(), k.clone(), m, landmark_mask);
+
+    let f = kernel_f(q, keys.clone(), missing.as_ref());
+    let a = kernel_a(queries.clone(), keys, missing.as_ref());
+    let b = kernel_b(queries, k, mask_pad.as_ref(), missing.as_ref());
+    let a_pinv = iterative_pinv(a, options.pinv_iterations, options.pinv_init);
+
+    let context = f.clone().matmul(a_pinv.clone().matmul(b.clone().matmul(v)));
+    NystromAttentionOutput {
+        context,
+        kernels: options
+            .return_kernels
+            .then_some(NystromKernels { f, a_pinv, b }),
+    }
+}
+
+fn check_shapes(q: &Tensor<4>, k: &Tensor<4>, v: &Tensor<4>, mask_pad: Option<&Tensor<2, Bool>>) {
+    let [batch, heads, n, d] = q.dims();
+    let [kb, kh, kn, kd] = k.dims();
+    let [vb, vh, vn, _] = v.dims();
+    assert!(
+        [kb, kh, kn, kd] == [batch, heads, n, d],
+        "nystrom_attention: k has shape {:?}, expected q's shape {:?}",
+        k.dims(),
+        q.dims()
+    );
+    assert!(
+        [vb, vh, vn] == [batch, heads, n],
+        "nystrom_attention: v has shape {:?}, expected [{batch}, {heads}, {n}, _]",
+        v.dims()
+    );
+    if let Some(mask) = mask_pad {
+        assert!(
+            mask.dims() == [batch, n],
+            "nystrom_attention: mask_pad has shape {:?}, expected [{batch}, {n}]",
+            mask.dims()
+        );
+    }
+}

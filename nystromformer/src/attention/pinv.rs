@@ -1,0 +1,71 @@
+//! The iterative Moore–Penrose pseudo-inverse of `A` (step 5 of the algorithm).
+//!
+//! Razavi et al. (2014): `Z₀ = Aᵀ / c`, then `Z ← ¼ Z (13I − AZ (15I − AZ (7I − AZ)))`. The
+//! iteration converges when `c ≥ ‖A‖₁‖A‖∞`; `A` is row-stochastic, so `‖A‖∞ = 1` and `c` is a
+//! column-sum bound.
+
+use burn::tensor::{Device, Tensor};
+use serde::{Deserialize, Serialize};
+
+/// Initialisation of the pseudo-inverse iteration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub enum PinvInit {
+    /// `c` = the largest column sum of `A` over the whole batch and all heads (one scalar), as
+    /// in the paper's first release and HF transformers. Results then depend slightly on the
+    /// other sequences of the batch.
+    Original,
+    /// `c = ‖A‖₁` per matrix: faster convergence; recommended by the authors since Feb 2021.
+    #[default]
+    Exact,
+}
+
+/// Smallest `c` used: a matrix of zeros (every landmark missing) then inverts to zeros, not NaN.
+const MIN_COEFFICIENT: f32 = 1.0e-12;
+
+/// Approximates the pseudo-inverse of each `[m, m]` matrix of `a` in `iterations` steps.
+///
+/// # Shapes
+///
+/// - a: `[batch, heads, m, m]`, non-negative with rows summing to at most 1
+/// - output: `[batch, heads, m, m]`
+pub fn iterative_pinv(a: Tensor<4>, iterations: usize, init: PinvInit) -> Tensor<4> {
+    let [batch, heads, m, _] = a.dims();
+    let column_sums = a.clone().sum_dim(2); // [batch, heads, 1, m]
+    let coefficient = match init {
+        PinvInit::Original => column_sums.max().reshape([1, 1, 1, 1]),
+        PinvInit::Exact => column_sums.max_dim(3), // [batch, heads, 1, 1]
+    };
+    let mut z = a.clone().transpose() / coefficient.clamp_min(MIN_COEFFICIENT);
+    let identity = identity(m, &a.device());
+    for _ in 0..iterations {
+        let az = a.clone().matmul(z.clone());
+        let inner = identity.clone().mul_scalar(7.0) - az.clone();
+        let middle = identity.clone().mul_scalar(15.0) - az.clone().matmul(inner);
+        let outer = identity.clone().mul_scalar(13.0) - az.matmul(middle);
+        z = z.matmul(outer).mul_scalar(0.25);
+    }
+    debug_assert_eq!(z.dims(), [batch, heads, m, m]);
+    z
+}
+
+/// `‖I − A Z‖_F` for each matrix: how far `Z` is from a right inverse of `A` (0 when `A` is
+/// invertible and `Z` has converged).
+///
+/// # Shapes
+///
+/// - a, z: `[batch, heads, m, m]`
+/// - output: `[batch, heads]`
+pub fn pinv_residual(a: Tensor<4>, z: Tensor<4>) -> Tensor<2> {
+    let [batch, heads, m, _] = a.dims();
+    let residual = identity(m, &a.device()) - a.matmul(z);
+    residual
+        .square()
+        .sum_dim(3)
+        .sum_dim(2)
+        .sqrt()
+        .reshape([batch, heads])
+}
+
+fn identity(m: usize, device: &Device) -> Tensor<4> {
+    Tensor::<2>::eye(m, device).reshape([1, 1, m, m])
+}

@@ -1,0 +1,86 @@
+//! Token, learned-position and token-type embeddings, summed and normalised.
+
+use burn::module::Module;
+use burn::nn::{Dropout, DropoutConfig, Embedding, EmbeddingConfig, LayerNorm, LayerNormConfig};
+use burn::tensor::{Device, Int, Tensor};
+
+use super::config::NystromformerConfig;
+
+/// The embedding block (HF `embeddings`).
+#[derive(Module, Debug)]
+pub struct Embeddings {
+    /// Token embeddings, `[vocab_size, hidden]`.
+    pub word_embeddings: Embedding,
+    /// Learned position embeddings, `[max_position_embeddings + position_offset, hidden]`.
+    pub position_embeddings: Embedding,
+    /// Token-type embeddings, `[type_vocab_size, hidden]`, if any.
+    pub token_type_embeddings: Option<Embedding>,
+    /// LayerNorm over the sum.
+    pub layer_norm: LayerNorm,
+    /// Dropout after the LayerNorm.
+    pub dropout: Dropout,
+    /// Index of the first position.
+    pub position_offset: usize,
+}
+
+impl Embeddings {
+    /// Creates the block from the model configuration.
+    pub fn new(config: &NystromformerConfig, device: &Device) -> Self {
+        let hidden = config.hidden_size;
+        Self {
+            word_embeddings: EmbeddingConfig::new(config.vocab_size, hidden).init(device),
+            position_embeddings: EmbeddingConfig::new(
+                config.max_position_embeddings + config.position_offset,
+                hidden,
+            )
+            .init(device),
+            token_type_embeddings: (config.type_vocab_size > 0)
+                .then(|| EmbeddingConfig::new(config.type_vocab_size, hidden).init(device)),
+            layer_norm: LayerNormConfig::new(hidden)
+                .with_epsilon(config.layer_norm_eps)
+                .init(device),
+            dropout: DropoutConfig::new(config.hidden_dropout_prob).init(),
+            position_offset: config.position_offset,
+        }
+    }
+
+    /// Longest sequence the position table covers.
+    pub fn max_len(&self) -> usize {
+        self.position_embeddings.weight.dims()[0] - self.position_offset
+    }
+
+    /// Embeds token ids.
+    ///
+    /// # Shapes
+    ///
+    /// - input_ids, token_type_ids: `[batch, n]`
+    /// - output: `[batch, n, hidden]`
+    ///
+    /// # Panics
+    ///
+    /// Panics if `n` exceeds [`max_len`](Self::max_len).
+    pub fn forward(
+        &self,
+        input_ids: Tensor<2, Int>,
+        token_type_ids: Option<Tensor<2, Int>>,
+    ) -> Tensor<3> {
+        let [batch, n] = input_ids.dims();
+        assert!(
+            n <= self.max_len(),
+            "sequence of {n} tokens exceeds max_position_embeddings = {}",
+            self.max_len()
+        );
+        let device = input_ids.device();
+        let start = self.position_offset as i64;
+        let positions = Tensor::<1, Int>::arange(start..start + n as i64, &device)
+            .reshape([1, n])
+            .expand([batch, n]);
+        let mut x =
+            self.word_embeddings.forward(input_ids) + self.position_embeddings.forward(positions);
+        if let Some(token_types) = &self.token_type_embeddings {
+            let ids = token_type_ids.unwrap_or_else(|| Tensor::zeros([batch, n], &device));
+            x = x + token_types.forward(ids);
+        }
+        self.dropout.forward(self.layer_norm.forward(x))
+    }
+}

@@ -1,0 +1,78 @@
+//! One encoder layer: attention and feed-forward, each with a residual and a LayerNorm.
+
+use burn::module::Module;
+use burn::nn::{Dropout, DropoutConfig, LayerNorm, LayerNormConfig, Linear, LinearConfig};
+use burn::tensor::{Bool, Device, Tensor};
+
+use crate::attention::{NystromAttention, NystromInput};
+
+use super::config::{Activation, NystromformerConfig};
+
+/// An encoder layer (HF `encoder.layer.N`).
+#[derive(Module, Debug)]
+pub struct EncoderLayer {
+    /// Self-attention (Nyström or softmax), with its output projection.
+    pub attention: NystromAttention,
+    /// LayerNorm of the attention block.
+    pub attention_norm: LayerNorm,
+    /// First feed-forward projection, `hidden → intermediate`.
+    pub intermediate: Linear,
+    /// Second feed-forward projection, `intermediate → hidden`.
+    pub output: Linear,
+    /// LayerNorm of the feed-forward block.
+    pub output_norm: LayerNorm,
+    /// Dropout on both residual branches.
+    pub dropout: Dropout,
+    /// Feed-forward activation.
+    #[module(skip)]
+    pub activation: Activation,
+    /// Pre-norm instead of post-norm.
+    pub norm_first: bool,
+}
+
+impl EncoderLayer {
+    /// Creates a layer from the model configuration.
+    pub fn new(config: &NystromformerConfig, device: &Device) -> Self {
+        let norm = LayerNormConfig::new(config.hidden_size).with_epsilon(config.layer_norm_eps);
+        Self {
+            attention: config.attention_config().init(device),
+            attention_norm: norm.init(device),
+            intermediate: LinearConfig::new(config.hidden_size, config.intermediate_size)
+                .init(device),
+            output: LinearConfig::new(config.intermediate_size, config.hidden_size).init(device),
+            output_norm: norm.init(device),
+            dropout: DropoutConfig::new(config.hidden_dropout_prob).init(),
+            activation: config.hidden_act,
+            norm_first: config.norm_first,
+        }
+    }
+
+    /// # Shapes
+    ///
+    /// - x: `[batch, n, hidden]`, mask_pad: `[batch, n]` (`true` = padding)
+    /// - output: `[batch, n, hidden]`
+    pub fn forward(&self, x: Tensor<3>, mask_pad: Option<&Tensor<2, Bool>>) -> Tensor<3> {
+        if self.norm_first {
+            let h = x.clone() + self.attend(self.attention_norm.forward(x), mask_pad);
+            h.clone() + self.feed_forward(self.output_norm.forward(h))
+        } else {
+            let h = self
+                .attention_norm
+                .forward(x.clone() + self.attend(x, mask_pad));
+            self.output_norm.forward(h.clone() + self.feed_forward(h))
+        }
+    }
+
+    fn attend(&self, x: Tensor<3>, mask_pad: Option<&Tensor<2, Bool>>) -> Tensor<3> {
+        let input = match mask_pad {
+            Some(mask) => NystromInput::new(x).mask_pad(mask.clone()),
+            None => NystromInput::new(x),
+        };
+        self.dropout.forward(self.attention.forward(input).context)
+    }
+
+    fn feed_forward(&self, x: Tensor<3>) -> Tensor<3> {
+        let h = self.activation.forward(self.intermediate.forward(x));
+        self.dropout.forward(self.output.forward(h))
+    }
+}
