@@ -1,1 +1,342 @@
-fn main() {}
+//! `nystromformer-bench`: speed, memory and approximation quality of Nyström attention against
+//! exact attention, on every backend compiled in. See README.md beside this crate.
+
+mod implementations;
+mod memory;
+mod quality;
+mod record;
+mod report;
+mod sweep;
+mod timing;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+
+use burn::tensor::Device;
+use clap::{Parser, Subcommand};
+use implementations::Implementation;
+use indicatif::{ProgressBar, ProgressStyle};
+use sweep::{Settings, Shape, measure};
+
+#[derive(Parser)]
+#[command(version, about = "Benchmarks of Nyström attention on Burn")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Time and peak memory over sequence lengths, landmarks, heads, head sizes and batches.
+    Sweep {
+        /// Devices: flex, ndarray, wgpu, vulkan, metal, webgpu (comma-separated).
+        #[arg(long, value_delimiter = ',', default_value = "flex")]
+        devices: Vec<String>,
+        /// Implementations (comma-separated).
+        #[arg(
+            long,
+            value_enum,
+            value_delimiter = ',',
+            default_value = "nystrom,burn-attention,naive-softmax"
+        )]
+        implementations: Vec<Implementation>,
+        /// Sequence lengths.
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "512,1024,2048,4096,8192,16384"
+        )]
+        lengths: Vec<usize>,
+        /// Landmarks (Nyström only).
+        #[arg(long, value_delimiter = ',', default_value = "64")]
+        landmarks: Vec<usize>,
+        /// Heads.
+        #[arg(long, value_delimiter = ',', default_value = "8")]
+        heads: Vec<usize>,
+        /// Head sizes.
+        #[arg(long, value_delimiter = ',', default_value = "64")]
+        head_dims: Vec<usize>,
+        /// Batch sizes.
+        #[arg(long, value_delimiter = ',', default_value = "1")]
+        batches: Vec<usize>,
+        /// Measure forward+backward too.
+        #[arg(long)]
+        backward: bool,
+        /// Untimed runs per shape.
+        #[arg(long, default_value_t = 2)]
+        warmup: usize,
+        /// Timed runs per shape.
+        #[arg(long, default_value_t = 5)]
+        reps: usize,
+        /// Largest intermediate tensor allowed, GiB (bigger shapes are recorded as skipped).
+        #[arg(long, default_value_t = 4.0)]
+        max_intermediate_gib: f64,
+        /// Output directory (records-<implementation>-<device>.jsonl).
+        #[arg(long, default_value = "nystromformer-bench/results/latest")]
+        out: PathBuf,
+        /// Run every implementation in this process (by default each gets its own, so that
+        /// device-pool peaks do not mix).
+        #[arg(long)]
+        in_process: bool,
+    },
+    /// Relative error against exact attention vs landmarks, iterations and initialisation.
+    Quality {
+        /// Device.
+        #[arg(long, default_value = "flex")]
+        device: String,
+        /// Sequence length.
+        #[arg(long, default_value_t = 1024)]
+        n: usize,
+        /// Head size.
+        #[arg(long, default_value_t = 64)]
+        head_dim: usize,
+        /// Landmarks.
+        #[arg(long, value_delimiter = ',', default_value = "8,16,32,64,128,256")]
+        landmarks: Vec<usize>,
+        /// Pseudo-inverse iterations.
+        #[arg(long, value_delimiter = ',', default_value = "1,3,6,10")]
+        iterations: Vec<usize>,
+        /// Output file, one JSON record per line.
+        #[arg(
+            long,
+            default_value = "nystromformer-bench/results/latest/quality.ndjson"
+        )]
+        out: PathBuf,
+    },
+    /// Merge every *.jsonl record file of a directory (ours and the peers') into results.csv
+    /// and results.md.
+    Report {
+        /// Directory of record files.
+        #[arg(long, default_value = "nystromformer-bench/results/latest")]
+        dir: PathBuf,
+    },
+}
+
+fn device(name: &str) -> Result<Device, String> {
+    match name {
+        "flex" => Ok(Device::flex()),
+        #[cfg(feature = "ndarray")]
+        #[allow(deprecated)]
+        "ndarray" => Ok(Device::ndarray()),
+        #[cfg(feature = "wgpu")]
+        "wgpu" => Ok(Device::wgpu(Default::default())),
+        #[cfg(feature = "vulkan")]
+        "vulkan" => Ok(Device::vulkan(Default::default())),
+        #[cfg(feature = "metal")]
+        "metal" => Ok(Device::metal(Default::default())),
+        #[cfg(feature = "webgpu")]
+        "webgpu" => Ok(Device::webgpu(Default::default())),
+        other => Err(format!("device \"{other}\" is unknown or not compiled in")),
+    }
+}
+
+fn commit() -> String {
+    Command::new("git")
+        .args(["rev-parse", "--short", "HEAD"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_else(|| "unknown".into())
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
+        .unwrap_or_else(|| std::env::consts::ARCH.into());
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    format!("{cpu}, {cores} cores")
+}
+
+fn write_lines(path: &Path, lines: &[String]) -> Result<(), String> {
+    let tmp = path.with_extension("tmp");
+    let mut file =
+        std::fs::File::create(&tmp).map_err(|err| format!("{}: {err}", tmp.display()))?;
+    for line in lines {
+        writeln!(file, "{line}").map_err(|err| format!("{}: {err}", tmp.display()))?;
+    }
+    std::fs::rename(&tmp, path).map_err(|err| format!("{}: {err}", path.display()))
+}
+
+fn run(cli: Cli) -> Result<(), String> {
+    match cli.command {
+        Cmd::Sweep {
+            devices,
+            implementations,
+            lengths,
+            landmarks,
+            heads,
+            head_dims,
+            batches,
+            backward,
+            warmup,
+            reps,
+            max_intermediate_gib,
+            out,
+            in_process,
+        } => {
+            std::fs::create_dir_all(&out).map_err(|err| format!("{}: {err}", out.display()))?;
+            if !in_process && (implementations.len() > 1 || devices.len() > 1) {
+                // One child per implementation and device: pool peaks never mix.
+                let me = std::env::current_exe().map_err(|err| err.to_string())?;
+                let args: Vec<String> = std::env::args().skip(1).collect();
+                for name in &devices {
+                    for implementation in &implementations {
+                        let mut child_args: Vec<String> = Vec::new();
+                        let mut skip = false;
+                        for arg in &args {
+                            if skip {
+                                skip = false;
+                                continue;
+                            }
+                            if arg == "--devices" || arg == "--implementations" {
+                                skip = true;
+                                continue;
+                            }
+                            if arg.starts_with("--devices=")
+                                || arg.starts_with("--implementations=")
+                            {
+                                continue;
+                            }
+                            child_args.push(arg.clone());
+                        }
+                        child_args.extend([
+                            "--devices".into(),
+                            name.clone(),
+                            "--implementations".into(),
+                            implementation.name().into(),
+                            "--in-process".into(),
+                        ]);
+                        let status = Command::new(&me)
+                            .args(&child_args)
+                            .status()
+                            .map_err(|err| err.to_string())?;
+                        if !status.success() {
+                            eprintln!(
+                                "warning: {} on {name} exited with {status}",
+                                implementation.name()
+                            );
+                        }
+                    }
+                }
+                return Ok(());
+            }
+            let mut shapes = Vec::new();
+            for &batch in &batches {
+                for &h in &heads {
+                    for &d in &head_dims {
+                        for &m in &landmarks {
+                            for &n in &lengths {
+                                shapes.push(Shape {
+                                    batch,
+                                    heads: h,
+                                    n,
+                                    head_dim: d,
+                                    landmarks: m,
+                                });
+                            }
+                        }
+                    }
+                }
+            }
+            for name in &devices {
+                let dev = device(name)?;
+                let settings = Settings {
+                    warmup,
+                    reps,
+                    max_intermediate_bytes: (max_intermediate_gib * (1u64 << 30) as f64) as u64,
+                    backend: format!("burn-{name}"),
+                    commit: commit(),
+                    machine: machine(),
+                };
+                for implementation in &implementations {
+                    // Exact attention ignores landmarks: measure it once per shape.
+                    let mut todo: Vec<Shape> = shapes.clone();
+                    if *implementation != Implementation::Nystrom {
+                        todo.retain(|s| s.landmarks == landmarks[0]);
+                    }
+                    let passes: &[bool] = if backward { &[false, true] } else { &[false] };
+                    let bar = ProgressBar::new((todo.len() * passes.len()) as u64);
+                    bar.set_style(
+                        ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {msg}")
+                            .unwrap(),
+                    );
+                    bar.set_prefix(format!("{} on {name}", implementation.name()));
+                    let mut lines = Vec::new();
+                    for &pass in passes {
+                        for shape in &todo {
+                            bar.set_message(format!(
+                                "n={} m={} {}",
+                                shape.n,
+                                shape.landmarks,
+                                if pass { "fwd+bwd" } else { "fwd" }
+                            ));
+                            let record = measure(*implementation, *shape, pass, &dev, &settings);
+                            lines.push(serde_json::to_string(&record).unwrap());
+                            bar.inc(1);
+                        }
+                    }
+                    bar.finish();
+                    let path = out.join(format!("records-{}-{name}.jsonl", implementation.name()));
+                    write_lines(&path, &lines)?;
+                    eprintln!("wrote {}", path.display());
+                }
+            }
+            Ok(())
+        }
+        Cmd::Quality {
+            device: name,
+            n,
+            head_dim,
+            landmarks,
+            iterations,
+            out,
+        } => {
+            let dev = device(&name)?;
+            let records = quality::quality_sweep(&dev, n, head_dim, &landmarks, &iterations);
+            if let Some(parent) = out.parent() {
+                std::fs::create_dir_all(parent)
+                    .map_err(|err| format!("{}: {err}", parent.display()))?;
+            }
+            let lines: Vec<String> = records
+                .iter()
+                .map(|r| serde_json::to_string(r).unwrap())
+                .collect();
+            for r in &records {
+                println!(
+                    "m={:>4} iters={:>2} {:<8} relative error {:.4}  residual {:.3e}",
+                    r.landmarks, r.pinv_iterations, r.pinv_init, r.relative_error, r.pinv_residual
+                );
+            }
+            write_lines(&out, &lines)
+        }
+        Cmd::Report { dir } => {
+            let records = report::read_records(&dir)?;
+            if records.is_empty() {
+                return Err(format!("{}: no *.jsonl records", dir.display()));
+            }
+            std::fs::write(dir.join("results.csv"), report::to_csv(&records))
+                .map_err(|err| err.to_string())?;
+            let markdown = report::to_markdown(&records);
+            std::fs::write(dir.join("results.md"), &markdown).map_err(|err| err.to_string())?;
+            println!("{markdown}");
+            Ok(())
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("error: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}

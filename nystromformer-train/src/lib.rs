@@ -1,6 +1,12 @@
 //! Training and inference for Nyströmformer models: the library under the `nystromformer-train`
-//! binary.
+//! binary (data, batcher, model head, training, evaluation, HF encoding).
 
+pub mod config;
+pub mod data;
 pub mod device;
 pub mod encode;
+pub mod eval;
 pub mod files;
+pub mod model;
+pub mod progress;
+pub mod training;

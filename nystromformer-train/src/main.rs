@@ -3,9 +3,15 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
+use nystromformer::AttentionMode;
+use nystromformer_train::config::{ExperimentConfig, Preset};
+use nystromformer_train::data::listops::{GeneratorConfig, generate, to_tsv};
 use nystromformer_train::device::{DEVICE_NAMES, choose_device};
 use nystromformer_train::encode::encode;
+use nystromformer_train::eval::eval_command;
+use nystromformer_train::files::write_atomically;
+use nystromformer_train::training::{TrainOptions, train};
 
 #[derive(Parser)]
 #[command(
@@ -13,16 +19,76 @@ use nystromformer_train::encode::encode;
     about = "Train, evaluate and run Nyströmformer models on Burn"
 )]
 struct Cli {
-    /// Device to run on: auto (a real GPU through wgpu if present, else flex), flex, ndarray,
-    /// wgpu, vulkan, metal, webgpu.
+    /// Device: auto (a real GPU through wgpu if present, else flex), flex, ndarray, wgpu,
+    /// vulkan, metal, webgpu.
     #[arg(long, global = true, env = "BURN_DEVICE", default_value = "auto")]
     device: String,
     #[command(subcommand)]
     command: Command,
 }
 
+#[derive(Clone, Copy, ValueEnum)]
+enum Task {
+    /// LRA ListOps (generated, or LRA's released TSV files with `--set data_dir=DIR`).
+    Listops,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum AttentionArg {
+    /// Nyström attention.
+    Nystrom,
+    /// Exact softmax attention (the standard Transformer baseline, same code otherwise).
+    Softmax,
+}
+
 #[derive(Subcommand)]
 enum Command {
+    /// Train a model; the dashboard runs when stdout is a terminal, plain lines otherwise.
+    Train {
+        /// The task.
+        task: Task,
+        /// Starting configuration.
+        #[arg(long, value_enum, default_value = "quick")]
+        preset: Preset,
+        /// JSON object of configuration fields applied over the preset (unknown keys rejected).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Override one field, e.g. `--set learning_rate=3e-4` (repeatable).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        overrides: Vec<String>,
+        /// Where config, checkpoints, logs and the final model go.
+        #[arg(long, default_value = "artifacts/listops")]
+        artifact_dir: PathBuf,
+        /// Continue from the last checkpoint in the artifact directory (its config.json wins).
+        #[arg(long)]
+        resume: bool,
+        /// Seed of data, shuffling and initialisation (overrides the configuration's).
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Attention (overrides the configuration's).
+        #[arg(long, value_enum)]
+        attention: Option<AttentionArg>,
+        /// Plain progress lines instead of the dashboard.
+        #[arg(long)]
+        headless: bool,
+        /// Stop after this many steps (a checkpoint boundary); `--resume` continues the run.
+        #[arg(long)]
+        stop_at_step: Option<usize>,
+    },
+    /// Evaluate a trained model; prints one JSON line {"accuracy", "loss", "count"}.
+    Eval {
+        /// A `train` artifact directory (config.json and model.bpk).
+        #[arg(long)]
+        artifact_dir: PathBuf,
+        /// A ListOps TSV file in LRA's format.
+        #[arg(long)]
+        data: PathBuf,
+    },
+    /// Write data sets.
+    Data {
+        #[command(subcommand)]
+        task: DataTask,
+    },
     /// Encode token ids with a Hugging Face Nystromformer checkpoint and write the last hidden
     /// state as JSON ({"last_hidden_state": [[[...]]]}).
     Encode {
@@ -43,19 +109,131 @@ enum Command {
     },
 }
 
+#[derive(Subcommand)]
+enum DataTask {
+    /// Generate ListOps with LRA's rules as basic_{train,val,test}.tsv.
+    Listops {
+        /// Output directory.
+        #[arg(long)]
+        out: PathBuf,
+        /// Training examples.
+        #[arg(long, default_value_t = 96_000)]
+        train: usize,
+        /// Validation examples.
+        #[arg(long, default_value_t = 2_000)]
+        valid: usize,
+        /// Test examples.
+        #[arg(long, default_value_t = 2_000)]
+        test: usize,
+        /// Seed.
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        /// Lengths are strictly above this.
+        #[arg(long, default_value_t = 500)]
+        min_len: usize,
+        /// Lengths are strictly below this.
+        #[arg(long, default_value_t = 2_000)]
+        max_len: usize,
+    },
+}
+
+fn run(cli: Cli) -> Result<(), String> {
+    let device = || {
+        choose_device(&cli.device)
+            .map_err(|err| format!("--device/BURN_DEVICE: {err} (accepted: {DEVICE_NAMES})"))
+    };
+    match cli.command {
+        Command::Train {
+            task: Task::Listops,
+            preset,
+            config,
+            overrides,
+            artifact_dir,
+            resume,
+            seed,
+            attention,
+            headless,
+            stop_at_step,
+        } => {
+            let mut overrides = overrides;
+            if let Some(seed) = seed {
+                overrides.push(format!("seed={seed}"));
+            }
+            if let Some(attention) = attention {
+                let mode = match attention {
+                    AttentionArg::Nystrom => AttentionMode::Nystrom,
+                    AttentionArg::Softmax => AttentionMode::Softmax,
+                };
+                overrides.push(format!(
+                    "attention={}",
+                    serde_json::to_string(&mode).unwrap()
+                ));
+            }
+            let config = if resume {
+                nystromformer_train::files::read_json(&artifact_dir.join("config.json"))?
+            } else {
+                ExperimentConfig::resolve(preset, config.as_deref(), &overrides)?
+            };
+            let options = TrainOptions {
+                artifact_dir,
+                resume,
+                headless,
+                stop_at_step,
+            };
+            let summary = train(&config, &options, &device()?)?;
+            println!("{}", serde_json::to_string(&summary).unwrap());
+            Ok(())
+        }
+        Command::Eval { artifact_dir, data } => {
+            let result = eval_command(&artifact_dir, &data, &device()?)?;
+            println!("{}", serde_json::to_string(&result).unwrap());
+            Ok(())
+        }
+        Command::Data {
+            task:
+                DataTask::Listops {
+                    out,
+                    train,
+                    valid,
+                    test,
+                    seed,
+                    min_len,
+                    max_len,
+                },
+        } => {
+            if min_len + 1 >= max_len {
+                return Err(format!(
+                    "no length lies strictly between --min-len {min_len} and --max-len {max_len}"
+                ));
+            }
+            std::fs::create_dir_all(&out).map_err(|err| format!("{}: {err}", out.display()))?;
+            let generator = GeneratorConfig {
+                min_len,
+                max_len,
+                ..GeneratorConfig::default()
+            };
+            for (name, count, offset) in [
+                ("basic_train.tsv", train, 0),
+                ("basic_val.tsv", valid, 1),
+                ("basic_test.tsv", test, 2),
+            ] {
+                let examples = generate(count, seed.wrapping_add(offset), &generator);
+                write_atomically(&out.join(name), to_tsv(&examples).as_bytes())?;
+                eprintln!("wrote {} examples to {}", count, out.join(name).display());
+            }
+            Ok(())
+        }
+        Command::Encode {
+            hf_dir,
+            input,
+            output,
+            hf_compatible_mask,
+        } => encode(&hf_dir, &input, &output, hf_compatible_mask, &device()?),
+    }
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    let result = choose_device(&cli.device)
-        .map_err(|err| format!("--device/BURN_DEVICE: {err} (accepted: {DEVICE_NAMES})"))
-        .and_then(|device| match cli.command {
-            Command::Encode {
-                hf_dir,
-                input,
-                output,
-                hf_compatible_mask,
-            } => encode(&hf_dir, &input, &output, hf_compatible_mask, &device),
-        });
-    match result {
+    match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
             eprintln!("error: {message}");

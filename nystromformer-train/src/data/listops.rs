@@ -78,7 +78,12 @@ pub struct GeneratorConfig {
 
 impl Default for GeneratorConfig {
     fn default() -> Self {
-        Self { max_depth: 10, max_args: 10, min_len: 500, max_len: 2000 }
+        Self {
+            max_depth: 10,
+            max_args: 10,
+            min_len: 500,
+            max_len: 2000,
+        }
     }
 }
 
@@ -121,7 +126,12 @@ impl Tree {
         }
         let args = rng.range(2, config.max_args);
         let op = Op::ALL[rng.range(0, 3)];
-        Tree::Apply(op, (0..args).map(|_| Tree::random(rng, depth + 1, config)).collect())
+        Tree::Apply(
+            op,
+            (0..args)
+                .map(|_| Tree::random(rng, depth + 1, config))
+                .collect(),
+        )
     }
 
     /// Token count: values, operators and closing brackets.

@@ -1,0 +1,57 @@
+//! The attention implementations being measured, on `[batch, heads, n, head_dim]` inputs.
+
+use burn::tensor::Tensor;
+use nystromformer::attention::{explicit_softmax_attention, softmax_attention};
+use nystromformer::{NystromOptions, nystrom_attention};
+
+/// What is measured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Implementation {
+    /// The library's Nyström attention (tensor ops).
+    Nystrom,
+    /// Burn's `burn::tensor::module::attention` (exact; fused/flash on CubeCL backends).
+    BurnAttention,
+    /// Softmax attention with an explicit `n × n` weight matrix.
+    NaiveSoftmax,
+}
+
+impl Implementation {
+    /// Name in the records.
+    pub fn name(self) -> &'static str {
+        match self {
+            Implementation::Nystrom => "nystrom",
+            Implementation::BurnAttention => "burn-attention",
+            Implementation::NaiveSoftmax => "naive-softmax",
+        }
+    }
+
+    /// Landmarks recorded for this implementation.
+    pub fn landmarks(self, m: usize) -> usize {
+        if self == Implementation::Nystrom {
+            m
+        } else {
+            0
+        }
+    }
+
+    /// Bytes the largest intermediate needs (to skip shapes that cannot fit).
+    pub fn largest_intermediate(self, batch: usize, heads: usize, n: usize, m: usize) -> u64 {
+        let per_matrix = match self {
+            Implementation::Nystrom => n * m,
+            Implementation::BurnAttention | Implementation::NaiveSoftmax => n * n,
+        };
+        (batch * heads * per_matrix * 4) as u64
+    }
+
+    /// Runs the attention.
+    pub fn run(self, q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, m: usize) -> Tensor<4> {
+        match self {
+            Implementation::Nystrom => {
+                let options = NystromOptions::new().with_num_landmarks(m);
+                nystrom_attention(q, k, v, None, &options).context
+            }
+            Implementation::BurnAttention => softmax_attention(q, k, v, None),
+            Implementation::NaiveSoftmax => explicit_softmax_attention(q, k, v, None).0,
+        }
+    }
+}

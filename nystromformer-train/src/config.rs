@@ -1,0 +1,271 @@
+//! The experiment configuration: presets, `--config FILE` and `--set key=value` overrides.
+
+use std::path::{Path, PathBuf};
+
+use nystromformer::AttentionMode;
+use nystromformer::model::{Activation, NystromformerConfig};
+use serde::{Deserialize, Serialize};
+
+use crate::data::listops::{GeneratorConfig, NUM_CLASSES, VOCAB_SIZE};
+use crate::files::read_json;
+
+/// A named starting point for the configuration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Preset {
+    /// Short ListOps sequences and a short run: minutes on two CPU cores.
+    Quick,
+    /// The official LRA ListOps configuration (NYSTROMFORMER.md).
+    Lra,
+}
+
+/// Everything a training run depends on. Written to `ARTIFACT_DIR/config.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExperimentConfig {
+    /// Directory holding LRA's `basic_train.tsv`, `basic_val.tsv` and `basic_test.tsv`;
+    /// `null` generates the data from `seed`.
+    pub data_dir: Option<PathBuf>,
+    /// Generated training examples.
+    pub train_size: usize,
+    /// Generated validation examples.
+    pub valid_size: usize,
+    /// Generated test examples.
+    pub test_size: usize,
+    /// Generated sequences are strictly longer than this.
+    pub min_len: usize,
+    /// Generated sequences are strictly shorter than this; also the model's longest input.
+    pub max_len: usize,
+    /// Model width.
+    pub hidden_size: usize,
+    /// Encoder layers.
+    pub num_layers: usize,
+    /// Attention heads.
+    pub num_heads: usize,
+    /// Feed-forward width.
+    pub intermediate_size: usize,
+    /// Nyström landmarks.
+    pub num_landmarks: usize,
+    /// Skip-convolution kernel size (`null`: none).
+    pub conv_kernel_size: Option<usize>,
+    /// Nyström or the softmax baseline.
+    pub attention: AttentionMode,
+    /// Dropout everywhere.
+    pub dropout: f64,
+    /// Examples per batch.
+    pub batch_size: usize,
+    /// Peak learning rate of AdamW.
+    pub learning_rate: f64,
+    /// AdamW weight decay.
+    pub weight_decay: f32,
+    /// Linear warm-up steps.
+    pub warmup_steps: usize,
+    /// Optimizer steps in all (warm-up, then linear decay to 0).
+    pub total_steps: usize,
+    /// Steps between checkpoints (one burn-train epoch).
+    pub steps_per_checkpoint: usize,
+    /// Gradient-norm clipping per parameter tensor (`null`: none).
+    pub grad_clip_norm: Option<f32>,
+    /// Seed of data generation, shuffling and initialisation.
+    pub seed: u64,
+    /// Data-loader worker threads.
+    pub num_workers: usize,
+}
+
+impl ExperimentConfig {
+    /// The configuration a preset starts from.
+    pub fn preset(preset: Preset) -> Self {
+        match preset {
+            Preset::Quick => Self {
+                data_dir: None,
+                train_size: 20_000,
+                valid_size: 1_000,
+                test_size: 1_000,
+                min_len: 20,
+                max_len: 100,
+                hidden_size: 64,
+                num_layers: 2,
+                num_heads: 2,
+                intermediate_size: 128,
+                num_landmarks: 16,
+                conv_kernel_size: Some(9),
+                attention: AttentionMode::Nystrom,
+                dropout: 0.1,
+                batch_size: 32,
+                learning_rate: 1e-3,
+                weight_decay: 0.01,
+                warmup_steps: 200,
+                total_steps: 5_000,
+                steps_per_checkpoint: 500,
+                grad_clip_norm: Some(1.0),
+                seed: 42,
+                num_workers: 1,
+            },
+            Preset::Lra => Self {
+                data_dir: None,
+                train_size: 96_000,
+                valid_size: 2_000,
+                test_size: 2_000,
+                min_len: 500,
+                max_len: 2_000,
+                hidden_size: 64,
+                num_layers: 2,
+                num_heads: 2,
+                intermediate_size: 128,
+                num_landmarks: 64,
+                conv_kernel_size: Some(35),
+                attention: AttentionMode::Nystrom,
+                dropout: 0.1,
+                batch_size: 32,
+                learning_rate: 1e-4,
+                weight_decay: 0.01,
+                warmup_steps: 1_000,
+                total_steps: 5_000,
+                steps_per_checkpoint: 500,
+                grad_clip_norm: None,
+                seed: 42,
+                num_workers: 2,
+            },
+        }
+    }
+
+    /// Starts from `preset`, then applies `file` (a JSON object of fields) and `overrides`
+    /// (`key=value`, the value read as JSON, else as a string). Unknown keys are errors.
+    pub fn resolve(
+        preset: Preset,
+        file: Option<&Path>,
+        overrides: &[String],
+    ) -> Result<Self, String> {
+        let mut value = serde_json::to_value(Self::preset(preset)).expect("serializable");
+        if let Some(path) = file {
+            let patch: serde_json::Value = read_json(path)?;
+            let fields = patch.as_object().ok_or_else(|| {
+                format!(
+                    "{}: expected a JSON object of configuration fields",
+                    path.display()
+                )
+            })?;
+            for (key, field) in fields {
+                set_field(&mut value, key, field.clone())
+                    .map_err(|err| format!("{}: {err}", path.display()))?;
+            }
+        }
+        for assignment in overrides {
+            let (key, raw) = assignment
+                .split_once('=')
+                .ok_or_else(|| format!("--set {assignment}: expected key=value"))?;
+            let field =
+                serde_json::from_str(raw).unwrap_or_else(|_| serde_json::Value::String(raw.into()));
+            set_field(&mut value, key.trim(), field)
+                .map_err(|err| format!("--set {assignment}: {err}"))?;
+        }
+        let config: Self =
+            serde_json::from_value(value).map_err(|err| format!("configuration: {err}"))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks values the model and schedule cannot work with.
+    pub fn validate(&self) -> Result<(), String> {
+        let positive = [
+            ("batch_size", self.batch_size),
+            ("total_steps", self.total_steps),
+            ("steps_per_checkpoint", self.steps_per_checkpoint),
+            ("train_size", self.train_size),
+            ("valid_size", self.valid_size),
+            ("max_len", self.max_len),
+        ];
+        if let Some((name, _)) = positive.iter().find(|(_, value)| *value == 0) {
+            return Err(format!("{name} must be positive"));
+        }
+        if self.warmup_steps >= self.total_steps {
+            return Err(format!(
+                "warmup_steps ({}) must be below total_steps ({})",
+                self.warmup_steps, self.total_steps
+            ));
+        }
+        if !self.total_steps.is_multiple_of(self.steps_per_checkpoint) {
+            return Err(format!(
+                "total_steps ({}) must be a multiple of steps_per_checkpoint ({})",
+                self.total_steps, self.steps_per_checkpoint
+            ));
+        }
+        if self.data_dir.is_none() && self.min_len + 1 >= self.max_len {
+            return Err(format!(
+                "no length lies strictly between min_len ({}) and max_len ({})",
+                self.min_len, self.max_len
+            ));
+        }
+        if !(self.learning_rate > 0.0 && self.learning_rate <= 1.0) {
+            return Err(format!(
+                "learning_rate must lie in (0, 1], got {}",
+                self.learning_rate
+            ));
+        }
+        self.model_config()
+            .validate()
+            .map_err(|err| err.to_string())
+    }
+
+    /// The encoder's configuration.
+    pub fn model_config(&self) -> NystromformerConfig {
+        NystromformerConfig::new(
+            VOCAB_SIZE,
+            self.hidden_size,
+            self.num_layers,
+            self.num_heads,
+            self.intermediate_size,
+        )
+        .with_hidden_act(Activation::Gelu)
+        .with_hidden_dropout_prob(self.dropout)
+        .with_attention_probs_dropout_prob(self.dropout)
+        .with_max_position_embeddings(self.max_len)
+        .with_type_vocab_size(0)
+        .with_attention(self.attention)
+        .with_num_landmarks(self.num_landmarks)
+        .with_conv_kernel_size(self.conv_kernel_size)
+    }
+
+    /// Number of classes.
+    pub fn num_classes(&self) -> usize {
+        NUM_CLASSES
+    }
+
+    /// The ListOps generator's parameters.
+    pub fn generator(&self) -> GeneratorConfig {
+        GeneratorConfig {
+            min_len: self.min_len,
+            max_len: self.max_len,
+            ..GeneratorConfig::default()
+        }
+    }
+}
+
+fn set_field(
+    config: &mut serde_json::Value,
+    key: &str,
+    field: serde_json::Value,
+) -> Result<(), String> {
+    let object = config
+        .as_object_mut()
+        .expect("the configuration is an object");
+    let Some(current) = object.get(key) else {
+        let known: Vec<&String> = object.keys().collect();
+        return Err(format!(
+            "unknown configuration key \"{key}\" (known: {known:?})"
+        ));
+    };
+    let kind = |v: &serde_json::Value| match v {
+        serde_json::Value::Null => "null",
+        serde_json::Value::Bool(_) => "a boolean",
+        serde_json::Value::Number(_) => "a number",
+        serde_json::Value::String(_) => "a string",
+        serde_json::Value::Array(_) => "an array",
+        serde_json::Value::Object(_) => "an object",
+    };
+    // Optional fields (null in the preset) take any type here; serde checks them below.
+    if !current.is_null() && !field.is_null() && kind(current) != kind(&field) {
+        return Err(format!("\"{key}\" expects {}, got {field}", kind(current)));
+    }
+    object.insert(key.to_string(), field);
+    Ok(())
+}

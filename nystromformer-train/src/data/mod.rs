@@ -1,0 +1,4 @@
+//! Data sets and batching.
+
+pub mod batcher;
+pub mod listops;

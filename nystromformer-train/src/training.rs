@@ -1,0 +1,254 @@
+//! Training on burn-train's `SupervisedTraining`/`Learner`: data, optimizer, schedule,
+//! metrics, checkpoints and resume.
+//!
+//! Artifact directory layout:
+//! - `config.json`: the effective [`ExperimentConfig`];
+//! - `checkpoint/{model,optim,scheduler}-E.bpk`: burn-train's checkpoints after every
+//!   `steps_per_checkpoint` steps (one burn-train epoch), the last two and the best by
+//!   validation loss kept;
+//! - `train/epoch-E/*.log`, `valid/epoch-E/*.log`: metric logs (`value,count` per batch);
+//! - `experiment.log`: burn-train's log;
+//! - `model.bpk`: the final model; `summary.json`: accuracy, loss, steps and time.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use burn::data::dataloader::DataLoaderBuilder;
+use burn::data::dataset::InMemDataset;
+use burn::data::dataset::transform::{SamplerDataset, SamplerDatasetOptions};
+use burn::grad_clipping::GradientClippingConfig;
+use burn::lr_scheduler::linear::LinearLrSchedulerConfig;
+use burn::lr_scheduler::sequential::SequentialLrSchedulerConfig;
+use burn::module::Module;
+use burn::optim::AdamWConfig;
+use burn::tensor::Device;
+use burn::train::metric::{AccuracyMetric, IterationSpeedMetric, LearningRateMetric, LossMetric};
+use burn::train::{Learner, SupervisedTraining};
+use serde::Serialize;
+
+use crate::config::ExperimentConfig;
+use crate::data::batcher::ClassificationBatcher;
+use crate::data::listops::{ListOpsItem, generate, read_tsv, tokenize};
+use crate::eval::{EvalResult, evaluate};
+use crate::files::write_atomically;
+use crate::model::Classifier;
+use crate::progress::PlainProgress;
+
+/// The three splits of a task.
+pub struct Splits {
+    /// Training examples.
+    pub train: Vec<ListOpsItem>,
+    /// Validation examples.
+    pub valid: Vec<ListOpsItem>,
+    /// Test examples.
+    pub test: Vec<ListOpsItem>,
+}
+
+/// Loads LRA's files from `data_dir`, or generates the splits from the seed.
+pub fn load_splits(config: &ExperimentConfig) -> Result<Splits, String> {
+    if let Some(dir) = &config.data_dir {
+        let read = |name: &str| read_tsv(&dir.join(name));
+        return Ok(Splits {
+            train: read("basic_train.tsv")?,
+            valid: read("basic_val.tsv")?,
+            test: read("basic_test.tsv")?,
+        });
+    }
+    let generator = config.generator();
+    let make = |count: usize, seed: u64| -> Vec<ListOpsItem> {
+        generate(count, seed, &generator)
+            .into_iter()
+            .map(|(tree, text)| ListOpsItem {
+                tokens: tokenize(&text).expect("generated tokens are known"),
+                label: tree.value(),
+            })
+            .collect()
+    };
+    Ok(Splits {
+        train: make(config.train_size, config.seed),
+        valid: make(config.valid_size, config.seed.wrapping_add(1)),
+        test: make(config.test_size, config.seed.wrapping_add(2)),
+    })
+}
+
+/// What a finished run reports (also `summary.json`).
+#[derive(Debug, Clone, Serialize)]
+pub struct RunSummary {
+    /// Optimizer steps done.
+    pub steps: usize,
+    /// Wall-clock seconds of this invocation.
+    pub seconds: f64,
+    /// The device, in words.
+    pub device: String,
+    /// Validation metrics of the final model.
+    pub valid: EvalResult,
+    /// Test metrics of the final model.
+    pub test: EvalResult,
+    /// Share of the most frequent test label: the accuracy of always guessing it.
+    pub majority_class_accuracy: f64,
+}
+
+/// Options of one `train` invocation besides the configuration.
+pub struct TrainOptions {
+    /// Where config, checkpoints, logs and the model go.
+    pub artifact_dir: PathBuf,
+    /// Continue from the last checkpoint in `artifact_dir`.
+    pub resume: bool,
+    /// Plain progress lines instead of the TUI dashboard.
+    pub headless: bool,
+    /// Stop this invocation after this many steps (a multiple of `steps_per_checkpoint`);
+    /// `--resume` continues. The schedule still spans `total_steps`.
+    pub stop_at_step: Option<usize>,
+}
+
+/// The epoch of the newest checkpoint in `artifact_dir`, if any.
+pub fn last_checkpoint(artifact_dir: &Path) -> Option<usize> {
+    std::fs::read_dir(artifact_dir.join("checkpoint"))
+        .ok()?
+        .filter_map(|entry| {
+            let name = entry.ok()?.file_name().into_string().ok()?;
+            name.strip_prefix("model-")?
+                .strip_suffix(".bpk")?
+                .parse()
+                .ok()
+        })
+        .max()
+}
+
+/// Trains, saves the final model and returns its summary.
+pub fn train(
+    config: &ExperimentConfig,
+    options: &TrainOptions,
+    device: &Device,
+) -> Result<RunSummary, String> {
+    let started = Instant::now();
+    let dir = &options.artifact_dir;
+    std::fs::create_dir_all(dir).map_err(|err| format!("{}: {err}", dir.display()))?;
+    let config_json = serde_json::to_string_pretty(config).expect("serializable");
+    write_atomically(&dir.join("config.json"), config_json.as_bytes())?;
+    let resume_from = if options.resume {
+        Some(last_checkpoint(dir).ok_or_else(|| {
+            format!(
+                "--resume: no checkpoint in {}",
+                dir.join("checkpoint").display()
+            )
+        })?)
+    } else {
+        None
+    };
+
+    eprintln!("preparing data ...");
+    let splits = load_splits(config)?;
+    eprintln!(
+        "data: {} train, {} valid, {} test examples",
+        splits.train.len(),
+        splits.valid.len(),
+        splits.test.len()
+    );
+    let batcher = ClassificationBatcher {
+        max_len: config.max_len,
+    };
+    let epochs = match options.stop_at_step {
+        Some(step) if step % config.steps_per_checkpoint != 0 || step == 0 => {
+            return Err(format!(
+                "--stop-at-step {step} must be a positive multiple of steps_per_checkpoint ({})",
+                config.steps_per_checkpoint
+            ));
+        }
+        Some(step) => step.min(config.total_steps) / config.steps_per_checkpoint,
+        None => config.total_steps / config.steps_per_checkpoint,
+    };
+    // One burn-train epoch = `steps_per_checkpoint` full batches drawn without replacement.
+    let epoch_items = config.steps_per_checkpoint * config.batch_size;
+    let train_set = SamplerDataset::new(
+        InMemDataset::new(splits.train),
+        SamplerDatasetOptions::default()
+            .without_replacement()
+            .with_fixed_size(epoch_items)
+            .with_seed(config.seed),
+    );
+    let train_loader = DataLoaderBuilder::new(batcher.clone())
+        .batch_size(config.batch_size)
+        .shuffle(config.seed)
+        .num_workers(config.num_workers)
+        .build(train_set);
+    let valid_loader = DataLoaderBuilder::new(batcher.clone())
+        .batch_size(config.batch_size)
+        .num_workers(config.num_workers)
+        .build(InMemDataset::new(splits.valid.clone()));
+
+    let training_device = device.clone().autodiff();
+    training_device.seed(config.seed);
+    let model = Classifier::new(
+        &config.model_config(),
+        config.num_classes(),
+        &training_device,
+    );
+    let optimizer = AdamWConfig::new()
+        .with_weight_decay(config.weight_decay)
+        .with_grad_clipping(config.grad_clip_norm.map(GradientClippingConfig::Norm))
+        .init();
+    let peak = config.learning_rate;
+    let warmup = config.warmup_steps.max(1);
+    let scheduler = SequentialLrSchedulerConfig::new(
+        vec![
+            LinearLrSchedulerConfig::new(peak / warmup as f64, peak, warmup).into(),
+            LinearLrSchedulerConfig::new(peak, 0.0, config.total_steps - warmup).into(),
+        ],
+        vec![warmup],
+    )
+    .init()
+    .map_err(|err| format!("learning-rate schedule: {err}"))?;
+
+    let mut training = SupervisedTraining::new(dir, train_loader, valid_loader)
+        .metrics((AccuracyMetric::new(), LossMetric::new()))
+        .metric_train_numeric(LearningRateMetric::new())
+        .metric_train_numeric(IterationSpeedMetric::new())
+        .with_default_checkpointers()
+        .num_epochs(epochs)
+        .summary();
+    if options.headless || !std::io::stdout().is_terminal() {
+        training = training.renderer(Box::new(PlainProgress::new(
+            std::time::Duration::from_secs(5),
+        )));
+    }
+    if let Some(epoch) = resume_from {
+        eprintln!(
+            "resuming after step {}",
+            epoch * config.steps_per_checkpoint
+        );
+        training = training.checkpoint(epoch);
+    }
+    let result = training.launch(Learner::new(model, optimizer, scheduler));
+    let model = result.model;
+
+    model
+        .clone()
+        .save_file(dir.join("model.bpk"))
+        .map_err(|err| format!("{}: {err}", dir.join("model.bpk").display()))?;
+    let plain = device.clone();
+    let model = model.fork(&plain);
+    let valid = evaluate(&model, &splits.valid, &batcher, config.batch_size, &plain);
+    let test = evaluate(&model, &splits.test, &batcher, config.batch_size, &plain);
+    let summary = RunSummary {
+        steps: epochs * config.steps_per_checkpoint,
+        seconds: started.elapsed().as_secs_f64(),
+        device: format!("{device:?}"),
+        majority_class_accuracy: majority_share(&splits.test),
+        valid,
+        test,
+    };
+    let json = serde_json::to_string_pretty(&summary).expect("serializable");
+    write_atomically(&dir.join("summary.json"), json.as_bytes())?;
+    Ok(summary)
+}
+
+/// Share of the most frequent label.
+pub fn majority_share(items: &[ListOpsItem]) -> f64 {
+    let mut counts = [0usize; 256];
+    items
+        .iter()
+        .for_each(|item| counts[item.label as usize] += 1);
+    *counts.iter().max().unwrap_or(&0) as f64 / items.len().max(1) as f64
+}

@@ -1,0 +1,165 @@
+//! A few-step training run end to end: checkpoints, resume (step count, changed parameters),
+//! `eval`'s JSON line, and configuration errors.
+
+use std::path::Path;
+use std::process::Command;
+
+use nystromformer_train::config::{ExperimentConfig, Preset};
+use nystromformer_train::training::last_checkpoint;
+
+fn binary() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_nystromformer-train"));
+    command.args(["--device", "flex"]);
+    command
+}
+
+fn train(dir: &Path, extra: &[&str]) -> std::process::Output {
+    let small = [
+        "--set",
+        "train_size=256",
+        "--set",
+        "valid_size=32",
+        "--set",
+        "test_size=32",
+        "--set",
+        "min_len=5",
+        "--set",
+        "max_len=40",
+        "--set",
+        "hidden_size=16",
+        "--set",
+        "intermediate_size=32",
+        "--set",
+        "num_landmarks=4",
+        "--set",
+        "batch_size=8",
+        "--set",
+        "warmup_steps=2",
+        "--set",
+        "total_steps=8",
+        "--set",
+        "steps_per_checkpoint=4",
+        "--set",
+        "num_workers=0",
+    ];
+    binary()
+        .args(["train", "listops", "--headless", "--artifact-dir"])
+        .arg(dir)
+        .args(small)
+        .args(extra)
+        .output()
+        .expect("the binary runs")
+}
+
+fn weights(dir: &Path) -> Vec<u8> {
+    std::fs::read(dir.join("model.bpk")).expect("model.bpk written")
+}
+
+#[test]
+fn train_checkpoints_resumes_and_evaluates() {
+    let dir = std::env::temp_dir().join(format!("nystromformer-train-run-{}", std::process::id()));
+    std::fs::remove_dir_all(&dir).ok();
+
+    // An 8-step run stopped after its first checkpoint (4 steps).
+    let first = train(&dir, &["--stop-at-step", "4"]);
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    assert_eq!(
+        last_checkpoint(&dir),
+        Some(1),
+        "one checkpoint after 4 steps"
+    );
+    assert!(dir.join("config.json").is_file() && dir.join("summary.json").is_file());
+    let after_first = weights(&dir);
+
+    // Resume: training continues at step 5 with the saved optimizer and schedule.
+    let resumed = train(&dir, &["--resume"]);
+    let stdout = String::from_utf8_lossy(&resumed.stdout);
+    assert!(
+        resumed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&resumed.stderr)
+    );
+    assert!(String::from_utf8_lossy(&resumed.stderr).contains("resuming after step 4"));
+    assert!(stdout.contains("starting at epoch 2"), "{stdout}");
+    assert_eq!(
+        last_checkpoint(&dir),
+        Some(2),
+        "a second checkpoint after 8 steps"
+    );
+    assert!(dir.join("train/epoch-2").is_dir() && !dir.join("train/epoch-3").exists());
+    assert!(
+        weights(&dir) != after_first,
+        "resumed training changed the parameters"
+    );
+    let lr = std::fs::read_to_string(dir.join("train/epoch-2/Learning_Rate.log")).unwrap();
+    let first_lr: f64 = lr
+        .lines()
+        .next()
+        .unwrap()
+        .split(',')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(first_lr > 0.0, "the schedule continues mid-decay: {lr}");
+
+    // eval prints one JSON line with accuracy, loss and count.
+    let data = dir.join("eval.tsv");
+    std::fs::write(
+        &data,
+        "Source\tTarget\n( [MAX 1 5 ] )\t5\n( [MIN 3 4 ] )\t3\n7\t7\n",
+    )
+    .unwrap();
+    let eval = binary()
+        .args(["eval", "--artifact-dir"])
+        .arg(&dir)
+        .arg("--data")
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(
+        eval.status.success(),
+        "{}",
+        String::from_utf8_lossy(&eval.stderr)
+    );
+    let line = String::from_utf8_lossy(&eval.stdout);
+    assert_eq!(line.trim().lines().count(), 1);
+    let json: serde_json::Value = serde_json::from_str(line.trim()).unwrap();
+    assert_eq!(json["count"], 3);
+    let accuracy = json["accuracy"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&accuracy) && json["loss"].as_f64().unwrap() > 0.0);
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn configuration_errors_are_clear() {
+    let err =
+        ExperimentConfig::resolve(Preset::Quick, None, &["learning_rat=1e-3".into()]).unwrap_err();
+    assert!(
+        err.contains("unknown configuration key \"learning_rat\""),
+        "{err}"
+    );
+    let err =
+        ExperimentConfig::resolve(Preset::Quick, None, &["total_steps=1001".into()]).unwrap_err();
+    assert!(err.contains("multiple of steps_per_checkpoint"), "{err}");
+    let err = ExperimentConfig::resolve(Preset::Quick, None, &["num_heads=3".into()]).unwrap_err();
+    assert!(err.contains("n_heads (3)"), "{err}");
+    let ok = ExperimentConfig::resolve(
+        Preset::Lra,
+        None,
+        &["attention=\"Softmax\"".into(), "seed=7".into()],
+    )
+    .unwrap();
+    assert_eq!((ok.max_len, ok.num_landmarks, ok.seed), (2000, 64, 7));
+
+    let path =
+        std::env::temp_dir().join(format!("nystromformer-config-{}.json", std::process::id()));
+    std::fs::write(&path, "{\"batch_size\": 16,\n \"dropout\": \"high\"}").unwrap();
+    let err = ExperimentConfig::resolve(Preset::Quick, Some(&path), &[]).unwrap_err();
+    std::fs::remove_file(&path).ok();
+    assert!(err.contains("\"dropout\" expects a number"), "{err}");
+}
