@@ -50,9 +50,9 @@ _HF_SELF = _Original()
 
 
 def lucidrains_module(h, d, m, device):
-    from nystrom_attention import Nystrom
+    from nystrom_attention import NystromAttention
 
-    return Nystrom(dim=h * d, dim_head=d, heads=h, num_landmarks=m, pinv_iterations=6, residual=False).to(device).eval()
+    return NystromAttention(dim=h * d, dim_head=d, heads=h, num_landmarks=m, pinv_iterations=6, residual=False).to(device).eval()
 
 
 def sdpa(q, k, v):

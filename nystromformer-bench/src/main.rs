@@ -26,6 +26,26 @@ struct Cli {
     command: Cmd,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Pass {
+    /// Forward only.
+    Forward,
+    /// Forward and backward.
+    Backward,
+    /// Both, one after the other.
+    Both,
+}
+
+impl Pass {
+    fn name(self) -> &'static str {
+        match self {
+            Pass::Forward => "forward",
+            Pass::Backward => "backward",
+            Pass::Both => "both",
+        }
+    }
+}
+
 #[derive(Subcommand)]
 enum Cmd {
     /// Time and peak memory over sequence lengths, landmarks, heads, head sizes and batches.
@@ -60,9 +80,9 @@ enum Cmd {
         /// Batch sizes.
         #[arg(long, value_delimiter = ',', default_value = "1")]
         batches: Vec<usize>,
-        /// Measure forward+backward too.
-        #[arg(long)]
-        backward: bool,
+        /// Passes: forward, backward (forward+backward), or both.
+        #[arg(long, value_enum, default_value = "forward")]
+        pass: Pass,
         /// Untimed runs per shape.
         #[arg(long, default_value_t = 2)]
         warmup: usize,
@@ -164,6 +184,59 @@ fn write_lines(path: &Path, lines: &[String]) -> Result<(), String> {
     std::fs::rename(&tmp, path).map_err(|err| format!("{}: {err}", path.display()))
 }
 
+/// Every combination of the sweep's axes, lengths innermost (increasing).
+fn shapes(batches: &[usize], heads: &[usize], head_dims: &[usize], landmarks: &[usize], lengths: &[usize]) -> Vec<Shape> {
+    let mut shapes = Vec::new();
+    for &batch in batches {
+        for &h in heads {
+            for &d in head_dims {
+                for &m in landmarks {
+                    for &n in lengths {
+                        shapes.push(Shape { batch, heads: h, n, head_dim: d, landmarks: m });
+                    }
+                }
+            }
+        }
+    }
+    shapes
+}
+
+/// Re-runs this command once per device, implementation and pass in a child process, so that
+/// device-pool peaks (which only grow within a process) never mix.
+fn sweep_in_children(devices: &[String], implementations: &[Implementation], pass: Pass) -> Result<(), String> {
+    let me = std::env::current_exe().map_err(|err| err.to_string())?;
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let passes: &[Pass] = if pass == Pass::Both { &[Pass::Forward, Pass::Backward] } else { &[pass] };
+    let replaced = ["--devices", "--implementations", "--pass"];
+    let mut kept: Vec<String> = Vec::new();
+    let mut skip_value = false;
+    for arg in &args {
+        if std::mem::take(&mut skip_value) {
+            continue;
+        }
+        if replaced.contains(&arg.as_str()) {
+            skip_value = true;
+        } else if !replaced.iter().any(|flag| arg.starts_with(&format!("{flag}="))) {
+            kept.push(arg.clone());
+        }
+    }
+    for name in devices {
+        for implementation in implementations {
+            for child_pass in passes {
+                let status = Command::new(&me)
+                    .args(&kept)
+                    .args(["--devices", name, "--implementations", implementation.name(), "--pass", child_pass.name(), "--in-process"])
+                    .status()
+                    .map_err(|err| err.to_string())?;
+                if !status.success() {
+                    eprintln!("warning: {} on {name} ({}) exited with {status}", implementation.name(), child_pass.name());
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 fn run(cli: Cli) -> Result<(), String> {
     match cli.command {
         Cmd::Sweep {
@@ -174,7 +247,7 @@ fn run(cli: Cli) -> Result<(), String> {
             heads,
             head_dims,
             batches,
-            backward,
+            pass,
             warmup,
             reps,
             max_intermediate_gib,
@@ -182,69 +255,10 @@ fn run(cli: Cli) -> Result<(), String> {
             in_process,
         } => {
             std::fs::create_dir_all(&out).map_err(|err| format!("{}: {err}", out.display()))?;
-            if !in_process && (implementations.len() > 1 || devices.len() > 1) {
-                // One child per implementation and device: pool peaks never mix.
-                let me = std::env::current_exe().map_err(|err| err.to_string())?;
-                let args: Vec<String> = std::env::args().skip(1).collect();
-                for name in &devices {
-                    for implementation in &implementations {
-                        let mut child_args: Vec<String> = Vec::new();
-                        let mut skip = false;
-                        for arg in &args {
-                            if skip {
-                                skip = false;
-                                continue;
-                            }
-                            if arg == "--devices" || arg == "--implementations" {
-                                skip = true;
-                                continue;
-                            }
-                            if arg.starts_with("--devices=")
-                                || arg.starts_with("--implementations=")
-                            {
-                                continue;
-                            }
-                            child_args.push(arg.clone());
-                        }
-                        child_args.extend([
-                            "--devices".into(),
-                            name.clone(),
-                            "--implementations".into(),
-                            implementation.name().into(),
-                            "--in-process".into(),
-                        ]);
-                        let status = Command::new(&me)
-                            .args(&child_args)
-                            .status()
-                            .map_err(|err| err.to_string())?;
-                        if !status.success() {
-                            eprintln!(
-                                "warning: {} on {name} exited with {status}",
-                                implementation.name()
-                            );
-                        }
-                    }
-                }
-                return Ok(());
+            if !in_process && (implementations.len() > 1 || devices.len() > 1 || pass == Pass::Both) {
+                return sweep_in_children(&devices, &implementations, pass);
             }
-            let mut shapes = Vec::new();
-            for &batch in &batches {
-                for &h in &heads {
-                    for &d in &head_dims {
-                        for &m in &landmarks {
-                            for &n in &lengths {
-                                shapes.push(Shape {
-                                    batch,
-                                    heads: h,
-                                    n,
-                                    head_dim: d,
-                                    landmarks: m,
-                                });
-                            }
-                        }
-                    }
-                }
-            }
+            let shapes = shapes(&batches, &heads, &head_dims, &landmarks, &lengths);
             for name in &devices {
                 let dev = device(name)?;
                 let settings = Settings {
@@ -261,31 +275,28 @@ fn run(cli: Cli) -> Result<(), String> {
                     if *implementation != Implementation::Nystrom {
                         todo.retain(|s| s.landmarks == landmarks[0]);
                     }
-                    let passes: &[bool] = if backward { &[false, true] } else { &[false] };
+                    let passes: &[bool] = match pass {
+                        Pass::Forward => &[false],
+                        Pass::Backward => &[true],
+                        Pass::Both => &[false, true],
+                    };
                     let bar = ProgressBar::new((todo.len() * passes.len()) as u64);
-                    bar.set_style(
-                        ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {msg}")
-                            .unwrap(),
-                    );
+                    bar.set_style(ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {msg}").unwrap());
                     bar.set_prefix(format!("{} on {name}", implementation.name()));
                     let mut lines = Vec::new();
-                    for &pass in passes {
+                    for &backward in passes {
                         for shape in &todo {
-                            bar.set_message(format!(
-                                "n={} m={} {}",
-                                shape.n,
-                                shape.landmarks,
-                                if pass { "fwd+bwd" } else { "fwd" }
-                            ));
-                            let record = measure(*implementation, *shape, pass, &dev, &settings);
+                            let label = if backward { "fwd+bwd" } else { "fwd" };
+                            bar.set_message(format!("n={} m={} {label}", shape.n, shape.landmarks));
+                            let record = measure(*implementation, *shape, backward, &dev, &settings);
                             lines.push(serde_json::to_string(&record).unwrap());
                             bar.inc(1);
                         }
                     }
                     bar.finish();
-                    let path = out.join(format!("records-{}-{name}.jsonl", implementation.name()));
-                    write_lines(&path, &lines)?;
-                    eprintln!("wrote {}", path.display());
+                    let file = format!("records-{}-{name}-{}.jsonl", implementation.name(), pass.name());
+                    write_lines(&out.join(&file), &lines)?;
+                    eprintln!("wrote {}", out.join(file).display());
                 }
             }
             Ok(())

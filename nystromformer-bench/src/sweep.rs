@@ -103,10 +103,16 @@ pub fn measure(
                 let _ = out;
             }
         });
-        (timing, peak_bytes(&device))
+        // A backend that cannot run a shape may return garbage instead of failing (wgpu above its
+        // largest buffer binding): a result with no signal or a non-finite value is no result.
+        let magnitude: f32 = implementation.run(q, k, v, shape.landmarks).abs().sum().into_scalar();
+        (timing, peak_bytes(&device), magnitude)
     }));
     match outcome {
-        Ok(((median, min, max), peak)) => {
+        Ok((_, _, magnitude)) if !magnitude.is_finite() || magnitude == 0.0 => {
+            record.status = format!("failed: invalid output (sum of |output| = {magnitude})");
+        }
+        Ok(((median, min, max), peak, _)) => {
             record.median_ms = Some(median);
             record.min_ms = Some(min);
             record.max_ms = Some(max);

@@ -103,7 +103,8 @@ impl TrainingProgressLogger for PlainProgress {
     }
 
     fn update_epoch(&mut self, epoch: usize) {
-        self.epoch = epoch;
+        // Called when `epoch` ends.
+        self.epoch = epoch + 1;
     }
 
     fn start_split(&mut self, split: &str, total_items: usize) {
@@ -129,8 +130,8 @@ impl TrainingProgressLogger for PlainProgress {
         println!("training ended");
     }
 
-    fn log_event_training(&mut self, event: String) {
-        println!("{event}");
+    fn log_event_training(&mut self, _event: String) {
+        // burn-train reports every iteration here; experiment.log has them.
     }
 }
 
@@ -151,9 +152,7 @@ impl EvaluationProgressLogger for PlainProgress {
 
     fn end_global_progress(&mut self) {}
 
-    fn log_event_evaluation(&mut self, event: String) {
-        println!("{event}");
-    }
+    fn log_event_evaluation(&mut self, _event: String) {}
 }
 
 impl MetricsRenderer for PlainProgress {

@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Benchmarks on an H100: Burn through wgpu (Vulkan) and the PyTorch peers on CUDA.
+# Run from the repository root with .gl, .whl and .devbin carried (see README.md here).
+set -u
+. nystromformer-bench/scripts/h100_env.sh
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader > "$R/gpu.txt"
+LENGTHS=512,1024,2048,4096,8192,16384,32768,65536
+timeout 200 nystromformer-bench sweep --devices wgpu --lengths $LENGTHS --pass both \
+    --max-intermediate-gib 8 --out "$R" 2>&1 | grep -v '^\s*$' | tail -5
+python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
+timeout 90 python3 nystromformer-bench/peers/torch_peers.py --device cuda --lengths $LENGTHS \
+    --max-intermediate-gib 8 --out "$R" 2>&1 | tail -30
+nystromformer-bench report --dir "$R" > /dev/null && cp "$R/results.md" "$R/results-h100.md"
+rm -f "$R/results.md"
