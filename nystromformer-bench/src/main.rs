@@ -134,21 +134,7 @@ enum Cmd {
 }
 
 fn device(name: &str) -> Result<Device, String> {
-    match name {
-        "flex" => Ok(Device::flex()),
-        #[cfg(feature = "ndarray")]
-        #[allow(deprecated)]
-        "ndarray" => Ok(Device::ndarray()),
-        #[cfg(feature = "wgpu")]
-        "wgpu" => Ok(Device::wgpu(Default::default())),
-        #[cfg(feature = "vulkan")]
-        "vulkan" => Ok(Device::vulkan(Default::default())),
-        #[cfg(feature = "metal")]
-        "metal" => Ok(Device::metal(Default::default())),
-        #[cfg(feature = "webgpu")]
-        "webgpu" => Ok(Device::webgpu(Default::default())),
-        other => Err(format!("device \"{other}\" is unknown or not compiled in")),
-    }
+    nystromformer::device::choose_device(name)
 }
 
 fn commit() -> String {
@@ -185,14 +171,26 @@ fn write_lines(path: &Path, lines: &[String]) -> Result<(), String> {
 }
 
 /// Every combination of the sweep's axes, lengths innermost (increasing).
-fn shapes(batches: &[usize], heads: &[usize], head_dims: &[usize], landmarks: &[usize], lengths: &[usize]) -> Vec<Shape> {
+fn shapes(
+    batches: &[usize],
+    heads: &[usize],
+    head_dims: &[usize],
+    landmarks: &[usize],
+    lengths: &[usize],
+) -> Vec<Shape> {
     let mut shapes = Vec::new();
     for &batch in batches {
         for &h in heads {
             for &d in head_dims {
                 for &m in landmarks {
                     for &n in lengths {
-                        shapes.push(Shape { batch, heads: h, n, head_dim: d, landmarks: m });
+                        shapes.push(Shape {
+                            batch,
+                            heads: h,
+                            n,
+                            head_dim: d,
+                            landmarks: m,
+                        });
                     }
                 }
             }
@@ -203,10 +201,18 @@ fn shapes(batches: &[usize], heads: &[usize], head_dims: &[usize], landmarks: &[
 
 /// Re-runs this command once per device, implementation and pass in a child process, so that
 /// device-pool peaks (which only grow within a process) never mix.
-fn sweep_in_children(devices: &[String], implementations: &[Implementation], pass: Pass) -> Result<(), String> {
+fn sweep_in_children(
+    devices: &[String],
+    implementations: &[Implementation],
+    pass: Pass,
+) -> Result<(), String> {
     let me = std::env::current_exe().map_err(|err| err.to_string())?;
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let passes: &[Pass] = if pass == Pass::Both { &[Pass::Forward, Pass::Backward] } else { &[pass] };
+    let passes: &[Pass] = if pass == Pass::Both {
+        &[Pass::Forward, Pass::Backward]
+    } else {
+        &[pass]
+    };
     let replaced = ["--devices", "--implementations", "--pass"];
     let mut kept: Vec<String> = Vec::new();
     let mut skip_value = false;
@@ -216,7 +222,10 @@ fn sweep_in_children(devices: &[String], implementations: &[Implementation], pas
         }
         if replaced.contains(&arg.as_str()) {
             skip_value = true;
-        } else if !replaced.iter().any(|flag| arg.starts_with(&format!("{flag}="))) {
+        } else if !replaced
+            .iter()
+            .any(|flag| arg.starts_with(&format!("{flag}=")))
+        {
             kept.push(arg.clone());
         }
     }
@@ -225,11 +234,23 @@ fn sweep_in_children(devices: &[String], implementations: &[Implementation], pas
             for child_pass in passes {
                 let status = Command::new(&me)
                     .args(&kept)
-                    .args(["--devices", name, "--implementations", implementation.name(), "--pass", child_pass.name(), "--in-process"])
+                    .args([
+                        "--devices",
+                        name,
+                        "--implementations",
+                        implementation.name(),
+                        "--pass",
+                        child_pass.name(),
+                        "--in-process",
+                    ])
                     .status()
                     .map_err(|err| err.to_string())?;
                 if !status.success() {
-                    eprintln!("warning: {} on {name} ({}) exited with {status}", implementation.name(), child_pass.name());
+                    eprintln!(
+                        "warning: {} on {name} ({}) exited with {status}",
+                        implementation.name(),
+                        child_pass.name()
+                    );
                 }
             }
         }
@@ -255,7 +276,8 @@ fn run(cli: Cli) -> Result<(), String> {
             in_process,
         } => {
             std::fs::create_dir_all(&out).map_err(|err| format!("{}: {err}", out.display()))?;
-            if !in_process && (implementations.len() > 1 || devices.len() > 1 || pass == Pass::Both) {
+            if !in_process && (implementations.len() > 1 || devices.len() > 1 || pass == Pass::Both)
+            {
                 return sweep_in_children(&devices, &implementations, pass);
             }
             let shapes = shapes(&batches, &heads, &head_dims, &landmarks, &lengths);
@@ -281,20 +303,28 @@ fn run(cli: Cli) -> Result<(), String> {
                         Pass::Both => &[false, true],
                     };
                     let bar = ProgressBar::new((todo.len() * passes.len()) as u64);
-                    bar.set_style(ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {msg}").unwrap());
+                    bar.set_style(
+                        ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {msg}")
+                            .unwrap(),
+                    );
                     bar.set_prefix(format!("{} on {name}", implementation.name()));
                     let mut lines = Vec::new();
                     for &backward in passes {
                         for shape in &todo {
                             let label = if backward { "fwd+bwd" } else { "fwd" };
                             bar.set_message(format!("n={} m={} {label}", shape.n, shape.landmarks));
-                            let record = measure(*implementation, *shape, backward, &dev, &settings);
+                            let record =
+                                measure(*implementation, *shape, backward, &dev, &settings);
                             lines.push(serde_json::to_string(&record).unwrap());
                             bar.inc(1);
                         }
                     }
                     bar.finish();
-                    let file = format!("records-{}-{name}-{}.jsonl", implementation.name(), pass.name());
+                    let file = format!(
+                        "records-{}-{name}-{}.jsonl",
+                        implementation.name(),
+                        pass.name()
+                    );
                     write_lines(&out.join(&file), &lines)?;
                     eprintln!("wrote {}", out.join(file).display());
                 }

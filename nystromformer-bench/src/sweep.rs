@@ -105,7 +105,11 @@ pub fn measure(
         });
         // A backend that cannot run a shape may return garbage instead of failing (wgpu above its
         // largest buffer binding): a result with no signal or a non-finite value is no result.
-        let magnitude: f32 = implementation.run(q, k, v, shape.landmarks).abs().sum().into_scalar();
+        let magnitude: f32 = implementation
+            .run(q, k, v, shape.landmarks)
+            .abs()
+            .sum()
+            .into_scalar();
         (timing, peak_bytes(&device), magnitude)
     }));
     match outcome {

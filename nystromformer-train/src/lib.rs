@@ -3,7 +3,6 @@
 
 pub mod config;
 pub mod data;
-pub mod device;
 pub mod encode;
 pub mod eval;
 pub mod files;

@@ -5,9 +5,9 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use nystromformer::AttentionMode;
+use nystromformer::device::{DEVICE_NAMES, choose_device};
 use nystromformer_train::config::{ExperimentConfig, Preset};
 use nystromformer_train::data::listops::{GeneratorConfig, generate, to_tsv};
-use nystromformer_train::device::{DEVICE_NAMES, choose_device};
 use nystromformer_train::encode::encode;
 use nystromformer_train::eval::eval_command;
 use nystromformer_train::files::write_atomically;

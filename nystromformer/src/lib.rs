@@ -21,6 +21,7 @@
 //! Burn's.
 
 pub mod attention;
+pub mod device;
 pub mod hf;
 pub mod model;
 

@@ -1,5 +1,6 @@
-//! Choosing the device on purpose: `Device::default()` picks wgpu whenever it is compiled in,
-//! even when the only adapter is a CPU emulation (lavapipe) or there is none.
+//! Choosing a device by name, for binaries. `Device::default()` picks wgpu whenever it is compiled
+//! in, even when the only adapter is a CPU emulation (lavapipe) or there is none; these helpers
+//! choose on purpose. Only backends enabled through this crate's features are offered.
 
 use burn::tensor::Device;
 
