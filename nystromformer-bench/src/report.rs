@@ -220,3 +220,62 @@ fn crossover(rows: &[&Record]) -> Option<String> {
     }
     (!lines.is_empty()).then(|| lines.join("; "))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(implementation: &str, landmarks: usize, n: usize, ms: f64) -> Record {
+        Record {
+            implementation: implementation.into(),
+            backend: "burn-flex".into(),
+            pass: "forward".into(),
+            batch: 1,
+            heads: 8,
+            n,
+            head_dim: 64,
+            landmarks,
+            median_ms: Some(ms),
+            min_ms: Some(ms),
+            max_ms: Some(ms),
+            reps: 1,
+            peak_bytes: Some((n * n) as u64),
+            status: "ok".into(),
+            commit: "test".into(),
+            machine: "test".into(),
+        }
+    }
+
+    #[test]
+    fn slope_recovers_a_power_law() {
+        let points: Vec<(f64, f64)> = [512.0, 1024.0, 4096.0]
+            .iter()
+            .map(|n: &f64| (*n, 3.0 * n.powi(2)))
+            .collect();
+        assert!((loglog_slope(&points).unwrap() - 2.0).abs() < 1e-9);
+        assert_eq!(loglog_slope(&points[..1]), None);
+    }
+
+    #[test]
+    fn markdown_reports_exponents_and_the_crossover() {
+        let records = vec![
+            record("naive-softmax", 0, 512, 1.0),
+            record("naive-softmax", 0, 1024, 4.0),
+            record("naive-softmax", 0, 2048, 16.0),
+            record("nystrom", 64, 512, 3.0),
+            record("nystrom", 64, 1024, 6.0),
+            record("nystrom", 64, 2048, 12.0),
+        ];
+        let markdown = to_markdown(&records);
+        assert!(
+            markdown.contains("naive-softmax [burn-flex]: time grows as n^2.00"),
+            "{markdown}"
+        );
+        assert!(
+            markdown.contains("nystrom m=64 [burn-flex]: time grows as n^1.00"),
+            "{markdown}"
+        );
+        assert!(markdown.contains("from n = 2048"), "{markdown}");
+        assert_eq!(to_csv(&records).lines().count(), 7);
+    }
+}

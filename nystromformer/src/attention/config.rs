@@ -176,3 +176,33 @@ impl NystromAttentionConfig {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn validate_names_each_bad_value() {
+        let ok = NystromAttentionConfig::new(64, 8);
+        assert_eq!(ok.validate(), Ok(()));
+        assert_eq!(
+            NystromAttentionConfig::new(60, 8).validate(),
+            Err(ConfigError::HeadsDoNotDivide {
+                d_model: 60,
+                n_heads: 8
+            })
+        );
+        assert_eq!(
+            ok.clone().with_num_landmarks(0).validate(),
+            Err(ConfigError::NoLandmarks)
+        );
+        assert_eq!(
+            ok.clone().with_conv_kernel_size(Some(4)).validate(),
+            Err(ConfigError::EvenKernel(4))
+        );
+        assert_eq!(
+            ok.with_dropout(1.0).validate(),
+            Err(ConfigError::Dropout(1.0))
+        );
+    }
+}

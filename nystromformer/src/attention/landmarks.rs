@@ -99,3 +99,52 @@ pub fn segment_means(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn membership_assigns_every_token_to_one_contiguous_segment() {
+        let device = Device::flex();
+        for (n, m) in [(10, 4), (16, 4), (7, 7), (9, 1)] {
+            let membership = segment_membership(n, m, &device);
+            let per_token: Vec<f32> = membership
+                .clone()
+                .sum_dim(0)
+                .into_data()
+                .convert::<f32>()
+                .try_into_vec()
+                .unwrap();
+            assert!(
+                per_token.iter().all(|c| *c == 1.0),
+                "n={n} m={m}: each token in one segment"
+            );
+            let sizes: Vec<f32> = membership
+                .clone()
+                .sum_dim(1)
+                .into_data()
+                .convert::<f32>()
+                .try_into_vec()
+                .unwrap();
+            assert!(
+                sizes
+                    .iter()
+                    .all(|s| *s as usize == n / m || *s as usize == n.div_ceil(m)),
+                "{sizes:?}"
+            );
+            let flat: Vec<f32> = membership
+                .into_data()
+                .convert::<f32>()
+                .try_into_vec()
+                .unwrap();
+            let owner: Vec<usize> = (0..n)
+                .map(|j| (0..m).position(|i| flat[i * n + j] == 1.0).unwrap())
+                .collect();
+            assert!(
+                owner.windows(2).all(|w| w[0] <= w[1]),
+                "segments are contiguous: {owner:?}"
+            );
+        }
+    }
+}

@@ -63,3 +63,33 @@ pub fn zero_padded_rows(x: Tensor<4>, mask_pad: &Tensor<2, Bool>) -> Tensor<4> {
     let dims = x.dims();
     x.mask_fill(mask_over_rows(mask_pad.clone()).expand(dims), 0.0)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::tensor::{Device, TensorData};
+
+    #[test]
+    fn masked_entries_get_zero_weight_and_full_masks_stay_finite() {
+        let device = Device::flex();
+        let scores = Tensor::<4>::from_data(
+            TensorData::new(vec![1.0f32, 2.0, 3.0, 4.0, 5.0, 6.0], [2, 1, 1, 3]),
+            &device,
+        );
+        let mask = Tensor::<4, Bool>::from_bool(
+            TensorData::new(vec![false, true, false, true, true, true], [2, 1, 1, 3]),
+            &device,
+        );
+        let weights: Vec<f32> = masked_softmax(scores, Some(mask))
+            .into_data()
+            .convert::<f32>()
+            .try_into_vec()
+            .unwrap();
+        assert_eq!(weights[1], 0.0, "masked entry");
+        assert!((weights[0] + weights[2] - 1.0).abs() < 1e-6);
+        assert!(
+            weights[3..].iter().all(|w| (w - 1.0 / 3.0).abs() < 1e-6),
+            "fully masked row is uniform: {weights:?}"
+        );
+    }
+}

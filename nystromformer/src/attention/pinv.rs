@@ -69,3 +69,40 @@ pub fn pinv_residual(a: Tensor<4>, z: Tensor<4>) -> Tensor<2> {
 fn identity(m: usize, device: &Device) -> Tensor<4> {
     Tensor::<2>::eye(m, device).reshape([1, 1, m, m])
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn host(t: Tensor<4>) -> Vec<f32> {
+        t.into_data().convert::<f32>().try_into_vec().unwrap()
+    }
+
+    #[test]
+    fn identity_inverts_to_identity_and_zeros_to_zeros() {
+        let device = Device::flex();
+        let eye = Tensor::<2>::eye(3, &device).reshape([1, 1, 3, 3]);
+        for init in [PinvInit::Original, PinvInit::Exact] {
+            let z = host(iterative_pinv(eye.clone(), 6, init));
+            assert!(
+                z.iter()
+                    .zip(host(eye.clone()))
+                    .all(|(a, b)| (a - b).abs() < 1e-6),
+                "{init:?}: {z:?}"
+            );
+            // Every landmark missing: A = 0 must give A⁺ = 0, not NaN.
+            let zero = host(iterative_pinv(
+                Tensor::zeros([1, 1, 3, 3], &device),
+                6,
+                init,
+            ));
+            assert!(zero.iter().all(|x| *x == 0.0), "{init:?}: {zero:?}");
+        }
+        let residual = pinv_residual(eye.clone(), eye)
+            .into_data()
+            .convert::<f32>()
+            .try_into_vec::<f32>()
+            .unwrap();
+        assert_eq!(residual, vec![0.0]);
+    }
+}

@@ -160,3 +160,50 @@ impl HfNystromformerConfig {
         Ok(config)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hf_fields_map_to_the_library_configuration() {
+        let hf: HfNystromformerConfig = serde_json::from_str(
+            r#"{"hidden_size": 32, "num_attention_heads": 4, "num_landmarks": 16,
+                "segment_means_seq_len": 16, "hidden_act": "gelu", "conv_kernel_size": null,
+                "architectures": ["NystromformerModel"], "model_type": "nystromformer"}"#,
+        )
+        .unwrap();
+        let config = hf.to_model_config(MaskPolicy::LeakFree).unwrap();
+        assert_eq!(
+            config.attention,
+            AttentionMode::Softmax,
+            "HF's exact branch"
+        );
+        assert_eq!(config.hidden_act, Activation::Gelu);
+        assert_eq!(config.conv_kernel_size, None);
+        assert_eq!(config.position_offset, HF_POSITION_OFFSET);
+        assert_eq!(config.pinv_init, PinvInit::Original);
+        assert_eq!(config.vocab_size, 30000, "HF's default");
+
+        let nystrom = HfNystromformerConfig {
+            num_landmarks: 8,
+            ..hf.clone()
+        };
+        assert_eq!(
+            nystrom
+                .to_model_config(MaskPolicy::LeakFree)
+                .unwrap()
+                .attention,
+            AttentionMode::Nystrom
+        );
+        let bad = HfNystromformerConfig {
+            hidden_act: "swish".into(),
+            ..hf
+        };
+        assert!(
+            bad.to_model_config(MaskPolicy::LeakFree)
+                .unwrap_err()
+                .contains("swish")
+        );
+    }
+}
