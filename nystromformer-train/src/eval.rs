@@ -7,9 +7,11 @@ use burn::module::Module;
 use burn::tensor::Device;
 use serde::Serialize;
 
-use crate::config::ExperimentConfig;
+use crate::config::{ExperimentConfig, Task};
+use crate::data::SequenceItem;
 use crate::data::batcher::ClassificationBatcher;
-use crate::data::listops::{ListOpsItem, read_tsv};
+use crate::data::listops::read_tsv;
+use crate::data::text::load_split;
 use crate::files::read_json;
 use crate::model::Classifier;
 
@@ -27,7 +29,7 @@ pub struct EvalResult {
 /// Evaluates `model` on `items`, `batch_size` at a time.
 pub fn evaluate(
     model: &Classifier,
-    items: &[ListOpsItem],
+    items: &[SequenceItem],
     batcher: &ClassificationBatcher,
     batch_size: usize,
     device: &Device,
@@ -52,7 +54,8 @@ pub fn evaluate(
     }
 }
 
-/// Loads `artifact_dir/config.json` and `model.bpk` and evaluates on a ListOps TSV.
+/// Loads `artifact_dir/config.json` and `model.bpk` and evaluates on a data file of the run's
+/// task (a ListOps TSV, or a text TSV/CSV/JSONL).
 pub fn eval_command(
     artifact_dir: &Path,
     data: &Path,
@@ -63,7 +66,18 @@ pub fn eval_command(
     let model = Classifier::new(&config.model_config(), config.num_classes(), device)
         .try_load_file(&model_path)
         .map_err(|err| format!("{}: {err}", model_path.display()))?;
-    let items = read_tsv(data)?;
+    let items = match config.task {
+        Task::Listops => read_tsv(data)?,
+        Task::Text => {
+            let labels = config.labels.clone().ok_or_else(|| {
+                format!(
+                    "{}: no labels recorded",
+                    artifact_dir.join("config.json").display()
+                )
+            })?;
+            load_split(data, &config.columns(), &labels, config.max_len)?
+        }
+    };
     if items.is_empty() {
         return Err(format!("{}: no examples", data.display()));
     }

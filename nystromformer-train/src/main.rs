@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand, ValueEnum};
 use nystromformer::AttentionMode;
 use nystromformer::device::{DEVICE_NAMES, choose_device};
-use nystromformer_train::config::{ExperimentConfig, Preset};
+use nystromformer_train::config::{ExperimentConfig, Preset, Task};
 use nystromformer_train::data::listops::{GeneratorConfig, generate, to_tsv};
 use nystromformer_train::encode::encode;
 use nystromformer_train::eval::eval_command;
@@ -28,12 +28,6 @@ struct Cli {
 }
 
 #[derive(Clone, Copy, ValueEnum)]
-enum Task {
-    /// LRA ListOps (generated, or LRA's released TSV files with `--set data_dir=DIR`).
-    Listops,
-}
-
-#[derive(Clone, Copy, ValueEnum)]
 enum AttentionArg {
     /// Nyström attention.
     Nystrom,
@@ -45,7 +39,8 @@ enum AttentionArg {
 enum Command {
     /// Train a model; the dashboard runs when stdout is a terminal, plain lines otherwise.
     Train {
-        /// The task.
+        /// The task: listops (generated, or LRA's files with `--set data_dir=DIR`) or text
+        /// (`--set data_dir=DIR` with train/valid/test .tsv, .csv or .jsonl files).
         task: Task,
         /// Starting configuration.
         #[arg(long, value_enum, default_value = "quick")]
@@ -80,7 +75,7 @@ enum Command {
         /// A `train` artifact directory (config.json and model.bpk).
         #[arg(long)]
         artifact_dir: PathBuf,
-        /// A ListOps TSV file in LRA's format.
+        /// A data file of the run's task (ListOps TSV; text TSV, CSV or JSONL).
         #[arg(long)]
         data: PathBuf,
     },
@@ -144,7 +139,7 @@ fn run(cli: Cli) -> Result<(), String> {
     };
     match cli.command {
         Command::Train {
-            task: Task::Listops,
+            task,
             preset,
             config,
             overrides,
@@ -172,7 +167,7 @@ fn run(cli: Cli) -> Result<(), String> {
             let config = if resume {
                 nystromformer_train::files::read_json(&artifact_dir.join("config.json"))?
             } else {
-                ExperimentConfig::resolve(preset, config.as_deref(), &overrides)?
+                ExperimentConfig::resolve(task, preset, config.as_deref(), &overrides)?
             };
             let options = TrainOptions {
                 artifact_dir,

@@ -12,6 +12,7 @@
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
+
 use std::time::Instant;
 
 use burn::data::dataloader::DataLoaderBuilder;
@@ -27,9 +28,11 @@ use burn::train::metric::{AccuracyMetric, IterationSpeedMetric, LearningRateMetr
 use burn::train::{Learner, SupervisedTraining};
 use serde::Serialize;
 
-use crate::config::ExperimentConfig;
+use crate::config::{ExperimentConfig, Task};
+use crate::data::SequenceItem;
 use crate::data::batcher::ClassificationBatcher;
-use crate::data::listops::{ListOpsItem, generate, read_tsv, tokenize};
+use crate::data::listops::{generate, read_tsv, tokenize};
+use crate::data::text::{find_split, label_set, load_split, read_records};
 use crate::eval::{EvalResult, evaluate};
 use crate::files::write_atomically;
 use crate::model::Classifier;
@@ -38,15 +41,32 @@ use crate::progress::PlainProgress;
 /// The three splits of a task.
 pub struct Splits {
     /// Training examples.
-    pub train: Vec<ListOpsItem>,
+    pub train: Vec<SequenceItem>,
     /// Validation examples.
-    pub valid: Vec<ListOpsItem>,
+    pub valid: Vec<SequenceItem>,
     /// Test examples.
-    pub test: Vec<ListOpsItem>,
+    pub test: Vec<SequenceItem>,
 }
 
-/// Loads LRA's files from `data_dir`, or generates the splits from the seed.
-pub fn load_splits(config: &ExperimentConfig) -> Result<Splits, String> {
+/// Loads the task's splits. Text: also fixes `config.labels` from the training data.
+pub fn load_splits(config: &mut ExperimentConfig) -> Result<Splits, String> {
+    if config.task == Task::Text {
+        let dir = config
+            .data_dir
+            .clone()
+            .ok_or("the text task needs data_dir")?;
+        let train_path = find_split(&dir, &["train"])?;
+        if config.labels.is_none() {
+            config.labels = Some(label_set(&read_records(&train_path, &config.columns())?));
+        }
+        let labels = config.labels.clone().unwrap_or_default();
+        let load = |path: PathBuf| load_split(&path, &config.columns(), &labels, config.max_len);
+        return Ok(Splits {
+            train: load(train_path.clone())?,
+            valid: load(find_split(&dir, &["valid", "val"])?)?,
+            test: load(find_split(&dir, &["test"])?)?,
+        });
+    }
     if let Some(dir) = &config.data_dir {
         let read = |name: &str| read_tsv(&dir.join(name));
         return Ok(Splits {
@@ -56,12 +76,12 @@ pub fn load_splits(config: &ExperimentConfig) -> Result<Splits, String> {
         });
     }
     let generator = config.generator();
-    let make = |count: usize, seed: u64| -> Vec<ListOpsItem> {
+    let make = |count: usize, seed: u64| -> Vec<SequenceItem> {
         generate(count, seed, &generator)
             .into_iter()
-            .map(|(tree, text)| ListOpsItem {
+            .map(|(tree, text)| SequenceItem {
                 tokens: tokenize(&text).expect("generated tokens are known"),
-                label: tree.value(),
+                label: tree.value() as u32,
             })
             .collect()
     };
@@ -125,6 +145,10 @@ pub fn train(
     let started = Instant::now();
     let dir = &options.artifact_dir;
     std::fs::create_dir_all(dir).map_err(|err| format!("{}: {err}", dir.display()))?;
+    eprintln!("preparing data ...");
+    let mut config = config.clone();
+    let splits = load_splits(&mut config)?;
+    let config = &config;
     let config_json = serde_json::to_string_pretty(config).expect("serializable");
     write_atomically(&dir.join("config.json"), config_json.as_bytes())?;
     let resume_from = if options.resume {
@@ -138,8 +162,6 @@ pub fn train(
         None
     };
 
-    eprintln!("preparing data ...");
-    let splits = load_splits(config)?;
     eprintln!(
         "data: {} train, {} valid, {} test examples",
         splits.train.len(),
@@ -245,10 +267,10 @@ pub fn train(
 }
 
 /// Share of the most frequent label.
-pub fn majority_share(items: &[ListOpsItem]) -> f64 {
-    let mut counts = [0usize; 256];
+pub fn majority_share(items: &[SequenceItem]) -> f64 {
+    let mut counts = std::collections::HashMap::new();
     items
         .iter()
-        .for_each(|item| counts[item.label as usize] += 1);
-    *counts.iter().max().unwrap_or(&0) as f64 / items.len().max(1) as f64
+        .for_each(|item| *counts.entry(item.label).or_insert(0usize) += 1);
+    *counts.values().max().unwrap_or(&0) as f64 / items.len().max(1) as f64
 }

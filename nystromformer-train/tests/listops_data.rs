@@ -3,9 +3,10 @@
 
 use burn::data::dataloader::batcher::Batcher;
 use burn::tensor::Device;
+use nystromformer_train::data::SequenceItem;
 use nystromformer_train::data::batcher::{ClassificationBatcher, PAD};
 use nystromformer_train::data::listops::{
-    GeneratorConfig, ListOpsItem, VOCAB, generate, read_tsv, to_tsv, tokenize,
+    GeneratorConfig, VOCAB, generate, read_tsv, to_tsv, tokenize,
 };
 
 /// Evaluates a token sequence with a stack — no tree, no shared code with the generator.
@@ -112,7 +113,7 @@ fn reader_takes_lra_files_and_generator_output() {
     let items = read_tsv(&path).unwrap();
     std::fs::remove_file(&path).ok();
     for ((tree, text), item) in examples.iter().zip(&items) {
-        assert_eq!(item.label, tree.value());
+        assert_eq!(item.label, tree.value() as u32);
         assert_eq!(item.tokens, tokenize(text).unwrap());
     }
 }
@@ -149,15 +150,15 @@ fn malformed_lines_name_file_and_line() {
 #[test]
 fn batcher_pads_to_the_longest_and_masks_padding() {
     let items = vec![
-        ListOpsItem {
+        SequenceItem {
             tokens: vec![12, 2, 3, 15],
             label: 2,
         },
-        ListOpsItem {
+        SequenceItem {
             tokens: vec![5],
             label: 4,
         },
-        ListOpsItem {
+        SequenceItem {
             tokens: (0..10).map(|_| 3).collect(),
             label: 2,
         },

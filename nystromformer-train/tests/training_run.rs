@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::process::Command;
 
-use nystromformer_train::config::{ExperimentConfig, Preset};
+use nystromformer_train::config::{ExperimentConfig, Preset, Task};
 use nystromformer_train::training::last_checkpoint;
 
 fn binary() -> Command {
@@ -137,18 +137,31 @@ fn train_checkpoints_resumes_and_evaluates() {
 
 #[test]
 fn configuration_errors_are_clear() {
-    let err =
-        ExperimentConfig::resolve(Preset::Quick, None, &["learning_rat=1e-3".into()]).unwrap_err();
+    let err = ExperimentConfig::resolve(
+        Task::Listops,
+        Preset::Quick,
+        None,
+        &["learning_rat=1e-3".into()],
+    )
+    .unwrap_err();
     assert!(
         err.contains("unknown configuration key \"learning_rat\""),
         "{err}"
     );
-    let err =
-        ExperimentConfig::resolve(Preset::Quick, None, &["total_steps=1001".into()]).unwrap_err();
+    let err = ExperimentConfig::resolve(
+        Task::Listops,
+        Preset::Quick,
+        None,
+        &["total_steps=1001".into()],
+    )
+    .unwrap_err();
     assert!(err.contains("multiple of steps_per_checkpoint"), "{err}");
-    let err = ExperimentConfig::resolve(Preset::Quick, None, &["num_heads=3".into()]).unwrap_err();
+    let err =
+        ExperimentConfig::resolve(Task::Listops, Preset::Quick, None, &["num_heads=3".into()])
+            .unwrap_err();
     assert!(err.contains("n_heads (3)"), "{err}");
     let ok = ExperimentConfig::resolve(
+        Task::Listops,
         Preset::Lra,
         None,
         &["attention=\"Softmax\"".into(), "seed=7".into()],
@@ -159,7 +172,8 @@ fn configuration_errors_are_clear() {
     let path =
         std::env::temp_dir().join(format!("nystromformer-config-{}.json", std::process::id()));
     std::fs::write(&path, "{\"batch_size\": 16,\n \"dropout\": \"high\"}").unwrap();
-    let err = ExperimentConfig::resolve(Preset::Quick, Some(&path), &[]).unwrap_err();
+    let err =
+        ExperimentConfig::resolve(Task::Listops, Preset::Quick, Some(&path), &[]).unwrap_err();
     std::fs::remove_file(&path).ok();
     assert!(err.contains("\"dropout\" expects a number"), "{err}");
 }

@@ -3,7 +3,7 @@
 use burn::data::dataloader::batcher::Batcher;
 use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
 
-use super::listops::ListOpsItem;
+use super::SequenceItem;
 
 /// Token id used for padding.
 pub const PAD: u32 = 0;
@@ -28,7 +28,7 @@ pub struct ClassificationBatcher {
 
 impl ClassificationBatcher {
     /// Host-side layout of a batch: (padded ids, padding flags, labels, n).
-    pub fn layout(&self, items: &[ListOpsItem]) -> (Vec<i64>, Vec<bool>, Vec<i64>, usize) {
+    pub fn layout(&self, items: &[SequenceItem]) -> (Vec<i64>, Vec<bool>, Vec<i64>, usize) {
         let n = items
             .iter()
             .map(|item| item.tokens.len().min(self.max_len))
@@ -48,8 +48,8 @@ impl ClassificationBatcher {
     }
 }
 
-impl Batcher<ListOpsItem, ClassificationBatch> for ClassificationBatcher {
-    fn batch(&self, items: Vec<ListOpsItem>, device: &Device) -> ClassificationBatch {
+impl Batcher<SequenceItem, ClassificationBatch> for ClassificationBatcher {
+    fn batch(&self, items: Vec<SequenceItem>, device: &Device) -> ClassificationBatch {
         let batch = items.len();
         let (ids, pad, labels, n) = self.layout(&items);
         ClassificationBatch {

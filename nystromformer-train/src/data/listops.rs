@@ -9,14 +9,7 @@ use std::fmt::Write as _;
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 
-/// One example: the token sequence and its value (the label, 0–9).
-#[derive(Debug, Clone, PartialEq)]
-pub struct ListOpsItem {
-    /// Token ids (see [`VOCAB`]).
-    pub tokens: Vec<u32>,
-    /// The expression's value.
-    pub label: u8,
-}
+use super::SequenceItem;
 
 /// Token strings by id; id 0 is padding.
 pub const VOCAB: [&str; 16] = [
@@ -220,7 +213,7 @@ pub fn tokenize(source: &str) -> Result<Vec<u32>, String> {
 
 /// Reads an LRA ListOps TSV (`Source\tTarget` header, one example per line). Errors name the
 /// file and line.
-pub fn read_tsv(path: &Path) -> Result<Vec<ListOpsItem>, String> {
+pub fn read_tsv(path: &Path) -> Result<Vec<SequenceItem>, String> {
     let file = std::fs::File::open(path).map_err(|err| format!("{}: {err}", path.display()))?;
     let mut items = Vec::new();
     for (index, line) in BufReader::new(file).lines().enumerate() {
@@ -246,7 +239,10 @@ pub fn read_tsv(path: &Path) -> Result<Vec<ListOpsItem>, String> {
         if tokens.is_empty() {
             return Err(at("empty source".into()));
         }
-        items.push(ListOpsItem { tokens, label });
+        items.push(SequenceItem {
+            tokens,
+            label: label as u32,
+        });
     }
     Ok(items)
 }
