@@ -3,6 +3,7 @@
 
 mod implementations;
 mod memory;
+mod plot;
 mod quality;
 mod record;
 mod report;
@@ -124,8 +125,8 @@ enum Cmd {
         )]
         out: PathBuf,
     },
-    /// Merge every *.jsonl record file of a directory (ours and the peers') into results.csv
-    /// and results.md.
+    /// Merge every *.jsonl record file of a directory (ours and the peers') into results.csv,
+    /// results.md and log-log charts of time and memory against n (SVG).
     Report {
         /// Directory of record files.
         #[arg(long, default_value = "nystromformer-bench/results/latest")]
@@ -366,6 +367,12 @@ fn run(cli: Cli) -> Result<(), String> {
                 .map_err(|err| err.to_string())?;
             let markdown = report::to_markdown(&records);
             std::fs::write(dir.join("results.md"), &markdown).map_err(|err| err.to_string())?;
+            for chart in plot::record_charts(&dir, &records)?
+                .into_iter()
+                .chain(plot::quality_chart(&dir)?)
+            {
+                eprintln!("wrote {chart}");
+            }
             println!("{markdown}");
             Ok(())
         }
