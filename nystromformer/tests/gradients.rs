@@ -29,7 +29,13 @@ type Getter = fn(&mut NystromAttention) -> &mut Param<Tensor<2>>;
 
 #[test]
 fn gradients_reach_every_parameter_and_match_finite_differences() {
-    let device = Device::flex().autodiff();
+    for (name, device) in common::devices() {
+        check_gradients(name, &device.autodiff());
+    }
+}
+
+fn check_gradients(backend: &str, device: &Device) {
+    let device = device.clone();
     let layer = small_layer(&device);
     let x = randn([1, 9, 8], 1.0, 21, &device);
     let probe = randn([1, 9, 8], 1.0, 22, &device);
@@ -111,19 +117,22 @@ fn gradients_reach_every_parameter_and_match_finite_differences() {
         ),
     ];
     for (name, grad) in params {
-        let grad = grad.unwrap_or_else(|| panic!("{name}: no gradient"));
+        let grad = grad.unwrap_or_else(|| panic!("{backend} {name}: no gradient"));
         assert!(
             grad.iter().all(|g| g.is_finite()),
-            "{name}: non-finite gradient"
+            "{backend} {name}: non-finite gradient"
         );
         let largest = grad.iter().fold(0.0f32, |m, g| m.max(g.abs()));
         if name == "key.bias" {
             // Every softmax row is shift-invariant: `q·(k + c) = q·k + q·c` adds the same
             // constant to a whole row of scores (landmark keys are means, shifted alike), so the
             // key bias cannot change the output.
-            assert!(largest < 1e-5, "key.bias: gradient {largest} should vanish");
+            assert!(
+                largest < 1e-5,
+                "{backend} key.bias: gradient {largest} should vanish"
+            );
         } else {
-            assert!(largest > 1e-6, "{name}: gradient is zero");
+            assert!(largest > 1e-6, "{backend} {name}: gradient is zero");
         }
         checked += 1;
     }
@@ -154,7 +163,7 @@ fn gradients_reach_every_parameter_and_match_finite_differences() {
             let err = (numeric - analytic[index]).abs() / analytic[index].abs().max(1e-2);
             assert!(
                 err < 2e-2,
-                "{name}.weight[{index}]: analytic {} vs numeric {numeric}",
+                "{backend} {name}.weight[{index}]: analytic {} vs numeric {numeric}",
                 analytic[index]
             );
         }

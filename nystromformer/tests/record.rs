@@ -11,7 +11,13 @@ use nystromformer::model::{
 
 #[test]
 fn record_round_trip_preserves_outputs() {
-    let device = Device::flex();
+    for (name, device) in common::devices() {
+        round_trip(name, &device);
+    }
+}
+
+fn round_trip(backend: &str, device: &Device) {
+    let device = device.clone();
     let config = NystromformerConfig::new(30, 16, 2, 2, 32)
         .with_num_landmarks(4)
         .with_conv_kernel_size(Some(3));
@@ -19,7 +25,10 @@ fn record_round_trip_preserves_outputs() {
     let ids = Tensor::<2, Int>::from_ints([[1, 5, 7, 9, 2, 3, 4, 8, 11, 12]], &device);
     let before = model.forward(EncoderInput::new(ids.clone()));
 
-    let dir = std::env::temp_dir().join(format!("nystromformer-record-{}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!(
+        "nystromformer-record-{backend}-{}",
+        std::process::id()
+    ));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("model.bpk");
     model.save_file(&path).expect("save");
@@ -28,10 +37,10 @@ fn record_round_trip_preserves_outputs() {
     let untrained = fresh.forward(EncoderInput::new(ids.clone()));
     assert!(
         max_abs_diff(&before, &untrained) > 1e-4,
-        "a fresh model should differ"
+        "{backend}: a fresh model should differ"
     );
     let loaded = fresh.try_load_file(&path).expect("load");
     let after = loaded.forward(EncoderInput::new(ids));
     std::fs::remove_dir_all(&dir).ok();
-    assert_eq!(max_abs_diff(&before, &after), 0.0);
+    assert_eq!(max_abs_diff(&before, &after), 0.0, "{backend}");
 }
