@@ -14,10 +14,10 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
-use burn::tensor::Device;
 use clap::{Parser, Subcommand};
 use implementations::Implementation;
 use indicatif::{ProgressBar, ProgressStyle};
+use nystromformer::device::choose_device;
 use sweep::{Settings, Shape, measure};
 
 #[derive(Parser)]
@@ -132,10 +132,6 @@ enum Cmd {
         #[arg(long, default_value = "nystromformer-bench/results/latest")]
         dir: PathBuf,
     },
-}
-
-fn device(name: &str) -> Result<Device, String> {
-    nystromformer::device::choose_device(name)
 }
 
 fn commit() -> String {
@@ -283,7 +279,7 @@ fn run(cli: Cli) -> Result<(), String> {
             }
             let shapes = shapes(&batches, &heads, &head_dims, &landmarks, &lengths);
             for name in &devices {
-                let dev = device(name)?;
+                let dev = choose_device(name)?;
                 let settings = Settings {
                     warmup,
                     reps,
@@ -340,7 +336,7 @@ fn run(cli: Cli) -> Result<(), String> {
             iterations,
             out,
         } => {
-            let dev = device(&name)?;
+            let dev = choose_device(&name)?;
             let records = quality::quality_sweep(&dev, n, head_dim, &landmarks, &iterations);
             if let Some(parent) = out.parent() {
                 std::fs::create_dir_all(parent)

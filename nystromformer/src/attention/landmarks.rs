@@ -77,12 +77,7 @@ pub fn segment_means(
         None => {
             let membership = segment_membership(n, m, &q.device());
             let counts = membership.clone().sum_dim(1); // [m, 1]
-            let averaging = (membership / counts).reshape([1, 1, m, n]);
-            Landmarks {
-                queries: averaging.clone().matmul(q),
-                keys: averaging.matmul(k),
-                missing: None,
-            }
+            average(q, k, (membership / counts).reshape([1, 1, m, n]), None)
         }
         Some(mask_pad) => {
             let membership = segment_membership(n, m, &q.device()).reshape([1, m, n]);
@@ -91,12 +86,22 @@ pub fn segment_means(
             let counts = weights.clone().sum_dim(2); // [batch, m, 1]
             let missing = counts.clone().equal_elem(0.0).reshape([batch, m]);
             let averaging = (weights / counts.clamp_min(1.0)).reshape([batch, 1, m, n]);
-            Landmarks {
-                queries: averaging.clone().matmul(q),
-                keys: averaging.matmul(k),
-                missing: Some(missing),
-            }
+            average(q, k, averaging, Some(missing))
         }
+    }
+}
+
+/// Applies averaging weights `[batch or 1, 1, m, n]` to `q` and `k`.
+fn average(
+    q: Tensor<4>,
+    k: Tensor<4>,
+    averaging: Tensor<4>,
+    missing: Option<Tensor<2, Bool>>,
+) -> Landmarks {
+    Landmarks {
+        queries: averaging.clone().matmul(q),
+        keys: averaging.matmul(k),
+        missing,
     }
 }
 

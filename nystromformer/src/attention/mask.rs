@@ -52,16 +52,38 @@ pub fn mask_over_rows(mask_pad: Tensor<2, Bool>) -> Tensor<4, Bool> {
     mask_pad.reshape([batch, 1, n, 1])
 }
 
-/// Sets the rows of padded positions to zero.
+/// Sets the masked rows to zero (no mask: unchanged).
 ///
 /// # Shapes
 ///
-/// - x: `[batch, heads, n, d]`
-/// - mask_pad: `[batch, n]` (`true` = padding)
-/// - output: `[batch, heads, n, d]`
-pub fn zero_padded_rows(x: Tensor<4>, mask_pad: &Tensor<2, Bool>) -> Tensor<4> {
-    let dims = x.dims();
-    x.mask_fill(mask_over_rows(mask_pad.clone()).expand(dims), 0.0)
+/// - x: `[batch, heads, rows, cols]`
+/// - mask: `[batch, rows]` (`true` = zero this row)
+/// - output: `[batch, heads, rows, cols]`
+pub fn zero_rows(x: Tensor<4>, mask: Option<&Tensor<2, Bool>>) -> Tensor<4> {
+    match mask {
+        Some(mask) => {
+            let dims = x.dims();
+            x.mask_fill(mask_over_rows(mask.clone()).expand(dims), 0.0)
+        }
+        None => x,
+    }
+}
+
+/// Sets the masked columns to zero (no mask: unchanged).
+///
+/// # Shapes
+///
+/// - x: `[batch, heads, rows, cols]`
+/// - mask: `[batch, cols]` (`true` = zero this column)
+/// - output: `[batch, heads, rows, cols]`
+pub fn zero_columns(x: Tensor<4>, mask: Option<&Tensor<2, Bool>>) -> Tensor<4> {
+    match mask {
+        Some(mask) => {
+            let dims = x.dims();
+            x.mask_fill(mask_over_columns(mask.clone()).expand(dims), 0.0)
+        }
+        None => x,
+    }
 }
 
 #[cfg(test)]

@@ -3,7 +3,7 @@
 use burn::nn::conv::Conv2d;
 use burn::tensor::{Bool, Tensor};
 
-use super::mask::zero_padded_rows;
+use super::mask::zero_rows;
 
 /// Depthwise convolution of `v` along the sequence axis, one `k × 1` filter per head.
 ///
@@ -18,9 +18,5 @@ use super::mask::zero_padded_rows;
 /// - mask_pad: `[batch, n]` (`true` = padding)
 /// - output: `[batch, heads, n, d]`
 pub fn conv_skip(v: Tensor<4>, conv: &Conv2d, mask_pad: Option<&Tensor<2, Bool>>) -> Tensor<4> {
-    let v = match mask_pad {
-        Some(mask_pad) => zero_padded_rows(v, mask_pad),
-        None => v,
-    };
-    conv.forward(v)
+    conv.forward(zero_rows(v, mask_pad))
 }

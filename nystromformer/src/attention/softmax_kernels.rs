@@ -8,7 +8,7 @@
 
 use burn::tensor::{Bool, Tensor};
 
-use super::mask::{mask_over_columns, mask_over_rows, masked_softmax};
+use super::mask::{mask_over_columns, masked_softmax, zero_columns, zero_rows};
 
 /// `F = softmax(Q K̃ᵀ)`: every token against the landmark keys.
 ///
@@ -26,13 +26,7 @@ pub fn kernel_f(
     let f = masked_softmax(scores, missing.cloned().map(mask_over_columns));
     // A sequence without any landmark (fully padded) would otherwise spread uniform weight over
     // the missing ones.
-    match missing {
-        Some(missing) => {
-            let dims = f.dims();
-            f.mask_fill(mask_over_columns(missing.clone()).expand(dims), 0.0)
-        }
-        None => f,
-    }
+    zero_columns(f, missing)
 }
 
 /// `A = softmax(Q̃ K̃ᵀ)`: landmark queries against landmark keys; rows and columns of missing
@@ -50,7 +44,7 @@ pub fn kernel_a(
 ) -> Tensor<4> {
     let scores = landmark_queries.matmul(landmark_keys.transpose());
     let a = masked_softmax(scores, missing.cloned().map(mask_over_columns));
-    zero_missing_rows(a, missing)
+    zero_rows(a, missing)
 }
 
 /// `B = softmax(Q̃ Kᵀ)`: landmark queries against every key; padded keys get zero weight and
@@ -70,15 +64,5 @@ pub fn kernel_b(
 ) -> Tensor<4> {
     let scores = landmark_queries.matmul(k.transpose());
     let b = masked_softmax(scores, mask_pad.cloned().map(mask_over_columns));
-    zero_missing_rows(b, missing)
-}
-
-fn zero_missing_rows(x: Tensor<4>, missing: Option<&Tensor<2, Bool>>) -> Tensor<4> {
-    match missing {
-        Some(missing) => {
-            let dims = x.dims();
-            x.mask_fill(mask_over_rows(missing.clone()).expand(dims), 0.0)
-        }
-        None => x,
-    }
+    zero_rows(b, missing)
 }
