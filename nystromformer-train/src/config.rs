@@ -6,8 +6,11 @@ use nystromformer::AttentionMode;
 use nystromformer::model::{Activation, NystromformerConfig};
 use serde::{Deserialize, Serialize};
 
-use crate::data::listops::{GeneratorConfig, NUM_CLASSES, VOCAB_SIZE};
+use crate::data::corpus::MLM_VOCAB_SIZE;
+use crate::data::image::{IMAGE_VOCAB_SIZE, NUM_CLASSES as IMAGE_CLASSES};
+use crate::data::listops::{GeneratorConfig, NUM_CLASSES as LISTOPS_CLASSES, VOCAB_SIZE};
 use crate::data::text::{Columns, TEXT_VOCAB_SIZE};
+use crate::files::read_json;
 
 /// The task a configuration trains.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -17,13 +20,18 @@ pub enum Task {
     Listops,
     /// Byte-level text classification (LRA Text) from `data_dir/{train,valid,test}.{tsv,csv,jsonl}`.
     Text,
+    /// Document matching (LRA Retrieval) from LRA's `data_dir/new_aan_pairs.{train,eval,test}.tsv`.
+    Retrieval,
+    /// CIFAR-10 as 1 024 grayscale pixel tokens (LRA Image) from the binary batches in `data_dir`.
+    Image,
+    /// Masked-LM pretraining on `data_dir/{train,valid,test}.txt`.
+    Mlm,
 }
-use crate::files::read_json;
 
 /// A named starting point for the configuration.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Preset {
-    /// Short ListOps sequences and a short run: minutes on two CPU cores.
+    /// Short sequences and a short run: minutes on two CPU cores for ListOps.
     Quick,
     /// The official LRA ListOps configuration (NYSTROMFORMER.md).
     Lra,
@@ -37,7 +45,9 @@ pub struct ExperimentConfig {
     pub task: Task,
     /// ListOps: directory holding LRA's `basic_train.tsv`, `basic_val.tsv` and `basic_test.tsv`
     /// (`null` generates the data from `seed`). Text: directory holding `train`, `valid` (or
-    /// `val`) and `test` files, each `.tsv`, `.csv` or `.jsonl`.
+    /// `val`) and `test` files, each `.tsv`, `.csv` or `.jsonl`. Retrieval: LRA's
+    /// `new_aan_pairs.{train,eval,test}.tsv`. Image: CIFAR-10's `data_batch_{1..5}.bin` and
+    /// `test_batch.bin`. Mlm: `train.txt`, `valid.txt` (or `val.txt`) and `test.txt`.
     pub data_dir: Option<PathBuf>,
     /// Text: the column (or JSON field) holding the text.
     pub text_column: String,
@@ -47,13 +57,14 @@ pub struct ExperimentConfig {
     pub labels: Option<Vec<String>>,
     /// Generated training examples.
     pub train_size: usize,
-    /// Generated validation examples.
+    /// Generated validation examples; image: the training images held out for validation.
     pub valid_size: usize,
     /// Generated test examples.
     pub test_size: usize,
     /// Generated sequences are strictly longer than this.
     pub min_len: usize,
-    /// Generated sequences are strictly shorter than this; also the model's longest input.
+    /// Generated sequences are strictly shorter than this; also the model's longest input
+    /// (retrieval: per document; mlm: the window length).
     pub max_len: usize,
     /// Model width.
     pub hidden_size: usize,
@@ -89,18 +100,42 @@ pub struct ExperimentConfig {
     pub seed: u64,
     /// Data-loader worker threads.
     pub num_workers: usize,
+    /// Mlm: share of the tokens to predict.
+    pub mask_probability: f64,
 }
 
 impl ExperimentConfig {
-    /// The configuration a preset starts from. The text presets take the ListOps model and
-    /// schedule (NYSTROMFORMER.md gives the official configuration for ListOps only) with LRA
-    /// Text's length, 4 000 bytes, for `lra` and 1 000 for `quick`.
+    /// The configuration a preset starts from. Every LRA task shares the ListOps model (2
+    /// layers, width 64, FFN 128, 2 heads, mean pooling, dropout 0.1, 64 landmarks, conv 35);
+    /// the `lra` presets take each task's length, batch and schedule from the paper's LRA code
+    /// (`LRA/code/lra_config.py`). Masked-LM has no LRA configuration: its `lra` preset runs the
+    /// same model at the paper's pretraining length, 512. The `quick` presets shorten
+    /// sequences and runs to what two CPU cores manage.
     pub fn preset(task: Task, preset: Preset) -> Self {
         let mut config = Self::listops_preset(preset);
         config.task = task;
-        if task == Task::Text {
-            config.max_len = if preset == Preset::Lra { 4_000 } else { 1_000 };
-            config.num_landmarks = if preset == Preset::Lra { 64 } else { 32 };
+        let lra = preset == Preset::Lra;
+        // (max_len, landmarks, batch, warm-up, total steps, steps per checkpoint)
+        let shape = match (task, lra) {
+            (Task::Listops, _) => return config,
+            (Task::Text, true) => (4_000, 64, 32, 8_000, 20_000, 500),
+            (Task::Retrieval, true) => (4_000, 64, 32, 800, 30_000, 300),
+            (Task::Image, true) => (1_024, 64, 256, 175, 35_000, 175),
+            (Task::Mlm, true) => (512, 64, 32, 1_000, 10_000, 500),
+            (Task::Text | Task::Retrieval, false) => (1_000, 32, 32, 200, 5_000, 500),
+            (Task::Image, false) => (1_024, 32, 32, 200, 5_000, 500),
+            (Task::Mlm, false) => (256, 16, 32, 200, 5_000, 500),
+        };
+        (
+            config.max_len,
+            config.num_landmarks,
+            config.batch_size,
+            config.warmup_steps,
+            config.total_steps,
+            config.steps_per_checkpoint,
+        ) = shape;
+        if task == Task::Image {
+            config.valid_size = if lra { 5_000 } else { 1_000 };
         }
         config
     }
@@ -135,6 +170,7 @@ impl ExperimentConfig {
                 grad_clip_norm: Some(1.0),
                 seed: 42,
                 num_workers: 1,
+                mask_probability: 0.15,
             },
             Preset::Lra => Self {
                 task: Task::Listops,
@@ -157,13 +193,14 @@ impl ExperimentConfig {
                 dropout: 0.1,
                 batch_size: 32,
                 learning_rate: 1e-4,
-                weight_decay: 0.01,
+                weight_decay: 0.0,
                 warmup_steps: 1_000,
                 total_steps: 5_000,
                 steps_per_checkpoint: 500,
                 grad_clip_norm: None,
                 seed: 42,
                 num_workers: 2,
+                mask_probability: 0.15,
             },
         }
     }
@@ -230,8 +267,24 @@ impl ExperimentConfig {
                 self.total_steps, self.steps_per_checkpoint
             ));
         }
-        if self.task == Task::Text && self.data_dir.is_none() {
-            return Err("the text task reads its data from data_dir: --set data_dir=DIR".into());
+        if self.task != Task::Listops && self.data_dir.is_none() {
+            return Err(format!(
+                "the {} task reads its data from data_dir: --set data_dir=DIR",
+                serde_json::to_string(&self.task).expect("serializable")
+            ));
+        }
+        if self.task == Task::Mlm && !(self.mask_probability > 0.0 && self.mask_probability < 1.0) {
+            return Err(format!(
+                "mask_probability must lie in (0, 1), got {}",
+                self.mask_probability
+            ));
+        }
+        if self.task == Task::Image && self.max_len < crate::data::image::PIXELS {
+            return Err(format!(
+                "the image task needs max_len >= {} (one token per pixel), got {}",
+                crate::data::image::PIXELS,
+                self.max_len
+            ));
         }
         if self.task == Task::Listops && self.data_dir.is_none() && self.min_len + 1 >= self.max_len
         {
@@ -255,7 +308,9 @@ impl ExperimentConfig {
     pub fn model_config(&self) -> NystromformerConfig {
         let vocab = match self.task {
             Task::Listops => VOCAB_SIZE,
-            Task::Text => TEXT_VOCAB_SIZE,
+            Task::Text | Task::Retrieval => TEXT_VOCAB_SIZE,
+            Task::Image => IMAGE_VOCAB_SIZE,
+            Task::Mlm => MLM_VOCAB_SIZE,
         };
         NystromformerConfig::new(
             vocab,
@@ -274,11 +329,14 @@ impl ExperimentConfig {
         .with_conv_kernel_size(self.conv_kernel_size)
     }
 
-    /// Number of classes.
+    /// Number of classes (mlm: the vocabulary).
     pub fn num_classes(&self) -> usize {
-        match (self.task, &self.labels) {
-            (Task::Text, Some(labels)) => labels.len(),
-            _ => NUM_CLASSES,
+        match self.task {
+            Task::Listops => LISTOPS_CLASSES,
+            Task::Text => self.labels.as_ref().map_or(2, Vec::len),
+            Task::Retrieval => 2,
+            Task::Image => IMAGE_CLASSES,
+            Task::Mlm => MLM_VOCAB_SIZE,
         }
     }
 

@@ -5,15 +5,13 @@ use std::path::Path;
 use burn::data::dataloader::batcher::Batcher;
 use burn::module::Module;
 use burn::tensor::Device;
+use burn::train::InferenceStep;
 use serde::Serialize;
 
 use crate::config::{ExperimentConfig, Task};
-use crate::data::SequenceItem;
-use crate::data::batcher::ClassificationBatcher;
-use crate::data::listops::read_tsv;
-use crate::data::text::load_split;
 use crate::files::read_json;
-use crate::model::Classifier;
+use crate::task::{DocumentMatching, MaskedLm, SequenceClassification, TaskSpec};
+use crate::training::evaluation_seed;
 
 /// Metrics over a data set.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
@@ -26,69 +24,66 @@ pub struct EvalResult {
     pub count: usize,
 }
 
-/// Evaluates `model` on `items`, `batch_size` at a time.
-pub fn evaluate(
-    model: &Classifier,
-    items: &[SequenceItem],
-    batcher: &ClassificationBatcher,
-    batch_size: usize,
+/// Evaluates `model` on `items`, `batch_size` at a time, with the evaluation batcher
+/// ([`evaluation_seed`]). Accuracy and loss are means over targets: examples for the
+/// classification tasks, masked positions for masked-LM.
+pub fn evaluate<T: TaskSpec>(
+    model: &T::Model,
+    items: &[T::Item],
+    config: &ExperimentConfig,
     device: &Device,
 ) -> EvalResult {
-    let (mut correct, mut loss_sum) = (0i64, 0.0f64);
-    for chunk in items.chunks(batch_size.max(1)) {
-        let batch = batcher.batch(chunk.to_vec(), device);
-        let output = model.forward_classification(batch);
-        let predicted = output.output.argmax(1).reshape([chunk.len()]);
+    let batcher = T::batcher(config, evaluation_seed(config));
+    let (mut correct, mut loss_sum, mut targets) = (0i64, 0.0f64, 0usize);
+    for chunk in items.chunks(config.batch_size.max(1)) {
+        let output = InferenceStep::step(model, batcher.batch(chunk.to_vec(), device));
+        let count = output.targets.dims()[0];
+        let predicted = output.output.argmax(1).reshape([count]);
         correct += predicted
             .equal(output.targets)
             .int()
             .sum()
             .into_scalar::<i64>();
-        loss_sum += output.loss.into_scalar::<f32>() as f64 * chunk.len() as f64;
+        loss_sum += output.loss.into_scalar::<f32>() as f64 * count as f64;
+        targets += count;
     }
-    let count = items.len();
     EvalResult {
-        accuracy: correct as f64 / count.max(1) as f64,
-        loss: loss_sum / count.max(1) as f64,
-        count,
+        accuracy: correct as f64 / targets.max(1) as f64,
+        loss: loss_sum / targets.max(1) as f64,
+        count: items.len(),
     }
 }
 
-/// Loads `artifact_dir/config.json` and `model.bpk` and evaluates on a data file of the run's
-/// task (a ListOps TSV, or a text TSV/CSV/JSONL).
+/// Loads `artifact_dir/config.json` and `model.bpk` and evaluates on a data file in the run's
+/// task format (ListOps TSV; text TSV/CSV/JSONL; AAN pairs TSV; CIFAR-10 `.bin`; plain text).
 pub fn eval_command(
     artifact_dir: &Path,
     data: &Path,
     device: &Device,
 ) -> Result<EvalResult, String> {
     let config: ExperimentConfig = read_json(&artifact_dir.join("config.json"))?;
+    match config.task {
+        Task::Listops | Task::Text | Task::Image => {
+            eval_task::<SequenceClassification>(&config, artifact_dir, data, device)
+        }
+        Task::Retrieval => eval_task::<DocumentMatching>(&config, artifact_dir, data, device),
+        Task::Mlm => eval_task::<MaskedLm>(&config, artifact_dir, data, device),
+    }
+}
+
+fn eval_task<T: TaskSpec>(
+    config: &ExperimentConfig,
+    artifact_dir: &Path,
+    data: &Path,
+    device: &Device,
+) -> Result<EvalResult, String> {
     let model_path = artifact_dir.join("model.bpk");
-    let model = Classifier::new(&config.model_config(), config.num_classes(), device)
+    let model = T::model(config, device)
         .try_load_file(&model_path)
         .map_err(|err| format!("{}: {err}", model_path.display()))?;
-    let items = match config.task {
-        Task::Listops => read_tsv(data)?,
-        Task::Text => {
-            let labels = config.labels.clone().ok_or_else(|| {
-                format!(
-                    "{}: no labels recorded",
-                    artifact_dir.join("config.json").display()
-                )
-            })?;
-            load_split(data, &config.columns(), &labels, config.max_len)?
-        }
-    };
+    let items = T::read_file(config, data)?;
     if items.is_empty() {
         return Err(format!("{}: no examples", data.display()));
     }
-    let batcher = ClassificationBatcher {
-        max_len: config.max_len,
-    };
-    Ok(evaluate(
-        &model,
-        &items,
-        &batcher,
-        config.batch_size,
-        device,
-    ))
+    Ok(evaluate::<T>(&model, &items, config, device))
 }

@@ -8,4 +8,5 @@ pub mod eval;
 pub mod files;
 pub mod model;
 pub mod progress;
+pub mod task;
 pub mod training;

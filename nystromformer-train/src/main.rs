@@ -39,8 +39,11 @@ enum AttentionArg {
 enum Command {
     /// Train a model; the dashboard runs when stdout is a terminal, plain lines otherwise.
     Train {
-        /// The task: listops (generated, or LRA's files with `--set data_dir=DIR`) or text
-        /// (`--set data_dir=DIR` with train/valid/test .tsv, .csv or .jsonl files).
+        /// The task. listops: generated, or LRA's basic_{train,val,test}.tsv with
+        /// `--set data_dir=DIR`. The others read `--set data_dir=DIR`: text: train/valid/test
+        /// .tsv, .csv or .jsonl; retrieval: LRA's new_aan_pairs.{train,eval,test}.tsv; image:
+        /// CIFAR-10's binary batches (data_batch_1..5.bin, test_batch.bin); mlm:
+        /// train/valid/test .txt.
         task: Task,
         /// Starting configuration.
         #[arg(long, value_enum, default_value = "quick")]
@@ -69,13 +72,20 @@ enum Command {
         /// Stop after this many steps (a checkpoint boundary); `--resume` continues the run.
         #[arg(long)]
         stop_at_step: Option<usize>,
+        /// Data-parallel training on several devices through burn-train's multi-device
+        /// strategy, e.g. `wgpu:0,wgpu:1`: each step takes one batch of `batch_size` per device
+        /// and sums the gradients on the first, which also validates. Overrides `--device`.
+        #[arg(long, value_delimiter = ',', value_name = "DEVICE,DEVICE,...")]
+        devices: Vec<String>,
     },
-    /// Evaluate a trained model; prints one JSON line {"accuracy", "loss", "count"}.
+    /// Evaluate a trained model; prints one JSON line {"accuracy", "loss", "count"} (mlm:
+    /// accuracy and loss over the masked positions, count in windows).
     Eval {
         /// A `train` artifact directory (config.json and model.bpk).
         #[arg(long)]
         artifact_dir: PathBuf,
-        /// A data file of the run's task (ListOps TSV; text TSV, CSV or JSONL).
+        /// A data file of the run's task (ListOps TSV; text TSV, CSV or JSONL; AAN pairs TSV;
+        /// CIFAR-10 .bin; plain text).
         #[arg(long)]
         data: PathBuf,
     },
@@ -149,6 +159,7 @@ fn run(cli: Cli) -> Result<(), String> {
             attention,
             headless,
             stop_at_step,
+            devices,
         } => {
             let mut overrides = overrides;
             if let Some(seed) = seed {
@@ -169,13 +180,26 @@ fn run(cli: Cli) -> Result<(), String> {
             } else {
                 ExperimentConfig::resolve(task, preset, config.as_deref(), &overrides)?
             };
+            let data_parallel = devices
+                .iter()
+                .map(|name| {
+                    choose_device(name).map_err(|err| {
+                        format!("--devices: {err} (accepted: {DEVICE_NAMES}, NAME:INDEX)")
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            let device = match data_parallel.first() {
+                Some(first) => first.clone(),
+                None => device()?,
+            };
             let options = TrainOptions {
                 artifact_dir,
                 resume,
                 headless,
                 stop_at_step,
+                data_parallel,
             };
-            let summary = train(&config, &options, &device()?)?;
+            let summary = train(&config, &options, &device)?;
             println!("{}", serde_json::to_string(&summary).unwrap());
             Ok(())
         }

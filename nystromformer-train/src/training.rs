@@ -25,72 +25,14 @@ use burn::module::Module;
 use burn::optim::AdamWConfig;
 use burn::tensor::Device;
 use burn::train::metric::{AccuracyMetric, IterationSpeedMetric, LearningRateMetric, LossMetric};
-use burn::train::{Learner, SupervisedTraining};
+use burn::train::{ExecutionStrategy, Learner, MultiDeviceOptim, SupervisedTraining};
 use serde::Serialize;
 
 use crate::config::{ExperimentConfig, Task};
-use crate::data::SequenceItem;
-use crate::data::batcher::ClassificationBatcher;
-use crate::data::listops::{generate, read_tsv, tokenize};
-use crate::data::text::{find_split, label_set, load_split, read_records};
 use crate::eval::{EvalResult, evaluate};
 use crate::files::write_atomically;
-use crate::model::Classifier;
 use crate::progress::PlainProgress;
-
-/// The three splits of a task.
-pub struct Splits {
-    /// Training examples.
-    pub train: Vec<SequenceItem>,
-    /// Validation examples.
-    pub valid: Vec<SequenceItem>,
-    /// Test examples.
-    pub test: Vec<SequenceItem>,
-}
-
-/// Loads the task's splits. Text: also fixes `config.labels` from the training data.
-pub fn load_splits(config: &mut ExperimentConfig) -> Result<Splits, String> {
-    if config.task == Task::Text {
-        let dir = config
-            .data_dir
-            .clone()
-            .ok_or("the text task needs data_dir")?;
-        let train_path = find_split(&dir, &["train"])?;
-        if config.labels.is_none() {
-            config.labels = Some(label_set(&read_records(&train_path, &config.columns())?));
-        }
-        let labels = config.labels.clone().unwrap_or_default();
-        let load = |path: PathBuf| load_split(&path, &config.columns(), &labels, config.max_len);
-        return Ok(Splits {
-            train: load(train_path.clone())?,
-            valid: load(find_split(&dir, &["valid", "val"])?)?,
-            test: load(find_split(&dir, &["test"])?)?,
-        });
-    }
-    if let Some(dir) = &config.data_dir {
-        let read = |name: &str| read_tsv(&dir.join(name));
-        return Ok(Splits {
-            train: read("basic_train.tsv")?,
-            valid: read("basic_val.tsv")?,
-            test: read("basic_test.tsv")?,
-        });
-    }
-    let generator = config.generator();
-    let make = |count: usize, seed: u64| -> Vec<SequenceItem> {
-        generate(count, seed, &generator)
-            .into_iter()
-            .map(|(tree, text)| SequenceItem {
-                tokens: tokenize(&text).expect("generated tokens are known"),
-                label: tree.value() as u32,
-            })
-            .collect()
-    };
-    Ok(Splits {
-        train: make(config.train_size, config.seed),
-        valid: make(config.valid_size, config.seed.wrapping_add(1)),
-        test: make(config.test_size, config.seed.wrapping_add(2)),
-    })
-}
+use crate::task::{DocumentMatching, MaskedLm, SequenceClassification, TaskSpec};
 
 /// What a finished run reports (also `summary.json`).
 #[derive(Debug, Clone, Serialize)]
@@ -120,6 +62,9 @@ pub struct TrainOptions {
     /// Stop this invocation after this many steps (a multiple of `steps_per_checkpoint`);
     /// `--resume` continues. The schedule still spans `total_steps`.
     pub stop_at_step: Option<usize>,
+    /// Data-parallel training on these devices (burn-train's multi-device strategy); empty:
+    /// the one device given to [`train`].
+    pub data_parallel: Vec<Device>,
 }
 
 /// The epoch of the newest checkpoint in `artifact_dir`, if any.
@@ -136,8 +81,22 @@ pub fn last_checkpoint(artifact_dir: &Path) -> Option<usize> {
         .max()
 }
 
-/// Trains, saves the final model and returns its summary.
+/// Trains the configuration's task, saves the final model and returns its summary.
 pub fn train(
+    config: &ExperimentConfig,
+    options: &TrainOptions,
+    device: &Device,
+) -> Result<RunSummary, String> {
+    match config.task {
+        Task::Listops | Task::Text | Task::Image => {
+            train_task::<SequenceClassification>(config, options, device)
+        }
+        Task::Retrieval => train_task::<DocumentMatching>(config, options, device),
+        Task::Mlm => train_task::<MaskedLm>(config, options, device),
+    }
+}
+
+fn train_task<T: TaskSpec>(
     config: &ExperimentConfig,
     options: &TrainOptions,
     device: &Device,
@@ -147,7 +106,7 @@ pub fn train(
     std::fs::create_dir_all(dir).map_err(|err| format!("{}: {err}", dir.display()))?;
     eprintln!("preparing data ...");
     let mut config = config.clone();
-    let splits = load_splits(&mut config)?;
+    let splits = T::splits(&mut config)?;
     let config = &config;
     let config_json = serde_json::to_string_pretty(config).expect("serializable");
     write_atomically(&dir.join("config.json"), config_json.as_bytes())?;
@@ -168,9 +127,6 @@ pub fn train(
         splits.valid.len(),
         splits.test.len()
     );
-    let batcher = ClassificationBatcher {
-        max_len: config.max_len,
-    };
     let epochs = match options.stop_at_step {
         Some(step) if step % config.steps_per_checkpoint != 0 || step == 0 => {
             return Err(format!(
@@ -181,8 +137,11 @@ pub fn train(
         Some(step) => step.min(config.total_steps) / config.steps_per_checkpoint,
         None => config.total_steps / config.steps_per_checkpoint,
     };
-    // One burn-train epoch = `steps_per_checkpoint` full batches drawn without replacement.
-    let epoch_items = config.steps_per_checkpoint * config.batch_size;
+    // One burn-train epoch = `steps_per_checkpoint` optimizer steps of full batches drawn
+    // without replacement; data-parallel training splits each epoch's items across the
+    // devices, and every step takes one batch per device.
+    let replicas = options.data_parallel.len().max(1);
+    let epoch_items = config.steps_per_checkpoint * config.batch_size * replicas;
     let train_set = SamplerDataset::new(
         InMemDataset::new(splits.train),
         SamplerDatasetOptions::default()
@@ -190,23 +149,20 @@ pub fn train(
             .with_fixed_size(epoch_items)
             .with_seed(config.seed),
     );
-    let train_loader = DataLoaderBuilder::new(batcher.clone())
+    let train_loader = DataLoaderBuilder::new(T::batcher(config, config.seed))
         .batch_size(config.batch_size)
         .shuffle(config.seed)
         .num_workers(config.num_workers)
         .build(train_set);
-    let valid_loader = DataLoaderBuilder::new(batcher.clone())
+    let valid_loader = DataLoaderBuilder::new(T::batcher(config, evaluation_seed(config)))
         .batch_size(config.batch_size)
         .num_workers(config.num_workers)
         .build(InMemDataset::new(splits.valid.clone()));
 
-    let training_device = device.clone().autodiff();
+    let main_device = options.data_parallel.first().unwrap_or(device);
+    let training_device = main_device.clone().autodiff();
     training_device.seed(config.seed);
-    let model = Classifier::new(
-        &config.model_config(),
-        config.num_classes(),
-        &training_device,
-    );
+    let model = T::model(config, &training_device);
     let optimizer = AdamWConfig::new()
         .with_weight_decay(config.weight_decay)
         .with_grad_clipping(config.grad_clip_norm.map(GradientClippingConfig::Norm))
@@ -230,6 +186,12 @@ pub fn train(
         .with_default_checkpointers()
         .num_epochs(epochs)
         .summary();
+    if options.data_parallel.len() > 1 {
+        let devices = options.data_parallel.clone();
+        training = training.with_training_strategy(
+            ExecutionStrategy::multi(devices, MultiDeviceOptim::OptimMainDevice).into(),
+        );
+    }
     if options.headless || !std::io::stdout().is_terminal() {
         training = training.renderer(Box::new(PlainProgress::new(
             std::time::Duration::from_secs(5),
@@ -249,15 +211,18 @@ pub fn train(
         .clone()
         .save_file(dir.join("model.bpk"))
         .map_err(|err| format!("{}: {err}", dir.join("model.bpk").display()))?;
-    let plain = device.clone();
+    let plain = main_device.clone();
     let model = model.fork(&plain);
-    let valid = evaluate(&model, &splits.valid, &batcher, config.batch_size, &plain);
-    let test = evaluate(&model, &splits.test, &batcher, config.batch_size, &plain);
+    let valid = evaluate::<T>(&model, &splits.valid, config, &plain);
+    let test = evaluate::<T>(&model, &splits.test, config, &plain);
     let summary = RunSummary {
         steps: epochs * config.steps_per_checkpoint,
         seconds: started.elapsed().as_secs_f64(),
-        device: format!("{device:?}"),
-        majority_class_accuracy: majority_share(&splits.test),
+        device: match options.data_parallel.len() {
+            0 | 1 => format!("{main_device:?}"),
+            _ => format!("{:?}", options.data_parallel),
+        },
+        majority_class_accuracy: T::majority_share(&splits.test),
         valid,
         test,
     };
@@ -266,11 +231,8 @@ pub fn train(
     Ok(summary)
 }
 
-/// Share of the most frequent label.
-pub fn majority_share(items: &[SequenceItem]) -> f64 {
-    let mut counts = std::collections::HashMap::new();
-    items
-        .iter()
-        .for_each(|item| *counts.entry(item.label).or_insert(0usize) += 1);
-    *counts.values().max().unwrap_or(&0) as f64 / items.len().max(1) as f64
+/// Seed of the batcher used for validation and evaluation (masked-LM masking), fixed so that
+/// every evaluation of a run sees the same masks.
+pub fn evaluation_seed(config: &ExperimentConfig) -> u64 {
+    config.seed ^ 0x5EED_E7A1
 }

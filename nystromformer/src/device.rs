@@ -4,11 +4,18 @@
 
 use burn::tensor::Device;
 
-/// The device names `--device` and `BURN_DEVICE` accept.
+/// The device names `--device` and `BURN_DEVICE` accept; the GPU ones also as `NAME:INDEX`.
 pub const DEVICE_NAMES: &str = "auto, flex, ndarray, wgpu, vulkan, metal, webgpu";
 
 /// Resolves a device name; `auto` takes a real GPU through wgpu when there is one, else flex.
+/// `wgpu:1` (or `vulkan:1`, …) is the second adapter that API enumerates.
 pub fn choose_device(name: &str) -> Result<Device, String> {
+    if let Some((api, index)) = name.split_once(':') {
+        let index: usize = index
+            .parse()
+            .map_err(|_| format!("device \"{name}\": \"{index}\" is not an adapter index"))?;
+        return indexed_device(api, index);
+    }
     match name.to_ascii_lowercase().as_str() {
         "auto" => Ok(auto_device()),
         #[cfg(feature = "flex")]
@@ -30,6 +37,35 @@ pub fn choose_device(name: &str) -> Result<Device, String> {
         other => Err(format!(
             "unknown device \"{other}\"; expected one of: {DEVICE_NAMES}"
         )),
+    }
+}
+
+/// The `index`-th adapter of a GPU API, as `Device::enumerate` lists them.
+fn indexed_device(api: &str, index: usize) -> Result<Device, String> {
+    use burn::tensor::DeviceType;
+    let kind: DeviceType = match api.to_ascii_lowercase().as_str() {
+        #[cfg(feature = "wgpu")]
+        "wgpu" => DeviceType::Wgpu,
+        #[cfg(feature = "vulkan")]
+        "vulkan" => DeviceType::Vulkan,
+        #[cfg(feature = "metal")]
+        "metal" => DeviceType::Metal,
+        #[cfg(feature = "webgpu")]
+        "webgpu" => DeviceType::WebGpu,
+        other => {
+            return Err(format!(
+                "device \"{other}:{index}\": only compiled-in GPU APIs take an adapter index"
+            ));
+        }
+    };
+    #[allow(unreachable_code)]
+    {
+        let devices = Device::enumerate(kind).into_vec();
+        let count = devices.len();
+        devices
+            .into_iter()
+            .nth(index)
+            .ok_or_else(|| format!("device \"{api}:{index}\": the API lists {count} adapter(s)"))
     }
 }
 

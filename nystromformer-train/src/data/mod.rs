@@ -1,10 +1,15 @@
-//! Data sets and batching: every task yields [`SequenceItem`]s.
+//! Data sets and batching for every task.
 
 pub mod batcher;
+pub mod corpus;
+pub mod image;
 pub mod listops;
+pub mod masking;
+pub mod retrieval;
+pub mod rng;
 pub mod text;
 
-/// One example of a sequence-classification task.
+/// One example of a sequence-classification task (ListOps, text, image).
 #[derive(Debug, Clone, PartialEq)]
 pub struct SequenceItem {
     /// Token ids; 0 is padding.
