@@ -28,6 +28,17 @@ pub enum Task {
     Mlm,
 }
 
+/// Where a run keeps its examples while training.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Storage {
+    /// In memory.
+    Memory,
+    /// In burn-dataset's SQLite storage, `ARTIFACT_DIR/dataset.db`: for data sets larger than
+    /// memory, and a resumed run skips reading the raw files again.
+    Sqlite,
+}
+
 /// A named starting point for the configuration.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Preset {
@@ -102,6 +113,8 @@ pub struct ExperimentConfig {
     pub num_workers: usize,
     /// Mlm: share of the tokens to predict.
     pub mask_probability: f64,
+    /// Where the examples live during training: `"memory"` or `"sqlite"`.
+    pub storage: Storage,
 }
 
 impl ExperimentConfig {
@@ -171,6 +184,7 @@ impl ExperimentConfig {
                 seed: 42,
                 num_workers: 1,
                 mask_probability: 0.15,
+                storage: Storage::Memory,
             },
             Preset::Lra => Self {
                 task: Task::Listops,
@@ -201,6 +215,7 @@ impl ExperimentConfig {
                 seed: 42,
                 num_workers: 2,
                 mask_probability: 0.15,
+                storage: Storage::Memory,
             },
         }
     }

@@ -6,6 +6,7 @@ pub mod data;
 pub mod encode;
 pub mod eval;
 pub mod files;
+pub mod inspect;
 pub mod model;
 pub mod progress;
 pub mod task;

@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 use burn::data::dataloader::batcher::Batcher;
 use burn::tensor::Device;
 use burn::train::{ClassificationOutput, InferenceStep, LearnerModel, TrainStep};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 
 use crate::config::{ExperimentConfig, Task};
 use crate::data::SequenceItem;
@@ -33,7 +35,7 @@ pub struct Splits<I> {
 /// A kind of task: example type, batcher and model.
 pub trait TaskSpec {
     /// One example.
-    type Item: Send + Sync + Clone + Debug + 'static;
+    type Item: Send + Sync + Clone + Debug + Serialize + DeserializeOwned + 'static;
     /// A batch on a device.
     type Batch: Send + Sync + Clone + Debug + 'static;
     /// Builds batches from examples.

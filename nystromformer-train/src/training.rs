@@ -8,7 +8,8 @@
 //!   validation loss kept;
 //! - `train/epoch-E/*.log`, `valid/epoch-E/*.log`: metric logs (`value,count` per batch);
 //! - `experiment.log`: burn-train's log;
-//! - `model.bpk`: the final model; `summary.json`: accuracy, loss, steps and time.
+//! - `model.bpk`: the final model; `summary.json`: accuracy, loss, steps and time;
+//! - `dataset.db`: the examples, with `storage = "sqlite"` only.
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -16,7 +17,6 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use burn::data::dataloader::DataLoaderBuilder;
-use burn::data::dataset::InMemDataset;
 use burn::data::dataset::transform::{SamplerDataset, SamplerDatasetOptions};
 use burn::grad_clipping::GradientClippingConfig;
 use burn::lr_scheduler::linear::LinearLrSchedulerConfig;
@@ -28,7 +28,8 @@ use burn::train::metric::{AccuracyMetric, IterationSpeedMetric, LearningRateMetr
 use burn::train::{ExecutionStrategy, Learner, MultiDeviceOptim, SupervisedTraining};
 use serde::Serialize;
 
-use crate::config::{ExperimentConfig, Task};
+use crate::config::{ExperimentConfig, Storage, Task};
+use crate::data::storage;
 use crate::eval::{EvalResult, evaluate};
 use crate::files::write_atomically;
 use crate::progress::PlainProgress;
@@ -106,7 +107,10 @@ fn train_task<T: TaskSpec>(
     std::fs::create_dir_all(dir).map_err(|err| format!("{}: {err}", dir.display()))?;
     eprintln!("preparing data ...");
     let mut config = config.clone();
-    let splits = T::splits(&mut config)?;
+    let stored = match config.storage {
+        Storage::Memory => storage::in_memory(T::splits(&mut config)?),
+        Storage::Sqlite => storage::sqlite(dir, options.resume, || T::splits(&mut config))?,
+    };
     let config = &config;
     let config_json = serde_json::to_string_pretty(config).expect("serializable");
     write_atomically(&dir.join("config.json"), config_json.as_bytes())?;
@@ -123,9 +127,9 @@ fn train_task<T: TaskSpec>(
 
     eprintln!(
         "data: {} train, {} valid, {} test examples",
-        splits.train.len(),
-        splits.valid.len(),
-        splits.test.len()
+        stored.train.len(),
+        stored.valid.len(),
+        stored.test.len()
     );
     let epochs = match options.stop_at_step {
         Some(step) if step % config.steps_per_checkpoint != 0 || step == 0 => {
@@ -143,7 +147,7 @@ fn train_task<T: TaskSpec>(
     let replicas = options.data_parallel.len().max(1);
     let epoch_items = config.steps_per_checkpoint * config.batch_size * replicas;
     let train_set = SamplerDataset::new(
-        InMemDataset::new(splits.train),
+        stored.train,
         SamplerDatasetOptions::default()
             .without_replacement()
             .with_fixed_size(epoch_items)
@@ -157,7 +161,7 @@ fn train_task<T: TaskSpec>(
     let valid_loader = DataLoaderBuilder::new(T::batcher(config, evaluation_seed(config)))
         .batch_size(config.batch_size)
         .num_workers(config.num_workers)
-        .build(InMemDataset::new(splits.valid.clone()));
+        .build(stored.valid.clone());
 
     let main_device = options.data_parallel.first().unwrap_or(device);
     let training_device = main_device.clone().autodiff();
@@ -213,8 +217,10 @@ fn train_task<T: TaskSpec>(
         .map_err(|err| format!("{}: {err}", dir.join("model.bpk").display()))?;
     let plain = main_device.clone();
     let model = model.fork(&plain);
-    let valid = evaluate::<T>(&model, &splits.valid, config, &plain);
-    let test = evaluate::<T>(&model, &splits.test, config, &plain);
+    let valid_items = storage::collect(stored.valid.as_ref())?;
+    let test_items = storage::collect(stored.test.as_ref())?;
+    let valid = evaluate::<T>(&model, &valid_items, config, &plain);
+    let test = evaluate::<T>(&model, &test_items, config, &plain);
     let summary = RunSummary {
         steps: epochs * config.steps_per_checkpoint,
         seconds: started.elapsed().as_secs_f64(),
@@ -222,7 +228,7 @@ fn train_task<T: TaskSpec>(
             0 | 1 => format!("{main_device:?}"),
             _ => format!("{:?}", options.data_parallel),
         },
-        majority_class_accuracy: T::majority_share(&splits.test),
+        majority_class_accuracy: T::majority_share(&test_items),
         valid,
         test,
     };

@@ -209,3 +209,49 @@ fn data_parallel_training_on_two_cpu_devices() {
     assert_eq!(batches, 4, "{log}");
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[test]
+fn sqlite_storage_trains_like_memory_and_resume_reuses_it() {
+    let dir = scratch_dir("sqlite");
+    let listops = |run: &Path, extra: &[&str]| {
+        binary()
+            .args(["train", "listops", "--headless", "--artifact-dir"])
+            .arg(run)
+            .args(tiny_run(4, 2))
+            .args(["--set", "train_size=64", "--set", "valid_size=8"])
+            .args([
+                "--set",
+                "test_size=8",
+                "--set",
+                "min_len=5",
+                "--set",
+                "max_len=30",
+            ])
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let memory = listops(&dir.join("memory"), &[]);
+    let sqlite_dir = dir.join("sqlite");
+    let sqlite = listops(&sqlite_dir, &["--set", "storage=sqlite"]);
+    let stderr = String::from_utf8_lossy(&sqlite.stderr);
+    assert!(sqlite.status.success(), "{stderr}");
+    assert!(stderr.contains("writing the examples") && sqlite_dir.join("dataset.db").is_file());
+    // The same examples in the same order: the same final metrics as the in-memory run.
+    let last_line = |out: &std::process::Output| -> serde_json::Value {
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        serde_json::from_str(stdout.trim().lines().last().unwrap()).unwrap()
+    };
+    let (memory, sqlite) = (last_line(&memory), last_line(&sqlite));
+    assert_eq!(memory["test"], sqlite["test"]);
+    assert_eq!(memory["valid"], sqlite["valid"]);
+
+    let resumed = listops(&sqlite_dir, &["--resume"]);
+    let stderr = String::from_utf8_lossy(&resumed.stderr);
+    assert!(resumed.status.success(), "{stderr}");
+    assert!(
+        !stderr.contains("writing the examples"),
+        "the resumed run reads the stored examples: {stderr}"
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}

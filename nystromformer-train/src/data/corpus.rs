@@ -9,7 +9,7 @@ pub const MLM_VOCAB_SIZE: usize = 258;
 pub const MASK: u32 = 257;
 
 /// One window of a corpus.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct TextChunk {
     /// Byte tokens (1..=256).
     pub tokens: Vec<u32>,

@@ -7,10 +7,13 @@ pub mod listops;
 pub mod masking;
 pub mod retrieval;
 pub mod rng;
+pub mod storage;
 pub mod text;
 
+use serde::{Deserialize, Serialize};
+
 /// One example of a sequence-classification task (ListOps, text, image).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SequenceItem {
     /// Token ids; 0 is padding.
     pub tokens: Vec<u32>,

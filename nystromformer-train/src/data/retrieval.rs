@@ -9,7 +9,7 @@ use std::path::Path;
 use super::text::encode;
 
 /// One pair of documents and whether they match (one cites the other).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct PairItem {
     /// Byte tokens of the first document.
     pub first: Vec<u32>,
