@@ -90,11 +90,6 @@ pub fn nystrom_attention(
         };
     }
 
-    // Q Kᵀ then carries the usual 1/√d.
-    let scale = (d as f64).powf(-0.25);
-    let q = q.mul_scalar(scale);
-    let k = k.mul_scalar(scale);
-
     let landmark_mask = match options.mask_policy {
         MaskPolicy::LeakFree => mask_pad.as_ref(),
         MaskPolicy::HfCompatible => None,
@@ -105,9 +100,17 @@ pub fn nystrom_attention(
         missing,
     } = segment_means(q.clone(), k.clone(), m, landmark_mask);
 
-    let f = kernel_f(q, keys.clone(), missing.as_ref());
-    let a = kernel_a(queries.clone(), keys, missing.as_ref());
-    let b = kernel_b(queries, k, mask_pad.as_ref(), missing.as_ref());
+    // Every score matrix carries the usual 1/√d. Segment means are linear, so the factor can
+    // sit on the small landmark side of each product (Q K̃ᵀ/√d = Q (K̃/√d)ᵀ, and likewise for
+    // Q̃ Kᵀ and Q̃ K̃ᵀ): the [n, d] queries and keys are never rescaled, which saves two full
+    // passes over them and their allocations.
+    let scale = (d as f64).powf(-0.5);
+    let scaled_keys = keys.mul_scalar(scale);
+    let scaled_queries = queries.clone().mul_scalar(scale);
+
+    let f = kernel_f(q, scaled_keys.clone(), missing.as_ref());
+    let a = kernel_a(queries, scaled_keys, missing.as_ref());
+    let b = kernel_b(scaled_queries, k, mask_pad.as_ref(), missing.as_ref());
     let a_pinv = iterative_pinv(a, options.pinv_iterations, options.pinv_init);
 
     let context = f.clone().matmul(a_pinv.clone().matmul(b.clone().matmul(v)));
