@@ -3,7 +3,6 @@
 use std::path::Path;
 
 use burn::data::dataloader::batcher::Batcher;
-use burn::module::Module;
 use burn::tensor::Device;
 use burn::train::InferenceStep;
 use serde::Serialize;
@@ -77,10 +76,7 @@ fn eval_task<T: TaskSpec>(
     data: &Path,
     device: &Device,
 ) -> Result<EvalResult, String> {
-    let model_path = artifact_dir.join("model.bpk");
-    let model = T::model(config, device)
-        .try_load_file(&model_path)
-        .map_err(|err| format!("{}: {err}", model_path.display()))?;
+    let model = T::load_trained(config, artifact_dir, device)?;
     let items = T::read_file(config, data)?;
     if items.is_empty() {
         return Err(format!("{}: no examples", data.display()));

@@ -3,7 +3,6 @@
 
 use std::path::Path;
 
-use burn::module::Module;
 use burn::tensor::Device;
 use nystromformer::model::NystromformerEncoder;
 
@@ -17,30 +16,22 @@ pub fn trained_encoder(
     device: &Device,
 ) -> Result<(ExperimentConfig, NystromformerEncoder, Vec<Vec<u32>>), String> {
     let mut config: ExperimentConfig = read_json(&artifact_dir.join("config.json"))?;
-    let model_path = artifact_dir.join("model.bpk");
-    let at = |err: &dyn std::fmt::Display| format!("{}: {err}", model_path.display());
     let (encoder, sequences) = match config.task {
         Task::Listops | Task::Text | Task::Image => {
             let valid = SequenceClassification::splits(&mut config)?.valid;
-            let model = SequenceClassification::model(&config, device)
-                .try_load_file(&model_path)
-                .map_err(|e| at(&e))?;
+            let model = SequenceClassification::load_trained(&config, artifact_dir, device)?;
             let tokens = valid.into_iter().map(|item| item.tokens).collect();
             (model.model.nystromformer, tokens)
         }
         Task::Retrieval => {
             let valid = DocumentMatching::splits(&mut config)?.valid;
-            let model = DocumentMatching::model(&config, device)
-                .try_load_file(&model_path)
-                .map_err(|e| at(&e))?;
+            let model = DocumentMatching::load_trained(&config, artifact_dir, device)?;
             let tokens = valid.into_iter().map(|item| item.first).collect();
             (model.encoder, tokens)
         }
         Task::Mlm => {
             let valid = MaskedLm::splits(&mut config)?.valid;
-            let model = MaskedLm::model(&config, device)
-                .try_load_file(&model_path)
-                .map_err(|e| at(&e))?;
+            let model = MaskedLm::load_trained(&config, artifact_dir, device)?;
             let tokens = valid.into_iter().map(|item| item.tokens).collect();
             (model.model.nystromformer, tokens)
         }

@@ -6,6 +6,7 @@ use std::fmt::Debug;
 use std::path::{Path, PathBuf};
 
 use burn::data::dataloader::batcher::Batcher;
+use burn::module::Module;
 use burn::tensor::Device;
 use burn::train::{ClassificationOutput, InferenceStep, LearnerModel, TrainStep};
 use serde::Serialize;
@@ -59,7 +60,22 @@ pub trait TaskSpec {
 
     /// The accuracy of always predicting the most frequent target.
     fn majority_share(items: &[Self::Item]) -> f64;
+
+    /// The final model a `train` run saved in `artifact_dir` (`model.bpk`).
+    fn load_trained(
+        config: &ExperimentConfig,
+        artifact_dir: &Path,
+        device: &Device,
+    ) -> Result<Self::Model, String> {
+        let path = artifact_dir.join(MODEL_FILE);
+        Self::model(config, device)
+            .try_load_file(&path)
+            .map_err(|err| format!("{}: {err}", path.display()))
+    }
 }
+
+/// The final model's file name in an artifact directory.
+pub const MODEL_FILE: &str = "model.bpk";
 
 fn share_of_most_frequent(targets: impl Iterator<Item = u32>) -> f64 {
     let mut counts = std::collections::HashMap::new();

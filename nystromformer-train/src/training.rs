@@ -33,7 +33,7 @@ use crate::data::storage;
 use crate::eval::{EvalResult, evaluate};
 use crate::files::write_atomically;
 use crate::progress::PlainProgress;
-use crate::task::{DocumentMatching, MaskedLm, SequenceClassification, TaskSpec};
+use crate::task::{DocumentMatching, MODEL_FILE, MaskedLm, SequenceClassification, TaskSpec};
 
 /// What a finished run reports (also `summary.json`).
 #[derive(Debug, Clone, Serialize)]
@@ -213,8 +213,8 @@ fn train_task<T: TaskSpec>(
 
     model
         .clone()
-        .save_file(dir.join("model.bpk"))
-        .map_err(|err| format!("{}: {err}", dir.join("model.bpk").display()))?;
+        .save_file(dir.join(MODEL_FILE))
+        .map_err(|err| format!("{}: {err}", dir.join(MODEL_FILE).display()))?;
     let plain = main_device.clone();
     let model = model.fork(&plain);
     let valid_items = storage::collect(stored.valid.as_ref())?;

@@ -5,7 +5,10 @@ mod common;
 
 use std::path::Path;
 
-use common::{binary, eval_json, run_ok, scratch_dir, summary, tiny_run};
+use common::{
+    binary, eval_error, eval_json, last_json_line, run_ok, scratch_dir, small_listops, summary,
+    tiny_run,
+};
 use nystromformer_train::data::image::{PIXELS, RECORD_BYTES};
 use nystromformer_train::data::rng::SplitMix64;
 use nystromformer_train::training::last_checkpoint;
@@ -19,7 +22,7 @@ fn train(task: &str, dir: &Path, data: &Path, extra: &[&str]) -> serde_json::Val
             .args(tiny_run(4, 2))
             .args(extra),
     );
-    serde_json::from_str(stdout.trim().lines().last().unwrap()).expect("a JSON summary line")
+    last_json_line(&stdout)
 }
 
 fn assert_trained(dir: &Path, run: &serde_json::Value, test_count: usize) {
@@ -68,15 +71,7 @@ fn retrieval_trains_on_aan_pairs_and_evaluates() {
     assert_eq!(eval["count"], 8);
 
     std::fs::write(data.join("bad.tsv"), "1\ta\tb\tx\ty\n1\ta\tb\tonly four\n").unwrap();
-    let bad = binary()
-        .args(["eval", "--artifact-dir"])
-        .arg(&run_dir)
-        .arg("--data")
-        .arg(data.join("bad.tsv"))
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&bad.stderr);
-    assert!(!bad.status.success());
+    let stderr = eval_error(&run_dir, &data.join("bad.tsv"));
     assert!(
         stderr.contains("bad.tsv:2: expected 5 tab-separated fields"),
         "{stderr}"
@@ -119,14 +114,7 @@ fn image_trains_on_cifar_binary_batches_and_evaluates() {
 
     let truncated = data.join("truncated.bin");
     std::fs::write(&truncated, vec![1u8; RECORD_BYTES + 5]).unwrap();
-    let bad = binary()
-        .args(["eval", "--artifact-dir"])
-        .arg(&run_dir)
-        .arg("--data")
-        .arg(&truncated)
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&bad.stderr);
+    let stderr = eval_error(&run_dir, &truncated);
     assert!(
         stderr.contains("truncated.bin") && stderr.contains("3073-byte"),
         "{stderr}"
@@ -153,8 +141,7 @@ fn masked_lm_pretraining_learns_the_byte_distribution() {
             .args(["--set", "max_len=64", "--set", "batch_size=8"])
             .args(["--set", "learning_rate=0.01"]),
     );
-    let run: serde_json::Value =
-        serde_json::from_str(stdout.trim().lines().last().unwrap()).unwrap();
+    let run = last_json_line(&stdout);
     assert_eq!(run["steps"], 100);
     assert_eq!(last_checkpoint(&run_dir), Some(2));
     // An untrained model predicts about uniformly over 258 tokens: loss ln 258 = 5.55. The
@@ -187,18 +174,9 @@ fn data_parallel_training_on_two_cpu_devices() {
             .arg("--artifact-dir")
             .arg(&dir)
             .args(tiny_run(4, 2))
-            .args(["--set", "train_size=64", "--set", "valid_size=8"])
-            .args([
-                "--set",
-                "test_size=8",
-                "--set",
-                "min_len=5",
-                "--set",
-                "max_len=30",
-            ]),
+            .args(small_listops()),
     );
-    let run: serde_json::Value =
-        serde_json::from_str(stdout.trim().lines().last().unwrap()).unwrap();
+    let run = last_json_line(&stdout);
     assert_eq!(run["steps"], 4);
     assert_eq!(last_checkpoint(&dir), Some(2));
     let device = run["device"].as_str().unwrap();
@@ -218,15 +196,7 @@ fn sqlite_storage_trains_like_memory_and_resume_reuses_it() {
             .args(["train", "listops", "--headless", "--artifact-dir"])
             .arg(run)
             .args(tiny_run(4, 2))
-            .args(["--set", "train_size=64", "--set", "valid_size=8"])
-            .args([
-                "--set",
-                "test_size=8",
-                "--set",
-                "min_len=5",
-                "--set",
-                "max_len=30",
-            ])
+            .args(small_listops())
             .args(extra)
             .output()
             .unwrap()
@@ -238,10 +208,8 @@ fn sqlite_storage_trains_like_memory_and_resume_reuses_it() {
     assert!(sqlite.status.success(), "{stderr}");
     assert!(stderr.contains("writing the examples") && sqlite_dir.join("dataset.db").is_file());
     // The same examples in the same order: the same final metrics as the in-memory run.
-    let last_line = |out: &std::process::Output| -> serde_json::Value {
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        serde_json::from_str(stdout.trim().lines().last().unwrap()).unwrap()
-    };
+    let last_line =
+        |out: &std::process::Output| last_json_line(&String::from_utf8_lossy(&out.stdout));
     let (memory, sqlite) = (last_line(&memory), last_line(&sqlite));
     assert_eq!(memory["test"], sqlite["test"]);
     assert_eq!(memory["valid"], sqlite["valid"]);

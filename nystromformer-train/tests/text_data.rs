@@ -1,17 +1,15 @@
 //! Text classification data: the three file formats, label order, byte tokens, errors with file
 //! and line, and a few-step `train text` run evaluated with `eval`.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+mod common;
 
+use std::path::{Path, PathBuf};
+
+use common::{binary, eval_json, run_ok};
 use nystromformer_train::data::text::{Columns, encode, label_set, load_split, read_records};
 
 fn scratch(name: &str) -> PathBuf {
-    let dir =
-        std::env::temp_dir().join(format!("nystromformer-text-{name}-{}", std::process::id()));
-    std::fs::remove_dir_all(&dir).ok();
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+    common::scratch_dir(&format!("text-{name}"))
 }
 
 fn columns() -> Columns {
@@ -141,45 +139,33 @@ fn train_text_and_eval() {
     let test = write(&data, "test.tsv", &tsv);
 
     let artifacts = dir.join("artifacts");
-    let run = Command::new(env!("CARGO_BIN_EXE_nystromformer-train"))
-        .args([
-            "--device",
-            "flex",
-            "train",
-            "text",
-            "--headless",
-            "--artifact-dir",
-        ])
-        .arg(&artifacts)
-        .args([
-            "--set",
-            &format!("data_dir={}", serde_json::to_string(&data).unwrap()),
-        ])
-        .args([
-            "--set",
-            "hidden_size=16",
-            "--set",
-            "intermediate_size=32",
-            "--set",
-            "num_landmarks=4",
-        ])
-        .args([
-            "--set",
-            "batch_size=8",
-            "--set",
-            "warmup_steps=1",
-            "--set",
-            "total_steps=4",
-            "--set",
-            "steps_per_checkpoint=4",
-        ])
-        .args(["--set", "num_workers=0"])
-        .output()
-        .unwrap();
-    assert!(
-        run.status.success(),
-        "{}",
-        String::from_utf8_lossy(&run.stderr)
+    run_ok(
+        binary()
+            .args(["train", "text", "--headless", "--artifact-dir"])
+            .arg(&artifacts)
+            .args([
+                "--set",
+                &format!("data_dir={}", serde_json::to_string(&data).unwrap()),
+            ])
+            .args([
+                "--set",
+                "hidden_size=16",
+                "--set",
+                "intermediate_size=32",
+                "--set",
+                "num_landmarks=4",
+            ])
+            .args([
+                "--set",
+                "batch_size=8",
+                "--set",
+                "warmup_steps=1",
+                "--set",
+                "total_steps=4",
+                "--set",
+                "steps_per_checkpoint=4",
+            ])
+            .args(["--set", "num_workers=0"]),
     );
     let config: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(artifacts.join("config.json")).unwrap())
@@ -191,20 +177,7 @@ fn train_text_and_eval() {
         "classes recorded for eval"
     );
 
-    let eval = Command::new(env!("CARGO_BIN_EXE_nystromformer-train"))
-        .args(["--device", "flex", "eval", "--artifact-dir"])
-        .arg(&artifacts)
-        .arg("--data")
-        .arg(&test)
-        .output()
-        .unwrap();
-    assert!(
-        eval.status.success(),
-        "{}",
-        String::from_utf8_lossy(&eval.stderr)
-    );
-    let line: serde_json::Value =
-        serde_json::from_str(String::from_utf8_lossy(&eval.stdout).trim()).unwrap();
+    let line = eval_json(&artifacts, &test);
     assert_eq!(line["count"], 6);
     std::fs::remove_dir_all(&dir).ok();
 }

@@ -1,17 +1,13 @@
 //! A few-step training run end to end: checkpoints, resume (step count, changed parameters),
 //! `eval`'s JSON line, and configuration errors.
 
-use std::path::Path;
-use std::process::Command;
+mod common;
 
+use std::path::Path;
+
+use common::{binary, eval_json};
 use nystromformer_train::config::{ExperimentConfig, Preset, Task};
 use nystromformer_train::training::last_checkpoint;
-
-fn binary() -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_nystromformer-train"));
-    command.args(["--device", "flex"]);
-    command
-}
 
 fn train(dir: &Path, extra: &[&str]) -> std::process::Output {
     let small = [
@@ -114,21 +110,7 @@ fn train_checkpoints_resumes_and_evaluates() {
         "Source\tTarget\n( [MAX 1 5 ] )\t5\n( [MIN 3 4 ] )\t3\n7\t7\n",
     )
     .unwrap();
-    let eval = binary()
-        .args(["eval", "--artifact-dir"])
-        .arg(&dir)
-        .arg("--data")
-        .arg(&data)
-        .output()
-        .unwrap();
-    assert!(
-        eval.status.success(),
-        "{}",
-        String::from_utf8_lossy(&eval.stderr)
-    );
-    let line = String::from_utf8_lossy(&eval.stdout);
-    assert_eq!(line.trim().lines().count(), 1);
-    let json: serde_json::Value = serde_json::from_str(line.trim()).unwrap();
+    let json = eval_json(&dir, &data);
     assert_eq!(json["count"], 3);
     let accuracy = json["accuracy"].as_f64().unwrap();
     assert!((0.0..=1.0).contains(&accuracy) && json["loss"].as_f64().unwrap() > 0.0);

@@ -47,6 +47,26 @@ pub fn tiny_run(total_steps: usize, steps_per_checkpoint: usize) -> Vec<String> 
     .collect()
 }
 
+/// `--set` arguments for a small generated ListOps data set (short sequences).
+pub fn small_listops() -> Vec<String> {
+    [
+        "train_size=64",
+        "valid_size=8",
+        "test_size=8",
+        "min_len=5",
+        "max_len=30",
+    ]
+    .into_iter()
+    .flat_map(|set| ["--set".to_string(), set.to_string()])
+    .collect()
+}
+
+/// The run summary `train` prints as its last stdout line.
+pub fn last_json_line(stdout: &str) -> serde_json::Value {
+    let line = stdout.trim().lines().last().expect("some output");
+    serde_json::from_str(line).expect("a JSON summary line")
+}
+
 /// `eval`'s JSON line for an artifact directory and a data file.
 pub fn eval_json(artifact_dir: &Path, data: &Path) -> serde_json::Value {
     let stdout = run_ok(
@@ -58,6 +78,19 @@ pub fn eval_json(artifact_dir: &Path, data: &Path) -> serde_json::Value {
     );
     assert_eq!(stdout.trim().lines().count(), 1, "{stdout}");
     serde_json::from_str(stdout.trim()).expect("one JSON line")
+}
+
+/// `eval`'s error output for a data file it must reject (the exit code must be a failure).
+pub fn eval_error(artifact_dir: &Path, data: &Path) -> String {
+    let output = binary()
+        .args(["eval", "--artifact-dir"])
+        .arg(artifact_dir)
+        .arg("--data")
+        .arg(data)
+        .output()
+        .expect("the binary runs");
+    assert!(!output.status.success(), "eval accepted {}", data.display());
+    String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
 /// The `summary.json` a finished run wrote.
