@@ -125,11 +125,9 @@ pub fn quality_sweep(
                     .sqrt()
                     .into_scalar::<f32>() as f64;
                 let residual = match result.kernels {
-                    Some(kernels) => {
-                        // The output carries A⁺, not A: rebuild A from the same landmarks.
-                        let a = a_matrix(&q, &k, m);
-                        pinv_residual(a, kernels.a_pinv).mean().into_scalar::<f32>() as f64
-                    }
+                    Some(kernels) => pinv_residual(kernels.a, kernels.a_pinv)
+                        .mean()
+                        .into_scalar::<f32>() as f64,
                     None => 0.0,
                 };
                 out.push(QualityRecord {
@@ -146,18 +144,4 @@ pub fn quality_sweep(
         }
     }
     out
-}
-
-fn a_matrix(q: &Tensor<4>, k: &Tensor<4>, m: usize) -> Tensor<4> {
-    use nystromformer::attention::landmarks::segment_means;
-    use nystromformer::attention::softmax_kernels::kernel_a;
-    let [_, _, _, d] = q.dims();
-    let scale = (d as f64).powf(-0.25);
-    let landmarks = segment_means(
-        q.clone().mul_scalar(scale),
-        k.clone().mul_scalar(scale),
-        m,
-        None,
-    );
-    kernel_a(landmarks.queries, landmarks.keys, None)
 }

@@ -220,8 +220,20 @@ fn approximation_improves_with_landmarks_and_kernels_have_their_shapes() {
             let out = nystrom_attention(q.clone(), k.clone(), v.clone(), None, &options);
             let kernels = out.kernels.expect("Nyström path returns kernels");
             assert_eq!(kernels.f.dims(), [b, h, n, m]);
+            assert_eq!(kernels.a.dims(), [b, h, m, m]);
             assert_eq!(kernels.a_pinv.dims(), [b, h, m, m]);
             assert_eq!(kernels.b.dims(), [b, h, m, n]);
+            if n % m == 0 {
+                // A by hand: segment means by reshape, then softmax(Q̃ K̃ᵀ / √d).
+                let means = |x: &Tensor<4>| x.clone().reshape([b, h, m, n / m, d]).mean_dim(3);
+                let (q_tilde, k_tilde) = (means(&q).reshape([b, h, m, d]), means(&k));
+                let scores = q_tilde
+                    .matmul(k_tilde.reshape([b, h, m, d]).swap_dims(2, 3))
+                    .div_scalar((d as f32).sqrt());
+                let a = burn::tensor::activation::softmax(scores, 3);
+                let err = max_abs_diff(&kernels.a, &a);
+                assert!(err < 1e-5, "{name}: m = {m}: returned A off by {err}");
+            }
             max_abs_diff(&out.context, &exact)
         };
         let (coarse, fine) = (error(4), error(44));

@@ -86,7 +86,7 @@ impl NystromInput {
         self
     }
 
-    /// Asks for the kernels `F`, `A⁺` and `B` in the output.
+    /// Asks for the kernels `F`, `A`, `A⁺` and `B` in the output.
     pub fn return_kernels(mut self) -> Self {
         self.return_kernels = true;
         self
@@ -98,7 +98,7 @@ impl NystromInput {
 pub struct NystromOutput {
     /// The context, `[batch, n, d_model]`.
     pub context: Tensor<3>,
-    /// `F`, `A⁺` and `B` per head, when asked for and the Nyström path ran.
+    /// `F`, `A`, `A⁺` and `B` per head, when asked for and the Nyström path ran.
     pub kernels: Option<NystromKernels>,
 }
 
@@ -110,7 +110,7 @@ impl NystromAttention {
     /// - x: `[batch, n, d_model]`
     /// - mask_pad: `[batch, n]`
     /// - context: `[batch, n, d_model]`
-    /// - kernels: `F` `[batch, heads, n, m]`, `A⁺` `[batch, heads, m, m]`, `B` `[batch, heads, m, n]`
+    /// - kernels: `F` `[batch, heads, n, m]`, `A` and `A⁺` `[batch, heads, m, m]`, `B` `[batch, heads, m, n]`
     ///
     /// # Panics
     ///

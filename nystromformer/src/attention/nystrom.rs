@@ -37,7 +37,9 @@ pub struct NystromOptions {
 pub struct NystromKernels {
     /// `F = softmax(Q K̃ᵀ)`, `[batch, heads, n, m]`.
     pub f: Tensor<4>,
-    /// `A⁺`, the iterative pseudo-inverse of `A = softmax(Q̃ K̃ᵀ)`, `[batch, heads, m, m]`.
+    /// `A = softmax(Q̃ K̃ᵀ)`, the landmarks' own kernel, `[batch, heads, m, m]`.
+    pub a: Tensor<4>,
+    /// `A⁺`, the iterative pseudo-inverse of `A`, `[batch, heads, m, m]`.
     pub a_pinv: Tensor<4>,
     /// `B = softmax(Q̃ Kᵀ)`, `[batch, heads, m, n]`.
     pub b: Tensor<4>,
@@ -111,14 +113,13 @@ pub fn nystrom_attention(
     let f = kernel_f(q, scaled_keys.clone(), missing.as_ref());
     let a = kernel_a(queries, scaled_keys, missing.as_ref());
     let b = kernel_b(scaled_queries, k, mask_pad.as_ref(), missing.as_ref());
+    let a_kept = options.return_kernels.then(|| a.clone());
     let a_pinv = iterative_pinv(a, options.pinv_iterations, options.pinv_init);
 
     let context = f.clone().matmul(a_pinv.clone().matmul(b.clone().matmul(v)));
     NystromAttentionOutput {
         context,
-        kernels: options
-            .return_kernels
-            .then_some(NystromKernels { f, a_pinv, b }),
+        kernels: a_kept.map(|a| NystromKernels { f, a, a_pinv, b }),
     }
 }
 
