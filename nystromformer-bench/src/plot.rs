@@ -13,7 +13,8 @@ use plotters::prelude::*;
 
 use crate::record::Record;
 
-const COLORS: [RGBColor; 8] = [
+/// Line colours; after the tenth series they repeat with another marker shape.
+const COLORS: [RGBColor; 10] = [
     RGBColor(31, 119, 180),
     RGBColor(255, 127, 14),
     RGBColor(44, 160, 44),
@@ -22,6 +23,8 @@ const COLORS: [RGBColor; 8] = [
     RGBColor(140, 86, 75),
     RGBColor(227, 119, 194),
     RGBColor(127, 127, 127),
+    RGBColor(188, 189, 34),
+    RGBColor(23, 190, 207),
 ];
 
 const SIZE: (u32, u32) = (900, 560);
@@ -95,21 +98,37 @@ where
         .margin(12)
         .x_label_area_size(45)
         .y_label_area_size(70)
-        .build_cartesian_2d((x_lo..x_hi).log_scale(), (y_lo..y_hi).log_scale())?;
+        // Ticks at the measured x values and at 1-2-5 steps in y: plotters' own log ticks
+        // crowd into unreadable runs at the top of each decade.
+        .build_cartesian_2d(
+            (x_lo..x_hi).log_scale().with_key_points(x_ticks(series)),
+            (y_lo..y_hi)
+                .log_scale()
+                .with_key_points(y_ticks(y_lo, y_hi)),
+        )?;
     chart
         .configure_mesh()
         .x_desc(x_label)
         .y_desc(y_label)
+        .x_label_formatter(&|x| tick_label(*x))
+        .y_label_formatter(&|y| tick_label(*y))
         .draw()?;
     for (i, (name, line)) in series.iter().enumerate() {
         let color = COLORS[i % COLORS.len()];
+        let marker = i / COLORS.len() % 3;
         chart
             .draw_series(LineSeries::new(line.iter().copied(), color.stroke_width(2)))?
             .label(name.as_str())
             .legend(move |(x, y)| {
                 PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
             });
-        chart.draw_series(line.iter().map(|p| Circle::new(*p, 3, color.filled())))?;
+        for &p in line {
+            match marker {
+                0 => chart.draw_series([Circle::new(p, 3, color.filled())])?,
+                1 => chart.draw_series([TriangleMarker::new(p, 5, color.filled())])?,
+                _ => chart.draw_series([Cross::new(p, 4, color.stroke_width(2))])?,
+            };
+        }
     }
     chart
         .configure_series_labels()
@@ -119,6 +138,45 @@ where
         .draw()?;
     root.present()?;
     Ok(())
+}
+
+/// The distinct x values of the series, thinned to at most ten labels.
+fn x_ticks(series: &[Series]) -> Vec<f64> {
+    let mut xs: Vec<f64> = series
+        .iter()
+        .flat_map(|(_, p)| p.iter().map(|&(x, _)| x))
+        .collect();
+    xs.sort_by(f64::total_cmp);
+    xs.dedup();
+    let step = xs.len().div_ceil(10).max(1);
+    xs.into_iter().step_by(step).collect()
+}
+
+/// 1, 2 and 5 times the powers of ten inside `lo..=hi`; powers of ten alone when that would
+/// be more than twelve labels.
+fn y_ticks(lo: f64, hi: f64) -> Vec<f64> {
+    let decades = lo.log10().floor() as i32..=hi.log10().ceil() as i32;
+    let ticks = |mantissas: &[f64]| -> Vec<f64> {
+        decades
+            .clone()
+            .flat_map(|e| mantissas.iter().map(move |m| m * 10f64.powi(e)))
+            .filter(|t| (lo * (1.0 - 1e-9)..=hi * (1.0 + 1e-9)).contains(t))
+            .collect()
+    };
+    let fine = ticks(&[1.0, 2.0, 5.0]);
+    if fine.len() > 12 { ticks(&[1.0]) } else { fine }
+}
+
+/// A tick value without float noise: whole numbers plainly, small ones to three significant
+/// digits.
+fn tick_label(v: f64) -> String {
+    if v >= 1.0 {
+        format!("{}", v.round())
+    } else {
+        let digits = (2 - v.log10().floor() as i32).max(0) as usize;
+        let text = format!("{v:.digits$}");
+        text.trim_end_matches('0').trim_end_matches('.').to_string()
+    }
 }
 
 /// Time and memory charts per (processor, pass) group of the records, named
@@ -229,4 +287,36 @@ pub fn quality_chart(dir: &Path) -> Result<Vec<String>, String> {
         "relative error",
         &series,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn x_ticks_are_the_measured_values_thinned_to_ten() {
+        let few: Vec<Series> = vec![("a".into(), vec![(512.0, 1.0), (1024.0, 2.0)])];
+        assert_eq!(x_ticks(&few), vec![512.0, 1024.0]);
+        let many: Vec<Series> = vec![("a".into(), (0..16).map(|i| (2f64.powi(i), 1.0)).collect())];
+        let ticks = x_ticks(&many);
+        assert!(ticks.len() <= 10, "{ticks:?}");
+        assert_eq!(ticks[0], 1.0);
+    }
+
+    #[test]
+    fn y_ticks_step_one_two_five_within_the_range() {
+        assert_eq!(y_ticks(0.8, 60.0), vec![1.0, 2.0, 5.0, 10.0, 20.0, 50.0]);
+        let wide = y_ticks(0.01, 1e6);
+        assert!((wide[0] - 0.01).abs() < 1e-12, "{wide:?}");
+        assert_eq!(wide.len(), 9);
+        assert!(wide.windows(2).all(|w| (w[1] / w[0] - 10.0).abs() < 1e-9));
+    }
+
+    #[test]
+    fn tick_labels_have_no_float_noise() {
+        assert_eq!(tick_label(16384.0), "16384");
+        assert_eq!(tick_label(0.05), "0.05");
+        assert_eq!(tick_label(0.2), "0.2");
+        assert_eq!(tick_label(0.1 + 0.2), "0.3");
+    }
 }
