@@ -95,8 +95,10 @@ def main():
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--reps", type=int, default=5)
     p.add_argument("--max-intermediate-gib", type=float, default=4.0)
-    p.add_argument("--out", required=True)
+    p.add_argument("--out", required=True, help="output directory (records-torch-<device>.jsonl goes there)")
     args = p.parse_args()
+    if args.out.endswith(".jsonl") or os.path.isfile(args.out):
+        p.error(f"--out {args.out}: expected a directory, as for nystromformer-bench sweep --out")
 
     device = torch.device(args.device)
     backend = f"torch-{device.type}"
