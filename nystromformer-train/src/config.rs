@@ -2,10 +2,12 @@
 
 use std::path::{Path, PathBuf};
 
+use burn::tensor::Device;
 use nystromformer::AttentionMode;
 use nystromformer::model::{Activation, NystromformerConfig};
 use serde::{Deserialize, Serialize};
 
+use crate::data::batcher::Padding;
 use crate::data::corpus::MLM_VOCAB_SIZE;
 use crate::data::image::{IMAGE_VOCAB_SIZE, NUM_CLASSES as IMAGE_CLASSES};
 use crate::data::listops::{GeneratorConfig, NUM_CLASSES as LISTOPS_CLASSES, VOCAB_SIZE};
@@ -115,9 +117,32 @@ pub struct ExperimentConfig {
     pub mask_probability: f64,
     /// Where the examples live during training: `"memory"` or `"sqlite"`.
     pub storage: Storage,
+    /// Batch lengths are rounded up to a multiple of this (never beyond `max_len`) so that a GPU
+    /// sees a few shapes rather than one per batch: CubeCL compiles, fuses and autotunes
+    /// kernels per shape. `null`: 64 on GPU (CubeCL) devices and 1 (pad to the longest) on
+    /// CPU, decided when a run starts and written into its `config.json`.
+    #[serde(default)]
+    pub pad_to_multiple: Option<usize>,
 }
 
 impl ExperimentConfig {
+    /// This configuration with `pad_to_multiple` decided for `device` where it is `null`.
+    pub fn for_device(mut self, device: &Device) -> Self {
+        // Only CubeCL backends compile kernels per shape; on the CPU padding is pure cost.
+        let compiles_kernels = format!("{device:?}").contains("Cube(");
+        self.pad_to_multiple
+            .get_or_insert(if compiles_kernels { 64 } else { 1 });
+        self
+    }
+
+    /// How the batchers pad ([`Padding`]), per sequence (retrieval: per document).
+    pub fn padding(&self) -> Padding {
+        Padding {
+            max_len: self.max_len,
+            multiple: self.pad_to_multiple.unwrap_or(1),
+        }
+    }
+
     /// The configuration a preset starts from. Every LRA task shares the ListOps model (2
     /// layers, width 64, FFN 128, 2 heads, mean pooling, dropout 0.1, 64 landmarks, conv 35);
     /// the `lra` presets take each task's length, batch and schedule from the paper's LRA code
@@ -185,6 +210,7 @@ impl ExperimentConfig {
                 num_workers: 1,
                 mask_probability: 0.15,
                 storage: Storage::Memory,
+                pad_to_multiple: None,
             },
             Preset::Lra => Self {
                 task: Task::Listops,
@@ -216,6 +242,7 @@ impl ExperimentConfig {
                 num_workers: 2,
                 mask_probability: 0.15,
                 storage: Storage::Memory,
+                pad_to_multiple: None,
             },
         }
     }
@@ -307,6 +334,9 @@ impl ExperimentConfig {
                 "no length lies strictly between min_len ({}) and max_len ({})",
                 self.min_len, self.max_len
             ));
+        }
+        if self.pad_to_multiple == Some(0) {
+            return Err("pad_to_multiple must be at least 1 (or null)".into());
         }
         if !(self.learning_rate > 0.0 && self.learning_rate <= 1.0) {
             return Err(format!(

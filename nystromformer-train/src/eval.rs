@@ -61,6 +61,8 @@ pub fn eval_command(
     device: &Device,
 ) -> Result<EvalResult, String> {
     let config: ExperimentConfig = read_json(&artifact_dir.join("config.json"))?;
+    // Runs written before `pad_to_multiple` existed leave it unset.
+    let config = config.for_device(device);
     match config.task {
         Task::Listops | Task::Text | Task::Image => {
             eval_task::<SequenceClassification>(&config, artifact_dir, data, device)

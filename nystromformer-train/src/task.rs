@@ -109,7 +109,7 @@ impl TaskSpec for SequenceClassification {
 
     fn batcher(config: &ExperimentConfig, _seed: u64) -> ClassificationBatcher {
         ClassificationBatcher {
-            max_len: config.max_len,
+            padding: config.padding(),
         }
     }
 
@@ -200,7 +200,7 @@ impl TaskSpec for DocumentMatching {
 
     fn batcher(config: &ExperimentConfig, _seed: u64) -> PairBatcher {
         PairBatcher {
-            max_len: config.max_len,
+            padding: config.padding(),
         }
     }
 
@@ -232,7 +232,7 @@ impl TaskSpec for MaskedLm {
     }
 
     fn batcher(config: &ExperimentConfig, seed: u64) -> MaskedLmBatcher {
-        MaskedLmBatcher::new(config.max_len, config.mask_probability, seed)
+        MaskedLmBatcher::new(config.padding(), config.mask_probability, seed)
     }
 
     fn splits(config: &mut ExperimentConfig) -> Result<Splits<TextChunk>, String> {

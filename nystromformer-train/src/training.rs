@@ -106,7 +106,8 @@ fn train_task<T: TaskSpec>(
     let dir = &options.artifact_dir;
     std::fs::create_dir_all(dir).map_err(|err| format!("{}: {err}", dir.display()))?;
     eprintln!("preparing data ...");
-    let mut config = config.clone();
+    let main_device = options.data_parallel.first().unwrap_or(device);
+    let mut config = config.clone().for_device(main_device);
     let stored = match config.storage {
         Storage::Memory => storage::in_memory(T::splits(&mut config)?),
         Storage::Sqlite => storage::sqlite(dir, options.resume, || T::splits(&mut config))?,
@@ -163,7 +164,6 @@ fn train_task<T: TaskSpec>(
         .num_workers(config.num_workers)
         .build(stored.valid.clone());
 
-    let main_device = options.data_parallel.first().unwrap_or(device);
     let training_device = main_device.clone().autodiff();
     training_device.seed(config.seed);
     let model = T::model(config, &training_device);

@@ -4,7 +4,7 @@
 use burn::data::dataloader::batcher::Batcher;
 use burn::tensor::Device;
 use nystromformer_train::data::SequenceItem;
-use nystromformer_train::data::batcher::{ClassificationBatcher, PAD};
+use nystromformer_train::data::batcher::{ClassificationBatcher, PAD, Padding};
 use nystromformer_train::data::listops::{
     GeneratorConfig, VOCAB, generate, read_tsv, to_tsv, tokenize,
 };
@@ -163,7 +163,9 @@ fn batcher_pads_to_the_longest_and_masks_padding() {
             label: 2,
         },
     ];
-    let batcher = ClassificationBatcher { max_len: 6 };
+    let batcher = ClassificationBatcher {
+        padding: Padding::to_longest(6),
+    };
     let batch = batcher.batch(items, &Device::flex());
     assert_eq!(
         batch.tokens.dims(),

@@ -7,6 +7,7 @@ use std::path::Path;
 
 use common::{binary, eval_json};
 use nystromformer_train::config::{ExperimentConfig, Preset, Task};
+use nystromformer_train::files::read_json;
 use nystromformer_train::training::last_checkpoint;
 
 fn train(dir: &Path, extra: &[&str]) -> std::process::Output {
@@ -69,6 +70,12 @@ fn train_checkpoints_resumes_and_evaluates() {
         "one checkpoint after 4 steps"
     );
     assert!(dir.join("config.json").is_file() && dir.join("summary.json").is_file());
+    let written: ExperimentConfig = read_json(&dir.join("config.json")).unwrap();
+    assert_eq!(
+        written.pad_to_multiple,
+        Some(1),
+        "on the CPU a batch pads to its longest sequence, and config.json records it"
+    );
     let after_first = weights(&dir);
 
     // Resume: training continues at step 5 with the saved optimizer and schedule.
@@ -142,6 +149,14 @@ fn configuration_errors_are_clear() {
         ExperimentConfig::resolve(Task::Listops, Preset::Quick, None, &["num_heads=3".into()])
             .unwrap_err();
     assert!(err.contains("n_heads (3)"), "{err}");
+    let err = ExperimentConfig::resolve(
+        Task::Listops,
+        Preset::Quick,
+        None,
+        &["pad_to_multiple=0".into()],
+    )
+    .unwrap_err();
+    assert!(err.contains("pad_to_multiple must be at least 1"), "{err}");
     let ok = ExperimentConfig::resolve(
         Task::Listops,
         Preset::Lra,

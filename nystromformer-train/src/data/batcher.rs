@@ -1,4 +1,4 @@
-//! Batching token sequences: pad to the longest sequence of the batch and build the masks.
+//! Batching token sequences: pad to a common length and build the masks.
 
 use burn::data::dataloader::batcher::Batcher;
 use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
@@ -9,6 +9,37 @@ use super::retrieval::PairItem;
 /// Token id used for padding.
 pub const PAD: u32 = 0;
 
+/// How a batch's common length is chosen: its longest sequence, rounded up to a multiple of
+/// `multiple`, never beyond `max_len` (longer sequences are cut).
+///
+/// Rounding up matters on GPUs: CubeCL compiles, fuses and autotunes kernels for each new
+/// shape, and a batch length that follows the data gives nearly every batch a new one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Padding {
+    /// Longest common length.
+    pub max_len: usize,
+    /// The common length is a multiple of this unless `max_len` caps it (1: the longest).
+    pub multiple: usize,
+}
+
+impl Padding {
+    /// Pads to the longest sequence, cut at `max_len`.
+    pub fn to_longest(max_len: usize) -> Self {
+        Self {
+            max_len,
+            multiple: 1,
+        }
+    }
+
+    /// The common length for sequences whose longest has `longest` tokens (at least 1).
+    pub fn length(&self, longest: usize) -> usize {
+        let longest = longest.min(self.max_len).max(1);
+        longest
+            .next_multiple_of(self.multiple.max(1))
+            .min(self.max_len.max(longest))
+    }
+}
+
 /// Sequences padded to a common length, on the host.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PaddedTokens {
@@ -18,19 +49,15 @@ pub struct PaddedTokens {
     pub pad: Vec<bool>,
     /// Number of sequences.
     pub rows: usize,
-    /// Common length: the longest sequence, capped at the batcher's `max_len` (at least 1).
+    /// Common length, chosen by [`Padding::length`].
     pub len: usize,
 }
 
 impl PaddedTokens {
-    /// Pads `sequences` to the longest of them; sequences longer than `max_len` are cut.
-    pub fn new(sequences: &[&[u32]], max_len: usize) -> Self {
-        let len = sequences
-            .iter()
-            .map(|tokens| tokens.len().min(max_len))
-            .max()
-            .unwrap_or(1)
-            .max(1);
+    /// Pads `sequences` to the length `padding` chooses; longer sequences are cut.
+    pub fn new(sequences: &[&[u32]], padding: Padding) -> Self {
+        let longest = sequences.iter().map(|tokens| tokens.len()).max();
+        let len = padding.length(longest.unwrap_or(1));
         let mut ids = Vec::with_capacity(sequences.len() * len);
         let mut pad = Vec::with_capacity(sequences.len() * len);
         for tokens in sequences {
@@ -74,18 +101,18 @@ pub struct ClassificationBatch {
     pub labels: Tensor<1, Int>,
 }
 
-/// Pads sequences to the batch's longest (capped at `max_len`, longer ones are cut).
+/// Pads sequences to a common length ([`Padding`]).
 #[derive(Debug, Clone)]
 pub struct ClassificationBatcher {
-    /// Longest sequence a batch may hold.
-    pub max_len: usize,
+    /// The batch length's rule.
+    pub padding: Padding,
 }
 
 impl ClassificationBatcher {
     /// Host-side layout of a batch's tokens.
     pub fn layout(&self, items: &[SequenceItem]) -> PaddedTokens {
         let sequences: Vec<&[u32]> = items.iter().map(|item| item.tokens.as_slice()).collect();
-        PaddedTokens::new(&sequences, self.max_len)
+        PaddedTokens::new(&sequences, self.padding)
     }
 }
 
@@ -112,11 +139,11 @@ pub struct PairBatch {
     pub labels: Tensor<1, Int>,
 }
 
-/// Pads both documents of each pair to the batch's longest document (capped at `max_len`).
+/// Pads both documents of each pair to one common length ([`Padding`]).
 #[derive(Debug, Clone)]
 pub struct PairBatcher {
-    /// Longest document a batch may hold.
-    pub max_len: usize,
+    /// The batch length's rule (per document).
+    pub padding: Padding,
 }
 
 impl Batcher<PairItem, PairBatch> for PairBatcher {
@@ -126,11 +153,51 @@ impl Batcher<PairItem, PairBatch> for PairBatcher {
             .map(|item| item.first.as_slice())
             .chain(items.iter().map(|item| item.second.as_slice()))
             .collect();
-        let (tokens, mask_pad) = PaddedTokens::new(&sequences, self.max_len).into_tensors(device);
+        let (tokens, mask_pad) = PaddedTokens::new(&sequences, self.padding).into_tensors(device);
         PairBatch {
             tokens,
             mask_pad,
             labels: labels_tensor(items.iter().map(|item| item.label), device),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn padding_rounds_up_to_the_multiple_and_stops_at_max_len() {
+        let padding = Padding {
+            max_len: 2000,
+            multiple: 64,
+        };
+        assert_eq!(padding.length(1), 64);
+        assert_eq!(padding.length(64), 64);
+        assert_eq!(padding.length(65), 128);
+        assert_eq!(padding.length(1950), 1984);
+        // 1985 would round to 2048: max_len caps it, and so cuts longer sequences.
+        assert_eq!(padding.length(1985), 2000);
+        assert_eq!(padding.length(5000), 2000);
+        assert_eq!(Padding::to_longest(100).length(37), 37);
+        assert_eq!(Padding::to_longest(100).length(0), 1);
+    }
+
+    #[test]
+    fn padded_tokens_mask_the_rounded_up_tail() {
+        let padding = Padding {
+            max_len: 10,
+            multiple: 4,
+        };
+        let tokens = PaddedTokens::new(&[&[5, 6, 7, 8, 9], &[1, 2]], padding);
+        assert_eq!(tokens.len, 8);
+        assert_eq!(tokens.ids[..8], [5, 6, 7, 8, 9, 0, 0, 0]);
+        assert_eq!(tokens.ids[8..], [1, 2, 0, 0, 0, 0, 0, 0]);
+        let valid: Vec<usize> = tokens
+            .pad
+            .chunks(8)
+            .map(|row| row.iter().filter(|pad| !**pad).count())
+            .collect();
+        assert_eq!(valid, [5, 2]);
     }
 }

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use burn::data::dataloader::batcher::Batcher;
 use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
 
-use super::batcher::PaddedTokens;
+use super::batcher::{PaddedTokens, Padding};
 use super::corpus::{MASK, TextChunk};
 use super::rng::SplitMix64;
 
@@ -40,8 +40,8 @@ pub struct Masked {
 /// Pads and masks text windows. Clones share one random stream.
 #[derive(Debug, Clone)]
 pub struct MaskedLmBatcher {
-    /// Longest window a batch may hold.
-    pub max_len: usize,
+    /// The batch length's rule.
+    pub padding: Padding,
     /// Share of positions to predict.
     pub mask_probability: f64,
     rng: Arc<Mutex<SplitMix64>>,
@@ -49,9 +49,9 @@ pub struct MaskedLmBatcher {
 
 impl MaskedLmBatcher {
     /// A batcher whose choices follow `seed`.
-    pub fn new(max_len: usize, mask_probability: f64, seed: u64) -> Self {
+    pub fn new(padding: Padding, mask_probability: f64, seed: u64) -> Self {
         Self {
-            max_len,
+            padding,
             mask_probability,
             rng: Arc::new(Mutex::new(SplitMix64::new(seed))),
         }
@@ -60,7 +60,7 @@ impl MaskedLmBatcher {
     /// Pads `items` and masks them.
     pub fn mask(&self, items: &[TextChunk]) -> Masked {
         let sequences: Vec<&[u32]> = items.iter().map(|item| item.tokens.as_slice()).collect();
-        let mut tokens = PaddedTokens::new(&sequences, self.max_len);
+        let mut tokens = PaddedTokens::new(&sequences, self.padding);
         let mut rng = self
             .rng
             .lock()
@@ -129,7 +129,7 @@ mod tests {
 
     #[test]
     fn targets_are_the_original_tokens_and_padding_is_never_chosen() {
-        let batcher = MaskedLmBatcher::new(200, 0.15, 3);
+        let batcher = MaskedLmBatcher::new(Padding::to_longest(200), 0.15, 3);
         let masked = batcher.mask(&windows());
         assert_eq!(masked.positions.len(), masked.targets.len());
         let len = masked.tokens.len as i64;
@@ -147,7 +147,7 @@ mod tests {
 
     #[test]
     fn masks_about_the_requested_share_mostly_with_mask() {
-        let batcher = MaskedLmBatcher::new(200, 0.15, 11);
+        let batcher = MaskedLmBatcher::new(Padding::to_longest(200), 0.15, 11);
         let (mut chosen, mut masked_out, mut total) = (0, 0, 0);
         for _ in 0..50 {
             let masked = batcher.mask(&windows()[..1]);
@@ -170,8 +170,8 @@ mod tests {
 
     #[test]
     fn same_seed_same_choices() {
-        let a = MaskedLmBatcher::new(200, 0.15, 5).mask(&windows());
-        let b = MaskedLmBatcher::new(200, 0.15, 5).mask(&windows());
+        let a = MaskedLmBatcher::new(Padding::to_longest(200), 0.15, 5).mask(&windows());
+        let b = MaskedLmBatcher::new(Padding::to_longest(200), 0.15, 5).mask(&windows());
         assert_eq!(a, b);
     }
 }
