@@ -1,6 +1,7 @@
 //! Training and inference for Nyströmformer models: the library under the `nystromformer-train`
 //! binary (data, batcher, model head, training, evaluation, HF encoding).
 
+pub mod cli;
 pub mod config;
 pub mod data;
 pub mod encode;

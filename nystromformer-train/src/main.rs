@@ -252,13 +252,5 @@ fn run(cli: Cli) -> Result<(), String> {
 }
 
 fn main() -> ExitCode {
-    // Reuse freed tensor buffers instead of unmapping them (twice as fast on flex).
-    nystromformer::cpu_memory::retain_freed_memory();
-    match run(Cli::parse()) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(message) => {
-            eprintln!("error: {message}");
-            ExitCode::FAILURE
-        }
-    }
+    nystromformer_train::cli::run_main(|| run(Cli::parse()))
 }
