@@ -126,37 +126,20 @@ fn train_checkpoints_resumes_and_evaluates() {
 
 #[test]
 fn configuration_errors_are_clear() {
-    let err = ExperimentConfig::resolve(
-        Task::Listops,
-        Preset::Quick,
-        None,
-        &["learning_rat=1e-3".into()],
-    )
-    .unwrap_err();
-    assert!(
-        err.contains("unknown configuration key \"learning_rat\""),
-        "{err}"
-    );
-    let err = ExperimentConfig::resolve(
-        Task::Listops,
-        Preset::Quick,
-        None,
-        &["total_steps=1001".into()],
-    )
-    .unwrap_err();
-    assert!(err.contains("multiple of steps_per_checkpoint"), "{err}");
-    let err =
-        ExperimentConfig::resolve(Task::Listops, Preset::Quick, None, &["num_heads=3".into()])
+    // One bad `--set` on the quick ListOps preset each.
+    for (set, expected) in [
+        (
+            "learning_rat=1e-3",
+            "unknown configuration key \"learning_rat\"",
+        ),
+        ("total_steps=1001", "multiple of steps_per_checkpoint"),
+        ("num_heads=3", "n_heads (3)"),
+        ("pad_to_multiple=0", "pad_to_multiple must be at least 1"),
+    ] {
+        let err = ExperimentConfig::resolve(Task::Listops, Preset::Quick, None, &[set.into()])
             .unwrap_err();
-    assert!(err.contains("n_heads (3)"), "{err}");
-    let err = ExperimentConfig::resolve(
-        Task::Listops,
-        Preset::Quick,
-        None,
-        &["pad_to_multiple=0".into()],
-    )
-    .unwrap_err();
-    assert!(err.contains("pad_to_multiple must be at least 1"), "{err}");
+        assert!(err.contains(expected), "--set {set}: {err}");
+    }
     let ok = ExperimentConfig::resolve(
         Task::Listops,
         Preset::Lra,
