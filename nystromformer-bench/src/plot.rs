@@ -122,13 +122,12 @@ where
             .legend(move |(x, y)| {
                 PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
             });
-        for &p in line {
-            match marker {
-                0 => chart.draw_series([Circle::new(p, 3, color.filled())])?,
-                1 => chart.draw_series([TriangleMarker::new(p, 5, color.filled())])?,
-                _ => chart.draw_series([Cross::new(p, 4, color.stroke_width(2))])?,
-            };
-        }
+        let points = line.iter().copied();
+        match marker {
+            0 => chart.draw_series(points.map(|p| Circle::new(p, 3, color.filled())))?,
+            1 => chart.draw_series(points.map(|p| TriangleMarker::new(p, 5, color.filled())))?,
+            _ => chart.draw_series(points.map(|p| Cross::new(p, 4, color.stroke_width(2))))?,
+        };
     }
     chart
         .configure_series_labels()
