@@ -5,7 +5,8 @@ set -u
 . nystromformer-bench/scripts/h100_env.sh
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader > "$R/gpu.txt"
 LENGTHS=512,1024,2048,4096,8192,16384,32768,65536
-timeout 200 nystromformer-bench sweep --devices wgpu --lengths $LENGTHS --pass both \
+timeout 240 nystromformer-bench sweep --devices wgpu --lengths $LENGTHS --pass both \
+    --implementations nystrom,nystrom-tensor-ops,burn-attention,naive-softmax \
     --max-intermediate-gib 8 --out "$R" 2>&1 | grep -v '^\s*$' | tail -5
 python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
 timeout 90 python3 nystromformer-bench/peers/torch_peers.py --device cuda --lengths $LENGTHS \

@@ -7,8 +7,12 @@ use nystromformer::{NystromOptions, nystrom_attention};
 /// What is measured.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Implementation {
-    /// The library's Nyström attention (tensor ops).
+    /// The library's Nyström attention as a user gets it: with its custom CubeCL kernels where
+    /// they apply (CubeCL devices, forward pass), tensor ops elsewhere.
     Nystrom,
+    /// The library's Nyström attention with the custom kernels turned off (tensor ops only);
+    /// the same as `nystrom` on CPU backends and in the backward pass.
+    NystromTensorOps,
     /// Burn's `burn::tensor::module::attention` (exact; fused/flash on CubeCL backends).
     BurnAttention,
     /// Softmax attention with an explicit `n × n` weight matrix.
@@ -20,24 +24,29 @@ impl Implementation {
     pub fn name(self) -> &'static str {
         match self {
             Implementation::Nystrom => "nystrom",
+            Implementation::NystromTensorOps => "nystrom-tensor-ops",
             Implementation::BurnAttention => "burn-attention",
             Implementation::NaiveSoftmax => "naive-softmax",
         }
     }
 
+    /// Whether the implementation is a Nyström approximation (and so depends on `m`).
+    pub fn uses_landmarks(self) -> bool {
+        matches!(
+            self,
+            Implementation::Nystrom | Implementation::NystromTensorOps
+        )
+    }
+
     /// Landmarks recorded for this implementation.
     pub fn landmarks(self, m: usize) -> usize {
-        if self == Implementation::Nystrom {
-            m
-        } else {
-            0
-        }
+        if self.uses_landmarks() { m } else { 0 }
     }
 
     /// Bytes the largest intermediate needs (to skip shapes that cannot fit).
     pub fn largest_intermediate(self, batch: usize, heads: usize, n: usize, m: usize) -> u64 {
         let per_matrix = match self {
-            Implementation::Nystrom => n * m,
+            Implementation::Nystrom | Implementation::NystromTensorOps => n * m,
             Implementation::BurnAttention | Implementation::NaiveSoftmax => n * n,
         };
         (batch * heads * per_matrix * 4) as u64
@@ -46,8 +55,10 @@ impl Implementation {
     /// Runs the attention.
     pub fn run(self, q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, m: usize) -> Tensor<4> {
         match self {
-            Implementation::Nystrom => {
-                let options = NystromOptions::new().with_num_landmarks(m);
+            Implementation::Nystrom | Implementation::NystromTensorOps => {
+                let options = NystromOptions::new()
+                    .with_num_landmarks(m)
+                    .with_custom_kernels(self == Implementation::Nystrom);
                 nystrom_attention(q, k, v, None, &options).context
             }
             Implementation::BurnAttention => softmax_attention(q, k, v, None),

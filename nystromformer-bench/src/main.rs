@@ -299,7 +299,7 @@ fn run(cli: Cli) -> Result<(), String> {
                 for implementation in &implementations {
                     // Exact attention ignores landmarks: measure it once per shape.
                     let mut todo: Vec<Shape> = shapes.clone();
-                    if *implementation != Implementation::Nystrom {
+                    if !implementation.uses_landmarks() {
                         todo.retain(|s| s.landmarks == landmarks[0]);
                     }
                     let passes: &[bool] = match pass {

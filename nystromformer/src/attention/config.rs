@@ -67,6 +67,9 @@ pub struct NystromAttentionConfig {
     /// How the padding mask enters landmarks and skip. Default: [`MaskPolicy::LeakFree`].
     #[config(default = "MaskPolicy::LeakFree")]
     pub mask_policy: MaskPolicy,
+    /// Run the custom CubeCL kernels where they apply (see [`crate::kernels`]). Default: true.
+    #[config(default = true)]
+    pub custom_kernels: bool,
     /// Enable bias for the query projection. Default: true.
     #[config(default = true)]
     pub query_bias: bool,
@@ -139,6 +142,7 @@ impl NystromAttentionConfig {
             .with_pinv_iterations(self.pinv_iterations)
             .with_pinv_init(self.pinv_init)
             .with_mask_policy(self.mask_policy)
+            .with_custom_kernels(self.custom_kernels)
     }
 
     /// Initializes a new [`NystromAttention`] module.

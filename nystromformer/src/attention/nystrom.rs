@@ -11,6 +11,7 @@ use super::exact::softmax_attention;
 use super::landmarks::{Landmarks, segment_means};
 use super::pinv::{PinvInit, iterative_pinv};
 use super::softmax_kernels::{kernel_a, kernel_b, kernel_f};
+use crate::kernels;
 
 /// Options of [`nystrom_attention`].
 #[derive(Config, Debug, PartialEq)]
@@ -30,6 +31,10 @@ pub struct NystromOptions {
     /// Return `F`, `A⁺` and `B` with the output. Default: false.
     #[config(default = false)]
     pub return_kernels: bool,
+    /// Run the custom CubeCL kernels where they apply (see [`crate::kernels`]); `false` keeps
+    /// the tensor-op stages everywhere. Default: true.
+    #[config(default = true)]
+    pub custom_kernels: bool,
 }
 
 /// The three factors of the Nyström approximation, for inspection.
@@ -110,16 +115,58 @@ pub fn nystrom_attention(
     let scaled_keys = keys.mul_scalar(scale);
     let scaled_queries = queries.clone().mul_scalar(scale);
 
-    let f = kernel_f(q, scaled_keys.clone(), missing.as_ref());
-    let a = kernel_a(queries, scaled_keys, missing.as_ref());
-    let b = kernel_b(scaled_queries, k, mask_pad.as_ref(), missing.as_ref());
-    let a_kept = options.return_kernels.then(|| a.clone());
-    let a_pinv = iterative_pinv(a, options.pinv_iterations, options.pinv_init);
+    let a = kernel_a(queries, scaled_keys.clone(), missing.as_ref());
+    // Returning the kernels needs `F` and `B` themselves, which the custom kernels never form.
+    if options.custom_kernels && !options.return_kernels && kernels::custom_kernels_apply(&q) {
+        let stages = FusedStages {
+            a,
+            scaled_queries,
+            scaled_keys,
+        };
+        return NystromAttentionOutput {
+            context: stages.context(&q, &k, &v, mask_pad.as_ref(), missing.as_ref(), options),
+            kernels: None,
+        };
+    }
 
+    let b = kernel_b(scaled_queries, k, mask_pad.as_ref(), missing.as_ref());
+    let a_pinv = iterative_pinv(a.clone(), options.pinv_iterations, options.pinv_init);
+    let f = kernel_f(q, scaled_keys, missing.as_ref());
     let context = f.clone().matmul(a_pinv.clone().matmul(b.clone().matmul(v)));
     NystromAttentionOutput {
         context,
-        kernels: a_kept.map(|a| NystromKernels { f, a, a_pinv, b }),
+        kernels: options
+            .return_kernels
+            .then(|| NystromKernels { f, a, a_pinv, b }),
+    }
+}
+
+/// What the custom kernels need beyond the inputs: `A` and the scaled landmarks.
+struct FusedStages {
+    a: Tensor<4>,
+    scaled_queries: Tensor<4>,
+    scaled_keys: Tensor<4>,
+}
+
+impl FusedStages {
+    /// `F · (A⁺ · (B · V))` with `B · V`, `A⁺` and `F · W` each one custom kernel (see
+    /// [`crate::kernels`]); only called where [`kernels::custom_kernels_apply`] holds.
+    fn context(
+        self,
+        q: &Tensor<4>,
+        k: &Tensor<4>,
+        v: &Tensor<4>,
+        mask_pad: Option<&Tensor<2, Bool>>,
+        missing: Option<&Tensor<2, Bool>>,
+        options: &NystromOptions,
+    ) -> Tensor<4> {
+        const APPLIES: &str = "custom_kernels_apply was checked";
+        let values = kernels::fused_landmark_values(&self.scaled_queries, k, v, mask_pad, missing)
+            .expect(APPLIES);
+        let a_pinv = kernels::fused_pinv(&self.a, options.pinv_iterations, options.pinv_init)
+            .expect(APPLIES);
+        let weights = a_pinv.matmul(values); // W = A⁺ (B V), [m, d_v]
+        kernels::fused_landmark_attention(q, &self.scaled_keys, &weights, missing).expect(APPLIES)
     }
 }
 

@@ -30,12 +30,7 @@ const MIN_COEFFICIENT: f32 = 1.0e-12;
 /// - output: `[batch, heads, m, m]`
 pub fn iterative_pinv(a: Tensor<4>, iterations: usize, init: PinvInit) -> Tensor<4> {
     let [batch, heads, m, _] = a.dims();
-    let column_sums = a.clone().sum_dim(2); // [batch, heads, 1, m]
-    let coefficient = match init {
-        PinvInit::Original => column_sums.max().reshape([1, 1, 1, 1]),
-        PinvInit::Exact => column_sums.max_dim(3), // [batch, heads, 1, 1]
-    };
-    let mut z = a.clone().transpose() / coefficient.clamp_min(MIN_COEFFICIENT);
+    let mut z = a.clone().transpose() / initial_coefficient(&a, init);
     let identity = identity(m, &a.device());
     for _ in 0..iterations {
         let az = a.clone().matmul(z.clone());
@@ -46,6 +41,25 @@ pub fn iterative_pinv(a: Tensor<4>, iterations: usize, init: PinvInit) -> Tensor
     }
     debug_assert_eq!(z.dims(), [batch, heads, m, m]);
     z
+}
+
+/// `c` of `Z₀ = Aᵀ / c` for each matrix, at least [`MIN_COEFFICIENT`].
+///
+/// # Shapes
+///
+/// - a: `[batch, heads, m, m]`
+/// - output: `[batch, heads, 1, 1]`
+pub(crate) fn initial_coefficient(a: &Tensor<4>, init: PinvInit) -> Tensor<4> {
+    let [batch, heads, _, _] = a.dims();
+    let column_sums = a.clone().sum_dim(2); // [batch, heads, 1, m]
+    let coefficient = match init {
+        PinvInit::Original => column_sums
+            .max()
+            .reshape([1, 1, 1, 1])
+            .expand([batch, heads, 1, 1]),
+        PinvInit::Exact => column_sums.max_dim(3),
+    };
+    coefficient.clamp_min(MIN_COEFFICIENT)
 }
 
 /// `‖I − A Z‖_F` for each matrix: how far `Z` is from a right inverse of `A` (0 when `A` is

@@ -1,0 +1,218 @@
+//! `B · V` without `B`: each landmark query's softmax over all keys, times the values.
+//!
+//! `m` landmark rows are too few to keep a GPU busy if each unit swept all `n` keys, so the keys
+//! are cut into chunks of [`CHUNK`]: one unit per (landmark, chunk) runs an online softmax over
+//! its chunk (running maximum, sum of exponentials, weighted sum of value rows) and leaves these
+//! partial results; a second kernel merges the chunks of each landmark, rescaling each partial
+//! sum to the landmark's overall maximum. The `[m, n]` kernel `B` is never written; the partial
+//! results take `d_v / CHUNK` of its size.
+//!
+//! Padded keys get the tensor-op path's finite masked score rather than being skipped, so that a
+//! row whose every key is padded gets the same uniform weights there and here.
+
+use burn::backend::cubecl::dtype_to_storage_type;
+use burn::tensor::Shape;
+use burn_cubecl::kernel::into_contiguous;
+use burn_cubecl::ops::numeric::empty_device_contiguous_dtype;
+use burn_cubecl::tensor::CubeTensor;
+use cubecl::prelude::*;
+
+use crate::attention::mask::MASKED_SCORE;
+
+/// Keys per unit in the first kernel.
+const CHUNK: usize = 256;
+
+/// Units per cube of both kernels.
+const UNITS_PER_CUBE: u32 = 128;
+
+/// Launches both kernels; see [`super::fused_landmark_values`] for the contract.
+pub fn launch(
+    landmark_queries: CubeTensor,
+    keys: CubeTensor,
+    values: CubeTensor,
+    padding: CubeTensor,
+    missing: CubeTensor,
+) -> CubeTensor {
+    let landmark_queries = into_contiguous(landmark_queries);
+    let keys = into_contiguous(keys);
+    let values = into_contiguous(values);
+    let padding = into_contiguous(padding);
+    let missing = into_contiguous(missing);
+    let [batch, heads, m, head_dim] = landmark_queries.meta.shape().dims::<4>();
+    let n = keys.meta.shape()[2];
+    let value_dim = values.meta.shape()[3];
+    let chunks = n.div_ceil(CHUNK);
+    let matrices = batch * heads;
+
+    let client = landmark_queries.client.clone();
+    let device = landmark_queries.device.clone();
+    let dtype = landmark_queries.dtype;
+    let empty =
+        |shape: Shape| empty_device_contiguous_dtype(client.clone(), device.clone(), shape, dtype);
+    // Per (matrix, chunk, landmark): the running maximum and sum, and the weighted value sum.
+    let statistics = empty(Shape::new([matrices, chunks, m, 2]));
+    let partial_values = empty(Shape::new([matrices, chunks, m, value_dim]));
+    let output = empty(Shape::new([batch, heads, m, value_dim]));
+
+    let cube_dim =
+        CubeDim::new_1d(UNITS_PER_CUBE.min(client.properties().hardware.max_units_per_cube));
+    chunk_kernel::launch(
+        &client,
+        cubecl::calculate_cube_count_elemwise(&client, matrices * chunks * m, cube_dim),
+        cube_dim,
+        landmark_queries.into_tensor_arg(),
+        keys.into_tensor_arg(),
+        values.into_tensor_arg(),
+        padding.into_tensor_arg(),
+        statistics.clone().into_tensor_arg(),
+        partial_values.clone().into_tensor_arg(),
+        CHUNK,
+        MASKED_SCORE,
+        head_dim,
+        value_dim,
+        dtype_to_storage_type(dtype),
+    );
+    merge_kernel::launch(
+        &client,
+        cubecl::calculate_cube_count_elemwise(&client, matrices * m, cube_dim),
+        cube_dim,
+        statistics.into_tensor_arg(),
+        partial_values.into_tensor_arg(),
+        missing.into_tensor_arg(),
+        output.clone().into_tensor_arg(),
+        heads,
+        value_dim,
+        dtype_to_storage_type(dtype),
+    );
+    output
+}
+
+/// One unit per (matrix, chunk, landmark), landmark fastest so that neighbouring units read the
+/// same keys. `padding` is `[batch, n]`, 1.0 at padded keys.
+#[cube(launch)]
+fn chunk_kernel<F: Float>(
+    landmark_queries: &Tensor<F>,
+    keys: &Tensor<F>,
+    values: &Tensor<F>,
+    padding: &Tensor<F>,
+    statistics: &mut Tensor<F>,
+    partial_values: &mut Tensor<F>,
+    chunk_len: usize,
+    masked_score: f32,
+    #[comptime] head_dim: usize,
+    #[comptime] value_dim: usize,
+    #[define(F)] _dtype: ElemType,
+) {
+    let unit = ABSOLUTE_POS;
+    if unit >= statistics.len() / 2 {
+        terminate!();
+    }
+    let heads = landmark_queries.shape(1);
+    let m = landmark_queries.shape(2);
+    let n = keys.shape(2);
+    let chunks = statistics.shape(1);
+    let landmark = unit % m;
+    let chunk = (unit / m) % chunks;
+    let matrix = unit / (m * chunks);
+    let batch = matrix / heads;
+
+    let mut query = Array::<F>::new(head_dim);
+    #[unroll]
+    for c in 0..head_dim {
+        query[c] = landmark_queries[(matrix * m + landmark) * head_dim + c];
+    }
+    let mut accumulator = Array::<F>::new(value_dim);
+    #[unroll]
+    for c in 0..value_dim {
+        accumulator[c] = F::new(0.0);
+    }
+
+    let start = chunk * chunk_len;
+    let mut end = start + chunk_len;
+    if end > n {
+        end = n;
+    }
+    // Below any score, masked ones included: the first key's rescaling factor is exactly 0.
+    let mut running_max = F::new(-1.0e30);
+    let mut total = F::new(0.0);
+    for key in start..end {
+        let mut score = F::cast_from(masked_score);
+        if padding[batch * n + key] == F::new(0.0) {
+            score = F::new(0.0);
+            #[unroll]
+            for c in 0..head_dim {
+                score += query[c] * keys[(matrix * n + key) * head_dim + c];
+            }
+        }
+        let new_max = F::max(running_max, score);
+        let rescale = F::exp(running_max - new_max);
+        let weight = F::exp(score - new_max);
+        total = total * rescale + weight;
+        #[unroll]
+        for c in 0..value_dim {
+            accumulator[c] =
+                accumulator[c] * rescale + weight * values[(matrix * n + key) * value_dim + c];
+        }
+        running_max = new_max;
+    }
+
+    statistics[unit * 2] = running_max;
+    statistics[unit * 2 + 1] = total;
+    #[unroll]
+    for c in 0..value_dim {
+        partial_values[unit * value_dim + c] = accumulator[c];
+    }
+}
+
+/// One unit per (matrix, landmark): merges the chunks' partial softmax sums. `missing` is
+/// `[batch, m]`, 1.0 where a segment is not a landmark (its row is zero).
+#[cube(launch)]
+fn merge_kernel<F: Float>(
+    statistics: &Tensor<F>,
+    partial_values: &Tensor<F>,
+    missing: &Tensor<F>,
+    output: &mut Tensor<F>,
+    heads: usize,
+    #[comptime] value_dim: usize,
+    #[define(F)] _dtype: ElemType,
+) {
+    let row = ABSOLUTE_POS;
+    if row >= output.len() / value_dim {
+        terminate!();
+    }
+    let chunks = statistics.shape(1);
+    let m = statistics.shape(2);
+    let landmark = row % m;
+    let matrix = row / m;
+    let batch = matrix / heads;
+
+    let mut overall_max = F::new(-1.0e30);
+    for chunk in 0..chunks {
+        let unit = (matrix * chunks + chunk) * m + landmark;
+        overall_max = F::max(overall_max, statistics[unit * 2]);
+    }
+    let mut accumulator = Array::<F>::new(value_dim);
+    #[unroll]
+    for c in 0..value_dim {
+        accumulator[c] = F::new(0.0);
+    }
+    let mut total = F::new(0.0);
+    for chunk in 0..chunks {
+        let unit = (matrix * chunks + chunk) * m + landmark;
+        let rescale = F::exp(statistics[unit * 2] - overall_max);
+        total += rescale * statistics[unit * 2 + 1];
+        #[unroll]
+        for c in 0..value_dim {
+            accumulator[c] += rescale * partial_values[unit * value_dim + c];
+        }
+    }
+
+    let mut inverse = F::new(0.0);
+    if missing[batch * m + landmark] == F::new(0.0) {
+        inverse = F::new(1.0) / total;
+    }
+    #[unroll]
+    for c in 0..value_dim {
+        output[row * value_dim + c] = accumulator[c] * inverse;
+    }
+}

@@ -1,0 +1,207 @@
+//! The custom CubeCL kernels against the tensor-op stages they replace, on wgpu (lavapipe in CI),
+//! and the whole attention with and without them against flex.
+
+mod common;
+
+use burn::tensor::activation::softmax;
+use burn::tensor::{Bool, Device, Tensor, TensorData};
+use common::{REQUIRE_WGPU, devices, max_abs_diff, on, randn, values, wgpu_device};
+use nystromformer::attention::softmax_kernels::{kernel_b, kernel_f};
+use nystromformer::kernels::{
+    custom_kernels_apply, fused_landmark_attention, fused_landmark_values, fused_pinv,
+};
+use nystromformer::{MaskPolicy, NystromOptions, PinvInit, nystrom_attention};
+
+/// The wgpu device when this build has the kernels; a skip is said out loud, and is an error
+/// where CI demands the wgpu path.
+fn kernel_device() -> Option<Device> {
+    let device = wgpu_device()?;
+    if cfg!(feature = "cube-kernels") {
+        return Some(device);
+    }
+    if std::env::var(REQUIRE_WGPU).as_deref() == Ok("1") {
+        panic!(
+            "{REQUIRE_WGPU}=1 but this build lacks the `cube-kernels` feature (build with a GPU feature, e.g. --features wgpu)"
+        );
+    }
+    use std::io::Write;
+    let _ = writeln!(
+        std::io::stderr(),
+        "SKIPPED custom kernels: built without a GPU feature (e.g. --features wgpu)"
+    );
+    None
+}
+
+fn mask(values: Vec<bool>, shape: [usize; 2], device: &Device) -> Tensor<2, Bool> {
+    Tensor::from_bool(TensorData::new(values, shape), device)
+}
+
+/// Largest difference relative to the reference's largest magnitude (at least 1).
+fn relative_diff(result: &Tensor<4>, reference: &Tensor<4>) -> f32 {
+    let scale = values(reference)
+        .iter()
+        .fold(1.0f32, |acc, x| acc.max(x.abs()));
+    max_abs_diff(result, reference) / scale
+}
+
+#[test]
+fn kernels_apply_on_cube_devices_outside_autodiff_only() {
+    let flex = randn([1, 1, 4, 2], 1.0, 1, &Device::flex());
+    assert!(!custom_kernels_apply(&flex), "flex has no CubeCL kernels");
+    let Some(device) = kernel_device() else {
+        return;
+    };
+    assert!(custom_kernels_apply(&randn([1, 1, 4, 2], 1.0, 1, &device)));
+    let tracked = randn([1, 1, 4, 2], 1.0, 1, &device.autodiff());
+    assert!(
+        !custom_kernels_apply(&tracked),
+        "autodiff needs the differentiable tensor-op path"
+    );
+    assert!(fused_pinv(&tracked, 2, PinvInit::Exact).is_none());
+}
+
+#[test]
+fn fused_pinv_matches_the_tensor_op_iteration() {
+    let Some(device) = kernel_device() else {
+        return;
+    };
+    for (m, seed) in [(1, 3), (7, 4), (64, 5)] {
+        // Row-stochastic like a real A; the second matrix of the batch sharper than the first.
+        let scores = randn([2, 3, m, m], 1.0, seed, &device);
+        let sharpness =
+            Tensor::<4>::from_data(TensorData::new(vec![1.0f32, 4.0], [2, 1, 1, 1]), &device);
+        let a = softmax(scores * sharpness, 3);
+        for init in [PinvInit::Original, PinvInit::Exact] {
+            for iterations in [0, 1, 6] {
+                let fused = fused_pinv(&a, iterations, init).expect("kernel applies on wgpu");
+                let reference =
+                    nystromformer::attention::iterative_pinv(a.clone(), iterations, init);
+                let diff = relative_diff(&fused, &reference);
+                assert!(
+                    diff < 1e-4,
+                    "m = {m}, {init:?}, {iterations} iterations: relative difference {diff}"
+                );
+            }
+        }
+    }
+    // All landmarks missing: A = 0 inverts to 0, not NaN.
+    let zero = fused_pinv(&Tensor::zeros([1, 2, 5, 5], &device), 6, PinvInit::Exact).unwrap();
+    assert!(values(&zero).iter().all(|x| *x == 0.0));
+}
+
+#[test]
+fn fused_landmark_attention_matches_softmax_times_weights() {
+    let Some(device) = kernel_device() else {
+        return;
+    };
+    let [batch, heads, n, d, m, d_v] = [3, 2, 37, 16, 5, 8];
+    let q = randn([batch, heads, n, d], 1.0, 6, &device);
+    let keys = randn([batch, heads, m, d], 0.5, 7, &device);
+    let weights = randn([batch, heads, m, d_v], 1.0, 8, &device);
+    // Sequence 0: every landmark; 1: two missing; 2: none at all (a fully padded sequence).
+    let missing = mask(
+        [
+            vec![false; m],
+            vec![false, true, false, false, true],
+            vec![true; m],
+        ]
+        .concat(),
+        [batch, m],
+        &device,
+    );
+    for missing in [None, Some(&missing)] {
+        let fused = fused_landmark_attention(&q, &keys, &weights, missing).unwrap();
+        let reference = kernel_f(q.clone(), keys.clone(), missing).matmul(weights.clone());
+        let diff = relative_diff(&fused, &reference);
+        assert!(
+            diff < 1e-5,
+            "mask {}: relative difference {diff}",
+            missing.is_some()
+        );
+    }
+    let fused = fused_landmark_attention(&q, &keys, &weights, Some(&missing)).unwrap();
+    let last: Vec<f32> = values(&fused)[2 * heads * n * d_v..].to_vec();
+    assert!(last.iter().all(|x| *x == 0.0), "no landmark: zero context");
+}
+
+#[test]
+fn fused_landmark_values_match_softmax_times_values() {
+    let Some(device) = kernel_device() else {
+        return;
+    };
+    let [batch, heads, d, m, d_v] = [3, 2, 16, 4, 8];
+    // One chunk of keys, and several with a ragged last one (the kernel's chunks are 256 keys).
+    for n in [37, 600] {
+        let queries = randn([batch, heads, m, d], 0.5, 20, &device);
+        let k = randn([batch, heads, n, d], 1.0, 21, &device);
+        let v = randn([batch, heads, n, d_v], 1.0, 22, &device);
+        // Sequence 0 unpadded, 1 padded from n/2 (whole chunks padded when n = 600), 2 fully.
+        let padding: Vec<bool> = (0..batch * n)
+            .map(|i| (i / n == 1 && i % n >= n / 2) || i / n == 2)
+            .collect();
+        let mask_pad = mask(padding, [batch, n], &device);
+        let missing = mask(
+            [
+                vec![false; m],
+                vec![false, false, true, false],
+                vec![true; m],
+            ]
+            .concat(),
+            [batch, m],
+            &device,
+        );
+        for (mask_pad, missing) in [(None, None), (Some(&mask_pad), Some(&missing))] {
+            let fused = fused_landmark_values(&queries, &k, &v, mask_pad, missing).unwrap();
+            let reference =
+                kernel_b(queries.clone(), k.clone(), mask_pad, missing).matmul(v.clone());
+            let diff = relative_diff(&fused, &reference);
+            assert!(
+                diff < 1e-5,
+                "n = {n}, masks {}: relative difference {diff}",
+                mask_pad.is_some()
+            );
+        }
+    }
+}
+
+#[test]
+fn attention_with_and_without_kernels_agrees_with_flex() {
+    let Some(_) = kernel_device() else {
+        return;
+    };
+    let [batch, heads, d] = [2, 2, 16];
+    for (n, m) in [(50, 8), (64, 8), (9, 8), (130, 64)] {
+        let flex = Device::flex();
+        let q = randn([batch, heads, n, d], 1.0, 10 + n as u64, &flex);
+        let k = randn([batch, heads, n, d], 1.0, 11 + n as u64, &flex);
+        let v = randn([batch, heads, n, d], 1.0, 12 + n as u64, &flex);
+        // Sequence 1 padded after its first third.
+        let padding: Vec<bool> = (0..batch * n).map(|i| i >= n && i % n >= n / 3).collect();
+        for policy in [MaskPolicy::LeakFree, MaskPolicy::HfCompatible] {
+            let options = NystromOptions::new()
+                .with_num_landmarks(m)
+                .with_mask_policy(policy);
+            let run = |device: &Device, kernels: bool| {
+                let mask_pad = mask(padding.clone(), [batch, n], device);
+                let out = nystrom_attention(
+                    on(&q, device),
+                    on(&k, device),
+                    on(&v, device),
+                    Some(mask_pad),
+                    &options.clone().with_custom_kernels(kernels),
+                );
+                on(&out.context, &flex)
+            };
+            let reference = run(&flex, false);
+            for (name, device) in devices() {
+                for kernels in [false, true] {
+                    let diff = relative_diff(&run(&device, kernels), &reference);
+                    assert!(
+                        diff < 1e-4,
+                        "n = {n}, m = {m}, {policy:?}, {name}, kernels {kernels}: {diff}"
+                    );
+                }
+            }
+        }
+    }
+}
