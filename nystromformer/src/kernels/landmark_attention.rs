@@ -2,9 +2,8 @@
 //!
 //! The tensor-op form computes the `[n, m]` scores, masks them, takes the softmax in several
 //! passes, zeroes missing columns and multiplies by `W`, writing and reading `F` between each
-//! step. Here one unit owns one query row: it streams the `m` landmarks once with an online
-//! softmax (a running maximum, the sum of exponentials and the weighted sum of `W`'s rows,
-//! rescaled whenever the maximum grows), so `F` only ever exists one entry at a time.
+//! step. Here one unit owns one query row: it streams the `m` landmarks once through an online
+//! softmax (`super::online_softmax`), so `F` only ever exists one entry at a time.
 
 use burn::backend::cubecl::dtype_to_storage_type;
 use burn::tensor::Shape;
@@ -12,6 +11,8 @@ use burn_cubecl::kernel::into_contiguous;
 use burn_cubecl::ops::numeric::empty_device_contiguous_dtype;
 use burn_cubecl::tensor::CubeTensor;
 use cubecl::prelude::*;
+
+use super::online_softmax::{add, dot, empty_state, load_row, total};
 
 /// Units per cube (one query row each).
 const UNITS_PER_CUBE: u32 = 128;
@@ -81,51 +82,30 @@ fn landmark_attention_kernel<F: Float>(
     }
     let matrix = row / n; // batch · heads + head
     let batch = matrix / heads;
-    let keys = matrix * m * head_dim;
-    let values = matrix * m * value_dim;
 
-    let mut query = Array::<F>::new(head_dim);
-    #[unroll]
-    for c in 0..head_dim {
-        query[c] = queries[row * head_dim + c];
-    }
-    let mut accumulator = Array::<F>::new(value_dim);
-    #[unroll]
-    for c in 0..value_dim {
-        accumulator[c] = F::new(0.0);
-    }
-
-    // Finite on purpose (WGSL has no infinity literal); any real score is far above it, and
-    // the first landmark's rescaling factor exp(-1e30 - s) is exactly 0.
-    let mut running_max = F::new(-1.0e30);
-    let mut total = F::new(0.0);
+    let query = load_row(queries, row * head_dim, head_dim);
+    let mut state = empty_state::<F>(value_dim);
     for j in 0..m {
         if missing[batch * m + j] == F::new(0.0) {
-            let mut score = F::new(0.0);
-            #[unroll]
-            for c in 0..head_dim {
-                score += query[c] * landmark_keys[keys + j * head_dim + c];
-            }
-            let new_max = F::max(running_max, score);
-            let rescale = F::exp(running_max - new_max);
-            let weight = F::exp(score - new_max);
-            total = total * rescale + weight;
-            #[unroll]
-            for c in 0..value_dim {
-                accumulator[c] =
-                    accumulator[c] * rescale + weight * weights[values + j * value_dim + c];
-            }
-            running_max = new_max;
+            let score = dot(&query, landmark_keys, (matrix * m + j) * head_dim, head_dim);
+            add(
+                &mut state,
+                score,
+                weights,
+                (matrix * m + j) * value_dim,
+                value_dim,
+            );
         }
     }
 
     // No landmark at all (a fully padded sequence): a zero row, as the tensor-op path gives.
+    let sum = total(&state, value_dim);
     let mut inverse = F::new(0.0);
-    if total > F::new(0.0) {
-        inverse = F::new(1.0) / total;
+    if sum > F::new(0.0) {
+        inverse = F::new(1.0) / sum;
     }
     #[unroll]
     for c in 0..value_dim {
-        context[row * value_dim + c] = accumulator[c] * inverse;
+        context[row * value_dim + c] = state[c] * inverse;
     }
 }

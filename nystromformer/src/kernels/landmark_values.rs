@@ -1,9 +1,9 @@
 //! `B · V` without `B`: each landmark query's softmax over all keys, times the values.
 //!
 //! `m` landmark rows are too few to keep a GPU busy if each unit swept all `n` keys, so the keys
-//! are cut into chunks of [`CHUNK`]: one unit per (landmark, chunk) runs an online softmax over
-//! its chunk (running maximum, sum of exponentials, weighted sum of value rows) and leaves these
-//! partial results; a second kernel merges the chunks of each landmark, rescaling each partial
+//! are cut into chunks of [`CHUNK`]: one unit per (landmark, chunk) runs an online softmax
+//! (`super::online_softmax`) over its chunk and leaves the partial results (running maximum, sum
+//! of exponentials, weighted sum of value rows); a second kernel merges the chunks of each landmark, rescaling each partial
 //! sum to the landmark's overall maximum. The `[m, n]` kernel `B` is never written; the partial
 //! results take `d_v / CHUNK` of its size.
 //!
@@ -17,6 +17,7 @@ use burn_cubecl::ops::numeric::empty_device_contiguous_dtype;
 use burn_cubecl::tensor::CubeTensor;
 use cubecl::prelude::*;
 
+use super::online_softmax::{add, dot, empty_state, load_row, maximum, total};
 use crate::attention::mask::MASKED_SCORE;
 
 /// Keys per unit in the first kernel.
@@ -116,51 +117,36 @@ fn chunk_kernel<F: Float>(
     let matrix = unit / (m * chunks);
     let batch = matrix / heads;
 
-    let mut query = Array::<F>::new(head_dim);
-    #[unroll]
-    for c in 0..head_dim {
-        query[c] = landmark_queries[(matrix * m + landmark) * head_dim + c];
-    }
-    let mut accumulator = Array::<F>::new(value_dim);
-    #[unroll]
-    for c in 0..value_dim {
-        accumulator[c] = F::new(0.0);
-    }
-
+    let query = load_row(
+        landmark_queries,
+        (matrix * m + landmark) * head_dim,
+        head_dim,
+    );
+    let mut state = empty_state::<F>(value_dim);
     let start = chunk * chunk_len;
     let mut end = start + chunk_len;
     if end > n {
         end = n;
     }
-    // Below any score, masked ones included: the first key's rescaling factor is exactly 0.
-    let mut running_max = F::new(-1.0e30);
-    let mut total = F::new(0.0);
     for key in start..end {
         let mut score = F::cast_from(masked_score);
         if padding[batch * n + key] == F::new(0.0) {
-            score = F::new(0.0);
-            #[unroll]
-            for c in 0..head_dim {
-                score += query[c] * keys[(matrix * n + key) * head_dim + c];
-            }
+            score = dot(&query, keys, (matrix * n + key) * head_dim, head_dim);
         }
-        let new_max = F::max(running_max, score);
-        let rescale = F::exp(running_max - new_max);
-        let weight = F::exp(score - new_max);
-        total = total * rescale + weight;
-        #[unroll]
-        for c in 0..value_dim {
-            accumulator[c] =
-                accumulator[c] * rescale + weight * values[(matrix * n + key) * value_dim + c];
-        }
-        running_max = new_max;
+        add(
+            &mut state,
+            score,
+            values,
+            (matrix * n + key) * value_dim,
+            value_dim,
+        );
     }
 
-    statistics[unit * 2] = running_max;
-    statistics[unit * 2 + 1] = total;
+    statistics[unit * 2] = maximum(&state, value_dim);
+    statistics[unit * 2 + 1] = total(&state, value_dim);
     #[unroll]
     for c in 0..value_dim {
-        partial_values[unit * value_dim + c] = accumulator[c];
+        partial_values[unit * value_dim + c] = state[c];
     }
 }
 

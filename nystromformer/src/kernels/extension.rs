@@ -1,0 +1,150 @@
+//! The kernels as a Burn backend extension: one trait method per kernel, which Burn routes by the
+//! device of the tensors to the CubeCL backend (through its fusion backend, which runs a custom
+//! operation at the next flush), and the tensor-level calls of [`super`]'s public functions.
+
+// The macro's expansion names `burn::backend::...` paths.
+use burn::backend::{Backend, Dispatch, DispatchDevice, backend_extension, tensor::FloatTensor};
+use burn::tensor::{Bool, Device, Shape, Tensor};
+use burn_cubecl::CubeBackend;
+
+use crate::attention::PinvInit;
+use crate::attention::pinv::initial_coefficient;
+
+/// Whether `x` lives on a CubeCL device.
+pub fn on_cube_device(x: &Tensor<4>) -> bool {
+    matches!(x.device().as_dispatch(), DispatchDevice::Cube(_))
+}
+
+/// See [`super::fused_landmark_values`].
+pub fn landmark_values(
+    landmark_queries: &Tensor<4>,
+    keys: &Tensor<4>,
+    values: &Tensor<4>,
+    mask_pad: Option<&Tensor<2, Bool>>,
+    missing: Option<&Tensor<2, Bool>>,
+) -> Tensor<4> {
+    let [batch, _, m, _] = landmark_queries.dims();
+    let [_, _, n, _] = keys.dims();
+    let device = keys.device();
+    Tensor::from_dispatch(<Dispatch as NystromKernelOps>::landmark_values(
+        landmark_queries.clone().into_dispatch(),
+        keys.clone().into_dispatch(),
+        values.clone().into_dispatch(),
+        flags(mask_pad, [batch, n], &device).into_dispatch(),
+        flags(missing, [batch, m], &device).into_dispatch(),
+    ))
+}
+
+/// See [`super::fused_pinv`].
+pub fn pinv(a: &Tensor<4>, iterations: usize, init: PinvInit) -> Tensor<4> {
+    let [batch, heads, _, _] = a.dims();
+    let coefficient = initial_coefficient(a, init).reshape([batch * heads]);
+    Tensor::from_dispatch(<Dispatch as NystromKernelOps>::pinv(
+        a.clone().into_dispatch(),
+        coefficient.into_dispatch(),
+        iterations,
+    ))
+}
+
+/// See [`super::fused_landmark_attention`].
+pub fn landmark_attention(
+    queries: &Tensor<4>,
+    landmark_keys: &Tensor<4>,
+    weights: &Tensor<4>,
+    missing: Option<&Tensor<2, Bool>>,
+) -> Tensor<4> {
+    let [batch, _, _, _] = queries.dims();
+    let [_, _, m, _] = landmark_keys.dims();
+    Tensor::from_dispatch(<Dispatch as NystromKernelOps>::landmark_attention(
+        queries.clone().into_dispatch(),
+        landmark_keys.clone().into_dispatch(),
+        weights.clone().into_dispatch(),
+        flags(missing, [batch, m], &queries.device()).into_dispatch(),
+    ))
+}
+
+/// A mask as the kernels read it: `1.0` where `true`, `0.0` elsewhere and without a mask.
+fn flags(mask: Option<&Tensor<2, Bool>>, shape: [usize; 2], device: &Device) -> Tensor<2> {
+    match mask {
+        Some(mask) => mask.clone().float(),
+        None => Tensor::zeros(shape, device),
+    }
+}
+
+/// The kernels; masks arrive as `1.0` at `true`, the pseudo-inverse's `c` flattened to
+/// `[batch · heads]`.
+#[backend_extension(Cube, Fusion)]
+pub trait NystromKernelOps: Backend {
+    /// See [`landmark_values`].
+    #[fusion(dtype = landmark_queries, shape = values_shape(landmark_queries, values))]
+    fn landmark_values(
+        landmark_queries: FloatTensor<Self>,
+        keys: FloatTensor<Self>,
+        values: FloatTensor<Self>,
+        padding: FloatTensor<Self>,
+        missing: FloatTensor<Self>,
+    ) -> FloatTensor<Self>;
+
+    /// See [`pinv`].
+    #[fusion(dtype = a, shape = a)]
+    fn pinv(
+        a: FloatTensor<Self>,
+        coefficient: FloatTensor<Self>,
+        iterations: usize,
+    ) -> FloatTensor<Self>;
+
+    /// See [`landmark_attention`].
+    #[fusion(dtype = queries, shape = context_shape(queries, weights))]
+    fn landmark_attention(
+        queries: FloatTensor<Self>,
+        landmark_keys: FloatTensor<Self>,
+        weights: FloatTensor<Self>,
+        missing: FloatTensor<Self>,
+    ) -> FloatTensor<Self>;
+}
+
+/// `[batch, heads, m, d_v]` from the landmark queries' `[batch, heads, m, d]` and the values'
+/// `[batch, heads, n, d_v]`.
+fn values_shape(landmark_queries: &Shape, values: &Shape) -> Shape {
+    Shape::new([
+        landmark_queries[0],
+        landmark_queries[1],
+        landmark_queries[2],
+        values[3],
+    ])
+}
+
+/// `[batch, heads, n, d_v]` from the queries' `[batch, heads, n, d]` and the weights'
+/// `[batch, heads, m, d_v]`.
+fn context_shape(queries: &Shape, weights: &Shape) -> Shape {
+    Shape::new([queries[0], queries[1], queries[2], weights[3]])
+}
+
+impl NystromKernelOps for CubeBackend {
+    fn landmark_values(
+        landmark_queries: FloatTensor<Self>,
+        keys: FloatTensor<Self>,
+        values: FloatTensor<Self>,
+        padding: FloatTensor<Self>,
+        missing: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        super::landmark_values::launch(landmark_queries, keys, values, padding, missing)
+    }
+
+    fn pinv(
+        a: FloatTensor<Self>,
+        coefficient: FloatTensor<Self>,
+        iterations: usize,
+    ) -> FloatTensor<Self> {
+        super::pinv::launch(a, coefficient, iterations)
+    }
+
+    fn landmark_attention(
+        queries: FloatTensor<Self>,
+        landmark_keys: FloatTensor<Self>,
+        weights: FloatTensor<Self>,
+        missing: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        super::landmark_attention::launch(queries, landmark_keys, weights, missing)
+    }
+}

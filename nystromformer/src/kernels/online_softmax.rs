@@ -1,0 +1,84 @@
+//! The online softmax shared by the kernels: `Σⱼ softmax(s)ⱼ · vⱼ` over a stream of scores `sⱼ`
+//! and value rows `vⱼ` in one pass (Milakov & Gimelshein, 2018).
+//!
+//! The state is one register array of `value_dim + 2` entries: the weighted sum of value rows,
+//! then the running maximum, then the running sum of `exp(sⱼ − max)`. Each new score that raises
+//! the maximum rescales both sums, so no exponential ever overflows and the softmax weights are
+//! never stored.
+
+use cubecl::prelude::*;
+
+/// An empty state for value rows of `value_dim` entries.
+#[cube]
+pub fn empty_state<F: Float>(#[comptime] value_dim: usize) -> Array<F> {
+    let mut state = Array::<F>::new(value_dim + 2);
+    #[unroll]
+    for c in 0..value_dim {
+        state[c] = F::new(0.0);
+    }
+    // Below any score, masked ones included, so the first score's rescaling factor is exactly
+    // 0; finite because WGSL has no infinity literal.
+    state[value_dim] = F::new(-1.0e30);
+    state[value_dim + 1] = F::new(0.0);
+    state
+}
+
+/// Adds `score` with the value row that starts at `values[start]`.
+#[cube]
+pub fn add<F: Float>(
+    state: &mut Array<F>,
+    score: F,
+    values: &Tensor<F>,
+    start: usize,
+    #[comptime] value_dim: usize,
+) {
+    let running_max = state[value_dim];
+    let new_max = F::max(running_max, score);
+    let rescale = F::exp(running_max - new_max);
+    let weight = F::exp(score - new_max);
+    #[unroll]
+    for c in 0..value_dim {
+        state[c] = state[c] * rescale + weight * values[start + c];
+    }
+    state[value_dim] = new_max;
+    state[value_dim + 1] = state[value_dim + 1] * rescale + weight;
+}
+
+/// The running maximum.
+#[cube]
+pub fn maximum<F: Float>(state: &Array<F>, #[comptime] value_dim: usize) -> F {
+    state[value_dim]
+}
+
+/// The running sum of exponentials (relative to [`maximum`]).
+#[cube]
+pub fn total<F: Float>(state: &Array<F>, #[comptime] value_dim: usize) -> F {
+    state[value_dim + 1]
+}
+
+/// `len` consecutive entries of `tensor` from `start`, in registers.
+#[cube]
+pub fn load_row<F: Float>(tensor: &Tensor<F>, start: usize, #[comptime] len: usize) -> Array<F> {
+    let mut row = Array::<F>::new(len);
+    #[unroll]
+    for c in 0..len {
+        row[c] = tensor[start + c];
+    }
+    row
+}
+
+/// The dot product of a row in registers with `len` entries of `tensor` from `start`.
+#[cube]
+pub fn dot<F: Float>(
+    row: &Array<F>,
+    tensor: &Tensor<F>,
+    start: usize,
+    #[comptime] len: usize,
+) -> F {
+    let mut sum = F::new(0.0);
+    #[unroll]
+    for c in 0..len {
+        sum += row[c] * tensor[start + c];
+    }
+    sum
+}
