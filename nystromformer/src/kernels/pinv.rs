@@ -3,7 +3,7 @@
 //! The tensor-op form ([`iterative_pinv`](crate::attention::iterative_pinv)) launches four
 //! matrix products and a handful of elementwise operations per iteration on matrices of
 //! 64 × 64; on a GPU each launch costs more than its arithmetic. Here one cube walks all
-//! iterations of one matrix, its units sharing the work of every product entry by entry, with
+//! iterations of one matrix, its 16 × 16 units sharing every product in blocks of entries, with
 //! the matrices in a global work buffer and a storage barrier between stages. (A 64 × 64 matrix
 //! takes all of the 16 KiB of shared memory a WebGPU device may be limited to, and six are
 //! needed.)
@@ -24,9 +24,10 @@ use burn_cubecl::ops::numeric::empty_device_contiguous_dtype;
 use burn_cubecl::tensor::CubeTensor;
 use cubecl::prelude::*;
 
-/// Units per cube: every product entry is one unit's dot product, so 256 units cover a 64 × 64
-/// matrix in 16 rounds. (256 is the smallest per-cube limit a WebGPU device may have.)
-const UNITS_PER_CUBE: u32 = 256;
+/// Each cube is a 16 × 16 grid of units; unit `(r, c)` computes the entries of every product at
+/// rows `r, r + 16, …` and columns `c, c + 16, …` (4 × 4 of them when m = 64), so each value it
+/// loads serves several multiply-adds and neighbouring units read neighbouring columns.
+const GRID: usize = 16;
 
 /// Launches the kernel; see [`super::fused_pinv`] for the contract.
 pub fn launch(a: CubeTensor, coefficient: CubeTensor, iterations: usize) -> CubeTensor {
@@ -46,16 +47,16 @@ pub fn launch(a: CubeTensor, coefficient: CubeTensor, iterations: usize) -> Cube
         Shape::new([WORK_SLOTS, matrices, m, m]),
         dtype,
     );
-    let units = UNITS_PER_CUBE.min(client.properties().hardware.max_units_per_cube);
     pinv_kernel::launch(
         &client,
         CubeCount::new_1d(matrices as u32),
-        CubeDim::new_1d(units),
+        CubeDim::new_1d((GRID * GRID) as u32),
         a.into_tensor_arg(),
         coefficient.into_tensor_arg(),
         z.clone().into_tensor_arg(),
         work.into_tensor_arg(),
         iterations,
+        m,
         dtype_to_storage_type(dtype),
     );
     z
@@ -66,7 +67,8 @@ pub fn launch(a: CubeTensor, coefficient: CubeTensor, iterations: usize) -> Cube
 const WORK_SLOTS: usize = 6;
 
 /// One cube per matrix (`CUBE_POS`); `a` and `z` are contiguous `[batch, heads, m, m]`, `work`
-/// is `[WORK_SLOTS, batch · heads, m, m]`.
+/// is `[WORK_SLOTS, batch · heads, m, m]`. `m` is a compile-time constant so that each unit's
+/// block of entries lives in registers.
 #[allow(clippy::manual_swap)] // `std::mem::swap` has no kernel expansion
 #[cube(launch)]
 fn pinv_kernel<F: Float>(
@@ -75,10 +77,10 @@ fn pinv_kernel<F: Float>(
     z: &mut Tensor<F>,
     work: &mut Tensor<F>,
     iterations: usize,
+    #[comptime] m: usize,
     #[define(F)] _dtype: ElemType,
 ) {
     let matrix = CUBE_POS;
-    let m = a.shape(a.rank() - 1);
     let size = m * m;
     let base = matrix * size;
     let slot = coefficient.len() * size; // distance between two slots of one matrix
@@ -88,76 +90,151 @@ fn pinv_kernel<F: Float>(
     let p = base + 3 * slot;
     let t = base + 4 * slot;
     let u = base + 5 * slot;
-    let first = UNIT_POS as usize;
-    let step = CUBE_DIM as usize;
+    let unit = UNIT_POS as usize;
+    let grid = comptime![GRID];
+    let (row, col) = (unit / grid, unit % grid);
 
     // A and Z₀ = Aᵀ / c.
     let c = coefficient[matrix];
-    let mut entry = first;
+    let mut entry = unit;
     while entry < size {
         let transposed = (entry % m) * m + entry / m;
         work[a_slot + entry] = a[base + entry];
         work[z_slot + entry] = a[base + transposed] / c;
-        entry += step;
+        entry += grid * grid;
     }
     sync_storage();
 
     for _ in 0..iterations {
-        let mut entry = first; // P = A Z
-        while entry < size {
-            work[p + entry] = product_entry(work, a_slot, z_slot, entry, m);
-            entry += step;
-        }
+        // P = A Z
+        let product = product_block(work, a_slot, z_slot, row, col, m);
+        store_block(
+            work,
+            p,
+            F::new(0.0),
+            a_slot,
+            F::new(1.0),
+            &product,
+            row,
+            col,
+            m,
+        );
         sync_storage();
-        let mut entry = first; // T = 7P − P P
-        while entry < size {
-            let product = product_entry(work, p, p, entry, m);
-            work[t + entry] = F::new(7.0) * work[p + entry] - product;
-            entry += step;
-        }
+        // T = P (7I − P) = 7P − P P
+        let product = product_block(work, p, p, row, col, m);
+        store_block(work, t, F::new(7.0), p, F::new(-1.0), &product, row, col, m);
         sync_storage();
-        let mut entry = first; // U = 15P − P T
-        while entry < size {
-            let product = product_entry(work, p, t, entry, m);
-            work[u + entry] = F::new(15.0) * work[p + entry] - product;
-            entry += step;
-        }
+        // U = P (15I − T) = 15P − P T
+        let product = product_block(work, p, t, row, col, m);
+        store_block(
+            work,
+            u,
+            F::new(15.0),
+            p,
+            F::new(-1.0),
+            &product,
+            row,
+            col,
+            m,
+        );
         sync_storage();
-        let mut entry = first; // next Z = ¼ (13Z − Z U)
-        while entry < size {
-            let product = product_entry(work, z_slot, u, entry, m);
-            work[next_slot + entry] =
-                F::new(0.25) * (F::new(13.0) * work[z_slot + entry] - product);
-            entry += step;
-        }
+        // next Z = ¼ Z (13I − U) = 3.25 Z − ¼ Z U
+        let product = product_block(work, z_slot, u, row, col, m);
+        store_block(
+            work,
+            next_slot,
+            F::new(3.25),
+            z_slot,
+            F::new(-0.25),
+            &product,
+            row,
+            col,
+            m,
+        );
         sync_storage();
         let previous = z_slot;
         z_slot = next_slot;
         next_slot = previous;
     }
 
-    let mut entry = first;
+    let mut entry = unit;
     while entry < size {
         z[base + entry] = work[z_slot + entry];
-        entry += step;
+        entry += grid * grid;
     }
 }
 
-/// Entry `entry` (row-major) of the product of the `[m, m]` matrices that start at `lhs` and at
-/// `rhs` in `work` (mutable only because the kernel's buffer is).
+/// The unit's block of the product of the `[m, m]` matrices that start at `lhs` and `rhs` in
+/// `work`: entry `(i, j)` of the block is at row `row + GRID i`, column `col + GRID j` (zero outside
+/// the matrix). `work` is mutable only because the kernel's buffer is.
 #[cube]
-fn product_entry<F: Float>(
+fn product_block<F: Float>(
     work: &mut Tensor<F>,
     lhs: usize,
     rhs: usize,
-    entry: usize,
-    m: usize,
-) -> F {
-    let row = entry / m;
-    let col = entry % m;
-    let mut sum = F::new(0.0);
-    for k in 0..m {
-        sum += work[lhs + row * m + k] * work[rhs + k * m + col];
+    row: usize,
+    col: usize,
+    #[comptime] m: usize,
+) -> Array<F> {
+    let grid = comptime![GRID];
+    let blocks = comptime![m.div_ceil(GRID)];
+    let mut sums = Array::<F>::new(blocks * blocks);
+    #[unroll]
+    for i in 0..blocks * blocks {
+        sums[i] = F::new(0.0);
     }
-    sum
+    let mut left = Array::<F>::new(blocks);
+    let mut right = Array::<F>::new(blocks);
+    for k in 0..m {
+        #[unroll]
+        for i in 0..blocks {
+            left[i] = F::new(0.0);
+            if row + grid * i < m {
+                left[i] = work[lhs + (row + grid * i) * m + k];
+            }
+            right[i] = F::new(0.0);
+            if col + grid * i < m {
+                right[i] = work[rhs + k * m + col + grid * i];
+            }
+        }
+        #[unroll]
+        for i in 0..blocks {
+            #[unroll]
+            for j in 0..blocks {
+                sums[i * blocks + j] += left[i] * right[j];
+            }
+        }
+    }
+    sums
+}
+
+/// Writes `alpha · work[source] + beta · product` for the unit's block (see [`product_block`])
+/// into the matrix at `target`.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn store_block<F: Float>(
+    work: &mut Tensor<F>,
+    target: usize,
+    alpha: F,
+    source: usize,
+    beta: F,
+    product: &Array<F>,
+    row: usize,
+    col: usize,
+    #[comptime] m: usize,
+) {
+    let grid = comptime![GRID];
+    let blocks = comptime![m.div_ceil(GRID)];
+    #[unroll]
+    for i in 0..blocks {
+        #[unroll]
+        for j in 0..blocks {
+            let (r, c) = (row + grid * i, col + grid * j);
+            if r < m && c < m {
+                let entry = r * m + c;
+                work[target + entry] =
+                    alpha * work[source + entry] + beta * product[i * blocks + j];
+            }
+        }
+    }
 }

@@ -1,0 +1,94 @@
+//! Times each stage that a custom kernel replaces, kernel against tensor ops, on one device:
+//! `B · V`, the pseudo-inverse and `F · W`. Medians of `reps` runs with the device synchronised.
+//!
+//! `cargo run --release -p nystromformer-bench --example kernel_stages -- wgpu 2048 [reps]`
+//! (shape: batch 4, heads 2, head_dim 32, m 64; `BATCH`, `HEADS`, `HEAD_DIM` override).
+
+use burn::tensor::activation::softmax;
+use burn::tensor::{Device, Distribution, Tensor};
+use nystromformer::attention::iterative_pinv;
+use nystromformer::attention::softmax_kernels::{kernel_b, kernel_f};
+use nystromformer::kernels::{
+    custom_kernels_apply, fused_landmark_attention, fused_landmark_values, fused_pinv,
+};
+use nystromformer::{PinvInit, device::choose_device};
+
+fn main() {
+    let mut args = std::env::args().skip(1);
+    let device = choose_device(&args.next().unwrap_or_else(|| "wgpu".into()))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let n: usize = args.next().map_or(2048, |a| a.parse().expect("n"));
+    let reps: usize = args.next().map_or(10, |a| a.parse().expect("repetitions"));
+    let size = |name: &str, default: usize| {
+        std::env::var(name).map_or(default, |v| v.parse().expect("a number"))
+    };
+    let [batch, heads, d, m] = [size("BATCH", 4), size("HEADS", 2), size("HEAD_DIM", 32), 64];
+    let random = |rows: usize, std: f64| {
+        Tensor::<4>::random(
+            [batch, heads, rows, d],
+            Distribution::Normal(0.0, std),
+            &device,
+        )
+    };
+    let (q, k, v) = (random(n, 1.0), random(n, 1.0), random(n, 1.0));
+    let (landmark_queries, landmark_keys) = (random(m, 0.2), random(m, 0.2));
+    let a = softmax(
+        landmark_queries
+            .clone()
+            .matmul(landmark_keys.clone().transpose()),
+        3,
+    );
+    let weights = random(m, 1.0);
+    assert!(
+        custom_kernels_apply(&q),
+        "the custom kernels do not apply on {device:?}"
+    );
+    println!("{device:?}, batch {batch}, heads {heads}, n {n}, d {d}, m {m}: median ms");
+
+    let stages: [(&str, Box<dyn Fn() -> Tensor<4>>, Box<dyn Fn() -> Tensor<4>>); 3] = [
+        (
+            "B · V",
+            Box::new(|| {
+                fused_landmark_values(&landmark_queries, &k, &v, None, None).expect("applies")
+            }),
+            Box::new(|| {
+                kernel_b(landmark_queries.clone(), k.clone(), None, None).matmul(v.clone())
+            }),
+        ),
+        (
+            "pinv (6 iterations)",
+            Box::new(|| fused_pinv(&a, 6, PinvInit::Exact).expect("applies")),
+            Box::new(|| iterative_pinv(a.clone(), 6, PinvInit::Exact)),
+        ),
+        (
+            "F · W",
+            Box::new(|| {
+                fused_landmark_attention(&q, &landmark_keys, &weights, None).expect("applies")
+            }),
+            Box::new(|| kernel_f(q.clone(), landmark_keys.clone(), None).matmul(weights.clone())),
+        ),
+    ];
+    for (name, kernel, tensor_ops) in &stages {
+        let kernel_ms = median_ms(&device, reps, kernel);
+        let tensor_ops_ms = median_ms(&device, reps, tensor_ops);
+        println!("{name:>20}: kernel {kernel_ms:8.3}   tensor ops {tensor_ops_ms:8.3}");
+    }
+}
+
+/// Median over `reps` timed runs after two untimed ones (compilation, autotuning).
+fn median_ms(device: &Device, reps: usize, run: &dyn Fn() -> Tensor<4>) -> f64 {
+    for _ in 0..2 {
+        run();
+        device.sync().expect("device sync");
+    }
+    let mut times: Vec<f64> = (0..reps)
+        .map(|_| {
+            let started = std::time::Instant::now();
+            run();
+            device.sync().expect("device sync");
+            started.elapsed().as_secs_f64() * 1e3
+        })
+        .collect();
+    times.sort_by(f64::total_cmp);
+    times[times.len() / 2]
+}
