@@ -45,7 +45,7 @@ fn main() {
     );
     println!("{device:?}, batch {batch}, heads {heads}, n {n}, d {d}, m {m}: median ms");
 
-    let stages: [(&str, Box<dyn Fn() -> Tensor<4>>, Box<dyn Fn() -> Tensor<4>>); 3] = [
+    let stages: [Stage; 3] = [
         (
             "B · V",
             Box::new(|| {
@@ -74,6 +74,13 @@ fn main() {
         println!("{name:>20}: kernel {kernel_ms:8.3}   tensor ops {tensor_ops_ms:8.3}");
     }
 }
+
+/// A stage's name, its kernel and its tensor ops.
+type Stage<'a> = (
+    &'static str,
+    Box<dyn Fn() -> Tensor<4> + 'a>,
+    Box<dyn Fn() -> Tensor<4> + 'a>,
+);
 
 /// Median over `reps` timed runs after two untimed ones (compilation, autotuning).
 fn median_ms(device: &Device, reps: usize, run: &dyn Fn() -> Tensor<4>) -> f64 {

@@ -5,8 +5,10 @@ ldconfig
 export XDG_RUNTIME_DIR=/tmp
 export VK_DRIVER_FILES=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
 mkdir -p /tmp/bin
-for b in nystromformer-bench nystromformer-train; do
-    [ -x /tmp/bin/$b ] || { xz -dc .devbin/$b.xz > /tmp/bin/$b && chmod +x /tmp/bin/$b; }
+# nystromformer-bench, nystromformer-train, and the kernel_stages example when carried.
+for f in .devbin/*.xz; do
+    b=$(basename "$f" .xz)
+    [ -x /tmp/bin/$b ] || { xz -dc "$f" > /tmp/bin/$b && chmod +x /tmp/bin/$b; }
 done
 export PATH=/tmp/bin:$PATH
 R=${OUT:-/tmp/out}/h100
