@@ -52,12 +52,13 @@ fn kernels_apply_on_cube_devices_outside_autodiff_only() {
         return;
     };
     assert!(custom_kernels_apply(&randn([1, 1, 4, 2], 1.0, 1, &device)));
-    let tracked = randn([1, 1, 4, 2], 1.0, 1, &device.autodiff());
+    let tracked = randn([1, 1, 4, 2], 1.0, 1, &device.clone().autodiff());
     assert!(
         !custom_kernels_apply(&tracked),
         "autodiff needs the differentiable tensor-op path"
     );
-    assert!(fused_pinv(&tracked, 2, PinvInit::Exact).is_none());
+    let tracked_square = randn([1, 1, 4, 4], 1.0, 2, &device.autodiff());
+    assert!(fused_pinv(&tracked_square, 2, PinvInit::Exact).is_none());
 }
 
 #[test]
@@ -204,4 +205,17 @@ fn attention_with_and_without_kernels_agrees_with_flex() {
             }
         }
     }
+}
+
+#[test]
+#[should_panic(
+    expected = "fused_landmark_attention: weights has shape [1, 2, 3, 4], expected [1, 2, 5, _]"
+)]
+fn kernel_calls_name_the_argument_with_a_wrong_shape() {
+    // Checked on every device, before any kernel could read out of bounds.
+    let device = Device::flex();
+    let q = randn([1, 2, 9, 4], 1.0, 30, &device);
+    let keys = randn([1, 2, 5, 4], 1.0, 31, &device);
+    let weights = randn([1, 2, 3, 4], 1.0, 32, &device);
+    fused_landmark_attention(&q, &keys, &weights, None);
 }

@@ -164,7 +164,10 @@ impl FusedStages {
         let values = kernels::fused_landmark_values(&self.scaled_queries, k, v, mask_pad, missing)
             .expect(APPLIES);
         let a_pinv = kernels::fused_pinv(&self.a, options.pinv_iterations, options.pinv_init)
-            .expect(APPLIES);
+            .unwrap_or_else(|| {
+                // Only past kernels::MAX_PINV_MATRICES matrices.
+                iterative_pinv(self.a, options.pinv_iterations, options.pinv_init)
+            });
         let weights = a_pinv.matmul(values); // W = A⁺ (B V), [m, d_v]
         kernels::fused_landmark_attention(q, &self.scaled_keys, &weights, missing).expect(APPLIES)
     }

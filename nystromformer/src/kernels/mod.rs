@@ -55,6 +55,10 @@ pub fn custom_kernels_apply(x: &Tensor<4>) -> bool {
 /// - mask_pad: `[batch, n]` (`true` = padding)
 /// - missing: `[batch, m]` (`true` = not a landmark)
 /// - output: `[batch, heads, m, d_v]`
+///
+/// # Panics
+///
+/// Panics, naming the argument, if the shapes disagree.
 pub fn fused_landmark_values(
     landmark_queries: &Tensor<4>,
     keys: &Tensor<4>,
@@ -62,6 +66,17 @@ pub fn fused_landmark_values(
     mask_pad: Option<&Tensor<2, Bool>>,
     missing: Option<&Tensor<2, Bool>>,
 ) -> Option<Tensor<4>> {
+    let [batch, heads, m, d] = landmark_queries.dims();
+    let [_, _, n, _] = keys.dims();
+    let op = "fused_landmark_values";
+    expect_shape(op, "keys", &keys.dims(), &[batch, heads, n, d]);
+    expect_shape(op, "values", &values.dims(), &[batch, heads, n]);
+    if let Some(mask_pad) = mask_pad {
+        expect_shape(op, "mask_pad", &mask_pad.dims(), &[batch, n]);
+    }
+    if let Some(missing) = missing {
+        expect_shape(op, "missing", &missing.dims(), &[batch, m]);
+    }
     custom_kernels_apply(landmark_queries)
         .then(|| extension::landmark_values(landmark_queries, keys, values, mask_pad, missing))
 }
@@ -73,9 +88,22 @@ pub fn fused_landmark_values(
 ///
 /// - a: `[batch, heads, m, m]`, non-negative with rows summing to at most 1
 /// - output: `[batch, heads, m, m]`
+///
+/// `None` too when `batch · heads` exceeds [`MAX_PINV_MATRICES`] (one cube per matrix).
+///
+/// # Panics
+///
+/// Panics if the matrices are not square.
 pub fn fused_pinv(a: &Tensor<4>, iterations: usize, init: PinvInit) -> Option<Tensor<4>> {
-    custom_kernels_apply(a).then(|| extension::pinv(a, iterations, init))
+    let [batch, heads, m, _] = a.dims();
+    expect_shape("fused_pinv", "a", &a.dims(), &[batch, heads, m, m]);
+    (custom_kernels_apply(a) && batch * heads <= MAX_PINV_MATRICES)
+        .then(|| extension::pinv(a, iterations, init))
 }
+
+/// The most matrices [`fused_pinv`] takes: one cube each, in a one-dimensional grid, whose
+/// length WebGPU only guarantees up to 65 535.
+pub const MAX_PINV_MATRICES: usize = 65_535;
 
 /// `softmax(Q K̃ᵀ) · W` row by row without the `[n, m]` softmax in memory, as one kernel;
 /// missing landmarks get zero weight and a row without any landmark is zero. `None` where the
@@ -88,14 +116,44 @@ pub fn fused_pinv(a: &Tensor<4>, iterations: usize, init: PinvInit) -> Option<Te
 /// - weights: `[batch, heads, m, d_v]`
 /// - missing: `[batch, m]` (`true` = not a landmark)
 /// - output: `[batch, heads, n, d_v]`
+///
+/// # Panics
+///
+/// Panics, naming the argument, if the shapes disagree.
 pub fn fused_landmark_attention(
     queries: &Tensor<4>,
     landmark_keys: &Tensor<4>,
     weights: &Tensor<4>,
     missing: Option<&Tensor<2, Bool>>,
 ) -> Option<Tensor<4>> {
+    let [batch, heads, _, d] = queries.dims();
+    let [_, _, m, _] = landmark_keys.dims();
+    let op = "fused_landmark_attention";
+    expect_shape(
+        op,
+        "landmark_keys",
+        &landmark_keys.dims(),
+        &[batch, heads, m, d],
+    );
+    expect_shape(op, "weights", &weights.dims(), &[batch, heads, m]);
+    if let Some(missing) = missing {
+        expect_shape(op, "missing", &missing.dims(), &[batch, m]);
+    }
     custom_kernels_apply(queries)
         .then(|| extension::landmark_attention(queries, landmark_keys, weights, missing))
+}
+
+/// Checked before anything reaches a kernel, where a wrong shape would read out of bounds.
+/// `expected` may leave out trailing dimensions, which are then free.
+fn expect_shape(op: &str, name: &str, actual: &[usize], expected: &[usize]) {
+    if actual.len() < expected.len() || actual[..expected.len()] != *expected {
+        let free = ", _".repeat(actual.len().saturating_sub(expected.len()));
+        let expected = format!("{expected:?}");
+        panic!(
+            "{op}: {name} has shape {actual:?}, expected {}{free}]",
+            &expected[..expected.len() - 1]
+        );
+    }
 }
 
 /// Without a GPU backend there is nothing to launch: [`custom_kernels_apply`] is false and none
