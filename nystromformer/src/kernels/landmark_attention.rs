@@ -43,30 +43,26 @@ pub fn launch(
     let cube_dim =
         CubeDim::new_1d(UNITS_PER_CUBE.min(client.properties().hardware.max_units_per_cube));
     let cube_count = cubecl::calculate_cube_count_elemwise(&client, rows, cube_dim);
-    // SAFETY: unchecked indexing. Units past the last row stop at once; every other index is
-    // below its tensor's length for the shapes `kernels::mod` checked (contiguous, see above).
-    unsafe {
-        landmark_attention_kernel::launch_unchecked(
-            &client,
-            cube_count,
-            cube_dim,
-            queries.into_tensor_arg(),
-            landmark_keys.into_tensor_arg(),
-            weights.into_tensor_arg(),
-            missing.into_tensor_arg(),
-            context.clone().into_tensor_arg(),
-            head_dim,
-            value_dim,
-            dtype_to_storage_type(dtype),
-        )
-    };
+    landmark_attention_kernel::launch(
+        &client,
+        cube_count,
+        cube_dim,
+        queries.into_tensor_arg(),
+        landmark_keys.into_tensor_arg(),
+        weights.into_tensor_arg(),
+        missing.into_tensor_arg(),
+        context.clone().into_tensor_arg(),
+        head_dim,
+        value_dim,
+        dtype_to_storage_type(dtype),
+    );
     context
 }
 
 /// One unit per query row (`ABSOLUTE_POS` over `batch · heads · n`); all tensors contiguous.
 /// The head sizes are compile-time constants so that the row's query and accumulator live in
 /// registers.
-#[cube(launch_unchecked)]
+#[cube(launch)]
 fn landmark_attention_kernel<F: Float>(
     queries: &Tensor<F>,
     landmark_keys: &Tensor<F>,

@@ -57,48 +57,40 @@ pub fn launch(
 
     let cube_dim =
         CubeDim::new_1d(UNITS_PER_CUBE.min(client.properties().hardware.max_units_per_cube));
-    // SAFETY: unchecked indexing. Units past the last (matrix, chunk, landmark) stop at once;
-    // keys stay below n; the shapes were checked in `kernels::mod` and made contiguous above.
-    unsafe {
-        chunk_kernel::launch_unchecked(
-            &client,
-            cubecl::calculate_cube_count_elemwise(&client, matrices * chunks * m, cube_dim),
-            cube_dim,
-            landmark_queries.into_tensor_arg(),
-            keys.into_tensor_arg(),
-            values.into_tensor_arg(),
-            padding.into_tensor_arg(),
-            statistics.clone().into_tensor_arg(),
-            partial_values.clone().into_tensor_arg(),
-            CHUNK,
-            MASKED_SCORE,
-            head_dim,
-            value_dim,
-            dtype_to_storage_type(dtype),
-        )
-    };
-    // SAFETY: unchecked indexing. Units past the last (matrix, landmark) stop at once; chunk
-    // indices stay below the chunk count the first kernel wrote.
-    unsafe {
-        merge_kernel::launch_unchecked(
-            &client,
-            cubecl::calculate_cube_count_elemwise(&client, matrices * m, cube_dim),
-            cube_dim,
-            statistics.into_tensor_arg(),
-            partial_values.into_tensor_arg(),
-            missing.into_tensor_arg(),
-            output.clone().into_tensor_arg(),
-            heads,
-            value_dim,
-            dtype_to_storage_type(dtype),
-        )
-    };
+    chunk_kernel::launch(
+        &client,
+        cubecl::calculate_cube_count_elemwise(&client, matrices * chunks * m, cube_dim),
+        cube_dim,
+        landmark_queries.into_tensor_arg(),
+        keys.into_tensor_arg(),
+        values.into_tensor_arg(),
+        padding.into_tensor_arg(),
+        statistics.clone().into_tensor_arg(),
+        partial_values.clone().into_tensor_arg(),
+        CHUNK,
+        MASKED_SCORE,
+        head_dim,
+        value_dim,
+        dtype_to_storage_type(dtype),
+    );
+    merge_kernel::launch(
+        &client,
+        cubecl::calculate_cube_count_elemwise(&client, matrices * m, cube_dim),
+        cube_dim,
+        statistics.into_tensor_arg(),
+        partial_values.into_tensor_arg(),
+        missing.into_tensor_arg(),
+        output.clone().into_tensor_arg(),
+        heads,
+        value_dim,
+        dtype_to_storage_type(dtype),
+    );
     output
 }
 
 /// One unit per (matrix, chunk, landmark), landmark fastest so that neighbouring units read the
 /// same keys. `padding` is `[batch, n]`, 1.0 at padded keys.
-#[cube(launch_unchecked)]
+#[cube(launch)]
 fn chunk_kernel<F: Float>(
     landmark_queries: &Tensor<F>,
     keys: &Tensor<F>,
@@ -160,7 +152,7 @@ fn chunk_kernel<F: Float>(
 
 /// One unit per (matrix, landmark): merges the chunks' partial softmax sums. `missing` is
 /// `[batch, m]`, 1.0 where a segment is not a landmark (its row is zero).
-#[cube(launch_unchecked)]
+#[cube(launch)]
 fn merge_kernel<F: Float>(
     statistics: &Tensor<F>,
     partial_values: &Tensor<F>,

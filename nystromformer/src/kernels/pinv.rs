@@ -47,22 +47,18 @@ pub fn launch(a: CubeTensor, coefficient: CubeTensor, iterations: usize) -> Cube
         Shape::new([WORK_SLOTS, matrices, m, m]),
         dtype,
     );
-    // SAFETY: unchecked indexing. One cube per matrix; entries stay below m², and the block
-    // reads past row or column m are guarded in `product_block`.
-    unsafe {
-        pinv_kernel::launch_unchecked(
-            &client,
-            CubeCount::new_1d(matrices as u32),
-            CubeDim::new_1d((GRID * GRID) as u32),
-            a.into_tensor_arg(),
-            coefficient.into_tensor_arg(),
-            z.clone().into_tensor_arg(),
-            work.into_tensor_arg(),
-            iterations,
-            m,
-            dtype_to_storage_type(dtype),
-        )
-    };
+    pinv_kernel::launch(
+        &client,
+        CubeCount::new_1d(matrices as u32),
+        CubeDim::new_1d((GRID * GRID) as u32),
+        a.into_tensor_arg(),
+        coefficient.into_tensor_arg(),
+        z.clone().into_tensor_arg(),
+        work.into_tensor_arg(),
+        iterations,
+        m,
+        dtype_to_storage_type(dtype),
+    );
     z
 }
 
@@ -74,7 +70,7 @@ const WORK_SLOTS: usize = 6;
 /// is `[WORK_SLOTS, batch · heads, m, m]`. `m` is a compile-time constant so that each unit's
 /// block of entries lives in registers.
 #[allow(clippy::manual_swap)] // `std::mem::swap` has no kernel expansion
-#[cube(launch_unchecked)]
+#[cube(launch)]
 fn pinv_kernel<F: Float>(
     a: &Tensor<F>,
     coefficient: &Tensor<F>,
