@@ -15,7 +15,7 @@
 //! - [`model`]: an encoder (embeddings, layers, pooling, classification and masked-LM heads)
 //!   with a `Nystrom | Softmax` attention switch.
 //! - [`hf`]: reading Hugging Face Nystromformer configs and checkpoints.
-//! - [`kernels`]: the custom CubeCL kernels that replace two stages on GPU backends.
+//! - [`kernels`]: the custom CubeCL kernels that replace three stages on GPU backends.
 //! - [`device`] and [`cpu_memory`]: for binaries, choosing a device on purpose and keeping
 //!   freed CPU memory in the process (twice as fast on flex).
 //!
