@@ -12,6 +12,7 @@ pub mod mask;
 pub mod module;
 pub mod nystrom;
 pub mod pinv;
+pub(crate) mod shape_check;
 pub mod skip;
 pub mod softmax_kernels;
 

@@ -8,6 +8,7 @@ use burn::tensor::{Bool, Tensor};
 use super::config::{AttentionMode, MaskPolicy};
 use super::exact::softmax_attention;
 use super::nystrom::{NystromKernels, NystromOptions, nystrom_attention};
+use super::shape_check::expect_shape;
 use super::skip::conv_skip;
 
 /// Multi-head Nyström self-attention (Xiong et al., AAAI 2021).
@@ -125,11 +126,7 @@ impl NystromAttention {
         );
         assert!(n > 0, "NystromAttention: the sequence is empty (n = 0)");
         if let Some(mask) = &input.mask_pad {
-            assert!(
-                mask.dims() == [batch, n],
-                "NystromAttention: mask_pad has shape {:?}, expected [{batch}, {n}]",
-                mask.dims()
-            );
+            expect_shape("NystromAttention", "mask_pad", &mask.dims(), &[batch, n]);
         }
 
         let q = self.split_heads(self.query.forward(input.x.clone()));

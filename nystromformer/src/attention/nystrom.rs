@@ -10,6 +10,7 @@ use super::config::MaskPolicy;
 use super::exact::softmax_attention;
 use super::landmarks::{Landmarks, segment_means};
 use super::pinv::{PinvInit, iterative_pinv};
+use super::shape_check::expect_shape;
 use super::softmax_kernels::{kernel_a, kernel_b, kernel_f};
 use crate::kernels;
 
@@ -174,25 +175,11 @@ impl FusedStages {
 }
 
 fn check_shapes(q: &Tensor<4>, k: &Tensor<4>, v: &Tensor<4>, mask_pad: Option<&Tensor<2, Bool>>) {
-    let [batch, heads, n, d] = q.dims();
-    let [kb, kh, kn, kd] = k.dims();
-    let [vb, vh, vn, _] = v.dims();
-    assert!(
-        [kb, kh, kn, kd] == [batch, heads, n, d],
-        "nystrom_attention: k has shape {:?}, expected q's shape {:?}",
-        k.dims(),
-        q.dims()
-    );
-    assert!(
-        [vb, vh, vn] == [batch, heads, n],
-        "nystrom_attention: v has shape {:?}, expected [{batch}, {heads}, {n}, _]",
-        v.dims()
-    );
+    let [batch, heads, n, _] = q.dims();
+    let op = "nystrom_attention";
+    expect_shape(op, "k", &k.dims(), &q.dims());
+    expect_shape(op, "v", &v.dims(), &[batch, heads, n]);
     if let Some(mask) = mask_pad {
-        assert!(
-            mask.dims() == [batch, n],
-            "nystrom_attention: mask_pad has shape {:?}, expected [{batch}, {n}]",
-            mask.dims()
-        );
+        expect_shape(op, "mask_pad", &mask.dims(), &[batch, n]);
     }
 }

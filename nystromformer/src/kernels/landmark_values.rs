@@ -3,8 +3,8 @@
 //! `m` landmark rows are too few to keep a GPU busy if each unit swept all `n` keys, so the keys
 //! are cut into chunks of [`CHUNK`]: one unit per (landmark, chunk) runs an online softmax
 //! (`super::online_softmax`) over its chunk and leaves the partial results (running maximum, sum
-//! of exponentials, weighted sum of value rows); a second kernel merges the chunks of each landmark, rescaling each partial
-//! sum to the landmark's overall maximum. The `[m, n]` kernel `B` is never written; the partial
+//! of exponentials, weighted sum of value rows); a second kernel merges the chunks of each
+//! landmark, rescaling each partial sum to the landmark's overall maximum. The `[m, n]` kernel `B` is never written; the partial
 //! results take `d_v / CHUNK` of its size.
 //!
 //! Padded keys get the tensor-op path's finite masked score rather than being skipped, so that a

@@ -23,6 +23,7 @@
 use burn::tensor::{Bool, DType, Tensor};
 
 use crate::attention::PinvInit;
+use crate::attention::shape_check::expect_shape;
 
 #[cfg(feature = "cube-kernels")]
 mod extension;
@@ -141,19 +142,6 @@ pub fn fused_landmark_attention(
     }
     custom_kernels_apply(queries)
         .then(|| extension::landmark_attention(queries, landmark_keys, weights, missing))
-}
-
-/// Checked before anything reaches a kernel, where a wrong shape would read out of bounds.
-/// `expected` may leave out trailing dimensions, which are then free.
-fn expect_shape(op: &str, name: &str, actual: &[usize], expected: &[usize]) {
-    if actual.len() < expected.len() || actual[..expected.len()] != *expected {
-        let free = ", _".repeat(actual.len().saturating_sub(expected.len()));
-        let expected = format!("{expected:?}");
-        panic!(
-            "{op}: {name} has shape {actual:?}, expected {}{free}]",
-            &expected[..expected.len() - 1]
-        );
-    }
 }
 
 /// Without a GPU backend there is nothing to launch: [`custom_kernels_apply`] is false and none
