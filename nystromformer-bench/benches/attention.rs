@@ -4,7 +4,7 @@
 use burn::tensor::{Device, Distribution, Tensor};
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use nystromformer::attention::softmax_attention;
-use nystromformer::{NystromOptions, nystrom_attention};
+use nystromformer::{NystromHeadsInput, NystromOptions, nystrom_attention};
 
 fn inputs(n: usize, device: &Device) -> [Tensor<4>; 3] {
     [(); 3].map(|_| Tensor::random([1, 8, n, 64], Distribution::Normal(0.0, 1.0), device))
@@ -19,8 +19,8 @@ fn forward(c: &mut Criterion) {
         let options = NystromOptions::new().with_num_landmarks(64);
         group.bench_with_input(BenchmarkId::new("nystrom", n), &n, |b, _| {
             b.iter(|| {
-                let out =
-                    nystrom_attention(q.clone(), k.clone(), v.clone(), None, &options).context;
+                let input = NystromHeadsInput::self_attention(q.clone(), k.clone(), v.clone());
+                let out = nystrom_attention(input, &options).context;
                 device.sync().unwrap();
                 out
             })

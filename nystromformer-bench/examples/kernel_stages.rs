@@ -7,6 +7,7 @@
 use burn::tensor::activation::softmax;
 use burn::tensor::{Device, Distribution, Tensor};
 use nystromformer::attention::iterative_pinv;
+use nystromformer::attention::mask::MASKED_SCORE;
 use nystromformer::attention::softmax_kernels::{kernel_b, kernel_f};
 use nystromformer::kernels::{
     custom_kernels_apply, fused_landmark_attention, fused_landmark_values, fused_pinv,
@@ -49,10 +50,18 @@ fn main() {
         (
             "B · V",
             Box::new(|| {
-                fused_landmark_values(&landmark_queries, &k, &v, None, None).expect("applies")
+                fused_landmark_values(&landmark_queries, &k, &v, None, None, MASKED_SCORE as f32)
+                    .expect("applies")
             }),
             Box::new(|| {
-                kernel_b(landmark_queries.clone(), k.clone(), None, None).matmul(v.clone())
+                kernel_b(
+                    landmark_queries.clone(),
+                    k.clone(),
+                    None,
+                    None,
+                    MASKED_SCORE,
+                )
+                .matmul(v.clone())
             }),
         ),
         (
@@ -65,7 +74,10 @@ fn main() {
             Box::new(|| {
                 fused_landmark_attention(&q, &landmark_keys, &weights, None).expect("applies")
             }),
-            Box::new(|| kernel_f(q.clone(), landmark_keys.clone(), None).matmul(weights.clone())),
+            Box::new(|| {
+                kernel_f(q.clone(), landmark_keys.clone(), None, MASKED_SCORE)
+                    .matmul(weights.clone())
+            }),
         ),
     ];
     for (name, kernel, tensor_ops) in &stages {

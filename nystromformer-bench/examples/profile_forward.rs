@@ -5,7 +5,7 @@
 //! (`RETAIN=0` leaves glibc's malloc at its defaults.)
 
 use burn::tensor::{Device, Distribution, Tensor};
-use nystromformer::{NystromOptions, nystrom_attention};
+use nystromformer::{NystromHeadsInput, NystromOptions, nystrom_attention};
 
 fn main() {
     // `RETAIN=0` measures glibc's default behaviour.
@@ -21,7 +21,8 @@ fn main() {
     let options = NystromOptions::new().with_num_landmarks(64);
     let started = std::time::Instant::now();
     for _ in 0..reps {
-        let out = nystrom_attention(q.clone(), k.clone(), v.clone(), None, &options).context;
+        let input = NystromHeadsInput::self_attention(q.clone(), k.clone(), v.clone());
+        let out = nystrom_attention(input, &options).context;
         out.into_data();
     }
     let per_run = started.elapsed().as_secs_f64() * 1e3 / reps as f64;

@@ -2,7 +2,7 @@
 
 use burn::tensor::Tensor;
 use nystromformer::attention::{explicit_softmax_attention, softmax_attention};
-use nystromformer::{NystromOptions, nystrom_attention};
+use nystromformer::{NystromHeadsInput, NystromOptions, nystrom_attention};
 
 /// What is measured.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -59,7 +59,7 @@ impl Implementation {
                 let options = NystromOptions::new()
                     .with_num_landmarks(m)
                     .with_custom_kernels(self == Implementation::Nystrom);
-                nystrom_attention(q, k, v, None, &options).context
+                nystrom_attention(NystromHeadsInput::self_attention(q, k, v), &options).context
             }
             Implementation::BurnAttention => softmax_attention(q, k, v, None),
             Implementation::NaiveSoftmax => explicit_softmax_attention(q, k, v, None).0,

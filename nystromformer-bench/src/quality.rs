@@ -5,7 +5,7 @@ use std::path::Path;
 
 use burn::tensor::{Device, Distribution, Int, Tensor, TensorData};
 use nystromformer::attention::{explicit_softmax_attention, pinv_residual};
-use nystromformer::{NystromOptions, PinvInit, nystrom_attention};
+use nystromformer::{NystromHeadsInput, NystromOptions, PinvInit, nystrom_attention};
 use serde::Serialize;
 
 /// One point of the quality sweep.
@@ -116,9 +116,10 @@ pub fn quality_sweep(
                 let options = NystromOptions::new()
                     .with_num_landmarks(m)
                     .with_pinv_iterations(iters)
-                    .with_pinv_init(init)
-                    .with_return_kernels(true);
-                let result = nystrom_attention(q.clone(), k.clone(), v.clone(), None, &options);
+                    .with_pinv_init(init);
+                let input = NystromHeadsInput::self_attention(q.clone(), k.clone(), v.clone())
+                    .return_kernels();
+                let result = nystrom_attention(input, &options);
                 let error = (result.context - exact.clone())
                     .square()
                     .sum()

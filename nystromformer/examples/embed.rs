@@ -33,7 +33,7 @@ impl SequenceClassifier {
         let [batch, _, d_model] = x.dims();
         let attended = self
             .attention
-            .forward(NystromInput::new(x.clone()).mask_pad(mask_pad));
+            .forward(NystromInput::self_attn(x.clone()).mask_pad(mask_pad));
         let h = self.norm.forward(x + attended.context);
         self.head.forward(h.mean_dim(1).reshape([batch, d_model]))
     }

@@ -31,6 +31,6 @@ pub mod kernels;
 pub mod model;
 
 pub use attention::{
-    AttentionMode, MaskPolicy, NystromAttention, NystromAttentionConfig, NystromInput,
-    NystromKernels, NystromOptions, NystromOutput, PinvInit, nystrom_attention,
+    AttentionMode, MaskPolicy, NystromAttention, NystromAttentionConfig, NystromHeadsInput,
+    NystromInput, NystromKernels, NystromOptions, NystromOutput, PinvInit, nystrom_attention,
 };

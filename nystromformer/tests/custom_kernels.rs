@@ -6,11 +6,12 @@ mod common;
 use burn::tensor::activation::softmax;
 use burn::tensor::{Bool, Device, Tensor, TensorData};
 use common::{REQUIRE_WGPU, devices, max_abs_diff, on, randn, values, wgpu_device};
+use nystromformer::attention::mask::MASKED_SCORE;
 use nystromformer::attention::softmax_kernels::{kernel_b, kernel_f};
 use nystromformer::kernels::{
     custom_kernels_apply, fused_landmark_attention, fused_landmark_values, fused_pinv,
 };
-use nystromformer::{MaskPolicy, NystromOptions, PinvInit, nystrom_attention};
+use nystromformer::{MaskPolicy, NystromHeadsInput, NystromOptions, PinvInit, nystrom_attention};
 
 /// The wgpu device when this build has the kernels; a skip is said out loud, and is an error
 /// where CI demands the wgpu path.
@@ -112,7 +113,8 @@ fn fused_landmark_attention_matches_softmax_times_weights() {
     );
     for missing in [None, Some(&missing)] {
         let fused = fused_landmark_attention(&q, &keys, &weights, missing).unwrap();
-        let reference = kernel_f(q.clone(), keys.clone(), missing).matmul(weights.clone());
+        let reference =
+            kernel_f(q.clone(), keys.clone(), missing, MASKED_SCORE).matmul(weights.clone());
         let diff = relative_diff(&fused, &reference);
         assert!(
             diff < 1e-5,
@@ -152,9 +154,11 @@ fn fused_landmark_values_match_softmax_times_values() {
             &device,
         );
         for (mask_pad, missing) in [(None, None), (Some(&mask_pad), Some(&missing))] {
-            let fused = fused_landmark_values(&queries, &k, &v, mask_pad, missing).unwrap();
-            let reference =
-                kernel_b(queries.clone(), k.clone(), mask_pad, missing).matmul(v.clone());
+            let fused =
+                fused_landmark_values(&queries, &k, &v, mask_pad, missing, MASKED_SCORE as f32)
+                    .unwrap();
+            let reference = kernel_b(queries.clone(), k.clone(), mask_pad, missing, MASKED_SCORE)
+                .matmul(v.clone());
             let diff = relative_diff(&fused, &reference);
             assert!(
                 diff < 1e-5,
@@ -184,13 +188,13 @@ fn attention_with_and_without_kernels_agrees_with_flex() {
                 .with_mask_policy(policy);
             let run = |device: &Device, kernels: bool| {
                 let mask_pad = mask(padding.clone(), [batch, n], device);
-                let out = nystrom_attention(
+                let input = NystromHeadsInput::self_attention(
                     on(&q, device),
                     on(&k, device),
                     on(&v, device),
-                    Some(mask_pad),
-                    &options.clone().with_custom_kernels(kernels),
-                );
+                )
+                .mask_pad(mask_pad);
+                let out = nystrom_attention(input, &options.clone().with_custom_kernels(kernels));
                 on(&out.context, &flex)
             };
             let reference = run(&flex, false);

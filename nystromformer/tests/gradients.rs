@@ -21,7 +21,7 @@ fn loss(layer: &NystromAttention, x: &Tensor<3>, probe: &Tensor<3>) -> Tensor<1>
     let mask =
         Tensor::<2, burn::tensor::Int>::from_ints([[0, 0, 0, 0, 0, 0, 0, 1, 1]], &x.device())
             .bool();
-    let out = layer.forward(NystromInput::new(x.clone()).mask_pad(mask));
+    let out = layer.forward(NystromInput::self_attn(x.clone()).mask_pad(mask));
     (out.context * probe.clone()).sum()
 }
 
@@ -182,9 +182,11 @@ fn dropout_acts_only_on_an_autodiff_device() {
     let layer = config.init(&plain);
     let without = layer
         .clone()
-        .forward(NystromInput::new(x_data(&plain)))
+        .forward(NystromInput::self_attn(x_data(&plain)))
         .context;
-    let again = layer.forward(NystromInput::new(x_data(&plain))).context;
+    let again = layer
+        .forward(NystromInput::self_attn(x_data(&plain)))
+        .context;
     assert_eq!(
         max_abs_diff(&without, &again),
         0.0,
@@ -193,14 +195,22 @@ fn dropout_acts_only_on_an_autodiff_device() {
 
     let training = Device::flex().autodiff();
     let layer = config.init(&training);
-    let a = layer.forward(NystromInput::new(x_data(&training))).context;
-    let b = layer.forward(NystromInput::new(x_data(&training))).context;
+    let a = layer
+        .forward(NystromInput::self_attn(x_data(&training)))
+        .context;
+    let b = layer
+        .forward(NystromInput::self_attn(x_data(&training)))
+        .context;
     assert!(
         max_abs_diff(&a, &b) > 1e-3,
         "dropout should randomise training passes"
     );
     let valid = layer.valid();
-    let c = valid.forward(NystromInput::new(x_data(&training))).context;
-    let d = valid.forward(NystromInput::new(x_data(&training))).context;
+    let c = valid
+        .forward(NystromInput::self_attn(x_data(&training)))
+        .context;
+    let d = valid
+        .forward(NystromInput::self_attn(x_data(&training)))
+        .context;
     assert_eq!(max_abs_diff(&c, &d), 0.0, "valid() must switch dropout off");
 }

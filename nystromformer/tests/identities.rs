@@ -6,11 +6,12 @@ mod common;
 use burn::tensor::{Bool, Tensor, TensorData};
 use common::{devices, max_abs_diff, randn, tensor, values};
 use nystromformer::attention::landmarks::segment_means;
+use nystromformer::attention::mask::MASKED_SCORE;
 use nystromformer::attention::softmax_kernels::{kernel_a, kernel_b, kernel_f};
 use nystromformer::attention::{
     explicit_softmax_attention, iterative_pinv, pinv_residual, softmax_attention,
 };
-use nystromformer::{NystromOptions, PinvInit, nystrom_attention};
+use nystromformer::{NystromHeadsInput, NystromOptions, PinvInit, nystrom_attention};
 
 /// With `m = n` every segment is one token, `F = A = B = softmax(QKᵀ/√d)`, and
 /// `F A⁺ B V = A A⁺ A V = A V`: exact attention once the pseudo-inverse has converged.
@@ -26,9 +27,15 @@ fn nystrom_with_one_token_per_landmark_is_exact_attention() {
         let scale = (d as f32).powf(-0.25);
         let (q, k) = (q.mul_scalar(scale), k.mul_scalar(scale));
         let landmarks = segment_means(q.clone(), k.clone(), n, None);
-        let f = kernel_f(q, landmarks.keys.clone(), None);
-        let a = kernel_a(landmarks.queries.clone(), landmarks.keys, None);
-        let b_kernel = kernel_b(landmarks.queries, k, None, None);
+        let f = kernel_f(q, landmarks.keys.clone(), None, MASKED_SCORE);
+        let a = kernel_a(
+            landmarks.queries.clone(),
+            landmarks.keys,
+            None,
+            None,
+            MASKED_SCORE,
+        );
+        let b_kernel = kernel_b(landmarks.queries, k, None, None, MASKED_SCORE);
         for kernel in [&f, &a, &b_kernel] {
             assert!(
                 max_abs_diff(kernel, &weights) < 1e-5,
@@ -45,7 +52,9 @@ fn nystrom_with_one_token_per_landmark_is_exact_attention() {
     }
 }
 
-/// `n ≤ m`: the exact path, which must equal the explicit reference, padding included.
+/// `n ≤ m`: the exact path, which must equal the explicit reference, padding included (padded
+/// queries attend as zero vectors under the leak-free policy, so their rows do not depend on
+/// what the padding holds).
 #[test]
 fn short_sequences_take_the_exact_path() {
     for (name, device) in devices() {
@@ -62,25 +71,27 @@ fn short_sequences_take_the_exact_path() {
             ),
             &device,
         );
-        let options = NystromOptions::new()
-            .with_num_landmarks(8)
-            .with_return_kernels(true);
-        let out = nystrom_attention(
-            q.clone(),
+        let options = NystromOptions::new().with_num_landmarks(8);
+        let input = NystromHeadsInput::self_attention(q.clone(), k.clone(), v.clone())
+            .mask_pad(mask.clone())
+            .return_kernels();
+        let out = nystrom_attention(input, &options);
+        let zero_padded_queries = q
+            .clone()
+            .mask_fill(mask.clone().reshape([b, 1, n, 1]).expand([b, h, n, d]), 0.0);
+        let (reference, _) = explicit_softmax_attention(
+            zero_padded_queries.clone(),
             k.clone(),
             v.clone(),
-            Some(mask.clone()),
-            &options,
+            Some(&mask),
         );
-        let (reference, _) =
-            explicit_softmax_attention(q.clone(), k.clone(), v.clone(), Some(&mask));
         assert!(
             out.kernels.is_none(),
             "{name}: the exact path has no kernels"
         );
         let err = max_abs_diff(&out.context, &reference);
         assert!(err <= 1e-4, "{name}: exact path off by {err}");
-        let fused = softmax_attention(q, k, v, Some(&mask));
+        let fused = softmax_attention(zero_padded_queries, k, v, Some(&mask));
         assert!(
             max_abs_diff(&fused, &reference) <= 1e-4,
             "{name}: burn attention differs"
@@ -214,10 +225,10 @@ fn approximation_improves_with_landmarks_and_kernels_have_their_shapes() {
         let v = randn([b, h, n, d], 1.0, 12, &device);
         let (exact, _) = explicit_softmax_attention(q.clone(), k.clone(), v.clone(), None);
         let error = |m: usize| {
-            let options = NystromOptions::new()
-                .with_num_landmarks(m)
-                .with_return_kernels(true);
-            let out = nystrom_attention(q.clone(), k.clone(), v.clone(), None, &options);
+            let options = NystromOptions::new().with_num_landmarks(m);
+            let input =
+                NystromHeadsInput::self_attention(q.clone(), k.clone(), v.clone()).return_kernels();
+            let out = nystrom_attention(input, &options);
             let kernels = out.kernels.expect("Nyström path returns kernels");
             assert_eq!(kernels.f.dims(), [b, h, n, m]);
             assert_eq!(kernels.a.dims(), [b, h, m, m]);

@@ -7,6 +7,7 @@ use burn::nn::{DropoutConfig, Initializer, LinearConfig};
 use burn::tensor::Device;
 use serde::{Deserialize, Serialize};
 
+use super::mask::MASKED_SCORE;
 use super::module::NystromAttention;
 use super::nystrom::NystromOptions;
 use super::pinv::PinvInit;
@@ -67,7 +68,13 @@ pub struct NystromAttentionConfig {
     /// How the padding mask enters landmarks and skip. Default: [`MaskPolicy::LeakFree`].
     #[config(default = "MaskPolicy::LeakFree")]
     pub mask_policy: MaskPolicy,
-    /// Run the custom CubeCL kernels where they apply (see [`crate::kernels`]). Default: true.
+    /// Score given to masked entries before each softmax, like burn-nn's `min_float`; clamped
+    /// to the lowest finite f32, in which the softmaxes run. Default: -1e9.
+    #[config(default = "MASKED_SCORE")]
+    pub min_float: f64,
+    /// A runtime switch, not a property of the model (it changes speed, not results beyond
+    /// float rounding): run the custom CubeCL kernels where they apply (see [`crate::kernels`]).
+    /// Default: true.
     #[config(default = true)]
     pub custom_kernels: bool,
     /// Enable bias for the query projection. Default: true.
@@ -110,6 +117,9 @@ pub enum ConfigError {
     /// The dropout probability is outside `[0, 1)`.
     #[error("dropout must lie in [0, 1), got {0}")]
     Dropout(f64),
+    /// The masking score is not a finite negative number.
+    #[error("min_float must be finite and negative, got {0}")]
+    MinFloat(f64),
 }
 
 impl NystromAttentionConfig {
@@ -132,6 +142,9 @@ impl NystromAttentionConfig {
         if !(0.0..1.0).contains(&self.dropout) {
             return Err(ConfigError::Dropout(self.dropout));
         }
+        if !(self.min_float.is_finite() && self.min_float < 0.0) {
+            return Err(ConfigError::MinFloat(self.min_float));
+        }
         Ok(())
     }
 
@@ -142,6 +155,7 @@ impl NystromAttentionConfig {
             .with_pinv_iterations(self.pinv_iterations)
             .with_pinv_init(self.pinv_init)
             .with_mask_policy(self.mask_policy)
+            .with_min_float(self.min_float)
             .with_custom_kernels(self.custom_kernels)
     }
 
@@ -205,8 +219,12 @@ mod tests {
             Err(ConfigError::EvenKernel(4))
         );
         assert_eq!(
-            ok.with_dropout(1.0).validate(),
+            ok.clone().with_dropout(1.0).validate(),
             Err(ConfigError::Dropout(1.0))
+        );
+        assert_eq!(
+            ok.with_min_float(f64::NEG_INFINITY).validate(),
+            Err(ConfigError::MinFloat(f64::NEG_INFINITY))
         );
     }
 }

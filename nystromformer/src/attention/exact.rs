@@ -2,13 +2,15 @@
 
 use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
-use burn::tensor::{Bool, Tensor};
+use burn::tensor::{Bool, FloatDType, Tensor};
 
-use super::mask::{mask_over_columns, masked_softmax};
+use super::mask::{MASKED_SCORE, mask_over_columns, masked_softmax, zero_rows};
 
 /// `softmax(Q Kᵀ / √d) V` through Burn's own `burn::tensor::module::attention` (a fused or flash
-/// kernel where the backend has one). Padded keys get zero weight; a fully padded row yields
-/// a finite output.
+/// kernel where the backend has one). Padded keys get zero weight and their rows are replaced
+/// by zeros first, so NaN or infinity there cannot leak; a fully padded row yields a finite
+/// output. Half-precision inputs are attended in f32 (the softmax statistics need it) and the
+/// output is returned in their dtype.
 ///
 /// # Shapes
 ///
@@ -23,9 +25,16 @@ pub fn softmax_attention(
 ) -> Tensor<4> {
     let [batch, heads, n_q, _] = q.dims();
     let [_, _, n_k, _] = k.dims();
+    let dtype = FloatDType::from(q.dtype());
+    let f32 = |x: Tensor<4>| x.cast(FloatDType::F32);
+    let (q, k, v) = (
+        f32(q),
+        f32(zero_rows(k, mask_pad)),
+        f32(zero_rows(v, mask_pad)),
+    );
     let mask =
         mask_pad.map(|mask| mask_over_columns(mask.clone()).expand([batch, heads, n_q, n_k]));
-    attention(q, k, v, mask, None, AttentionModuleOptions::default())
+    attention(q, k, v, mask, None, AttentionModuleOptions::default()).cast(dtype)
 }
 
 /// The same as [`softmax_attention`] written out with an explicit `[n_q, n_k]` weight matrix:
@@ -43,6 +52,10 @@ pub fn explicit_softmax_attention(
 ) -> (Tensor<4>, Tensor<4>) {
     let [_, _, _, d] = q.dims();
     let scores = q.matmul(k.transpose()).div_scalar((d as f64).sqrt());
-    let weights = masked_softmax(scores, mask_pad.cloned().map(mask_over_columns));
+    let weights = masked_softmax(
+        scores,
+        mask_pad.cloned().map(mask_over_columns),
+        MASKED_SCORE,
+    );
     (weights.clone().matmul(v), weights)
 }

@@ -3,41 +3,58 @@
 //! Masks follow burn-nn's convention: `true` marks a padded (ignored) position.
 
 use burn::tensor::activation::softmax;
-use burn::tensor::{Bool, Tensor};
+use burn::tensor::{Bool, FloatDType, Tensor};
 
-/// Score given to masked entries before a softmax.
+/// Default score given to masked entries before a softmax (see [`masked_softmax`]).
 ///
 /// Finite on purpose: a row whose every entry is masked becomes uniform instead of NaN (the
 /// xformers fault listed in NYSTROMFORMER.md). For any realistic score `s`, `exp(MASKED_SCORE - s)`
 /// underflows to exactly 0 in f32, so masked entries get exactly zero weight.
-pub const MASKED_SCORE: f32 = -1.0e9;
+pub const MASKED_SCORE: f64 = -1.0e9;
 
-/// Softmax over the last axis in which masked entries get zero weight.
+/// Softmax over the last axis in which masked entries get zero weight, computed in f32 whatever
+/// the dtype of `scores` (the maximum and the sum of exponentials lose too much in f16 and
+/// bf16), and returned in that dtype.
+///
+/// Masked entries are *selected* to `min_float` (clamped to the lowest finite f32), so a NaN or
+/// infinity in a masked score never reaches the output.
 ///
 /// # Shapes
 ///
 /// - scores: `[batch, heads, rows, cols]`
 /// - mask: `[batch, 1, 1, cols]` or any shape broadcastable to `scores`; `true` = masked
 /// - output: `[batch, heads, rows, cols]`
-pub fn masked_softmax(scores: Tensor<4>, mask: Option<Tensor<4, Bool>>) -> Tensor<4> {
+pub fn masked_softmax(
+    scores: Tensor<4>,
+    mask: Option<Tensor<4, Bool>>,
+    min_float: f64,
+) -> Tensor<4> {
+    let dtype = FloatDType::from(scores.dtype());
+    let scores = scores.cast(FloatDType::F32);
     let scores = match mask {
         Some(mask) => {
             let mask = mask.expand(scores.dims());
-            scores.mask_fill(mask, MASKED_SCORE)
+            scores.mask_fill(mask, finite_min(min_float, FloatDType::F32))
         }
         None => scores,
     };
-    softmax(scores, 3)
+    softmax(scores, 3).cast(dtype)
 }
 
-/// `1.0` at valid positions and `0.0` at padded ones.
+/// `min_float` clamped to the lowest finite value of `dtype` (so that `-1e9` stays finite in
+/// f16, whose lowest value is −65 504).
+pub fn finite_min(min_float: f64, dtype: FloatDType) -> f64 {
+    min_float.max(dtype.finfo().min)
+}
+
+/// `1.0` at valid positions and `0.0` at padded ones, in `dtype`.
 ///
 /// # Shapes
 ///
 /// - mask_pad: `[batch, n]` (`true` = padding)
 /// - output: `[batch, n]`
-pub fn keep_weights(mask_pad: &Tensor<2, Bool>) -> Tensor<2> {
-    mask_pad.clone().bool_not().float()
+pub fn keep_weights(mask_pad: &Tensor<2, Bool>, dtype: FloatDType) -> Tensor<2> {
+    mask_pad.clone().bool_not().float().cast(dtype)
 }
 
 /// Broadcasts a `[batch, n]` padding mask over heads and rows: `[batch, 1, 1, n]`.
@@ -102,7 +119,7 @@ mod tests {
             TensorData::new(vec![false, true, false, true, true, true], [2, 1, 1, 3]),
             &device,
         );
-        let weights: Vec<f32> = masked_softmax(scores, Some(mask))
+        let weights: Vec<f32> = masked_softmax(scores, Some(mask), MASKED_SCORE)
             .into_data()
             .convert::<f32>()
             .try_into_vec()

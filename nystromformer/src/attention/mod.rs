@@ -19,5 +19,7 @@ pub mod softmax_kernels;
 pub use config::{AttentionMode, ConfigError, MaskPolicy, NystromAttentionConfig};
 pub use exact::{explicit_softmax_attention, softmax_attention};
 pub use module::{NystromAttention, NystromInput, NystromOutput};
-pub use nystrom::{NystromAttentionOutput, NystromKernels, NystromOptions, nystrom_attention};
+pub use nystrom::{
+    NystromAttentionOutput, NystromHeadsInput, NystromKernels, NystromOptions, nystrom_attention,
+};
 pub use pinv::{PinvInit, iterative_pinv, pinv_residual};

@@ -7,15 +7,24 @@ use burn::tensor::{Bool, Tensor};
 
 use super::config::{AttentionMode, MaskPolicy};
 use super::exact::softmax_attention;
-use super::nystrom::{NystromKernels, NystromOptions, nystrom_attention};
+use super::mask::zero_rows;
+use super::nystrom::{NystromHeadsInput, NystromKernels, NystromOptions, nystrom_attention};
 use super::shape_check::expect_shape;
 use super::skip::conv_skip;
 
-/// Multi-head Nyström self-attention (Xiong et al., AAAI 2021).
+/// Multi-head Nyström attention (Xiong et al., AAAI 2021), self- or cross-attention.
 ///
 /// Embeds like burn-nn's `MultiHeadAttention`: query, key and value projections, per-head
 /// attention, an optional depthwise-convolution skip over the values, and an output
 /// projection. Create it with [`NystromAttentionConfig`](super::NystromAttentionConfig).
+///
+/// Where it differs from `MultiHeadAttention` on purpose:
+/// - dropout acts on the merged context before the output projection, not on attention weights,
+///   which the Nyström path never forms (HF transformers does the same);
+/// - with at most `num_landmarks` keys (per sequence, under [`MaskPolicy::LeakFree`]) the
+///   approximation has nothing to save and the result is exact softmax attention;
+/// - the output may carry `F`, `A`, `A⁺` and `B` instead of one attention-weight matrix
+///   ([`NystromInput::return_kernels`]).
 #[derive(Module, Debug)]
 #[module(custom_display)]
 pub struct NystromAttention {
@@ -62,32 +71,63 @@ impl ModuleDisplay for NystromAttention {
     }
 }
 
-/// Input of [`NystromAttention::forward`].
+/// Input of [`NystromAttention::forward`], built like burn-nn's `MhaInput`.
 #[derive(Debug, Clone)]
 pub struct NystromInput {
-    /// `[batch, n, d_model]`
-    x: Tensor<3>,
+    /// `[batch, n_q, d_model]`
+    query: Tensor<3>,
+    /// `[batch, n_k, d_model]`
+    key: Tensor<3>,
+    /// `[batch, n_k, d_model]`
+    value: Tensor<3>,
     mask_pad: Option<Tensor<2, Bool>>,
+    mask_pad_query: Option<Tensor<2, Bool>>,
+    self_attention: bool,
     return_kernels: bool,
 }
 
 impl NystromInput {
     /// Self-attention over `x`, shape `[batch, n, d_model]`.
-    pub fn new(x: Tensor<3>) -> Self {
+    pub fn self_attn(x: Tensor<3>) -> Self {
         Self {
-            x,
+            self_attention: true,
+            ..Self::new(x.clone(), x.clone(), x)
+        }
+    }
+
+    /// Cross-attention of `query` `[batch, n_q, d_model]` over `key` and `value`
+    /// `[batch, n_k, d_model]`: query landmarks come from the queries, key landmarks from the
+    /// keys.
+    pub fn new(query: Tensor<3>, key: Tensor<3>, value: Tensor<3>) -> Self {
+        Self {
+            query,
+            key,
+            value,
             mask_pad: None,
+            mask_pad_query: None,
+            self_attention: false,
             return_kernels: false,
         }
     }
 
-    /// Registers the padding mask, shape `[batch, n]`, `true` at padded positions.
+    /// Registers the padding mask of the keys and values, shape `[batch, n_k]`, `true` at padded
+    /// positions; in self-attention it masks the queries too.
     pub fn mask_pad(mut self, mask_pad: Tensor<2, Bool>) -> Self {
         self.mask_pad = Some(mask_pad);
         self
     }
 
-    /// Asks for the kernels `F`, `A`, `A⁺` and `B` in the output.
+    /// Registers the padding mask of the queries in cross-attention, shape `[batch, n_q]`,
+    /// `true` at padded positions. Without it every query is valid.
+    pub fn mask_pad_query(mut self, mask_pad_query: Tensor<2, Bool>) -> Self {
+        self.mask_pad_query = Some(mask_pad_query);
+        self
+    }
+
+    /// Asks for the kernels `F`, `A`, `A⁺` and `B` in the output. They come back only where
+    /// the Nyström path ran: not in [`AttentionMode::Softmax`], nor when `n_k ≤ num_landmarks`
+    /// (exact attention, nothing approximated), and asking for them turns the custom kernels
+    /// off for the call, since those never form `F` and `B`.
     pub fn return_kernels(mut self) -> Self {
         self.return_kernels = true;
         self
@@ -97,60 +137,73 @@ impl NystromInput {
 /// Output of [`NystromAttention::forward`].
 #[derive(Debug, Clone)]
 pub struct NystromOutput {
-    /// The context, `[batch, n, d_model]`.
+    /// The context, `[batch, n_q, d_model]`.
     pub context: Tensor<3>,
     /// `F`, `A`, `A⁺` and `B` per head, when asked for and the Nyström path ran.
     pub kernels: Option<NystromKernels>,
 }
 
 impl NystromAttention {
-    /// Applies self-attention to the input.
+    /// Applies self- or cross-attention to the input.
     ///
     /// # Shapes
     ///
-    /// - x: `[batch, n, d_model]`
-    /// - mask_pad: `[batch, n]`
-    /// - context: `[batch, n, d_model]`
-    /// - kernels: `F` `[batch, heads, n, m]`, `A` and `A⁺` `[batch, heads, m, m]`, `B` `[batch, heads, m, n]`
+    /// - query: `[batch, n_q, d_model]`, key and value: `[batch, n_k, d_model]`
+    /// - mask_pad: `[batch, n_k]`, mask_pad_query: `[batch, n_q]`
+    /// - context: `[batch, n_q, d_model]`
+    /// - kernels: `F` `[batch, heads, n_q, m]`, `A` and `A⁺` `[batch, heads, m, m]`, `B`
+    ///   `[batch, heads, m, n_k]`
     ///
     /// # Panics
     ///
-    /// Panics if the last axis of `x` is not `d_model`, if `n` is 0, or if the mask is not
-    /// `[batch, n]`.
+    /// Panics, naming the argument, if a last axis is not `d_model`, if a sequence is empty, if
+    /// the batch sizes, key and value lengths or masks disagree, or if the skip convolution is
+    /// configured and `n_q ≠ n_k`.
     pub fn forward(&self, input: NystromInput) -> NystromOutput {
-        let [batch, n, d_model] = input.x.dims();
-        assert!(
-            d_model == self.d_model,
-            "NystromAttention: input has {d_model} features, the layer expects d_model = {}",
-            self.d_model
-        );
-        assert!(n > 0, "NystromAttention: the sequence is empty (n = 0)");
-        if let Some(mask) = &input.mask_pad {
-            expect_shape("NystromAttention", "mask_pad", &mask.dims(), &[batch, n]);
-        }
-
-        let q = self.split_heads(self.query.forward(input.x.clone()));
-        let k = self.split_heads(self.key.forward(input.x.clone()));
-        let v = self.split_heads(self.value.forward(input.x));
+        self.check_input(&input);
+        let NystromInput {
+            query,
+            key,
+            value,
+            mask_pad,
+            mask_pad_query,
+            self_attention,
+            return_kernels,
+        } = input;
+        let q = self.split_heads(self.query.forward(query));
+        let k = self.split_heads(self.key.forward(key));
+        let v = self.split_heads(self.value.forward(value));
 
         let (context, kernels) = match self.mode {
             AttentionMode::Nystrom => {
-                let options = self
-                    .options
-                    .clone()
-                    .with_return_kernels(input.return_kernels);
-                let out = nystrom_attention(q, k, v.clone(), input.mask_pad.clone(), &options);
+                let heads = NystromHeadsInput {
+                    q,
+                    k,
+                    v: v.clone(),
+                    mask_pad: mask_pad.clone(),
+                    mask_pad_query: mask_pad_query.clone(),
+                    self_attention,
+                    return_kernels,
+                };
+                let out = nystrom_attention(heads, &self.options);
                 (out.context, out.kernels)
             }
-            AttentionMode::Softmax => (
-                softmax_attention(q, k, v.clone(), input.mask_pad.as_ref()),
-                None,
-            ),
+            AttentionMode::Softmax => {
+                let mask_queries = match (self.options.mask_policy, self_attention) {
+                    (MaskPolicy::HfCompatible, _) => None,
+                    (MaskPolicy::LeakFree, true) => mask_pad.as_ref(),
+                    (MaskPolicy::LeakFree, false) => mask_pad_query.as_ref(),
+                };
+                // Padded queries attend too: zeroed first (leak-free), so that their rows do not
+                // depend on what the padding holds, NaN included.
+                let q = zero_rows(q, mask_queries);
+                (softmax_attention(q, k, v.clone(), mask_pad.as_ref()), None)
+            }
         };
         let context = match &self.conv {
             Some(conv) => {
                 let skip_mask = match self.options.mask_policy {
-                    MaskPolicy::LeakFree => input.mask_pad.as_ref(),
+                    MaskPolicy::LeakFree => mask_pad.as_ref(),
                     MaskPolicy::HfCompatible => None,
                 };
                 context + conv_skip(v, conv, skip_mask)
@@ -163,6 +216,35 @@ impl NystromAttention {
             context: self.output.forward(context),
             kernels,
         }
+    }
+
+    fn check_input(&self, input: &NystromInput) {
+        let op = "NystromAttention";
+        let [batch, n_q, d_q] = input.query.dims();
+        let [_, n_k, _] = input.key.dims();
+        for (name, tensor, n) in [
+            ("query", &input.query, n_q),
+            ("key", &input.key, n_k),
+            ("value", &input.value, n_k),
+        ] {
+            expect_shape(op, name, &tensor.dims(), &[batch, n, self.d_model]);
+        }
+        assert!(
+            n_q > 0 && n_k > 0,
+            "{op}: the sequence is empty (n_q = {n_q}, n_k = {n_k}; d_model = {d_q})"
+        );
+        if let Some(mask) = &input.mask_pad {
+            expect_shape(op, "mask_pad", &mask.dims(), &[batch, n_k]);
+        }
+        if let Some(mask) = &input.mask_pad_query {
+            expect_shape(op, "mask_pad_query", &mask.dims(), &[batch, n_q]);
+        }
+        assert!(
+            self.conv.is_none() || n_q == n_k,
+            "{op}: the skip convolution adds the values' convolution to the queries' positions, \
+             so it needs n_q = n_k (got n_q = {n_q}, n_k = {n_k}); configure conv_kernel_size = \
+             None for cross-attention"
+        );
     }
 
     /// `[batch, n, d_model]` → `[batch, heads, n, head_dim]`

@@ -4,17 +4,19 @@
 //! calls [`nystrom_attention`] after projecting and splitting heads.
 
 use burn::config::Config;
-use burn::tensor::{Bool, Tensor};
+use burn::tensor::{Bool, FloatDType, Int, Tensor};
 
 use super::config::MaskPolicy;
 use super::exact::softmax_attention;
-use super::landmarks::{Landmarks, segment_means};
+use super::landmarks::Segments;
+use super::mask::{MASKED_SCORE, finite_min, zero_rows};
 use super::pinv::{PinvInit, iterative_pinv};
 use super::shape_check::expect_shape;
 use super::softmax_kernels::{kernel_a, kernel_b, kernel_f};
 use crate::kernels;
 
-/// Options of [`nystrom_attention`].
+/// Options of [`nystrom_attention`]: the approximation and how it runs. What to compute for one
+/// call (masks, the kernels for inspection) goes in [`NystromHeadsInput`].
 #[derive(Config, Debug, PartialEq)]
 pub struct NystromOptions {
     /// Number of landmarks `m`. Default: 64.
@@ -29,157 +31,306 @@ pub struct NystromOptions {
     /// How the padding mask enters the landmarks. Default: [`MaskPolicy::LeakFree`].
     #[config(default = "MaskPolicy::LeakFree")]
     pub mask_policy: MaskPolicy,
-    /// Return `F`, `A⁺` and `B` with the output. Default: false.
-    #[config(default = false)]
-    pub return_kernels: bool,
-    /// Run the custom CubeCL kernels where they apply (see [`crate::kernels`]); `false` keeps
-    /// the tensor-op stages everywhere. Default: true.
+    /// Score given to masked entries before each softmax, like burn-nn's `min_float`; clamped
+    /// to the lowest finite value of f32, in which the softmaxes run. Default: -1e9.
+    #[config(default = "MASKED_SCORE")]
+    pub min_float: f64,
+    /// A runtime switch, not part of the model: run the custom CubeCL kernels where they apply
+    /// (see [`crate::kernels`]); `false` keeps the tensor-op stages everywhere. Both compute the
+    /// same maths to float rounding. Default: true.
     #[config(default = true)]
     pub custom_kernels: bool,
+}
+
+/// Input of [`nystrom_attention`]: per-head queries, keys and values with their padding masks,
+/// built like [`NystromInput`](super::NystromInput).
+#[derive(Debug, Clone)]
+pub struct NystromHeadsInput {
+    pub(crate) q: Tensor<4>,
+    pub(crate) k: Tensor<4>,
+    pub(crate) v: Tensor<4>,
+    pub(crate) mask_pad: Option<Tensor<2, Bool>>,
+    pub(crate) mask_pad_query: Option<Tensor<2, Bool>>,
+    pub(crate) self_attention: bool,
+    pub(crate) return_kernels: bool,
+}
+
+impl NystromHeadsInput {
+    /// Attention of `q` `[batch, heads, n_q, d]` over `k` `[batch, heads, n_k, d]` and `v`
+    /// `[batch, heads, n_k, d_v]`. With one tensor for all three roles the call is
+    /// self-attention, and [`mask_pad`](Self::mask_pad) masks the queries too; prefer
+    /// [`self_attention`](Self::self_attention) then.
+    pub fn new(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>) -> Self {
+        Self {
+            q,
+            k,
+            v,
+            mask_pad: None,
+            mask_pad_query: None,
+            self_attention: false,
+            return_kernels: false,
+        }
+    }
+
+    /// Self-attention: `q`, `k` and `v` are projections of the same sequence, so
+    /// [`mask_pad`](Self::mask_pad) masks the queries too.
+    pub fn self_attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>) -> Self {
+        Self {
+            self_attention: true,
+            ..Self::new(q, k, v)
+        }
+    }
+
+    /// Registers the padding mask of the keys and values, `[batch, n_k]`, `true` at padded
+    /// positions (and of the queries in self-attention).
+    pub fn mask_pad(mut self, mask_pad: Tensor<2, Bool>) -> Self {
+        self.mask_pad = Some(mask_pad);
+        self
+    }
+
+    /// Registers the padding mask of the queries in cross-attention, `[batch, n_q]`, `true` at
+    /// padded positions. Without it every query is valid.
+    pub fn mask_pad_query(mut self, mask_pad_query: Tensor<2, Bool>) -> Self {
+        self.mask_pad_query = Some(mask_pad_query);
+        self
+    }
+
+    /// Asks for `F`, `A`, `A⁺` and `B` in the output (see [`NystromAttentionOutput::kernels`]).
+    pub fn return_kernels(mut self) -> Self {
+        self.return_kernels = true;
+        self
+    }
+
+    /// The mask of the queries: the queries' own, or the keys' in self-attention.
+    fn query_mask(&self) -> Option<&Tensor<2, Bool>> {
+        match self.self_attention {
+            true => self.mask_pad.as_ref(),
+            false => self.mask_pad_query.as_ref(),
+        }
+    }
 }
 
 /// The three factors of the Nyström approximation, for inspection.
 #[derive(Debug, Clone)]
 pub struct NystromKernels {
-    /// `F = softmax(Q K̃ᵀ)`, `[batch, heads, n, m]`.
+    /// `F = softmax(Q K̃ᵀ)`, `[batch, heads, n_q, m]`.
     pub f: Tensor<4>,
     /// `A = softmax(Q̃ K̃ᵀ)`, the landmarks' own kernel, `[batch, heads, m, m]`.
     pub a: Tensor<4>,
     /// `A⁺`, the iterative pseudo-inverse of `A`, `[batch, heads, m, m]`.
     pub a_pinv: Tensor<4>,
-    /// `B = softmax(Q̃ Kᵀ)`, `[batch, heads, m, n]`.
+    /// `B = softmax(Q̃ Kᵀ)`, `[batch, heads, m, n_k]`.
     pub b: Tensor<4>,
 }
 
 /// Output of [`nystrom_attention`].
 #[derive(Debug, Clone)]
 pub struct NystromAttentionOutput {
-    /// The attention context, `[batch, heads, n, d_v]`.
+    /// The attention context, `[batch, heads, n_q, d_v]`.
     pub context: Tensor<4>,
-    /// The kernels, when [`NystromOptions::return_kernels`] is set and the Nyström path ran
-    /// (`None` on the exact path taken when `n ≤ m`).
+    /// The kernels, when [`NystromHeadsInput::return_kernels`] asked for them and the Nyström
+    /// path ran. `None` on the exact path, taken when `n_k ≤ num_landmarks`, where there is no
+    /// approximation to inspect.
     pub kernels: Option<NystromKernels>,
 }
 
-/// Nyström attention of `q` over `k` and `v` (self-attention: the three share `n`).
+/// Nyström attention of the queries over the keys and values of `input`.
 ///
-/// When `n ≤ num_landmarks` the approximation has nothing to save and exact softmax attention
-/// is returned. Otherwise the products are associated as `F · (A⁺ · (B · V))`: no `n × n`
-/// matrix is formed, time is `O(n·m·d + m³)` and memory `O(n·m)`.
+/// When `n_k ≤ num_landmarks` the approximation has nothing to save and exact softmax attention
+/// is returned. Otherwise the products are associated as `F · (A⁺ · (B · V))`: no `n_q × n_k`
+/// matrix is formed, time is `O((n_q + n_k)·m·d + m³)` and memory `O((n_q + n_k)·m)`.
+///
+/// Under [`MaskPolicy::LeakFree`] a sequence's output at its valid positions does not depend on
+/// the batch it comes in: its segments are cut over its own valid tokens, padded rows are
+/// replaced by zeros before any product (so NaN or infinity in the padding cannot leak), and a
+/// sequence with at most `num_landmarks` valid keys gets exact softmax attention, as it would
+/// alone. [`PinvInit::Original`] takes its scale from the whole batch and so is not invariant.
 ///
 /// # Shapes
 ///
-/// - q, k: `[batch, heads, n, d]`
-/// - v: `[batch, heads, n, d_v]`
-/// - mask_pad: `[batch, n]` (`true` = padding)
-/// - output context: `[batch, heads, n, d_v]`
+/// - q: `[batch, heads, n_q, d]`, k: `[batch, heads, n_k, d]`, v: `[batch, heads, n_k, d_v]`
+/// - mask_pad: `[batch, n_k]`, mask_pad_query: `[batch, n_q]` (`true` = padding)
+/// - output context: `[batch, heads, n_q, d_v]`
 ///
 /// # Panics
 ///
-/// Panics if the shapes disagree or `num_landmarks` is 0.
+/// Panics, naming the argument, if the shapes disagree, and if `num_landmarks` is 0.
 pub fn nystrom_attention(
-    q: Tensor<4>,
-    k: Tensor<4>,
-    v: Tensor<4>,
-    mask_pad: Option<Tensor<2, Bool>>,
+    input: NystromHeadsInput,
     options: &NystromOptions,
 ) -> NystromAttentionOutput {
-    check_shapes(&q, &k, &v, mask_pad.as_ref());
+    check_shapes(&input);
     assert!(
         options.num_landmarks > 0,
-        "num_landmarks must be at least 1"
+        "nystrom_attention: num_landmarks must be at least 1"
     );
-    let [_, _, n, d] = q.dims();
+    let mask_keys = input.mask_pad.clone();
+    let mask_queries = input.query_mask().cloned();
+    let NystromHeadsInput {
+        q,
+        k,
+        v,
+        self_attention,
+        return_kernels,
+        ..
+    } = input;
+    let [_, _, n_q, d] = q.dims();
+    let [_, _, n_k, _] = k.dims();
     let m = options.num_landmarks;
-    if n <= m {
+    let leak_free = options.mask_policy == MaskPolicy::LeakFree;
+    let (q, k, v) = match leak_free {
+        // Select, not multiply: 0 · NaN is NaN.
+        true => (
+            zero_rows(q, mask_queries.as_ref()),
+            zero_rows(k, mask_keys.as_ref()),
+            zero_rows(v, mask_keys.as_ref()),
+        ),
+        // HF transformers averages the padding into the landmarks as it is.
+        false => (q, k, v),
+    };
+    if n_k <= m {
         return NystromAttentionOutput {
-            context: softmax_attention(q, k, v, mask_pad.as_ref()),
+            context: softmax_attention(q, k, v, mask_keys.as_ref()),
             kernels: None,
         };
     }
 
-    let landmark_mask = match options.mask_policy {
-        MaskPolicy::LeakFree => mask_pad.as_ref(),
-        MaskPolicy::HfCompatible => None,
+    let dtype = FloatDType::from(q.dtype());
+    let device = q.device();
+    let [batch, ..] = q.dims();
+    // The mask the landmarks see. Fewer queries than landmarks (cross-attention) leave segments
+    // empty, which only the masked segmentation reports as missing.
+    let landmark_mask = |mask: Option<Tensor<2, Bool>>, n: usize| {
+        mask.filter(|_| leak_free)
+            .or_else(|| (n < m).then(|| Tensor::<2, Int>::zeros([batch, n], &device).bool()))
     };
-    let Landmarks {
-        queries,
-        keys,
-        missing,
-    } = segment_means(q.clone(), k.clone(), m, landmark_mask);
+    let key_segments = Segments::new(
+        n_k,
+        m,
+        landmark_mask(mask_keys.clone(), n_k).as_ref(),
+        dtype,
+        &device,
+    );
+    let same_segments =
+        self_attention || (n_q == n_k && mask_queries.is_none() && mask_keys.is_none());
+    let query_segments = match same_segments {
+        true => key_segments.clone(),
+        false => Segments::new(
+            n_q,
+            m,
+            landmark_mask(mask_queries, n_q).as_ref(),
+            dtype,
+            &device,
+        ),
+    };
+    let missing_queries = query_segments.missing();
+    let missing_keys = key_segments.missing();
+    let min_float = finite_min(options.min_float, FloatDType::F32);
 
     // Every score matrix carries the usual 1/√d. Segment means are linear, so the factor can
     // sit on the small landmark side of each product (Q K̃ᵀ/√d = Q (K̃/√d)ᵀ, and likewise for
     // Q̃ Kᵀ and Q̃ K̃ᵀ): the [n, d] queries and keys are never rescaled, which saves two full
     // passes over them and their allocations.
     let scale = (d as f64).powf(-0.5);
-    let scaled_keys = keys.mul_scalar(scale);
-    let scaled_queries = queries.clone().mul_scalar(scale);
+    let landmark_queries = query_segments.mean(q.clone());
+    let scaled_keys = key_segments.mean(k.clone()).mul_scalar(scale);
+    let scaled_queries = landmark_queries.clone().mul_scalar(scale);
+    let a = kernel_a(
+        landmark_queries,
+        scaled_keys.clone(),
+        missing_queries,
+        missing_keys,
+        min_float,
+    );
 
-    let a = kernel_a(queries, scaled_keys.clone(), missing.as_ref());
     // Returning the kernels needs `F` and `B` themselves, which the custom kernels never form.
-    if options.custom_kernels && !options.return_kernels && kernels::custom_kernels_apply(&q) {
-        let stages = FusedStages {
-            a,
-            scaled_queries,
-            scaled_keys,
-        };
+    if options.custom_kernels && !return_kernels && kernels::custom_kernels_apply(&q) {
+        let values = kernels::fused_landmark_values(
+            &scaled_queries,
+            &k,
+            &v,
+            mask_keys.as_ref(),
+            missing_queries,
+            min_float as f32,
+        )
+        .expect(APPLIES);
+        let a_pinv = kernels::fused_pinv(&a, options.pinv_iterations, options.pinv_init)
+            .unwrap_or_else(|| {
+                // Only past kernels::MAX_PINV_MATRICES matrices.
+                iterative_pinv(a, options.pinv_iterations, options.pinv_init)
+            });
+        let weights = exact_for_short(a_pinv.matmul(values), &key_segments, &v);
+        let context = kernels::fused_landmark_attention(&q, &scaled_keys, &weights, missing_keys)
+            .expect(APPLIES);
         return NystromAttentionOutput {
-            context: stages.context(&q, &k, &v, mask_pad.as_ref(), missing.as_ref(), options),
+            context,
             kernels: None,
         };
     }
 
-    let b = kernel_b(scaled_queries, k, mask_pad.as_ref(), missing.as_ref());
-    let a_pinv = iterative_pinv(a.clone(), options.pinv_iterations, options.pinv_init);
-    let f = kernel_f(q, scaled_keys, missing.as_ref());
-    let context = f.clone().matmul(a_pinv.clone().matmul(b.clone().matmul(v)));
+    let b = kernel_b(
+        scaled_queries,
+        k,
+        mask_keys.as_ref(),
+        missing_queries,
+        min_float,
+    );
+    let a_pinv = pinv_in_f32(a.clone(), options);
+    let f = kernel_f(q, scaled_keys, missing_keys, min_float);
+    let weights = exact_for_short(
+        a_pinv.clone().matmul(b.clone().matmul(v.clone())),
+        &key_segments,
+        &v,
+    );
     NystromAttentionOutput {
-        context,
-        kernels: options
-            .return_kernels
-            .then(|| NystromKernels { f, a, a_pinv, b }),
+        context: f.clone().matmul(weights),
+        kernels: return_kernels.then(|| NystromKernels { f, a, a_pinv, b }),
     }
 }
 
-/// What the custom kernels need beyond the inputs: `A` and the scaled landmarks.
-struct FusedStages {
-    a: Tensor<4>,
-    scaled_queries: Tensor<4>,
-    scaled_keys: Tensor<4>,
+const APPLIES: &str = "custom_kernels_apply was checked";
+
+/// `A⁺` computed in f32 whatever the dtype of `A` (the iteration's `13I − …` cancels too much
+/// in half precision), returned in `A`'s dtype.
+fn pinv_in_f32(a: Tensor<4>, options: &NystromOptions) -> Tensor<4> {
+    let dtype = FloatDType::from(a.dtype());
+    iterative_pinv(
+        a.cast(FloatDType::F32),
+        options.pinv_iterations,
+        options.pinv_init,
+    )
+    .cast(dtype)
 }
 
-impl FusedStages {
-    /// `F · (A⁺ · (B · V))` with `B · V`, `A⁺` and `F · W` each one custom kernel (see
-    /// [`crate::kernels`]); only called where [`kernels::custom_kernels_apply`] holds.
-    fn context(
-        self,
-        q: &Tensor<4>,
-        k: &Tensor<4>,
-        v: &Tensor<4>,
-        mask_pad: Option<&Tensor<2, Bool>>,
-        missing: Option<&Tensor<2, Bool>>,
-        options: &NystromOptions,
-    ) -> Tensor<4> {
-        const APPLIES: &str = "custom_kernels_apply was checked";
-        let values = kernels::fused_landmark_values(&self.scaled_queries, k, v, mask_pad, missing)
-            .expect(APPLIES);
-        let a_pinv = kernels::fused_pinv(&self.a, options.pinv_iterations, options.pinv_init)
-            .unwrap_or_else(|| {
-                // Only past kernels::MAX_PINV_MATRICES matrices.
-                iterative_pinv(self.a, options.pinv_iterations, options.pinv_init)
-            });
-        let weights = a_pinv.matmul(values); // W = A⁺ (B V), [m, d_v]
-        kernels::fused_landmark_attention(q, &self.scaled_keys, &weights, missing).expect(APPLIES)
+/// `W = A⁺ (B V)`, `[batch, heads, m, d_v]`, with the rows of each sequence of at most `m` valid
+/// keys replaced by its values themselves (their segment means, one key per segment): then
+/// `F · W = softmax(Q Kᵀ/√d) V` exactly, as for that sequence alone, where `n_k ≤ m` takes the
+/// exact path.
+fn exact_for_short(weights: Tensor<4>, key_segments: &Segments, v: &Tensor<4>) -> Tensor<4> {
+    match key_segments.short() {
+        Some(short) => {
+            let dims = weights.dims();
+            let short = short.clone().reshape([dims[0], 1, 1, 1]).expand(dims);
+            weights.mask_where(short, key_segments.mean(v.clone()))
+        }
+        None => weights,
     }
 }
 
-fn check_shapes(q: &Tensor<4>, k: &Tensor<4>, v: &Tensor<4>, mask_pad: Option<&Tensor<2, Bool>>) {
-    let [batch, heads, n, _] = q.dims();
+fn check_shapes(input: &NystromHeadsInput) {
+    let [batch, heads, n_q, d] = input.q.dims();
+    let [_, _, n_k, _] = input.k.dims();
     let op = "nystrom_attention";
-    expect_shape(op, "k", &k.dims(), &q.dims());
-    expect_shape(op, "v", &v.dims(), &[batch, heads, n]);
-    if let Some(mask) = mask_pad {
-        expect_shape(op, "mask_pad", &mask.dims(), &[batch, n]);
+    expect_shape(op, "k", &input.k.dims(), &[batch, heads, n_k, d]);
+    expect_shape(op, "v", &input.v.dims(), &[batch, heads, n_k]);
+    if let Some(mask) = &input.mask_pad {
+        expect_shape(op, "mask_pad", &mask.dims(), &[batch, n_k]);
     }
+    if let Some(mask) = &input.mask_pad_query {
+        expect_shape(op, "mask_pad_query", &mask.dims(), &[batch, n_q]);
+    }
+    assert!(
+        !(input.self_attention && n_q != n_k),
+        "nystrom_attention: self-attention needs q and k of one length, got n_q = {n_q}, n_k = {n_k}"
+    );
 }

@@ -22,6 +22,7 @@ pub fn landmark_values(
     values: &Tensor<4>,
     mask_pad: Option<&Tensor<2, Bool>>,
     missing: Option<&Tensor<2, Bool>>,
+    masked_score: f32,
 ) -> Tensor<4> {
     let [batch, _, m, _] = landmark_queries.dims();
     let [_, _, n, _] = keys.dims();
@@ -32,6 +33,7 @@ pub fn landmark_values(
         values.clone().into_dispatch(),
         flags(mask_pad, [batch, n], &device).into_dispatch(),
         flags(missing, [batch, m], &device).into_dispatch(),
+        masked_score,
     ))
 }
 
@@ -83,6 +85,7 @@ pub trait NystromKernelOps: Backend {
         values: FloatTensor<Self>,
         padding: FloatTensor<Self>,
         missing: FloatTensor<Self>,
+        masked_score: f32,
     ) -> FloatTensor<Self>;
 
     /// See [`pinv`].
@@ -127,8 +130,16 @@ impl NystromKernelOps for CubeBackend {
         values: FloatTensor<Self>,
         padding: FloatTensor<Self>,
         missing: FloatTensor<Self>,
+        masked_score: f32,
     ) -> FloatTensor<Self> {
-        super::landmark_values::launch(landmark_queries, keys, values, padding, missing)
+        super::landmark_values::launch(
+            landmark_queries,
+            keys,
+            values,
+            padding,
+            missing,
+            masked_score,
+        )
     }
 
     fn pinv(

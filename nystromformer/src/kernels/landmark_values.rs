@@ -7,8 +7,9 @@
 //! landmark, rescaling each partial sum to the landmark's overall maximum. The `[m, n]` kernel `B` is never written; the partial
 //! results take `d_v / CHUNK` of its size.
 //!
-//! Padded keys get the tensor-op path's finite masked score rather than being skipped, so that a
-//! row whose every key is padded gets the same uniform weights there and here.
+//! Padded keys get the tensor-op path's finite masked score (`min_float`, in f32) rather than
+//! being skipped, so that a row whose every key is padded gets the same uniform weights there and
+//! here. The attention zeroes padded values first, so their zero weights never meet a NaN.
 
 use burn::backend::cubecl::dtype_to_storage_type;
 use burn::tensor::Shape;
@@ -18,7 +19,6 @@ use burn_cubecl::tensor::CubeTensor;
 use cubecl::prelude::*;
 
 use super::online_softmax::{add, dot, empty_state, load_row, maximum, total};
-use crate::attention::mask::MASKED_SCORE;
 
 /// Keys per unit in the first kernel.
 const CHUNK: usize = 256;
@@ -33,6 +33,7 @@ pub fn launch(
     values: CubeTensor,
     padding: CubeTensor,
     missing: CubeTensor,
+    masked_score: f32,
 ) -> CubeTensor {
     let landmark_queries = into_contiguous(landmark_queries);
     let keys = into_contiguous(keys);
@@ -68,7 +69,7 @@ pub fn launch(
         statistics.clone().into_tensor_arg(),
         partial_values.clone().into_tensor_arg(),
         CHUNK,
-        MASKED_SCORE,
+        masked_score,
         head_dim,
         value_dim,
         dtype_to_storage_type(dtype),

@@ -46,8 +46,8 @@ pub fn custom_kernels_apply(x: &Tensor<4>) -> bool {
 }
 
 /// `softmax(Q̃ Kᵀ) · V` for the landmark queries without the `[m, n]` softmax in memory, as two
-/// kernels; padded keys get zero weight and the rows of missing landmarks are zero. `None` where
-/// the kernels do not apply (see [`custom_kernels_apply`]).
+/// kernels; padded keys get the score `masked_score` (so zero weight) and the rows of missing
+/// landmarks are zero. `None` where the kernels do not apply (see [`custom_kernels_apply`]).
 ///
 /// # Shapes
 ///
@@ -66,6 +66,7 @@ pub fn fused_landmark_values(
     values: &Tensor<4>,
     mask_pad: Option<&Tensor<2, Bool>>,
     missing: Option<&Tensor<2, Bool>>,
+    masked_score: f32,
 ) -> Option<Tensor<4>> {
     let [batch, heads, m, d] = landmark_queries.dims();
     let [_, _, n, _] = keys.dims();
@@ -78,8 +79,16 @@ pub fn fused_landmark_values(
     if let Some(missing) = missing {
         expect_shape(op, "missing", &missing.dims(), &[batch, m]);
     }
-    custom_kernels_apply(landmark_queries)
-        .then(|| extension::landmark_values(landmark_queries, keys, values, mask_pad, missing))
+    custom_kernels_apply(landmark_queries).then(|| {
+        extension::landmark_values(
+            landmark_queries,
+            keys,
+            values,
+            mask_pad,
+            missing,
+            masked_score,
+        )
+    })
 }
 
 /// [`iterative_pinv`](crate::attention::iterative_pinv) as one kernel; `None` where the kernel
@@ -162,6 +171,7 @@ mod extension {
         _values: &Tensor<4>,
         _mask_pad: Option<&Tensor<2, Bool>>,
         _missing: Option<&Tensor<2, Bool>>,
+        _masked_score: f32,
     ) -> Tensor<4> {
         unreachable!("{NOT_COMPILED}")
     }

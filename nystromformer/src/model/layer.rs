@@ -65,8 +65,8 @@ impl EncoderLayer {
 
     fn attend(&self, x: Tensor<3>, mask_pad: Option<&Tensor<2, Bool>>) -> Tensor<3> {
         let input = match mask_pad {
-            Some(mask) => NystromInput::new(x).mask_pad(mask.clone()),
-            None => NystromInput::new(x),
+            Some(mask) => NystromInput::self_attn(x).mask_pad(mask.clone()),
+            None => NystromInput::self_attn(x),
         };
         self.dropout.forward(self.attention.forward(input).context)
     }

@@ -28,9 +28,17 @@ impl Pooling {
             (Pooling::First, _) => x.narrow(1, 0, 1).reshape([batch, hidden]),
             (Pooling::Mean, None) => x.mean_dim(1).reshape([batch, hidden]),
             (Pooling::Mean, Some(mask)) => {
-                let keep = keep_weights(mask).reshape([batch, n, 1]);
-                let count = keep.clone().sum_dim(1).clamp_min(1.0); // [batch, 1, 1]
-                (x * keep).sum_dim(1).div(count).reshape([batch, hidden])
+                let keep = keep_weights(mask, x.dtype().into()).reshape([batch, n, 1]);
+                let count = keep.sum_dim(1).clamp_min(1.0); // [batch, 1, 1]
+                // Select, not multiply: 0 · NaN is NaN.
+                let padding = mask
+                    .clone()
+                    .reshape([batch, n, 1])
+                    .expand([batch, n, hidden]);
+                x.mask_fill(padding, 0.0)
+                    .sum_dim(1)
+                    .div(count)
+                    .reshape([batch, hidden])
             }
         }
     }

@@ -40,6 +40,27 @@ pub fn devices() -> Vec<(&'static str, Device)> {
     devices
 }
 
+/// Runs a proptest on every backend of [`devices`], with fewer cases on wgpu (lavapipe
+/// emulates the GPU on the CPU), naming the backend of a failure.
+pub fn proptest_on_devices<S: proptest::strategy::Strategy>(
+    strategy: S,
+    flex_cases: u32,
+    wgpu_cases: u32,
+    check: impl Fn(S::Value, &Device) -> Result<(), proptest::test_runner::TestCaseError>,
+) {
+    use proptest::test_runner::{Config, TestRunner};
+    for (name, device) in devices() {
+        let cases = if name == "flex" {
+            flex_cases
+        } else {
+            wgpu_cases
+        };
+        TestRunner::new(Config::with_cases(cases))
+            .run(&strategy, |value| check(value, &device))
+            .unwrap_or_else(|err| panic!("{name}: {err}"));
+    }
+}
+
 /// Normal samples `N(0, std²)` from a seeded generator on the host, so every backend sees the
 /// same inputs.
 pub fn randn<const D: usize>(shape: [usize; D], std: f32, seed: u64, device: &Device) -> Tensor<D> {
