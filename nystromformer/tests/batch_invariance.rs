@@ -22,10 +22,10 @@ enum Garbage {
 impl Garbage {
     fn value(self, i: usize) -> f32 {
         match self {
-            Garbage::Large => 1.0e4 * if i % 2 == 0 { 1.0 } else { -1.0 },
+            Garbage::Large => 1.0e4 * if i.is_multiple_of(2) { 1.0 } else { -1.0 },
             Garbage::Nan => f32::NAN,
             Garbage::Infinite => {
-                if i % 2 == 0 {
+                if i.is_multiple_of(2) {
                     f32::INFINITY
                 } else {
                     f32::NEG_INFINITY

@@ -30,17 +30,12 @@ pub struct Landmarks {
 /// `[batch, heads, n, d]` tensor over them.
 #[derive(Debug, Clone)]
 pub struct Segments {
-    averaging: Averaging,
+    m: usize,
+    /// Averaging weights `[batch or 1, 1, m, n]`, `1/count` where a token lies in a segment;
+    /// `None` when `m` divides `n` and there is no mask: a reshape and a mean, no weight matrix.
+    weights: Option<Tensor<4>>,
     missing: Option<Tensor<2, Bool>>,
     short: Option<Tensor<1, Bool>>,
-}
-
-#[derive(Debug, Clone)]
-enum Averaging {
-    /// `m` divides `n` and there is no mask: a reshape and a mean, no weight matrix.
-    EqualBlocks { m: usize },
-    /// Averaging weights `[batch or 1, 1, m, n]`: `1/count` where a token lies in a segment.
-    Weights(Tensor<4>),
 }
 
 impl Segments {
@@ -66,7 +61,8 @@ impl Segments {
         let Some(mask_pad) = mask_pad else {
             if n.is_multiple_of(m) {
                 return Self {
-                    averaging: Averaging::EqualBlocks { m },
+                    m,
+                    weights: None,
                     missing: None,
                     short: None,
                 };
@@ -77,7 +73,8 @@ impl Segments {
             let counts = membership.clone().sum_dim(2); // [1, m, 1]
             let weights = (membership / counts).cast(dtype).reshape([1, 1, m, n]);
             return Self {
-                averaging: Averaging::Weights(weights),
+                m,
+                weights: Some(weights),
                 missing: None,
                 short: None,
             };
@@ -101,7 +98,8 @@ impl Segments {
             .cast(dtype)
             .reshape([batch, 1, m, n]);
         Self {
-            averaging: Averaging::Weights(weights),
+            m,
+            weights: Some(weights),
             missing: Some(missing),
             short: Some(length.lower_equal_elem(m as i64).reshape([batch])),
         }
@@ -114,14 +112,15 @@ impl Segments {
     /// - x: `[batch, heads, n, d]`
     /// - output: `[batch, heads, m, d]`
     pub fn mean(&self, x: Tensor<4>) -> Tensor<4> {
-        match &self.averaging {
-            Averaging::EqualBlocks { m } => {
+        match &self.weights {
+            Some(weights) => weights.clone().matmul(x),
+            None => {
                 let [batch, heads, n, d] = x.dims();
-                x.reshape([batch, heads, *m, n / m, d])
+                let m = self.m;
+                x.reshape([batch, heads, m, n / m, d])
                     .mean_dim(3)
-                    .reshape([batch, heads, *m, d])
+                    .reshape([batch, heads, m, d])
             }
-            Averaging::Weights(weights) => weights.clone().matmul(x),
         }
     }
 
@@ -265,9 +264,7 @@ mod tests {
         );
         let m = 4;
         let segments = Segments::new(10, m, Some(&mask), FloatDType::F32, &device);
-        let Averaging::Weights(weights) = &segments.averaging else {
-            panic!("a mask needs weights");
-        };
+        let weights = segments.weights.as_ref().expect("a mask needs weights");
         let weights: Vec<f32> = weights
             .clone()
             .into_data()
