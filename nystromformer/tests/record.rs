@@ -42,5 +42,13 @@ fn round_trip(backend: &str, device: &Device) {
     let loaded = fresh.try_load_file(&path).expect("load");
     let after = loaded.forward(EncoderInput::new(ids));
     std::fs::remove_dir_all(&dir).ok();
-    assert_eq!(max_abs_diff(&before, &after), 0.0, "{backend}");
+    // Bitwise on flex. On CubeCL backends autotune may pick another matmul kernel for a later
+    // call of the same shape (seen on lavapipe: 4.5e-8), so equal up to float rounding there; a
+    // wrong or missing weight moves the output by more than 1e-4 (the fresh model above).
+    let tolerance = if backend == "flex" { 0.0 } else { 1e-6 };
+    let diff = max_abs_diff(&before, &after);
+    assert!(
+        diff <= tolerance,
+        "{backend}: outputs moved by {diff} through the record"
+    );
 }

@@ -131,4 +131,26 @@ mod tests {
             "fully masked row is uniform: {weights:?}"
         );
     }
+
+    #[test]
+    fn min_float_is_the_masked_score_and_stays_finite_in_the_dtype() {
+        let device = Device::flex();
+        let scores = Tensor::<4>::zeros([1, 1, 1, 2], &device);
+        let mask =
+            Tensor::<4, Bool>::from_bool(TensorData::new(vec![false, true], [1, 1, 1, 2]), &device);
+        // A mild masking score leaves the masked entry a visible weight: e⁻¹ / (1 + e⁻¹).
+        let weights: Vec<f32> = masked_softmax(scores, Some(mask), -1.0)
+            .into_data()
+            .convert::<f32>()
+            .try_into_vec()
+            .unwrap();
+        let expected = (-1.0f32).exp() / (1.0 + (-1.0f32).exp());
+        assert!((weights[1] - expected).abs() < 1e-6, "{weights:?}");
+        assert_eq!(finite_min(MASKED_SCORE, FloatDType::F16), -65504.0);
+        assert_eq!(finite_min(MASKED_SCORE, FloatDType::F32), MASKED_SCORE);
+        assert_eq!(
+            finite_min(f64::NEG_INFINITY, FloatDType::F32),
+            f32::MIN as f64
+        );
+    }
 }
