@@ -4,7 +4,26 @@ use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Bool, FloatDType, Tensor};
 
-use super::mask::{MASKED_SCORE, mask_over_columns, masked_softmax, zero_rows};
+use super::config::MaskPolicy;
+use super::mask::{MASKED_SCORE, PaddingMasks, mask_over_columns, masked_softmax, zero_rows};
+
+/// [`softmax_attention`] for one call of the module or the functional core: under
+/// [`MaskPolicy::LeakFree`] padded queries attend as zero vectors, so that their rows do not
+/// depend on what the padding holds (NaN included); HF transformers attends with them as they
+/// are. Padded keys and values are [`softmax_attention`]'s to handle.
+pub(crate) fn exact_attention(
+    q: Tensor<4>,
+    k: Tensor<4>,
+    v: Tensor<4>,
+    padding: &PaddingMasks,
+    policy: MaskPolicy,
+) -> Tensor<4> {
+    let q = match policy {
+        MaskPolicy::LeakFree => zero_rows(q, padding.queries()),
+        MaskPolicy::HfCompatible => q,
+    };
+    softmax_attention(q, k, v, padding.mask_pad.as_ref())
+}
 
 /// `softmax(Q Kᵀ / √d) V` through Burn's own `burn::tensor::module::attention` (a fused or flash
 /// kernel where the backend has one). Padded keys get zero weight and their rows are replaced

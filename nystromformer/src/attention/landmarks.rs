@@ -80,17 +80,12 @@ impl Segments {
             };
         };
         let [batch, _] = mask_pad.dims();
-        let valid = mask_pad.clone().bool_not().int(); // [batch, n]
-        let length = valid.clone().sum_dim(1); // [batch, 1]
-        let rank = valid.clone().cumsum(1) - valid; // valid tokens before each token
+        let valid = mask_pad.clone().bool_not(); // [batch, n]
+        let ones = valid.clone().int();
+        let length = ones.clone().sum_dim(1); // [batch, 1]
+        let rank = ones.clone().cumsum(1) - ones; // valid tokens before each token
         let membership = one_hot_segments(segment_index(rank, length.clone(), m), m)
-            .bool_and(
-                mask_pad
-                    .clone()
-                    .bool_not()
-                    .reshape([batch, 1, n])
-                    .expand([batch, m, n]),
-            )
+            .bool_and(valid.reshape([batch, 1, n]).expand([batch, m, n]))
             .float(); // [batch, m, n]
         let counts = membership.clone().sum_dim(2); // [batch, m, 1]
         let missing = counts.clone().equal_elem(0.0).reshape([batch, m]);

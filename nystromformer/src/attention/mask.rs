@@ -5,6 +5,40 @@
 use burn::tensor::activation::softmax;
 use burn::tensor::{Bool, FloatDType, Tensor};
 
+use super::shape_check::expect_shape;
+
+/// The padding masks of one attention call, as [`NystromInput`](super::NystromInput) and
+/// [`NystromHeadsInput`](super::NystromHeadsInput) carry them.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct PaddingMasks {
+    /// `[batch, n_k]`: the keys' and values' (and in self-attention the queries').
+    pub mask_pad: Option<Tensor<2, Bool>>,
+    /// `[batch, n_q]`: the queries' own, in cross-attention.
+    pub mask_pad_query: Option<Tensor<2, Bool>>,
+    /// Queries, keys and values come from one sequence.
+    pub self_attention: bool,
+}
+
+impl PaddingMasks {
+    /// The mask of the queries: the queries' own, or the keys' in self-attention.
+    pub fn queries(&self) -> Option<&Tensor<2, Bool>> {
+        match self.self_attention {
+            true => self.mask_pad.as_ref(),
+            false => self.mask_pad_query.as_ref(),
+        }
+    }
+
+    /// Panics, naming `op` and the mask, unless the masks are `[batch, n_k]` and `[batch, n_q]`.
+    pub fn check(&self, op: &str, batch: usize, n_q: usize, n_k: usize) {
+        if let Some(mask) = &self.mask_pad {
+            expect_shape(op, "mask_pad", &mask.dims(), &[batch, n_k]);
+        }
+        if let Some(mask) = &self.mask_pad_query {
+            expect_shape(op, "mask_pad_query", &mask.dims(), &[batch, n_q]);
+        }
+    }
+}
+
 /// Default score given to masked entries before a softmax (see [`masked_softmax`]).
 ///
 /// Finite on purpose: a row whose every entry is masked becomes uniform instead of NaN (the

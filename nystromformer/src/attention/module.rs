@@ -6,8 +6,8 @@ use burn::nn::{Dropout, Linear};
 use burn::tensor::{Bool, Tensor};
 
 use super::config::{AttentionMode, MaskPolicy};
-use super::exact::softmax_attention;
-use super::mask::zero_rows;
+use super::exact::exact_attention;
+use super::mask::PaddingMasks;
 use super::nystrom::{NystromHeadsInput, NystromKernels, NystromOptions, nystrom_attention};
 use super::shape_check::expect_shape;
 use super::skip::conv_skip;
@@ -80,19 +80,16 @@ pub struct NystromInput {
     key: Tensor<3>,
     /// `[batch, n_k, d_model]`
     value: Tensor<3>,
-    mask_pad: Option<Tensor<2, Bool>>,
-    mask_pad_query: Option<Tensor<2, Bool>>,
-    self_attention: bool,
+    padding: PaddingMasks,
     return_kernels: bool,
 }
 
 impl NystromInput {
     /// Self-attention over `x`, shape `[batch, n, d_model]`.
     pub fn self_attn(x: Tensor<3>) -> Self {
-        Self {
-            self_attention: true,
-            ..Self::new(x.clone(), x.clone(), x)
-        }
+        let mut input = Self::new(x.clone(), x.clone(), x);
+        input.padding.self_attention = true;
+        input
     }
 
     /// Cross-attention of `query` `[batch, n_q, d_model]` over `key` and `value`
@@ -103,9 +100,7 @@ impl NystromInput {
             query,
             key,
             value,
-            mask_pad: None,
-            mask_pad_query: None,
-            self_attention: false,
+            padding: PaddingMasks::default(),
             return_kernels: false,
         }
     }
@@ -113,14 +108,14 @@ impl NystromInput {
     /// Registers the padding mask of the keys and values, shape `[batch, n_k]`, `true` at padded
     /// positions; in self-attention it masks the queries too.
     pub fn mask_pad(mut self, mask_pad: Tensor<2, Bool>) -> Self {
-        self.mask_pad = Some(mask_pad);
+        self.padding.mask_pad = Some(mask_pad);
         self
     }
 
     /// Registers the padding mask of the queries in cross-attention, shape `[batch, n_q]`,
     /// `true` at padded positions. Without it every query is valid.
     pub fn mask_pad_query(mut self, mask_pad_query: Tensor<2, Bool>) -> Self {
-        self.mask_pad_query = Some(mask_pad_query);
+        self.padding.mask_pad_query = Some(mask_pad_query);
         self
     }
 
@@ -165,9 +160,7 @@ impl NystromAttention {
             query,
             key,
             value,
-            mask_pad,
-            mask_pad_query,
-            self_attention,
+            padding,
             return_kernels,
         } = input;
         let q = self.split_heads(self.query.forward(query));
@@ -180,30 +173,21 @@ impl NystromAttention {
                     q,
                     k,
                     v: v.clone(),
-                    mask_pad: mask_pad.clone(),
-                    mask_pad_query: mask_pad_query.clone(),
-                    self_attention,
+                    padding: padding.clone(),
                     return_kernels,
                 };
                 let out = nystrom_attention(heads, &self.options);
                 (out.context, out.kernels)
             }
-            AttentionMode::Softmax => {
-                let mask_queries = match (self.options.mask_policy, self_attention) {
-                    (MaskPolicy::HfCompatible, _) => None,
-                    (MaskPolicy::LeakFree, true) => mask_pad.as_ref(),
-                    (MaskPolicy::LeakFree, false) => mask_pad_query.as_ref(),
-                };
-                // Padded queries attend too: zeroed first (leak-free), so that their rows do not
-                // depend on what the padding holds, NaN included.
-                let q = zero_rows(q, mask_queries);
-                (softmax_attention(q, k, v.clone(), mask_pad.as_ref()), None)
-            }
+            AttentionMode::Softmax => (
+                exact_attention(q, k, v.clone(), &padding, self.options.mask_policy),
+                None,
+            ),
         };
         let context = match &self.conv {
             Some(conv) => {
                 let skip_mask = match self.options.mask_policy {
-                    MaskPolicy::LeakFree => mask_pad.as_ref(),
+                    MaskPolicy::LeakFree => padding.mask_pad.as_ref(),
                     MaskPolicy::HfCompatible => None,
                 };
                 context + conv_skip(v, conv, skip_mask)
@@ -220,7 +204,7 @@ impl NystromAttention {
 
     fn check_input(&self, input: &NystromInput) {
         let op = "NystromAttention";
-        let [batch, n_q, d_q] = input.query.dims();
+        let [batch, n_q, _] = input.query.dims();
         let [_, n_k, _] = input.key.dims();
         for (name, tensor, n) in [
             ("query", &input.query, n_q),
@@ -231,14 +215,9 @@ impl NystromAttention {
         }
         assert!(
             n_q > 0 && n_k > 0,
-            "{op}: the sequence is empty (n_q = {n_q}, n_k = {n_k}; d_model = {d_q})"
+            "{op}: the sequence is empty (n_q = {n_q}, n_k = {n_k})"
         );
-        if let Some(mask) = &input.mask_pad {
-            expect_shape(op, "mask_pad", &mask.dims(), &[batch, n_k]);
-        }
-        if let Some(mask) = &input.mask_pad_query {
-            expect_shape(op, "mask_pad_query", &mask.dims(), &[batch, n_q]);
-        }
+        input.padding.check(op, batch, n_q, n_k);
         assert!(
             self.conv.is_none() || n_q == n_k,
             "{op}: the skip convolution adds the values' convolution to the queries' positions, \

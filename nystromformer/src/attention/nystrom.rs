@@ -7,9 +7,9 @@ use burn::config::Config;
 use burn::tensor::{Bool, FloatDType, Int, Tensor};
 
 use super::config::MaskPolicy;
-use super::exact::softmax_attention;
+use super::exact::exact_attention;
 use super::landmarks::Segments;
-use super::mask::{MASKED_SCORE, finite_min, zero_rows};
+use super::mask::{MASKED_SCORE, PaddingMasks, finite_min, zero_rows};
 use super::pinv::{PinvInit, iterative_pinv};
 use super::shape_check::expect_shape;
 use super::softmax_kernels::{kernel_a, kernel_b, kernel_f};
@@ -49,9 +49,7 @@ pub struct NystromHeadsInput {
     pub(crate) q: Tensor<4>,
     pub(crate) k: Tensor<4>,
     pub(crate) v: Tensor<4>,
-    pub(crate) mask_pad: Option<Tensor<2, Bool>>,
-    pub(crate) mask_pad_query: Option<Tensor<2, Bool>>,
-    pub(crate) self_attention: bool,
+    pub(crate) padding: PaddingMasks,
     pub(crate) return_kernels: bool,
 }
 
@@ -65,9 +63,7 @@ impl NystromHeadsInput {
             q,
             k,
             v,
-            mask_pad: None,
-            mask_pad_query: None,
-            self_attention: false,
+            padding: PaddingMasks::default(),
             return_kernels: false,
         }
     }
@@ -75,23 +71,22 @@ impl NystromHeadsInput {
     /// Self-attention: `q`, `k` and `v` are projections of the same sequence, so
     /// [`mask_pad`](Self::mask_pad) masks the queries too.
     pub fn self_attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>) -> Self {
-        Self {
-            self_attention: true,
-            ..Self::new(q, k, v)
-        }
+        let mut input = Self::new(q, k, v);
+        input.padding.self_attention = true;
+        input
     }
 
     /// Registers the padding mask of the keys and values, `[batch, n_k]`, `true` at padded
     /// positions (and of the queries in self-attention).
     pub fn mask_pad(mut self, mask_pad: Tensor<2, Bool>) -> Self {
-        self.mask_pad = Some(mask_pad);
+        self.padding.mask_pad = Some(mask_pad);
         self
     }
 
     /// Registers the padding mask of the queries in cross-attention, `[batch, n_q]`, `true` at
     /// padded positions. Without it every query is valid.
     pub fn mask_pad_query(mut self, mask_pad_query: Tensor<2, Bool>) -> Self {
-        self.mask_pad_query = Some(mask_pad_query);
+        self.padding.mask_pad_query = Some(mask_pad_query);
         self
     }
 
@@ -99,14 +94,6 @@ impl NystromHeadsInput {
     pub fn return_kernels(mut self) -> Self {
         self.return_kernels = true;
         self
-    }
-
-    /// The mask of the queries: the queries' own, or the keys' in self-attention.
-    fn query_mask(&self) -> Option<&Tensor<2, Bool>> {
-        match self.self_attention {
-            true => self.mask_pad.as_ref(),
-            false => self.mask_pad_query.as_ref(),
-        }
     }
 }
 
@@ -164,19 +151,25 @@ pub fn nystrom_attention(
         options.num_landmarks > 0,
         "nystrom_attention: num_landmarks must be at least 1"
     );
-    let mask_keys = input.mask_pad.clone();
-    let mask_queries = input.query_mask().cloned();
     let NystromHeadsInput {
         q,
         k,
         v,
-        self_attention,
+        padding,
         return_kernels,
-        ..
     } = input;
     let [_, _, n_q, d] = q.dims();
     let [_, _, n_k, _] = k.dims();
     let m = options.num_landmarks;
+    if n_k <= m {
+        return NystromAttentionOutput {
+            context: exact_attention(q, k, v, &padding, options.mask_policy),
+            kernels: None,
+        };
+    }
+
+    let mask_keys = padding.mask_pad.clone();
+    let mask_queries = padding.queries().cloned();
     let leak_free = options.mask_policy == MaskPolicy::LeakFree;
     let (q, k, v) = match leak_free {
         // Select, not multiply: 0 · NaN is NaN.
@@ -188,12 +181,6 @@ pub fn nystrom_attention(
         // HF transformers averages the padding into the landmarks as it is.
         false => (q, k, v),
     };
-    if n_k <= m {
-        return NystromAttentionOutput {
-            context: softmax_attention(q, k, v, mask_keys.as_ref()),
-            kernels: None,
-        };
-    }
 
     let dtype = FloatDType::from(q.dtype());
     let device = q.device();
@@ -212,7 +199,7 @@ pub fn nystrom_attention(
         &device,
     );
     let same_segments =
-        self_attention || (n_q == n_k && mask_queries.is_none() && mask_keys.is_none());
+        padding.self_attention || (n_q == n_k && mask_queries.is_none() && mask_keys.is_none());
     let query_segments = match same_segments {
         true => key_segments.clone(),
         false => Segments::new(
@@ -323,14 +310,9 @@ fn check_shapes(input: &NystromHeadsInput) {
     let op = "nystrom_attention";
     expect_shape(op, "k", &input.k.dims(), &[batch, heads, n_k, d]);
     expect_shape(op, "v", &input.v.dims(), &[batch, heads, n_k]);
-    if let Some(mask) = &input.mask_pad {
-        expect_shape(op, "mask_pad", &mask.dims(), &[batch, n_k]);
-    }
-    if let Some(mask) = &input.mask_pad_query {
-        expect_shape(op, "mask_pad_query", &mask.dims(), &[batch, n_q]);
-    }
+    input.padding.check(op, batch, n_q, n_k);
     assert!(
-        !(input.self_attention && n_q != n_k),
+        !(input.padding.self_attention && n_q != n_k),
         "nystrom_attention: self-attention needs q and k of one length, got n_q = {n_q}, n_k = {n_k}"
     );
 }
