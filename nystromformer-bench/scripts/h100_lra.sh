@@ -20,7 +20,7 @@ if [ -f .lra-run/lra-run.tgz ]; then
     RESUME=(--resume)
     # Steps done so far: the newest checkpoint epoch times the steps per checkpoint.
     EPOCH=$(ls "$DIR/checkpoint" | sed -n 's/^model-\([0-9]*\)\.bpk$/\1/p' | sort -n | tail -1)
-    PER=$(sed -n 's/.*"steps_per_checkpoint": *\([0-9]*\).*/\1/p' "$DIR/config.json")
+    PER=$(sed -n 's/.*"eval_frequency": *\([0-9]*\).*/\1/p' "$DIR/config.json")
     DONE=$((EPOCH * PER))
 fi
 STOP=${STOP:-$((DONE + ADVANCE))}

@@ -13,6 +13,7 @@ use crate::data::image::{IMAGE_VOCAB_SIZE, NUM_CLASSES as IMAGE_CLASSES};
 use crate::data::listops::{GeneratorConfig, NUM_CLASSES as LISTOPS_CLASSES, VOCAB_SIZE};
 use crate::data::text::{Columns, TEXT_VOCAB_SIZE};
 use crate::files::read_json;
+use crate::model::head::{ClassifierHead, SequencePooling};
 
 /// The task a configuration trains.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -105,8 +106,10 @@ pub struct ExperimentConfig {
     pub warmup_steps: usize,
     /// Optimizer steps in all (warm-up, then linear decay to 0).
     pub total_steps: usize,
-    /// Steps between checkpoints (one burn-train epoch).
-    pub steps_per_checkpoint: usize,
+    /// Optimizer steps between validations (LRA's `eval_frequency`); each validation ends a
+    /// burn-train epoch and writes a checkpoint.
+    #[serde(alias = "steps_per_checkpoint")]
+    pub eval_frequency: usize,
     /// Gradient-norm clipping per parameter tensor (`null`: none).
     pub grad_clip_norm: Option<f32>,
     /// Seed of data generation, shuffling and initialisation.
@@ -123,6 +126,53 @@ pub struct ExperimentConfig {
     /// CPU, decided when a run starts and written into its `config.json`.
     #[serde(default)]
     pub pad_to_multiple: Option<usize>,
+    /// The model's layout: `"lra"` (the paper's LRA code: pre-LayerNorm layers and a final
+    /// LayerNorm, no LayerNorm on the embeddings, embeddings from N(0, 0.02), padded positions
+    /// zeroed after the final norm, head `Linear(width, ffn) → ReLU → Linear(ffn, classes)`) or
+    /// `"hf"` (HF transformers' BERT layout: post-LayerNorm, embedding LayerNorm, head
+    /// `Linear(width, width) → GELU → Linear(width, classes)` with dropout).
+    /// Configurations written before this field existed read as `"hf"`, what they trained.
+    #[serde(default = "Architecture::hf")]
+    pub architecture: Architecture,
+    /// ListOps: how `Source` strings become tokens. `"lra"`: as LRA's input pipeline does (only
+    /// alphanumeric runs are tokens, so every bracket is dropped, `]` included); `"bracketed"`:
+    /// keeps `]` closing each operator, an easier task than LRA's.
+    /// Configurations written before this field existed read as `"bracketed"`, what they
+    /// trained on.
+    #[serde(default = "ListopsTokens::bracketed")]
+    pub listops_tokens: ListopsTokens,
+}
+
+/// The layout of the encoder and its head (`architecture`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Architecture {
+    /// The paper's LRA model (`LRA/code/model.py`, `model_wrapper.py`).
+    Lra,
+    /// HF transformers' `NystromformerForSequenceClassification` layout.
+    Hf,
+}
+
+impl Architecture {
+    fn hf() -> Self {
+        Architecture::Hf
+    }
+}
+
+/// How ListOps `Source` strings are tokenized (`listops_tokens`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ListopsTokens {
+    /// LRA's tokenizer: brackets dropped.
+    Lra,
+    /// Operators and `]` kept.
+    Bracketed,
+}
+
+impl ListopsTokens {
+    fn bracketed() -> Self {
+        ListopsTokens::Bracketed
+    }
 }
 
 impl ExperimentConfig {
@@ -170,10 +220,14 @@ impl ExperimentConfig {
             config.batch_size,
             config.warmup_steps,
             config.total_steps,
-            config.steps_per_checkpoint,
+            config.eval_frequency,
         ) = shape;
         if task == Task::Image {
             config.valid_size = if lra { 5_000 } else { 1_000 };
+        }
+        if task == Task::Mlm {
+            // Pretraining as the paper did, on HF's BERT layout (and its masked-LM head).
+            config.architecture = Architecture::Hf;
         }
         config
     }
@@ -204,13 +258,15 @@ impl ExperimentConfig {
                 weight_decay: 0.01,
                 warmup_steps: 200,
                 total_steps: 5_000,
-                steps_per_checkpoint: 500,
+                eval_frequency: 500,
                 grad_clip_norm: Some(1.0),
                 seed: 42,
                 num_workers: 1,
                 mask_probability: 0.15,
                 storage: Storage::Memory,
                 pad_to_multiple: None,
+                architecture: Architecture::Lra,
+                listops_tokens: ListopsTokens::Bracketed,
             },
             Preset::Lra => Self {
                 task: Task::Listops,
@@ -236,13 +292,15 @@ impl ExperimentConfig {
                 weight_decay: 0.0,
                 warmup_steps: 1_000,
                 total_steps: 5_000,
-                steps_per_checkpoint: 500,
+                eval_frequency: 50,
                 grad_clip_norm: None,
                 seed: 42,
                 num_workers: 2,
                 mask_probability: 0.15,
                 storage: Storage::Memory,
                 pad_to_multiple: None,
+                architecture: Architecture::Lra,
+                listops_tokens: ListopsTokens::Lra,
             },
         }
     }
@@ -255,7 +313,12 @@ impl ExperimentConfig {
         file: Option<&Path>,
         overrides: &[String],
     ) -> Result<Self, String> {
-        let mut value = serde_json::to_value(Self::preset(task, preset)).expect("serializable");
+        Self::preset(task, preset).patched(file, overrides)
+    }
+
+    /// This configuration with `file`'s fields and then `overrides` applied, validated.
+    pub fn patched(&self, file: Option<&Path>, overrides: &[String]) -> Result<Self, String> {
+        let mut value = serde_json::to_value(self).expect("serializable");
         if let Some(path) = file {
             let patch: serde_json::Value = read_json(path)?;
             let fields = patch.as_object().ok_or_else(|| {
@@ -284,12 +347,21 @@ impl ExperimentConfig {
         Ok(config)
     }
 
+    /// Reads and validates a run's `config.json`; errors name the file.
+    pub fn load(path: &Path) -> Result<Self, String> {
+        let config: Self = read_json(path)?;
+        config
+            .validate()
+            .map_err(|err| format!("{}: {err}", path.display()))?;
+        Ok(config)
+    }
+
     /// Checks values the model and schedule cannot work with.
     pub fn validate(&self) -> Result<(), String> {
         let positive = [
             ("batch_size", self.batch_size),
             ("total_steps", self.total_steps),
-            ("steps_per_checkpoint", self.steps_per_checkpoint),
+            ("eval_frequency", self.eval_frequency),
             ("train_size", self.train_size),
             ("valid_size", self.valid_size),
             ("max_len", self.max_len),
@@ -297,16 +369,63 @@ impl ExperimentConfig {
         if let Some((name, _)) = positive.iter().find(|(_, value)| *value == 0) {
             return Err(format!("{name} must be positive"));
         }
+        // Far beyond any experiment here, and small enough that nothing overflows or asks the
+        // allocator for the impossible before the run starts.
+        let at_most = [
+            ("batch_size", self.batch_size, 1 << 16),
+            ("total_steps", self.total_steps, 1 << 32),
+            ("train_size", self.train_size, 1 << 28),
+            ("valid_size", self.valid_size, 1 << 28),
+            ("test_size", self.test_size, 1 << 28),
+            ("max_len", self.max_len, 1 << 22),
+            ("hidden_size", self.hidden_size, 1 << 14),
+            ("num_layers", self.num_layers, 1 << 10),
+            ("num_heads", self.num_heads, 1 << 10),
+            ("intermediate_size", self.intermediate_size, 1 << 16),
+            ("num_landmarks", self.num_landmarks, 1 << 12),
+            ("num_workers", self.num_workers, 256),
+        ];
+        if let Some((name, value, limit)) = at_most.iter().find(|(_, value, limit)| value > limit) {
+            return Err(format!(
+                "{name} = {value} is above the largest accepted, {limit}"
+            ));
+        }
+        if let Some(labels) = &self.labels {
+            if labels.len() < 2 {
+                return Err(format!(
+                    "labels must name at least 2 classes, got {labels:?}"
+                ));
+            }
+            let mut unique = labels.clone();
+            unique.sort();
+            unique.dedup();
+            if unique.len() != labels.len() {
+                return Err(format!("labels must be distinct, got {labels:?}"));
+            }
+        }
+        if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
+            return Err(format!(
+                "weight_decay must be finite and non-negative, got {}",
+                self.weight_decay
+            ));
+        }
+        if let Some(norm) = self.grad_clip_norm
+            && !(norm.is_finite() && norm > 0.0)
+        {
+            return Err(format!(
+                "grad_clip_norm must be positive (or null), got {norm}"
+            ));
+        }
         if self.warmup_steps >= self.total_steps {
             return Err(format!(
                 "warmup_steps ({}) must be below total_steps ({})",
                 self.warmup_steps, self.total_steps
             ));
         }
-        if !self.total_steps.is_multiple_of(self.steps_per_checkpoint) {
+        if !self.total_steps.is_multiple_of(self.eval_frequency) {
             return Err(format!(
-                "total_steps ({}) must be a multiple of steps_per_checkpoint ({})",
-                self.total_steps, self.steps_per_checkpoint
+                "total_steps ({}) must be a multiple of eval_frequency ({})",
+                self.total_steps, self.eval_frequency
             ));
         }
         if self.task != Task::Listops && self.data_dir.is_none() {
@@ -372,6 +491,29 @@ impl ExperimentConfig {
         .with_attention(self.attention)
         .with_num_landmarks(self.num_landmarks)
         .with_conv_kernel_size(self.conv_kernel_size)
+        .with_norm_first(self.architecture == Architecture::Lra)
+        .with_embedding_layer_norm(self.architecture == Architecture::Hf)
+    }
+
+    /// The classification head on `input` pooled features: LRA's `Linear(input, ffn) → ReLU →
+    /// Linear(ffn, classes)`, or HF's GELU head of the model width. HF has no two-document head,
+    /// so retrieval keeps LRA's in both layouts.
+    pub fn head(&self, input: usize, device: &Device) -> ClassifierHead {
+        let classes = self.num_classes();
+        match self.architecture {
+            Architecture::Hf if self.task != Task::Retrieval => {
+                ClassifierHead::hf(input, self.hidden_size, classes, self.dropout, device)
+            }
+            _ => ClassifierHead::lra(input, self.intermediate_size, classes, device),
+        }
+    }
+
+    /// How sequences are pooled for the head.
+    pub fn pooling(&self) -> SequencePooling {
+        match self.architecture {
+            Architecture::Lra => SequencePooling::lra(self.max_len),
+            Architecture::Hf => SequencePooling::Mean,
+        }
     }
 
     /// Number of classes (mlm: the vocabulary).
@@ -401,6 +543,87 @@ impl ExperimentConfig {
             ..GeneratorConfig::default()
         }
     }
+}
+
+/// What the command line asks of a run's configuration.
+#[derive(Debug, Clone)]
+pub struct ConfigRequest {
+    /// The task.
+    pub task: Task,
+    /// `--preset`, if given.
+    pub preset: Option<Preset>,
+    /// `--config FILE`, if given.
+    pub file: Option<PathBuf>,
+    /// `--set key=value`s, `--seed` and `--attention` included.
+    pub overrides: Vec<String>,
+}
+
+impl ConfigRequest {
+    /// The configuration of a new run (the `quick` preset unless another is asked for).
+    pub fn resolve(&self) -> Result<ExperimentConfig, String> {
+        ExperimentConfig::resolve(
+            self.task,
+            self.preset.unwrap_or(Preset::Quick),
+            self.file.as_deref(),
+            &self.overrides,
+        )
+    }
+
+    /// The configuration of the run in `artifact_dir` that `--resume` continues: its
+    /// `config.json`, validated, which the request may repeat but not change. Without a
+    /// `config.json` (a run killed before writing it) the run starts afresh from the request.
+    pub fn for_resume(&self, artifact_dir: &Path) -> Result<ExperimentConfig, String> {
+        let path = artifact_dir.join("config.json");
+        if !path.exists() {
+            eprintln!(
+                "--resume: {} has no config.json, so no run to continue: starting one",
+                artifact_dir.display()
+            );
+            return self.resolve();
+        }
+        let saved = ExperimentConfig::load(&path)?;
+        let name = |task: Task| serde_json::to_string(&task).expect("serializable");
+        if saved.task != self.task {
+            return Err(format!(
+                "--resume: {} is a {} run, not {}",
+                path.display(),
+                name(saved.task),
+                name(self.task)
+            ));
+        }
+        // Preset or file: compare the whole configuration they give; else only the `--set`s.
+        let asked = match self.preset.is_some() || self.file.is_some() {
+            true => self.resolve()?,
+            false => saved.patched(None, &self.overrides)?,
+        };
+        let differences = differences(&saved, &asked);
+        if !differences.is_empty() {
+            return Err(format!(
+                "--resume: the options change the run's configuration ({}): {}. A resumed run \
+                 keeps its configuration; to change it, start a new run (--overwrite, or \
+                 another --artifact-dir)",
+                path.display(),
+                differences.join("; ")
+            ));
+        }
+        Ok(saved)
+    }
+}
+
+/// `key: run X, asked Y` for each field that `asked` sets differently from `saved`. Fields that
+/// a run fills in when it starts (`null` in `asked`) are not differences.
+fn differences(saved: &ExperimentConfig, asked: &ExperimentConfig) -> Vec<String> {
+    let saved = serde_json::to_value(saved).expect("serializable");
+    let asked = serde_json::to_value(asked).expect("serializable");
+    let (saved, asked) = (saved.as_object().unwrap(), asked.as_object().unwrap());
+    asked
+        .iter()
+        .filter(|(key, value)| !value.is_null() && saved.get(*key) != Some(value))
+        .map(|(key, value)| {
+            let run = saved.get(key).cloned().unwrap_or_default();
+            format!("{key}: run {run}, asked {value}")
+        })
+        .collect()
 }
 
 fn set_field(

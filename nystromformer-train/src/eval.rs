@@ -4,10 +4,11 @@ use std::path::Path;
 
 use burn::data::dataloader::batcher::Batcher;
 use burn::tensor::Device;
-use burn::train::InferenceStep;
+use burn::train::{ClassificationOutput, InferenceStep};
 use serde::Serialize;
 
 use crate::config::{ExperimentConfig, Task};
+use crate::data::rng::mix;
 use crate::files::read_json;
 use crate::task::{DocumentMatching, MaskedLm, SequenceClassification, TaskSpec};
 use crate::training::evaluation_seed;
@@ -23,8 +24,53 @@ pub struct EvalResult {
     pub count: usize,
 }
 
-/// Evaluates `model` on `items`, `batch_size` at a time, with the evaluation batcher
-/// ([`evaluation_seed`]). Accuracy and loss are means over targets: examples for the
+/// Running accuracy and loss over [`ClassificationOutput`]s.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Tally {
+    correct: i64,
+    loss_sum: f64,
+    targets: usize,
+    examples: usize,
+}
+
+impl Tally {
+    /// Adds one batch's output.
+    pub fn add(&mut self, output: &ClassificationOutput) {
+        let count = output.targets.dims()[0];
+        let predicted = output.output.clone().argmax(1).reshape([count]);
+        self.correct += predicted
+            .equal(output.targets.clone())
+            .int()
+            .sum()
+            .into_scalar::<i64>();
+        self.loss_sum += output.loss.clone().into_scalar::<f32>() as f64 * count as f64;
+        self.targets += count;
+    }
+
+    /// Means over the targets seen; `count` is the number of examples given to
+    /// [`with_examples`](Self::with_examples), else the number of targets.
+    pub fn result(&self) -> EvalResult {
+        EvalResult {
+            accuracy: self.correct as f64 / self.targets.max(1) as f64,
+            loss: self.loss_sum / self.targets.max(1) as f64,
+            count: if self.examples > 0 {
+                self.examples
+            } else {
+                self.targets
+            },
+        }
+    }
+
+    /// Records how many examples the tally covers (masked-LM: windows, not positions).
+    pub fn with_examples(mut self, examples: usize) -> Self {
+        self.examples = examples;
+        self
+    }
+}
+
+/// Evaluates `model` on `items`, `batch_size` at a time; batch `j`'s batcher is seeded by
+/// `mix(evaluation_seed, j)`, as during training's validations, so that masked-LM masks are the
+/// same in every evaluation. Accuracy and loss are means over targets: examples for the
 /// classification tasks, masked positions for masked-LM.
 pub fn evaluate<T: TaskSpec>(
     model: &T::Model,
@@ -32,25 +78,13 @@ pub fn evaluate<T: TaskSpec>(
     config: &ExperimentConfig,
     device: &Device,
 ) -> EvalResult {
-    let batcher = T::batcher(config, evaluation_seed(config));
-    let (mut correct, mut loss_sum, mut targets) = (0i64, 0.0f64, 0usize);
-    for chunk in items.chunks(config.batch_size.max(1)) {
+    let mut tally = Tally::default();
+    for (index, chunk) in items.chunks(config.batch_size.max(1)).enumerate() {
+        let batcher = T::batcher(config, mix(evaluation_seed(config), index as u64));
         let output = InferenceStep::step(model, batcher.batch(chunk.to_vec(), device));
-        let count = output.targets.dims()[0];
-        let predicted = output.output.argmax(1).reshape([count]);
-        correct += predicted
-            .equal(output.targets)
-            .int()
-            .sum()
-            .into_scalar::<i64>();
-        loss_sum += output.loss.into_scalar::<f32>() as f64 * count as f64;
-        targets += count;
+        tally.add(&output);
     }
-    EvalResult {
-        accuracy: correct as f64 / targets.max(1) as f64,
-        loss: loss_sum / targets.max(1) as f64,
-        count: items.len(),
-    }
+    tally.with_examples(items.len()).result()
 }
 
 /// Loads `artifact_dir/config.json` and `model.bpk` and evaluates on a data file in the run's

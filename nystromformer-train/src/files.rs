@@ -15,18 +15,7 @@ pub fn read_json<T: DeserializeOwned>(path: &Path) -> Result<T, String> {
 /// Writes `bytes` to a temporary file beside `path`, syncs it, then renames it over `path`: a
 /// reader sees the old file or the new one, never half of one.
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), String> {
-    let name = path
-        .file_name()
-        .ok_or_else(|| format!("{}: not a file path", path.display()))?;
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let tmp = dir.join(format!(
-        ".{}.tmp-{}",
-        name.to_string_lossy(),
-        std::process::id()
-    ));
+    let tmp = temporary_path(path)?;
     let result = (|| {
         let mut file = std::fs::File::create(&tmp)?;
         file.write_all(bytes)?;
@@ -37,4 +26,21 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), String> {
         let _ = std::fs::remove_file(&tmp);
         format!("{}: {err}", path.display())
     })
+}
+
+/// The temporary file [`write_atomically`] writes before renaming it over `path`:
+/// `.NAME.tmp-PID` in the same directory (a rename never crosses file systems).
+pub fn temporary_path(path: &Path) -> Result<std::path::PathBuf, String> {
+    let name = path
+        .file_name()
+        .ok_or_else(|| format!("{}: not a file path", path.display()))?;
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    Ok(dir.join(format!(
+        ".{}.tmp-{}",
+        name.to_string_lossy(),
+        std::process::id()
+    )))
 }

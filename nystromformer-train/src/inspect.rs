@@ -21,7 +21,7 @@ pub fn trained_encoder(
             let valid = SequenceClassification::splits(&mut config)?.valid;
             let model = SequenceClassification::load_trained(&config, artifact_dir, device)?;
             let tokens = valid.into_iter().map(|item| item.tokens).collect();
-            (model.model.nystromformer, tokens)
+            (model.encoder, tokens)
         }
         Task::Retrieval => {
             let valid = DocumentMatching::splits(&mut config)?.valid;

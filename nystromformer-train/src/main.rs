@@ -6,12 +6,12 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand, ValueEnum};
 use nystromformer::AttentionMode;
 use nystromformer::device::{DEVICE_NAMES, choose_device};
-use nystromformer_train::config::{ExperimentConfig, Preset, Task};
+use nystromformer_train::config::{ConfigRequest, Preset, Task};
 use nystromformer_train::data::listops::{GeneratorConfig, generate, to_tsv};
 use nystromformer_train::encode::encode;
 use nystromformer_train::eval::eval_command;
 use nystromformer_train::files::write_atomically;
-use nystromformer_train::training::{TrainOptions, train};
+use nystromformer_train::training::{Outcome, TrainOptions, train};
 
 #[derive(Parser)]
 #[command(
@@ -45,21 +45,26 @@ enum Command {
         /// CIFAR-10's binary batches (data_batch_1..5.bin, test_batch.bin); mlm:
         /// train/valid/test .txt.
         task: Task,
-        /// Starting configuration.
-        #[arg(long, value_enum, default_value = "quick")]
-        preset: Preset,
+        /// Starting configuration (default: quick). With `--resume` it may only repeat the run's.
+        #[arg(long, value_enum)]
+        preset: Option<Preset>,
         /// JSON object of configuration fields applied over the preset (unknown keys rejected).
         #[arg(long)]
         config: Option<PathBuf>,
         /// Override one field, e.g. `--set learning_rate=3e-4` (repeatable).
         #[arg(long = "set", value_name = "KEY=VALUE")]
         overrides: Vec<String>,
-        /// Where config, checkpoints, logs and the final model go.
-        #[arg(long, default_value = "artifacts/listops")]
-        artifact_dir: PathBuf,
-        /// Continue from the last checkpoint in the artifact directory (its config.json wins).
+        /// Where config, checkpoints, logs and the final model go (default: artifacts/TASK).
         #[arg(long)]
+        artifact_dir: Option<PathBuf>,
+        /// Continue the run in the artifact directory from its newest complete checkpoint (from
+        /// the beginning if it has none). Its config.json is the configuration: --preset,
+        /// --config, --set, --seed and --attention may repeat it, not change it.
+        #[arg(long, conflicts_with = "overwrite")]
         resume: bool,
+        /// Start afresh in an artifact directory that holds a run, deleting that run's files.
+        #[arg(long)]
+        overwrite: bool,
         /// Seed of data, shuffling and initialisation (overrides the configuration's).
         #[arg(long)]
         seed: Option<u64>,
@@ -69,7 +74,8 @@ enum Command {
         /// Plain progress lines instead of the dashboard.
         #[arg(long)]
         headless: bool,
-        /// Stop after this many steps (a checkpoint boundary); `--resume` continues the run.
+        /// Stop after this many steps (a multiple of eval_frequency) and exit 0 without a final
+        /// model; `--resume` continues the run.
         #[arg(long)]
         stop_at_step: Option<usize>,
         /// Data-parallel training on several devices through burn-train's multi-device
@@ -155,6 +161,7 @@ fn run(cli: Cli) -> Result<(), String> {
             overrides,
             artifact_dir,
             resume,
+            overwrite,
             seed,
             attention,
             headless,
@@ -175,10 +182,19 @@ fn run(cli: Cli) -> Result<(), String> {
                     serde_json::to_string(&mode).unwrap()
                 ));
             }
-            let config = if resume {
-                nystromformer_train::files::read_json(&artifact_dir.join("config.json"))?
-            } else {
-                ExperimentConfig::resolve(task, preset, config.as_deref(), &overrides)?
+            let artifact_dir = artifact_dir.unwrap_or_else(|| {
+                PathBuf::from("artifacts")
+                    .join(serde_json::to_value(task).unwrap().as_str().unwrap())
+            });
+            let request = ConfigRequest {
+                task,
+                preset,
+                file: config,
+                overrides,
+            };
+            let config = match resume {
+                true => request.for_resume(&artifact_dir)?,
+                false => request.resolve()?,
             };
             let data_parallel = devices
                 .iter()
@@ -195,12 +211,17 @@ fn run(cli: Cli) -> Result<(), String> {
             let options = TrainOptions {
                 artifact_dir,
                 resume,
+                overwrite,
                 headless,
                 stop_at_step,
                 data_parallel,
             };
-            let summary = train(&config, &options, &device)?;
-            println!("{}", serde_json::to_string(&summary).unwrap());
+            match train(&config, &options, &device)? {
+                Outcome::Finished(summary) => {
+                    println!("{}", serde_json::to_string(&summary).unwrap())
+                }
+                Outcome::Paused { step } => println!("{{\"paused_at_step\": {step}}}"),
+            }
             Ok(())
         }
         Command::Eval { artifact_dir, data } => {

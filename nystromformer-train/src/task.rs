@@ -104,7 +104,8 @@ impl TaskSpec for SequenceClassification {
     type Model = Classifier;
 
     fn model(config: &ExperimentConfig, device: &Device) -> Classifier {
-        Classifier::new(&config.model_config(), config.num_classes(), device)
+        let head = config.head(config.hidden_size, device);
+        Classifier::new(&config.model_config(), head, config.pooling(), device)
     }
 
     fn batcher(config: &ExperimentConfig, _seed: u64) -> ClassificationBatcher {
@@ -135,7 +136,7 @@ impl TaskSpec for SequenceClassification {
                 load_split(path, &config.columns(), &labels, config.max_len)
             }
             Task::Image => image::read_batch(path),
-            _ => read_tsv(path),
+            _ => read_tsv(path, config.listops_tokens),
         }
     }
 
@@ -161,7 +162,7 @@ fn text_splits(config: &mut ExperimentConfig) -> Result<Splits<SequenceItem>, St
 
 fn listops_splits(config: &ExperimentConfig) -> Result<Splits<SequenceItem>, String> {
     if let Some(dir) = &config.data_dir {
-        let read = |name: &str| read_tsv(&dir.join(name));
+        let read = |name: &str| read_tsv(&dir.join(name), config.listops_tokens);
         return Ok(Splits {
             train: read("basic_train.tsv")?,
             valid: read("basic_val.tsv")?,
@@ -173,7 +174,7 @@ fn listops_splits(config: &ExperimentConfig) -> Result<Splits<SequenceItem>, Str
         generate(count, seed, &generator)
             .into_iter()
             .map(|(tree, text)| SequenceItem {
-                tokens: tokenize(&text).expect("generated tokens are known"),
+                tokens: tokenize(&text, config.listops_tokens).expect("generated tokens are known"),
                 label: tree.value() as u32,
             })
             .collect()
@@ -195,7 +196,8 @@ impl TaskSpec for DocumentMatching {
     type Model = DualEncoderClassifier;
 
     fn model(config: &ExperimentConfig, device: &Device) -> DualEncoderClassifier {
-        DualEncoderClassifier::new(&config.model_config(), config.num_classes(), device)
+        let head = config.head(4 * config.hidden_size, device);
+        DualEncoderClassifier::new(&config.model_config(), head, config.pooling(), device)
     }
 
     fn batcher(config: &ExperimentConfig, _seed: u64) -> PairBatcher {

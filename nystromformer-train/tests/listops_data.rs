@@ -3,6 +3,7 @@
 
 use burn::data::dataloader::batcher::Batcher;
 use burn::tensor::Device;
+use nystromformer_train::config::ListopsTokens;
 use nystromformer_train::data::SequenceItem;
 use nystromformer_train::data::batcher::{ClassificationBatcher, PAD, Padding};
 use nystromformer_train::data::listops::{
@@ -53,7 +54,7 @@ fn generated_examples_respect_lengths_and_labels() {
     assert_eq!(examples.len(), 300);
     let mut labels = [0usize; 10];
     for (tree, text) in &examples {
-        let tokens = tokenize(text).unwrap();
+        let tokens = tokenize(text, ListopsTokens::Bracketed).unwrap();
         assert_eq!(tokens.len(), tree.len(), "token count is the tree's length");
         assert!(
             tokens.len() > 30 && tokens.len() < 300,
@@ -94,7 +95,7 @@ fn reader_takes_lra_files_and_generator_output() {
     // A line as LRA released it: parentheses, brackets, header.
     let lra = "Source\tTarget\n( ( ( ( [MAX 2 ) 9 ) ( ( [MIN 4 ) 7 ) ] ) 0 ) ]\t9\n";
     let path = scratch("lra", lra);
-    let items = read_tsv(&path).unwrap();
+    let items = read_tsv(&path, ListopsTokens::Bracketed).unwrap();
     std::fs::remove_file(&path).ok();
     assert_eq!(items.len(), 1);
     assert_eq!(items[0].label, 9);
@@ -110,11 +111,14 @@ fn reader_takes_lra_files_and_generator_output() {
         },
     );
     let path = scratch("roundtrip", &to_tsv(&examples));
-    let items = read_tsv(&path).unwrap();
+    let items = read_tsv(&path, ListopsTokens::Bracketed).unwrap();
     std::fs::remove_file(&path).ok();
     for ((tree, text), item) in examples.iter().zip(&items) {
         assert_eq!(item.label, tree.value() as u32);
-        assert_eq!(item.tokens, tokenize(text).unwrap());
+        assert_eq!(
+            item.tokens,
+            tokenize(text, ListopsTokens::Bracketed).unwrap()
+        );
     }
 }
 
@@ -137,7 +141,7 @@ fn malformed_lines_name_file_and_line() {
     ];
     for (i, (text, expected)) in cases.iter().enumerate() {
         let path = scratch(&format!("bad{i}"), text);
-        let err = read_tsv(&path).unwrap_err();
+        let err = read_tsv(&path, ListopsTokens::Bracketed).unwrap_err();
         std::fs::remove_file(&path).ok();
         assert!(
             err.contains(&path.display().to_string()),
@@ -193,4 +197,51 @@ fn batcher_pads_to_the_longest_and_masks_padding() {
         .try_into_vec()
         .unwrap();
     assert_eq!(labels, vec![2, 4, 2]);
+}
+
+#[test]
+fn lra_tokens_drop_every_bracket_as_lra_does() {
+    // LRA's released line; its tokenizer keeps alphanumeric runs only.
+    let lra = "Source\tTarget\n( ( ( ( [MAX 2 ) 9 ) ( ( [MIN 4 ) 7 ) ] ) 0 ) ]\t9\n";
+    let path = scratch("lra-tokens", lra);
+    let items = read_tsv(&path, ListopsTokens::Lra).unwrap();
+    std::fs::remove_file(&path).ok();
+    let words: Vec<&str> = items[0]
+        .tokens
+        .iter()
+        .map(|id| VOCAB[*id as usize])
+        .collect();
+    assert_eq!(words, ["[MAX", "2", "9", "[MIN", "4", "7", "0"]);
+    assert_eq!(items[0].label, 9);
+
+    // Generated text: the LRA tokens are the bracketed ones without `]`.
+    let close = VOCAB.iter().position(|token| *token == "]").unwrap() as u32;
+    for (_, text) in generate(20, 5, &GeneratorConfig::default()) {
+        let bracketed = tokenize(&text, ListopsTokens::Bracketed).unwrap();
+        let without: Vec<u32> = bracketed.into_iter().filter(|id| *id != close).collect();
+        assert_eq!(tokenize(&text, ListopsTokens::Lra).unwrap(), without);
+    }
+    let err = tokenize("( [MAX 1 x ] )", ListopsTokens::Lra).unwrap_err();
+    assert!(err.contains("unknown token \"x\""), "{err}");
+}
+
+#[test]
+fn trees_start_at_depth_one_as_in_lra() {
+    // LRA: `generate_tree(1, …)` with a value forced at depth 10, so at most 9 operators nest.
+    // Nesting counted on the tokens, independently of the generator's tree.
+    let mut deepest = 0;
+    for (_, text) in generate(200, 11, &GeneratorConfig::default()) {
+        let mut depth = 0usize;
+        for id in tokenize(&text, ListopsTokens::Bracketed).unwrap() {
+            match VOCAB[id as usize] {
+                op if op.starts_with('[') => {
+                    depth += 1;
+                    deepest = deepest.max(depth);
+                }
+                "]" => depth -= 1,
+                _ => {}
+            }
+        }
+    }
+    assert_eq!(deepest, 9, "operators nest at most 9 deep, and do reach it");
 }

@@ -163,7 +163,7 @@ fn train_text_and_eval() {
                 "--set",
                 "total_steps=4",
                 "--set",
-                "steps_per_checkpoint=4",
+                "eval_frequency=4",
             ])
             .args(["--set", "num_workers=0"]),
     );

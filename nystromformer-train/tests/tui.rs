@@ -20,7 +20,7 @@ fn dashboard_renders_in_a_terminal_and_exits() {
     let train = format!(
         "stty cols 120 rows 40; {} --device flex train listops --artifact-dir {} --set train_size=256 \
          --set valid_size=32 --set test_size=32 --set min_len=5 --set max_len=40 --set total_steps=40 \
-         --set warmup_steps=4 --set steps_per_checkpoint=20 --set num_workers=0",
+         --set warmup_steps=4 --set eval_frequency=20 --set num_workers=0",
         env!("CARGO_BIN_EXE_nystromformer-train"),
         dir.display()
     );

@@ -2,8 +2,13 @@
 //! TSV files LRA released (`basic_train.tsv`, …), which the generator also writes.
 //!
 //! A tree is a value 0–9 or an operator (`MIN`, `MAX`, `MED` = median rounded down, `SM` = sum
-//! mod 10) over 2–10 arguments; LRA writes `[MAX 2 9 ]` wrapped in `(` `)` pairs that its input
-//! pipeline strips. Tokens here are what remains: `[MIN [MAX [MED [SM ] 0 … 9`.
+//! mod 10) over 2–10 arguments; LRA writes `[MAX 2 9 ]` wrapped in `(` `)` pairs.
+//!
+//! LRA's input pipeline tokenizes with `tfds.deprecated.text.Tokenizer()`, which keeps
+//! alphanumeric runs only: every bracket vanishes, `]` included, and the model sees `MAX 2 9`
+//! ([`ListopsTokens::Lra`], the task the paper's accuracies are measured on).
+//! [`ListopsTokens::Bracketed`] keeps `]`, which tells the model where each operator ends: an
+//! easier task. Token ids are the same in both (`]` is never produced by the first).
 
 use std::fmt::Write as _;
 use std::io::{BufRead, BufReader};
@@ -11,6 +16,7 @@ use std::path::Path;
 
 use super::SequenceItem;
 use super::rng::SplitMix64;
+use crate::config::ListopsTokens;
 
 /// Token strings by id; id 0 is padding.
 pub const VOCAB: [&str; 16] = [
@@ -156,7 +162,8 @@ pub fn generate(count: usize, seed: u64, config: &GeneratorConfig) -> Vec<(Tree,
     let mut rng = SplitMix64::new(seed);
     let mut out = Vec::with_capacity(count);
     while out.len() < count {
-        let tree = Tree::random(&mut rng, 0, config);
+        // LRA grows trees from depth 1 (`generate_tree(1, …)`), so values appear at depth 10.
+        let tree = Tree::random(&mut rng, 1, config);
         let len = tree.len();
         if len > config.min_len && len < config.max_len {
             let text = tree.to_lra_string();
@@ -166,25 +173,37 @@ pub fn generate(count: usize, seed: u64, config: &GeneratorConfig) -> Vec<(Tree,
     out
 }
 
-/// Turns a `Source` string into token ids, dropping LRA's `(` and `)`.
-pub fn tokenize(source: &str) -> Result<Vec<u32>, String> {
-    source
-        .split_whitespace()
-        .filter(|token| *token != "(" && *token != ")")
-        .map(|token| {
-            VOCAB
-                .iter()
-                .position(|known| *known == token)
-                .filter(|id| *id > 0)
-                .map(|id| id as u32)
-                .ok_or_else(|| format!("unknown token \"{token}\""))
-        })
-        .collect()
+/// Turns a `Source` string into token ids, as `tokens` says.
+pub fn tokenize(source: &str, tokens: ListopsTokens) -> Result<Vec<u32>, String> {
+    let id = |token: &str| {
+        VOCAB
+            .iter()
+            .position(|known| *known == token)
+            .filter(|id| *id > 0)
+            .map(|id| id as u32)
+            .ok_or_else(|| format!("unknown token \"{token}\""))
+    };
+    match tokens {
+        // tfds' Tokenizer(alphanum_only=True): runs of [A-Za-z0-9_] are the tokens.
+        ListopsTokens::Lra => source
+            .split(|c: char| !(c.is_alphanumeric() || c == '_'))
+            .filter(|word| !word.is_empty())
+            .map(|word| match word {
+                "MIN" | "MAX" | "MED" | "SM" => id(&format!("[{word}")),
+                _ => id(word),
+            })
+            .collect(),
+        ListopsTokens::Bracketed => source
+            .split_whitespace()
+            .filter(|token| *token != "(" && *token != ")")
+            .map(id)
+            .collect(),
+    }
 }
 
-/// Reads an LRA ListOps TSV (`Source\tTarget` header, one example per line). Errors name the
-/// file and line.
-pub fn read_tsv(path: &Path) -> Result<Vec<SequenceItem>, String> {
+/// Reads an LRA ListOps TSV (`Source\tTarget` header, one example per line), tokenized as
+/// `tokens` says. Errors name the file and line.
+pub fn read_tsv(path: &Path, tokens: ListopsTokens) -> Result<Vec<SequenceItem>, String> {
     let file = std::fs::File::open(path).map_err(|err| format!("{}: {err}", path.display()))?;
     let mut items = Vec::new();
     for (index, line) in BufReader::new(file).lines().enumerate() {
@@ -206,12 +225,12 @@ pub fn read_tsv(path: &Path) -> Result<Vec<SequenceItem>, String> {
             .ok()
             .filter(|label| *label < 10)
             .ok_or_else(|| at(format!("target \"{}\" is not a digit 0-9", target.trim())))?;
-        let tokens = tokenize(source).map_err(at)?;
-        if tokens.is_empty() {
+        let ids = tokenize(source, tokens).map_err(at)?;
+        if ids.is_empty() {
             return Err(at("empty source".into()));
         }
         items.push(SequenceItem {
-            tokens,
+            tokens: ids,
             label: label as u32,
         });
     }

@@ -8,6 +8,7 @@ pub mod masking;
 pub mod retrieval;
 pub mod rng;
 pub mod storage;
+pub mod stream;
 pub mod text;
 
 use serde::{Deserialize, Serialize};

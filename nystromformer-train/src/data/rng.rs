@@ -29,3 +29,9 @@ impl SplitMix64 {
         lo + (self.next_u64() % (hi - lo + 1) as u64) as usize
     }
 }
+
+/// A seed for the `index`-th member of a family (a pass, a batch, an epoch) derived from `seed`:
+/// members get unrelated streams, and each depends on nothing but `(seed, index)`.
+pub fn mix(seed: u64, index: u64) -> u64 {
+    SplitMix64::new(seed ^ index.wrapping_mul(0xD1B5_4A32_D192_ED03)).next_u64()
+}

@@ -1,12 +1,12 @@
-//! LRA Retrieval's two-tower model: one shared encoder embeds both documents (mean pooling),
-//! and LRA's dual classification head reads `[u, v, u ⊙ v, u − v]` through a ReLU MLP.
+//! LRA Retrieval's two-tower model: one shared encoder embeds both documents, and a head reads
+//! `[u, v, u ⊙ v, u − v]` (LRA's `SCHeadDual`).
 
 use burn::module::Module;
-use burn::nn::{Linear, LinearConfig, Relu};
 use burn::tensor::{Device, Tensor};
 use burn::train::ClassificationOutput;
-use nystromformer::model::{EncoderInput, NystromformerConfig, NystromformerEncoder, Pooling};
+use nystromformer::model::{EncoderInput, NystromformerConfig, NystromformerEncoder};
 
+use super::head::{ClassifierHead, SequencePooling};
 use super::{classification_output, learner_steps};
 use crate::data::batcher::PairBatch;
 
@@ -15,23 +15,25 @@ use crate::data::batcher::PairBatch;
 pub struct DualEncoderClassifier {
     /// The encoder both documents go through.
     pub encoder: NystromformerEncoder,
-    /// `4 · hidden → intermediate` layer of the head.
-    pub dense: Linear,
-    /// `intermediate → classes` layer of the head.
-    pub output: Linear,
-    /// The head's activation.
-    pub activation: Relu,
+    /// The head on `[u, v, u ⊙ v, u − v]` (input `4 · width`).
+    pub head: ClassifierHead,
+    /// How each document is pooled.
+    #[module(skip)]
+    pub pooling: SequencePooling,
 }
 
 impl DualEncoderClassifier {
-    /// A fresh model; the head's hidden width is the encoder's feed-forward width (LRA's
-    /// `transformer_hidden_dim`).
-    pub fn new(config: &NystromformerConfig, num_classes: usize, device: &Device) -> Self {
+    /// A fresh model with `head` (input `4 · hidden_size`) and `pooling`.
+    pub fn new(
+        config: &NystromformerConfig,
+        head: ClassifierHead,
+        pooling: SequencePooling,
+        device: &Device,
+    ) -> Self {
         Self {
             encoder: config.init(device),
-            dense: LinearConfig::new(4 * config.hidden_size, config.intermediate_size).init(device),
-            output: LinearConfig::new(config.intermediate_size, num_classes).init(device),
-            activation: Relu::new(),
+            head,
+            pooling,
         }
     }
 
@@ -41,7 +43,7 @@ impl DualEncoderClassifier {
         let hidden = self
             .encoder
             .forward(EncoderInput::new(batch.tokens).mask_pad(batch.mask_pad));
-        let pooled = Pooling::Mean.forward(hidden, Some(&mask));
+        let pooled = self.pooling.forward(hidden, &mask);
         let pairs = pooled.dims()[0] / 2;
         let first = pooled.clone().narrow(0, 0, pairs);
         let second = pooled.narrow(0, pairs, pairs);
@@ -54,10 +56,7 @@ impl DualEncoderClassifier {
             ],
             1,
         );
-        let logits = self
-            .output
-            .forward(self.activation.forward(self.dense.forward(features)));
-        classification_output(logits, batch.labels)
+        classification_output(self.head.forward(features), batch.labels)
     }
 }
 

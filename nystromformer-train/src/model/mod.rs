@@ -4,6 +4,7 @@
 
 pub mod classifier;
 pub mod dual_encoder;
+pub mod head;
 pub mod masked_lm;
 
 use burn::nn::loss::CrossEntropyLossConfig;

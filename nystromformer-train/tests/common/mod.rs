@@ -31,7 +31,7 @@ pub fn scratch_dir(name: &str) -> PathBuf {
 }
 
 /// `--set` arguments for a tiny model and a short run.
-pub fn tiny_run(total_steps: usize, steps_per_checkpoint: usize) -> Vec<String> {
+pub fn tiny_run(total_steps: usize, eval_frequency: usize) -> Vec<String> {
     [
         "hidden_size=16".to_string(),
         "intermediate_size=32".into(),
@@ -39,7 +39,7 @@ pub fn tiny_run(total_steps: usize, steps_per_checkpoint: usize) -> Vec<String> 
         "batch_size=4".into(),
         "warmup_steps=1".into(),
         format!("total_steps={total_steps}"),
-        format!("steps_per_checkpoint={steps_per_checkpoint}"),
+        format!("eval_frequency={eval_frequency}"),
         "num_workers=0".into(),
     ]
     .into_iter()

@@ -120,6 +120,9 @@ pub enum ConfigError {
     /// The masking score is not a finite negative number.
     #[error("min_float must be finite and negative, got {0}")]
     MinFloat(f64),
+    /// The embeddings' initialisation scale is not a finite positive number.
+    #[error("initializer_range must be finite and positive, got {0}")]
+    InitializerRange(f64),
 }
 
 impl NystromAttentionConfig {

@@ -147,6 +147,7 @@ impl HfNystromformerConfig {
         .with_position_offset(HF_POSITION_OFFSET)
         .with_type_vocab_size(self.type_vocab_size)
         .with_layer_norm_eps(self.layer_norm_eps)
+        .with_initializer_range(self.initializer_range)
         .with_attention(attention)
         .with_num_landmarks(self.num_landmarks)
         .with_pinv_init(if self.inv_coeff_init_option {

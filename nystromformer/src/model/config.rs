@@ -66,10 +66,19 @@ pub struct NystromformerConfig {
     /// Epsilon of every LayerNorm. Default: 1e-5.
     #[config(default = 1e-5)]
     pub layer_norm_eps: f64,
-    /// Pre-norm layers (`x + f(LN(x))`, with a final LayerNorm) instead of BERT's post-norm
-    /// (`LN(x + f(x))`). Default: false.
+    /// Pre-norm layers (`x + f(LN(x))`, with a final LayerNorm after which padded positions are
+    /// zeroed, as in the paper's LRA code) instead of BERT's post-norm (`LN(x + f(x))`).
+    /// Default: false.
     #[config(default = false)]
     pub norm_first: bool,
+    /// A LayerNorm over the summed embeddings (BERT, HF); the paper's LRA model has none.
+    /// Default: true.
+    #[config(default = true)]
+    pub embedding_layer_norm: bool,
+    /// Standard deviation of the normal initialisation of the embedding tables (HF's
+    /// `initializer_range`; the LRA code's 0.02). Default: 0.02.
+    #[config(default = 0.02)]
+    pub initializer_range: f64,
     /// Nyström attention or the exact softmax baseline. Default: [`AttentionMode::Nystrom`].
     #[config(default = "AttentionMode::Nystrom")]
     pub attention: AttentionMode,
@@ -106,6 +115,9 @@ impl NystromformerConfig {
     /// Checks every field.
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.attention_config().validate()?;
+        if !(self.initializer_range.is_finite() && self.initializer_range > 0.0) {
+            return Err(ConfigError::InitializerRange(self.initializer_range));
+        }
         if !(0.0..1.0).contains(&self.hidden_dropout_prob) {
             return Err(ConfigError::Dropout(self.hidden_dropout_prob));
         }

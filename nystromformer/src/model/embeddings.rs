@@ -1,7 +1,9 @@
-//! Token, learned-position and token-type embeddings, summed and normalised.
+//! Token, learned-position and token-type embeddings, summed and (BERT layout) normalised.
 
 use burn::module::Module;
-use burn::nn::{Dropout, DropoutConfig, Embedding, EmbeddingConfig, LayerNorm, LayerNormConfig};
+use burn::nn::{
+    Dropout, DropoutConfig, Embedding, EmbeddingConfig, Initializer, LayerNorm, LayerNormConfig,
+};
 use burn::tensor::{Device, Int, Tensor};
 
 use super::config::NystromformerConfig;
@@ -15,8 +17,8 @@ pub struct Embeddings {
     pub position_embeddings: Embedding,
     /// Token-type embeddings, `[type_vocab_size, hidden]`, if any.
     pub token_type_embeddings: Option<Embedding>,
-    /// LayerNorm over the sum.
-    pub layer_norm: LayerNorm,
+    /// LayerNorm over the sum (`None` without `embedding_layer_norm`).
+    pub layer_norm: Option<LayerNorm>,
     /// Dropout after the LayerNorm.
     pub dropout: Dropout,
     /// Index of the first position.
@@ -27,18 +29,24 @@ impl Embeddings {
     /// Creates the block from the model configuration.
     pub fn new(config: &NystromformerConfig, device: &Device) -> Self {
         let hidden = config.hidden_size;
+        let table = |rows: usize| {
+            EmbeddingConfig::new(rows, hidden)
+                .with_initializer(Initializer::Normal {
+                    mean: 0.0,
+                    std: config.initializer_range,
+                })
+                .init(device)
+        };
         Self {
-            word_embeddings: EmbeddingConfig::new(config.vocab_size, hidden).init(device),
-            position_embeddings: EmbeddingConfig::new(
-                config.max_position_embeddings + config.position_offset,
-                hidden,
-            )
-            .init(device),
+            word_embeddings: table(config.vocab_size),
+            position_embeddings: table(config.max_position_embeddings + config.position_offset),
             token_type_embeddings: (config.type_vocab_size > 0)
-                .then(|| EmbeddingConfig::new(config.type_vocab_size, hidden).init(device)),
-            layer_norm: LayerNormConfig::new(hidden)
-                .with_epsilon(config.layer_norm_eps)
-                .init(device),
+                .then(|| table(config.type_vocab_size)),
+            layer_norm: config.embedding_layer_norm.then(|| {
+                LayerNormConfig::new(hidden)
+                    .with_epsilon(config.layer_norm_eps)
+                    .init(device)
+            }),
             dropout: DropoutConfig::new(config.hidden_dropout_prob).init(),
             position_offset: config.position_offset,
         }
@@ -81,6 +89,9 @@ impl Embeddings {
             let ids = token_type_ids.unwrap_or_else(|| Tensor::zeros([batch, n], &device));
             x = x + token_types.forward(ids);
         }
-        self.dropout.forward(self.layer_norm.forward(x))
+        if let Some(norm) = &self.layer_norm {
+            x = norm.forward(x);
+        }
+        self.dropout.forward(x)
     }
 }

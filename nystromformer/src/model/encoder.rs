@@ -15,7 +15,8 @@ pub struct NystromformerEncoder {
     pub embeddings: Embeddings,
     /// The encoder layers.
     pub layers: Vec<EncoderLayer>,
-    /// Final LayerNorm of pre-norm stacks (`None` for post-norm).
+    /// Final LayerNorm of pre-norm stacks (`None` for post-norm); padded positions are zeroed
+    /// after it.
     pub final_norm: Option<LayerNorm>,
 }
 
@@ -86,8 +87,17 @@ impl NystromformerEncoder {
         for layer in &self.layers {
             x = layer.forward(x, input.mask_pad.as_ref());
         }
-        match &self.final_norm {
-            Some(norm) => norm.forward(x),
+        let Some(norm) = &self.final_norm else {
+            return x;
+        };
+        let x = norm.forward(x);
+        match input.mask_pad {
+            // As the paper's LRA code does (`norm(X) * mask`): padding stays out of any pooling.
+            Some(mask) => {
+                let [batch, n] = mask.dims();
+                let width = x.dims()[2];
+                x.mask_fill(mask.reshape([batch, n, 1]).expand([batch, n, width]), 0.0)
+            }
             None => x,
         }
     }
