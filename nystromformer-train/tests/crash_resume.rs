@@ -16,10 +16,11 @@ use std::hash::{DefaultHasher, Hasher};
 
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::tensor::Tensor;
-use common::{binary, scratch_dir, small_listops, tiny_run};
+use common::{binary, cifar_records, scratch_dir, small_listops, soup, tiny_run, write_aan_pairs};
 use nystromformer::device::choose_device;
 use nystromformer_train::config::ExperimentConfig;
-use nystromformer_train::task::{SequenceClassification, TaskSpec};
+use nystromformer_train::data::rng::SplitMix64;
+use nystromformer_train::task::{DocumentMatching, MaskedLm, SequenceClassification, TaskSpec};
 use nystromformer_train::training::fault::FAULT_ENV;
 
 /// 12 steps, a validation and checkpoint every 3, two data workers.
@@ -67,11 +68,15 @@ impl ModuleVisitor for HashWeights {
 }
 
 fn result(dir: &Path) -> RunResult {
+    result_of::<SequenceClassification>(dir)
+}
+
+fn result_of<T: TaskSpec>(dir: &Path) -> RunResult {
     let mut summary = common::summary(dir);
     summary.as_object_mut().unwrap().remove("seconds");
     let config = ExperimentConfig::load(&dir.join("config.json")).unwrap();
     let device = choose_device("flex").unwrap();
-    let model = SequenceClassification::load_trained(&config, dir, &device).unwrap();
+    let model = T::load_trained(&config, dir, &device).unwrap();
     let mut weights = HashWeights(DefaultHasher::new());
     model.visit(&mut weights);
     RunResult {
@@ -228,4 +233,87 @@ fn a_failed_checkpoint_write_fails_the_run_and_resume_recovers() {
     assert!(resumed.status.success(), "{}", stderr(&resumed));
     assert_eq!(common::summary(&dir)["steps"], 12);
     std::fs::remove_dir_all(&dir).ok();
+}
+
+/// A run of `task` on `data`: 8 steps, a validation every 2.
+fn task_run(task: &str, data: &Path, dir: &Path, extra: &[&str]) -> Command {
+    let mut command = binary();
+    command
+        .args(["train", task, "--headless", "--artifact-dir"])
+        .arg(dir)
+        .args(["--set", &format!("data_dir={}", data.display())])
+        .args(tiny_run(8, 2))
+        .args(["--set", "max_len=64", "--set", "num_workers=2"])
+        .args(extra);
+    command
+}
+
+fn killed_and_resumed_equals_reference<T: TaskSpec>(task: &str, data: &Path, root: &Path) {
+    let reference = root.join(format!("{task}-reference"));
+    let done = output(&mut task_run(task, data, &reference, &[]));
+    assert!(done.status.success(), "{task}: {}", stderr(&done));
+    let dir = root.join(format!("{task}-killed"));
+    let first = output(task_run(task, data, &dir, &[]).env(FAULT_ENV, "kill-after-step:5"));
+    assert!(killed(&first), "{task}: {}", stderr(&first));
+    let resumed = output(&mut task_run(task, data, &dir, &["--resume"]));
+    assert!(resumed.status.success(), "{task}: {}", stderr(&resumed));
+    assert_eq!(result_of::<T>(&dir), result_of::<T>(&reference), "{task}");
+}
+
+#[test]
+fn every_task_resumes_to_the_uninterrupted_result() {
+    let root = scratch_dir("crash-tasks");
+    let mut rng = SplitMix64::new(4);
+
+    let text = root.join("text");
+    std::fs::create_dir_all(&text).unwrap();
+    for (name, count) in [("train", 24), ("valid", 6), ("test", 6)] {
+        let rows: String = (0..count)
+            .map(|i| format!("{}\t{}\n", soup(&mut rng, 6), ["pos", "neg"][i % 2]))
+            .collect();
+        std::fs::write(
+            text.join(format!("{name}.tsv")),
+            format!("text\tlabel\n{rows}"),
+        )
+        .unwrap();
+    }
+    killed_and_resumed_equals_reference::<SequenceClassification>("text", &text, &root);
+
+    let aan = root.join("aan");
+    write_aan_pairs(&aan, &mut rng, [24, 6, 6]);
+    killed_and_resumed_equals_reference::<DocumentMatching>("retrieval", &aan, &root);
+
+    let cifar = root.join("cifar");
+    std::fs::create_dir_all(&cifar).unwrap();
+    for index in 1..=5 {
+        let records = cifar_records(6, &mut rng);
+        std::fs::write(cifar.join(format!("data_batch_{index}.bin")), records).unwrap();
+    }
+    std::fs::write(cifar.join("test_batch.bin"), cifar_records(6, &mut rng)).unwrap();
+    let image = |dir: &Path, extra: &[&str]| {
+        let mut all = vec!["--set", "valid_size=6", "--set", "max_len=1024"];
+        all.extend_from_slice(extra);
+        task_run("image", &cifar, dir, &all)
+    };
+    let reference = root.join("image-reference");
+    assert!(output(&mut image(&reference, &[])).status.success());
+    let dir = root.join("image-killed");
+    assert!(killed(&output(
+        image(&dir, &[]).env(FAULT_ENV, "kill-after-step:5")
+    )));
+    assert!(output(&mut image(&dir, &["--resume"])).status.success());
+    assert_eq!(
+        result_of::<SequenceClassification>(&dir),
+        result_of::<SequenceClassification>(&reference),
+        "image"
+    );
+
+    // Masked-LM: fresh masks per batch, drawn from (seed, batch).
+    let corpus = root.join("corpus");
+    std::fs::create_dir_all(&corpus).unwrap();
+    for (name, words) in [("train", 600), ("valid", 100), ("test", 100)] {
+        std::fs::write(corpus.join(format!("{name}.txt")), soup(&mut rng, words)).unwrap();
+    }
+    killed_and_resumed_equals_reference::<MaskedLm>("mlm", &corpus, &root);
+    std::fs::remove_dir_all(&root).ok();
 }

@@ -6,10 +6,10 @@ mod common;
 use std::path::Path;
 
 use common::{
-    binary, eval_error, eval_json, last_json_line, run_ok, scratch_dir, small_listops, summary,
-    tiny_run,
+    binary, cifar_records, eval_error, eval_json, last_json_line, run_ok, scratch_dir,
+    small_listops, soup, summary, tiny_run, write_aan_pairs,
 };
-use nystromformer_train::data::image::{PIXELS, RECORD_BYTES};
+use nystromformer_train::data::image::RECORD_BYTES;
 use nystromformer_train::data::rng::SplitMix64;
 use nystromformer_train::training::last_checkpoint;
 
@@ -35,33 +35,12 @@ fn assert_trained(dir: &Path, run: &serde_json::Value, test_count: usize) {
     assert!(run["test"]["loss"].as_f64().unwrap().is_finite(), "{run}");
 }
 
-/// A word soup of `words` words from a seeded stream.
-fn soup(rng: &mut SplitMix64, words: usize) -> String {
-    const WORDS: [&str; 8] = [
-        "graph", "neural", "parser", "corpus", "tree", "vector", "kernel", "lattice",
-    ];
-    (0..words)
-        .map(|_| WORDS[rng.range(0, WORDS.len() - 1)])
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
 #[test]
 fn retrieval_trains_on_aan_pairs_and_evaluates() {
     let dir = scratch_dir("retrieval");
     let data = dir.join("aan");
     std::fs::create_dir_all(&data).unwrap();
-    let mut rng = SplitMix64::new(1);
-    for (name, count) in [("train", 32), ("eval", 8), ("test", 12)] {
-        let lines: String = (0..count)
-            .map(|i| {
-                let label = if i % 2 == 0 { "1.0" } else { "0.0" };
-                let (a, b) = (soup(&mut rng, 12), soup(&mut rng, 9));
-                format!("{label}\tdoc{i}a\tdoc{i}b\t{a}\t{b}\n")
-            })
-            .collect();
-        std::fs::write(data.join(format!("new_aan_pairs.{name}.tsv")), lines).unwrap();
-    }
+    write_aan_pairs(&data, &mut SplitMix64::new(1), [32, 8, 12]);
     let run_dir = dir.join("run");
     let run = train("retrieval", &run_dir, &data, &["--set", "max_len=64"]);
     assert_trained(&run_dir, &run, 12);
@@ -77,17 +56,6 @@ fn retrieval_trains_on_aan_pairs_and_evaluates() {
         "{stderr}"
     );
     std::fs::remove_dir_all(&dir).ok();
-}
-
-/// CIFAR-10 binary records whose class decides the brightness.
-fn cifar_records(count: usize, rng: &mut SplitMix64) -> Vec<u8> {
-    let mut bytes = Vec::with_capacity(count * RECORD_BYTES);
-    for i in 0..count {
-        let label = (i % 10) as u8;
-        bytes.push(label);
-        bytes.extend((0..3 * PIXELS).map(|_| (label as usize * 25 + rng.range(0, 5)) as u8));
-    }
-    bytes
 }
 
 #[test]

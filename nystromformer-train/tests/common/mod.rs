@@ -4,6 +4,9 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use nystromformer_train::data::image::{PIXELS, RECORD_BYTES};
+use nystromformer_train::data::rng::SplitMix64;
+
 /// The binary on the flex device.
 pub fn binary() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_nystromformer-train"));
@@ -97,4 +100,42 @@ pub fn eval_error(artifact_dir: &Path, data: &Path) -> String {
 pub fn summary(artifact_dir: &Path) -> serde_json::Value {
     let text = std::fs::read_to_string(artifact_dir.join("summary.json")).unwrap();
     serde_json::from_str(&text).unwrap()
+}
+
+/// A word soup of `words` words from a seeded stream.
+pub fn soup(rng: &mut SplitMix64, words: usize) -> String {
+    const WORDS: [&str; 8] = [
+        "graph", "neural", "parser", "corpus", "tree", "vector", "kernel", "lattice",
+    ];
+    (0..words)
+        .map(|_| WORDS[rng.range(0, WORDS.len() - 1)])
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// CIFAR-10 binary records whose class decides the brightness.
+pub fn cifar_records(count: usize, rng: &mut SplitMix64) -> Vec<u8> {
+    let mut bytes = Vec::with_capacity(count * RECORD_BYTES);
+    for i in 0..count {
+        let label = (i % 10) as u8;
+        bytes.push(label);
+        bytes.extend((0..3 * PIXELS).map(|_| (label as usize * 25 + rng.range(0, 5)) as u8));
+    }
+    bytes
+}
+
+/// LRA's AAN pair files (`new_aan_pairs.{train,eval,test}.tsv`) of word soups, alternating
+/// labels, with `counts` pairs per split.
+pub fn write_aan_pairs(dir: &Path, rng: &mut SplitMix64, counts: [usize; 3]) {
+    std::fs::create_dir_all(dir).unwrap();
+    for (name, count) in ["train", "eval", "test"].into_iter().zip(counts) {
+        let lines: String = (0..count)
+            .map(|i| {
+                let label = if i % 2 == 0 { "1.0" } else { "0.0" };
+                let (a, b) = (soup(rng, 12), soup(rng, 9));
+                format!("{label}\tdoc{i}a\tdoc{i}b\t{a}\t{b}\n")
+            })
+            .collect();
+        std::fs::write(dir.join(format!("new_aan_pairs.{name}.tsv")), lines).unwrap();
+    }
 }
