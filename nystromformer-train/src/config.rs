@@ -485,7 +485,16 @@ impl ExperimentConfig {
         )
         .with_hidden_act(Activation::Gelu)
         .with_hidden_dropout_prob(self.dropout)
-        .with_attention_probs_dropout_prob(self.dropout)
+        .with_attention_probs_dropout_prob(match self.architecture {
+            // LRA's Nyström attention has no dropout of its own (its softmax baseline drops
+            // attention probabilities, which the library does not offer).
+            Architecture::Lra => 0.0,
+            Architecture::Hf => self.dropout,
+        })
+        .with_intermediate_dropout_prob(match self.architecture {
+            Architecture::Lra => self.dropout,
+            Architecture::Hf => 0.0,
+        })
         .with_max_position_embeddings(self.max_len)
         .with_type_vocab_size(0)
         .with_attention(self.attention)

@@ -49,10 +49,6 @@ fn train(dir: &Path, extra: &[&str]) -> std::process::Output {
         .expect("the binary runs")
 }
 
-fn weights(dir: &Path) -> Vec<u8> {
-    std::fs::read(dir.join("model.bpk")).expect("model.bpk written")
-}
-
 #[test]
 fn train_checkpoints_resumes_and_evaluates() {
     let dir = std::env::temp_dir().join(format!("nystromformer-train-run-{}", std::process::id()));

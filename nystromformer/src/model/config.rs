@@ -51,6 +51,10 @@ pub struct NystromformerConfig {
     /// Dropout on embeddings and residual branches. Default: 0.1.
     #[config(default = 0.1)]
     pub hidden_dropout_prob: f64,
+    /// Dropout after the feed-forward activation (the paper's LRA model has it, BERT and HF
+    /// do not). Default: 0.
+    #[config(default = 0.0)]
+    pub intermediate_dropout_prob: f64,
     /// Dropout on the attention context. Default: 0.1.
     #[config(default = 0.1)]
     pub attention_probs_dropout_prob: f64,
@@ -118,8 +122,10 @@ impl NystromformerConfig {
         if !(self.initializer_range.is_finite() && self.initializer_range > 0.0) {
             return Err(ConfigError::InitializerRange(self.initializer_range));
         }
-        if !(0.0..1.0).contains(&self.hidden_dropout_prob) {
-            return Err(ConfigError::Dropout(self.hidden_dropout_prob));
+        for dropout in [self.hidden_dropout_prob, self.intermediate_dropout_prob] {
+            if !(0.0..1.0).contains(&dropout) {
+                return Err(ConfigError::Dropout(dropout));
+            }
         }
         Ok(())
     }

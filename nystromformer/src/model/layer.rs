@@ -23,6 +23,8 @@ pub struct EncoderLayer {
     pub output_norm: LayerNorm,
     /// Dropout on both residual branches.
     pub dropout: Dropout,
+    /// Dropout after the feed-forward activation (`intermediate_dropout_prob`).
+    pub intermediate_dropout: Dropout,
     /// Feed-forward activation.
     #[module(skip)]
     pub activation: Activation,
@@ -42,6 +44,7 @@ impl EncoderLayer {
             output: LinearConfig::new(config.intermediate_size, config.hidden_size).init(device),
             output_norm: norm.init(device),
             dropout: DropoutConfig::new(config.hidden_dropout_prob).init(),
+            intermediate_dropout: DropoutConfig::new(config.intermediate_dropout_prob).init(),
             activation: config.hidden_act,
             norm_first: config.norm_first,
         }
@@ -73,6 +76,7 @@ impl EncoderLayer {
 
     fn feed_forward(&self, x: Tensor<3>) -> Tensor<3> {
         let h = self.activation.forward(self.intermediate.forward(x));
+        let h = self.intermediate_dropout.forward(h);
         self.dropout.forward(self.output.forward(h))
     }
 }
