@@ -16,7 +16,7 @@ use crate::config::{ExperimentConfig, Task};
 use crate::data::SequenceItem;
 use crate::data::batcher::{ClassificationBatcher, PairBatcher};
 use crate::data::corpus::{TextChunk, find_corpus, read_corpus};
-use crate::data::listops::{generate, read_tsv, tokenize};
+use crate::data::listops::{examples, read_tsv, tokenize};
 use crate::data::masking::MaskedLmBatcher;
 use crate::data::retrieval::{PairItem, read_pairs};
 use crate::data::text::{find_split, label_set, load_split, read_records};
@@ -171,8 +171,8 @@ fn listops_splits(config: &ExperimentConfig) -> Result<Splits<SequenceItem>, Str
     }
     let generator = config.generator();
     let make = |count: usize, seed: u64| -> Vec<SequenceItem> {
-        generate(count, seed, &generator)
-            .into_iter()
+        examples(seed, &generator)
+            .take(count)
             .map(|(tree, text)| SequenceItem {
                 tokens: tokenize(&text, config.listops_tokens).expect("generated tokens are known"),
                 label: tree.value() as u32,

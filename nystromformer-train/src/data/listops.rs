@@ -159,18 +159,26 @@ impl Tree {
 
 /// Generates `count` examples whose lengths lie strictly between the bounds.
 pub fn generate(count: usize, seed: u64, config: &GeneratorConfig) -> Vec<(Tree, String)> {
+    examples(seed, config).take(count).collect()
+}
+
+/// The endless stream of examples [`generate`] takes from: trees by LRA's rules whose lengths
+/// lie strictly between the bounds, each with its LRA text. One at a time, so that a caller that
+/// keeps only token ids never holds 96 000 trees.
+pub fn examples(seed: u64, config: &GeneratorConfig) -> impl Iterator<Item = (Tree, String)> {
     let mut rng = SplitMix64::new(seed);
-    let mut out = Vec::with_capacity(count);
-    while out.len() < count {
-        // LRA grows trees from depth 1 (`generate_tree(1, …)`), so values appear at depth 10.
-        let tree = Tree::random(&mut rng, 1, config);
-        let len = tree.len();
-        if len > config.min_len && len < config.max_len {
-            let text = tree.to_lra_string();
-            out.push((tree, text));
+    let config = *config;
+    std::iter::from_fn(move || {
+        loop {
+            // LRA grows trees from depth 1 (`generate_tree(1, …)`), so values appear at depth 10.
+            let tree = Tree::random(&mut rng, 1, &config);
+            let len = tree.len();
+            if len > config.min_len && len < config.max_len {
+                let text = tree.to_lra_string();
+                return Some((tree, text));
+            }
         }
-    }
-    out
+    })
 }
 
 /// Turns a `Source` string into token ids, as `tokens` says.
