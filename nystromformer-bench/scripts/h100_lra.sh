@@ -2,7 +2,7 @@
 # The LRA ListOps preset on an H100 through wgpu (Vulkan), one leg per device session.
 #
 # A full run (5 000 steps) does not fit one session's device time, so legs chain through
-# `--stop-at-step` and `--resume`: each leg trains to the next checkpoint boundary it can reach
+# `--stop-at-step` and `--resume` (which also starts the run when there is none): each leg trains to the next checkpoint boundary it can reach
 # (STOP, default: 1 000 steps further) and returns the whole artifact directory, checkpoints
 # included, as $OUT/h100/lra-run.tgz. For the next leg, copy that file to .lra-run/lra-run.tgz
 # (ignored by git) and carry `.lra-run` with `.gl` and `.devbin`. Data are regenerated from the
@@ -13,21 +13,19 @@ LIMIT=${LIMIT:-420}
 ADVANCE=${ADVANCE:-1000}
 DIR=/tmp/lra
 mkdir -p "$DIR"
-RESUME=()
 DONE=0
 if [ -f .lra-run/lra-run.tgz ]; then
     tar xzf .lra-run/lra-run.tgz -C "$DIR"
-    RESUME=(--resume)
-    # Steps done so far: the newest checkpoint epoch times the steps per checkpoint.
-    EPOCH=$(ls "$DIR/checkpoint" | sed -n 's/^model-\([0-9]*\)\.bpk$/\1/p' | sort -n | tail -1)
-    PER=$(sed -n 's/.*"eval_frequency": *\([0-9]*\).*/\1/p' "$DIR/config.json")
-    DONE=$((EPOCH * PER))
+    # Steps done so far: the newest run state's step (the binary itself resumes from the newest
+    # complete checkpoint, which this is unless that leg was killed while writing it).
+    STATE=$(ls -v "$DIR"/checkpoint/state-*.json 2>/dev/null | tail -1)
+    [ -n "$STATE" ] && DONE=$(sed -n 's/^  "step": *\([0-9]*\).*/\1/p' "$STATE")
 fi
 STOP=${STOP:-$((DONE + ADVANCE))}
 echo "leg from step $DONE to $STOP" | tee "$R/lra-train.log"
-# SET: extra `--set key=value` arguments for a first leg (a resumed leg keeps its config.json).
+# SET: extra `--set key=value` arguments; a resumed leg accepts them only if config.json agrees.
 timeout "$LIMIT" nystromformer-train --device "${DEVICE:-wgpu}" train listops --preset lra \
-    --headless --artifact-dir "$DIR" "${RESUME[@]}" --stop-at-step "$STOP" ${SET:-} \
+    --headless --artifact-dir "$DIR" --resume --stop-at-step "$STOP" ${SET:-} \
     >> "$R/lra-train.log" 2>&1
 echo "exit $?" >> "$R/lra-train.log"
 tar czf "$R/lra-run.tgz" -C "$DIR" .

@@ -220,19 +220,25 @@ fn kills_from_outside_while_checkpointing_and_a_chain_of_legs_end_the_same() {
 
 #[test]
 fn a_failed_checkpoint_write_fails_the_run_and_resume_recovers() {
-    let dir = scratch_dir("crash-disk-full");
-    let failed = output(run(&dir, &[]).env(FAULT_ENV, "fail-writing:scheduler-2"));
-    let log = stderr(&failed);
-    assert!(!failed.status.success(), "a failed write must fail the run");
-    assert!(
-        log.contains("no space left on device") && log.contains("--resume continues"),
-        "{log}"
-    );
-    assert!(!dir.join("summary.json").exists() && !dir.join("model.bpk").exists());
-    let resumed = output(&mut run(&dir, &["--resume"]));
-    assert!(resumed.status.success(), "{}", stderr(&resumed));
-    assert_eq!(common::summary(&dir)["steps"], 12);
-    std::fs::remove_dir_all(&dir).ok();
+    // A checkpoint in the middle of the run, and the last one.
+    for fault in ["fail-writing:scheduler-2", "fail-writing:model-4"] {
+        let dir = scratch_dir("crash-disk-full");
+        let failed = output(run(&dir, &[]).env(FAULT_ENV, fault));
+        let log = stderr(&failed);
+        assert!(
+            !failed.status.success(),
+            "{fault}: a failed write must fail the run"
+        );
+        assert!(
+            log.contains("no space left on device") && log.contains("--resume continues"),
+            "{fault}: {log}"
+        );
+        assert!(!dir.join("summary.json").exists() && !dir.join("model.bpk").exists());
+        let resumed = output(&mut run(&dir, &["--resume"]));
+        assert!(resumed.status.success(), "{fault}: {}", stderr(&resumed));
+        assert_eq!(common::summary(&dir)["steps"], 12);
+        std::fs::remove_dir_all(&dir).ok();
+    }
 }
 
 /// A run of `task` on `data`: 8 steps, a validation every 2.

@@ -53,3 +53,58 @@ fn dashboard_renders_in_a_terminal_and_exits() {
         );
     }
 }
+
+#[test]
+fn quitting_the_dashboard_fails_the_run_and_writes_nothing_final() {
+    if Command::new("script").arg("--version").output().is_err() {
+        let _ = writeln!(
+            std::io::stderr(),
+            "SKIPPED: `script` (util-linux) is not installed"
+        );
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("nystromformer-tui-quit-{}", std::process::id()));
+    let typescript = dir.with_extension("typescript");
+    std::fs::remove_dir_all(&dir).ok();
+    let train = format!(
+        "stty cols 120 rows 40; {} --device flex train listops --artifact-dir {} --set train_size=256 \
+         --set valid_size=32 --set test_size=32 --set min_len=5 --set max_len=40 \
+         --set total_steps=100000 --set warmup_steps=4 --set eval_frequency=20 --set num_workers=0",
+        env!("CARGO_BIN_EXE_nystromformer-train"),
+        dir.display()
+    );
+    let mut child = Command::new("script")
+        .args(["-qfec", &train])
+        .arg(&typescript)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("script runs");
+    // Once training is under way: `q` opens the quit popup, `s` stops the training.
+    while !dir.join("checkpoint/state-2.json").exists() {
+        assert!(child.try_wait().unwrap().is_none(), "the run ended early");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let mut keys = child.stdin.take().unwrap();
+    keys.write_all(b"q").unwrap();
+    keys.flush().unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    keys.write_all(b"s").unwrap();
+    keys.flush().unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    drop(keys);
+    let status = child.wait().unwrap();
+    let screen = String::from_utf8_lossy(&std::fs::read(&typescript).unwrap()).into_owned();
+    std::fs::remove_file(&typescript).ok();
+    let finished = dir.join("summary.json").exists() || dir.join("model.bpk").exists();
+    let resumable = nystromformer_train::training::last_checkpoint(&dir).is_some();
+    std::fs::remove_dir_all(&dir).ok();
+    assert!(!status.success(), "a stopped run must fail: {status}");
+    assert!(!finished, "nothing final after a stop");
+    assert!(resumable, "its checkpoints stay for --resume");
+    assert!(
+        screen.contains("training interrupted") && screen.contains("--resume continues"),
+        "{}",
+        &screen[screen.len().saturating_sub(2000)..]
+    );
+}

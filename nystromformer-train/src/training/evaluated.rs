@@ -53,6 +53,10 @@ pub struct EvaluatedTraining<T: TaskSpec> {
     pub artifact_dir: PathBuf,
     /// The run so far: starts from the resumed checkpoint's state.
     pub state: Mutex<RunState>,
+    /// Why training stopped before its last epoch, if it did: `failed: …` or `interrupted
+    /// (…)`. Kept here because burn-train's dashboard resets the interrupter when training
+    /// ends, and with it the stop that [`LearningResult`](burn::train::LearningResult) reports.
+    pub stopped: Mutex<Option<String>>,
 }
 
 impl<T: TaskSpec> EvaluatedTraining<T> {
@@ -314,6 +318,21 @@ where
             ) {
                 break;
             }
+        }
+        // Wait for burn-train's threads to write the last checkpoint: a failed write stops
+        // the run as one during training does.
+        drop(checkpointer);
+        if interrupter.should_stop() {
+            let why = match interrupter.error() {
+                Some(error) => format!("failed: {error}"),
+                None => format!(
+                    "interrupted ({})",
+                    interrupter
+                        .get_message()
+                        .unwrap_or_else(|| "stop requested".into())
+                ),
+            };
+            *self.stopped.lock().expect("never poisoned") = Some(why);
         }
         (learner.model(), processor)
     }

@@ -322,6 +322,7 @@ fn train_task<T: TaskSpec + 'static>(
         seed: config.seed,
         artifact_dir: dir.clone(),
         state: Mutex::new(state),
+        stopped: Mutex::new(None),
     };
     let strategy = Arc::new(strategy);
     // The strategy reads its own ranges of the two sources; these loaders describe the run.
@@ -370,15 +371,17 @@ fn train_task<T: TaskSpec + 'static>(
         ),
         None => "there is no complete checkpoint yet; --resume starts the run again".into(),
     };
-    if let Some(error) = result.error {
-        return Err(format!("training failed: {error}; {}", resume_hint()));
-    }
-    if let Some(stop) = result.interrupted {
-        return Err(format!(
-            "training interrupted ({}); {}",
-            stop.reason.as_deref().unwrap_or("stop requested"),
-            resume_hint()
-        ));
+    let stopped = strategy.stopped.lock().expect("never poisoned").take();
+    let stopped = stopped.or_else(|| match (result.error, result.interrupted) {
+        (Some(error), _) => Some(format!("failed: {error}")),
+        (None, Some(stop)) => Some(format!(
+            "interrupted ({})",
+            stop.reason.as_deref().unwrap_or("stop requested")
+        )),
+        (None, None) => None,
+    });
+    if let Some(why) = stopped {
+        return Err(format!("training {why}; {}", resume_hint()));
     }
     let state = strategy.state.lock().expect("never poisoned").clone();
     if state.step < config.total_steps {
