@@ -4,14 +4,22 @@
 use std::io::Write;
 use std::process::Command;
 
-#[test]
-fn dashboard_renders_in_a_terminal_and_exits() {
-    // util-linux's `script` gives the child a pseudo-terminal.
-    if Command::new("script").arg("--version").output().is_err() {
+/// Whether util-linux's `script`, which gives the child a pseudo-terminal, is installed (else
+/// the test says it is skipped).
+fn script_available() -> bool {
+    let found = Command::new("script").arg("--version").output().is_ok();
+    if !found {
         let _ = writeln!(
             std::io::stderr(),
             "SKIPPED: `script` (util-linux) is not installed"
         );
+    }
+    found
+}
+
+#[test]
+fn dashboard_renders_in_a_terminal_and_exits() {
+    if !script_available() {
         return;
     }
     let dir = std::env::temp_dir().join(format!("nystromformer-tui-{}", std::process::id()));
@@ -56,11 +64,7 @@ fn dashboard_renders_in_a_terminal_and_exits() {
 
 #[test]
 fn quitting_the_dashboard_fails_the_run_and_writes_nothing_final() {
-    if Command::new("script").arg("--version").output().is_err() {
-        let _ = writeln!(
-            std::io::stderr(),
-            "SKIPPED: `script` (util-linux) is not installed"
-        );
+    if !script_available() {
         return;
     }
     let dir = std::env::temp_dir().join(format!("nystromformer-tui-quit-{}", std::process::id()));

@@ -170,6 +170,42 @@ impl<I, B> Clone for BatchRange<I, B> {
 }
 
 impl<I, B> BatchRange<I, B> {
+    /// Worker `w` prepares the batches at positions `w, w + W, …` of `indices` into its own
+    /// channel; reading the channels round-robin restores the order. A dropped iterator closes
+    /// the channels, and the workers stop at their next send.
+    fn spawn_workers<O>(
+        &self,
+        indices: &[usize],
+        workers: usize,
+    ) -> Vec<Receiver<Result<O, DatasetError>>>
+    where
+        I: Send + Sync + Clone + 'static,
+        B: Batcher<I, O> + Send + 'static,
+        O: Send + 'static,
+    {
+        (0..workers.min(indices.len().max(1)))
+            .map(|worker| {
+                let (sender, receiver) = sync_channel(2);
+                let source = self.source.clone();
+                let device = self.device.clone();
+                let mine: Vec<usize> = indices
+                    .iter()
+                    .copied()
+                    .skip(worker)
+                    .step_by(workers)
+                    .collect();
+                std::thread::spawn(move || {
+                    for index in mine {
+                        if sender.send(source.batch(index, &device)).is_err() {
+                            return;
+                        }
+                    }
+                });
+                receiver
+            })
+            .collect()
+    }
+
     /// Batches `first + k·stride` for `k < count`.
     pub fn new(
         source: Arc<BatchSource<I, B>>,
@@ -200,49 +236,16 @@ where
         let indices: Vec<usize> = (0..self.count)
             .map(|k| self.first + k * self.stride)
             .collect();
-        let items_total = self.num_items();
-        if self.workers == 0 {
-            return Box::new(RangeIter {
-                next: Next::Inline(self.source.clone(), self.device.clone()),
-                indices,
-                done: 0,
-                items_done: 0,
-                items_total,
-                batch_size: self.source.batch_size,
-                len: self.source.len(),
-                order: self.source.order,
-            });
-        }
-        // Worker `w` prepares the batches at positions `w, w + W, …` into its own channel;
-        // reading the channels round-robin restores the order. A dropped iterator closes the
-        // channels, and the workers stop at their next send.
-        let receivers = (0..self.workers.min(self.count.max(1)))
-            .map(|worker| {
-                let (sender, receiver) = sync_channel(2);
-                let source = self.source.clone();
-                let device = self.device.clone();
-                let mine: Vec<usize> = indices
-                    .iter()
-                    .copied()
-                    .skip(worker)
-                    .step_by(self.workers)
-                    .collect();
-                std::thread::spawn(move || {
-                    for index in mine {
-                        if sender.send(source.batch(index, &device)).is_err() {
-                            return;
-                        }
-                    }
-                });
-                receiver
-            })
-            .collect();
+        let next = match self.workers {
+            0 => Next::Inline(self.source.clone(), self.device.clone()),
+            workers => Next::Workers(self.spawn_workers(&indices, workers)),
+        };
         Box::new(RangeIter::<I, B, O> {
-            next: Next::Workers(receivers),
+            next,
             indices,
             done: 0,
             items_done: 0,
-            items_total,
+            items_total: self.num_items(),
             batch_size: self.source.batch_size,
             len: self.source.len(),
             order: self.source.order,

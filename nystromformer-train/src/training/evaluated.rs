@@ -102,14 +102,7 @@ impl<T: TaskSpec> EvaluatedTraining<T> {
     ) -> usize {
         let mut batches = DataLoader::<T::Batch>::iter(range);
         let mut steps = 0;
-        while let Some(batch) = batches.next() {
-            let batch = match batch {
-                Ok(batch) => batch,
-                Err(err) => {
-                    interrupter.fail(err);
-                    break;
-                }
-            };
+        while let Some(batch) = next_batch(batches.as_mut(), interrupter) {
             let output = learner.train_step(batch);
             learner.lr_step();
             learner.optimizer_step(output.grads);
@@ -205,14 +198,7 @@ impl<T: TaskSpec> EvaluatedTraining<T> {
         );
         let mut batches = DataLoader::<T::Batch>::iter(&range);
         let (mut tally, mut iteration) = (Tally::default(), 0);
-        while let Some(batch) = batches.next() {
-            let batch = match batch {
-                Ok(batch) => batch,
-                Err(err) => {
-                    interrupter.fail(err);
-                    break;
-                }
-            };
+        while let Some(batch) = next_batch(batches.as_mut(), interrupter) {
             let output: ClassificationOutput = InferenceStep::step(&model, batch);
             tally.add(&output);
             iteration += 1;
@@ -259,6 +245,21 @@ impl<T: TaskSpec> EvaluatedTraining<T> {
                 interrupter.fail(CheckpointerError::IOError(std::io::Error::other(message)));
                 false
             }
+        }
+    }
+}
+
+/// The next batch; `None` at the end, or after failing the run on a batch that could not be
+/// read.
+fn next_batch<O>(
+    batches: &mut (dyn DataLoaderIterator<O> + '_),
+    interrupter: &Interrupter,
+) -> Option<O> {
+    match batches.next()? {
+        Ok(batch) => Some(batch),
+        Err(err) => {
+            interrupter.fail(err);
+            None
         }
     }
 }
