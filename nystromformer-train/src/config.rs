@@ -265,7 +265,7 @@ impl ExperimentConfig {
                 mask_probability: 0.15,
                 storage: Storage::Memory,
                 pad_to_multiple: None,
-                architecture: Architecture::Lra,
+                architecture: Architecture::Hf,
                 listops_tokens: ListopsTokens::Bracketed,
             },
             Preset::Lra => Self {

@@ -1,5 +1,5 @@
-//! The custom CubeCL kernels against the tensor-op stages they replace, on wgpu (lavapipe in CI),
-//! and the whole attention with and without them against flex.
+//! The custom kernels against the tensor-op stages they replace, on wgpu (lavapipe in CI) and
+//! flex (the fused CPU stages), and the whole attention with and without them against flex.
 
 mod common;
 
@@ -33,6 +33,13 @@ fn kernel_device() -> Option<Device> {
     None
 }
 
+/// Every device with custom kernels in this build: flex (with the `flex` feature) and the wgpu
+/// device of [`kernel_device`].
+fn kernel_devices() -> Vec<Device> {
+    let flex = cfg!(feature = "flex-kernels").then(Device::flex);
+    flex.into_iter().chain(kernel_device()).collect()
+}
+
 fn mask(values: Vec<bool>, shape: [usize; 2], device: &Device) -> Tensor<2, Bool> {
     Tensor::from_bool(TensorData::new(values, shape), device)
 }
@@ -46,9 +53,19 @@ fn relative_diff(result: &Tensor<4>, reference: &Tensor<4>) -> f32 {
 }
 
 #[test]
-fn kernels_apply_on_cube_devices_outside_autodiff_only() {
+fn kernels_apply_on_cube_devices_and_flex_outside_autodiff_only() {
     let flex = randn([1, 1, 4, 2], 1.0, 1, &Device::flex());
-    assert!(!custom_kernels_apply(&flex), "flex has no CubeCL kernels");
+    assert_eq!(custom_kernels_apply(&flex), cfg!(feature = "flex-kernels"));
+    let tracked = randn([1, 1, 4, 2], 1.0, 1, &Device::flex().autodiff());
+    assert!(
+        !custom_kernels_apply(&tracked),
+        "autodiff takes the tensor ops"
+    );
+    let square = randn([1, 1, 4, 4], 1.0, 2, &Device::flex());
+    assert!(
+        fused_pinv(&square, 2, PinvInit::Exact).is_none(),
+        "flex has no pseudo-inverse kernel"
+    );
     let Some(device) = kernel_device() else {
         return;
     };
@@ -93,10 +110,18 @@ fn fused_pinv_matches_the_tensor_op_iteration() {
 
 #[test]
 fn fused_landmark_attention_matches_softmax_times_weights() {
-    let Some(device) = kernel_device() else {
-        return;
-    };
-    let [batch, heads, n, d, m, d_v] = [3, 2, 37, 16, 5, 8];
+    // One block of query rows, and several with a ragged last one (flex's blocks are 128 rows).
+    for (device, n) in kernel_devices()
+        .into_iter()
+        .flat_map(|device| [(device.clone(), 37), (device, 300)])
+    {
+        landmark_attention_case(&device, n);
+    }
+}
+
+fn landmark_attention_case(device: &Device, n: usize) {
+    let device = device.clone();
+    let [batch, heads, d, m, d_v] = [3, 2, 16, 5, 8];
     let q = randn([batch, heads, n, d], 1.0, 6, &device);
     let keys = randn([batch, heads, m, d], 0.5, 7, &device);
     let weights = randn([batch, heads, m, d_v], 1.0, 8, &device);
@@ -118,7 +143,7 @@ fn fused_landmark_attention_matches_softmax_times_weights() {
         let diff = relative_diff(&fused, &reference);
         assert!(
             diff < 1e-5,
-            "mask {}: relative difference {diff}",
+            "{device:?}, n = {n}, mask {}: relative difference {diff}",
             missing.is_some()
         );
     }
@@ -129,11 +154,15 @@ fn fused_landmark_attention_matches_softmax_times_weights() {
 
 #[test]
 fn fused_landmark_values_match_softmax_times_values() {
-    let Some(device) = kernel_device() else {
-        return;
-    };
+    for device in kernel_devices() {
+        landmark_values_case(&device);
+    }
+}
+
+fn landmark_values_case(device: &Device) {
+    let device = device.clone();
     let [batch, heads, d, m, d_v] = [3, 2, 16, 4, 8];
-    // One chunk of keys, and several with a ragged last one (the kernel's chunks are 256 keys).
+    // One chunk of keys, and several with a ragged last one (the kernels' chunks are 256 keys).
     for n in [37, 600] {
         let queries = randn([batch, heads, m, d], 0.5, 20, &device);
         let k = randn([batch, heads, n, d], 1.0, 21, &device);
@@ -162,7 +191,7 @@ fn fused_landmark_values_match_softmax_times_values() {
             let diff = relative_diff(&fused, &reference);
             assert!(
                 diff < 1e-5,
-                "n = {n}, masks {}: relative difference {diff}",
+                "{device:?}, n = {n}, masks {}: relative difference {diff}",
                 mask_pad.is_some()
             );
         }

@@ -1,18 +1,30 @@
-//! The kernels as a Burn backend extension: one trait method per kernel, which Burn routes by the
-//! device of the tensors to the CubeCL backend (through its fusion backend, which runs a custom
-//! operation at the next flush), and the tensor-level calls of [`super`]'s public functions.
+//! The fused stages as Burn backend extensions, one trait per family: [`LandmarkSoftmaxOps`] (the
+//! two softmax products, on CubeCL devices and on flex) and [`PinvOps`] (the pseudo-inverse, on
+//! CubeCL devices). Burn routes a call by the device of its tensors: to the CubeCL backend
+//! (through its fusion backend, which runs a custom operation at the next flush) or to flex.
+//! Below them, the tensor-level calls of [`super`]'s public functions.
 
 // The macro's expansion names `burn::backend::...` paths.
 use burn::backend::{Backend, Dispatch, DispatchDevice, backend_extension, tensor::FloatTensor};
-use burn::tensor::{Bool, Device, Shape, Tensor};
+#[cfg(feature = "cube-kernels")]
+use burn::tensor::Shape;
+use burn::tensor::{Bool, Device, Tensor};
+#[cfg(feature = "cube-kernels")]
 use burn_cubecl::CubeBackend;
 
+#[cfg(feature = "cube-kernels")]
 use crate::attention::PinvInit;
+#[cfg(feature = "cube-kernels")]
 use crate::attention::pinv::initial_coefficient;
 
-/// Whether `x` lives on a CubeCL device.
+/// Whether `x` lives on a CubeCL device and this build has the CubeCL kernels.
 pub fn on_cube_device(x: &Tensor<4>) -> bool {
-    matches!(x.device().as_dispatch(), DispatchDevice::Cube(_))
+    cfg!(feature = "cube-kernels") && matches!(x.device().as_dispatch(), DispatchDevice::Cube(_))
+}
+
+/// Whether `x` lives on flex and this build has the fused flex stages.
+pub fn on_flex_device(x: &Tensor<4>) -> bool {
+    cfg!(feature = "flex-kernels") && matches!(x.device().as_dispatch(), DispatchDevice::Flex(_))
 }
 
 /// See [`super::fused_landmark_values`].
@@ -27,7 +39,7 @@ pub fn landmark_values(
     let [batch, _, m, _] = landmark_queries.dims();
     let [_, _, n, _] = keys.dims();
     let device = keys.device();
-    Tensor::from_dispatch(<Dispatch as NystromKernelOps>::landmark_values(
+    Tensor::from_dispatch(<Dispatch as LandmarkSoftmaxOps>::landmark_values(
         landmark_queries.clone().into_dispatch(),
         keys.clone().into_dispatch(),
         values.clone().into_dispatch(),
@@ -38,14 +50,21 @@ pub fn landmark_values(
 }
 
 /// See [`super::fused_pinv`].
+#[cfg(feature = "cube-kernels")]
 pub fn pinv(a: &Tensor<4>, iterations: usize, init: PinvInit) -> Tensor<4> {
     let [batch, heads, _, _] = a.dims();
     let coefficient = initial_coefficient(a, init).reshape([batch * heads]);
-    Tensor::from_dispatch(<Dispatch as NystromKernelOps>::pinv(
+    Tensor::from_dispatch(<Dispatch as PinvOps>::pinv(
         a.clone().into_dispatch(),
         coefficient.into_dispatch(),
         iterations,
     ))
+}
+
+/// Flex has no pseudo-inverse kernel: [`super::fused_pinv`] asks for a CubeCL device first.
+#[cfg(not(feature = "cube-kernels"))]
+pub fn pinv(_a: &Tensor<4>, _iterations: usize, _init: crate::attention::PinvInit) -> Tensor<4> {
+    unreachable!("the pseudo-inverse kernel runs on CubeCL devices only")
 }
 
 /// See [`super::fused_landmark_attention`].
@@ -57,7 +76,7 @@ pub fn landmark_attention(
 ) -> Tensor<4> {
     let [batch, _, _, _] = queries.dims();
     let [_, _, m, _] = landmark_keys.dims();
-    Tensor::from_dispatch(<Dispatch as NystromKernelOps>::landmark_attention(
+    Tensor::from_dispatch(<Dispatch as LandmarkSoftmaxOps>::landmark_attention(
         queries.clone().into_dispatch(),
         landmark_keys.clone().into_dispatch(),
         weights.clone().into_dispatch(),
@@ -73,10 +92,13 @@ fn flags(mask: Option<&Tensor<2, Bool>>, shape: [usize; 2], device: &Device) -> 
     }
 }
 
-/// The kernels; masks arrive as `1.0` at `true`, the pseudo-inverse's `c` flattened to
-/// `[batch · heads]`.
-#[backend_extension(Cube, Fusion)]
-pub trait NystromKernelOps: Backend {
+/// The two softmax products; masks arrive as `1.0` at `true`.
+#[backend_extension(
+    Cube: cfg(feature = "cube-kernels"),
+    Fusion: cfg(feature = "cube-kernels"),
+    Flex: cfg(feature = "flex-kernels")
+)]
+pub trait LandmarkSoftmaxOps: Backend {
     /// See [`landmark_values`].
     #[fusion(dtype = landmark_queries, shape = values_shape(landmark_queries, values))]
     fn landmark_values(
@@ -86,14 +108,6 @@ pub trait NystromKernelOps: Backend {
         padding: FloatTensor<Self>,
         missing: FloatTensor<Self>,
         masked_score: f32,
-    ) -> FloatTensor<Self>;
-
-    /// See [`pinv`].
-    #[fusion(dtype = a, shape = a)]
-    fn pinv(
-        a: FloatTensor<Self>,
-        coefficient: FloatTensor<Self>,
-        iterations: usize,
     ) -> FloatTensor<Self>;
 
     /// See [`landmark_attention`].
@@ -106,8 +120,22 @@ pub trait NystromKernelOps: Backend {
     ) -> FloatTensor<Self>;
 }
 
+/// The pseudo-inverse iteration; `c` flattened to `[batch · heads]`.
+#[cfg(feature = "cube-kernels")]
+#[backend_extension(Cube, Fusion)]
+pub trait PinvOps: Backend {
+    /// See [`pinv`].
+    #[fusion(dtype = a, shape = a)]
+    fn pinv(
+        a: FloatTensor<Self>,
+        coefficient: FloatTensor<Self>,
+        iterations: usize,
+    ) -> FloatTensor<Self>;
+}
+
 /// `[batch, heads, m, d_v]` from the landmark queries' `[batch, heads, m, d]` and the values'
 /// `[batch, heads, n, d_v]`.
+#[cfg(feature = "cube-kernels")]
 fn values_shape(landmark_queries: &Shape, values: &Shape) -> Shape {
     Shape::new([
         landmark_queries[0],
@@ -119,11 +147,13 @@ fn values_shape(landmark_queries: &Shape, values: &Shape) -> Shape {
 
 /// `[batch, heads, n, d_v]` from the queries' `[batch, heads, n, d]` and the weights'
 /// `[batch, heads, m, d_v]`.
+#[cfg(feature = "cube-kernels")]
 fn context_shape(queries: &Shape, weights: &Shape) -> Shape {
     Shape::new([queries[0], queries[1], queries[2], weights[3]])
 }
 
-impl NystromKernelOps for CubeBackend {
+#[cfg(feature = "cube-kernels")]
+impl LandmarkSoftmaxOps for CubeBackend {
     fn landmark_values(
         landmark_queries: FloatTensor<Self>,
         keys: FloatTensor<Self>,
@@ -142,14 +172,6 @@ impl NystromKernelOps for CubeBackend {
         )
     }
 
-    fn pinv(
-        a: FloatTensor<Self>,
-        coefficient: FloatTensor<Self>,
-        iterations: usize,
-    ) -> FloatTensor<Self> {
-        super::pinv::launch(a, coefficient, iterations)
-    }
-
     fn landmark_attention(
         queries: FloatTensor<Self>,
         landmark_keys: FloatTensor<Self>,
@@ -157,5 +179,16 @@ impl NystromKernelOps for CubeBackend {
         missing: FloatTensor<Self>,
     ) -> FloatTensor<Self> {
         super::landmark_attention::launch(queries, landmark_keys, weights, missing)
+    }
+}
+
+#[cfg(feature = "cube-kernels")]
+impl PinvOps for CubeBackend {
+    fn pinv(
+        a: FloatTensor<Self>,
+        coefficient: FloatTensor<Self>,
+        iterations: usize,
+    ) -> FloatTensor<Self> {
+        super::pinv::launch(a, coefficient, iterations)
     }
 }

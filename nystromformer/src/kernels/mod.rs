@@ -25,8 +25,10 @@ use burn::tensor::{Bool, DType, Tensor};
 use crate::attention::PinvInit;
 use crate::attention::shape_check::expect_shape;
 
-#[cfg(feature = "cube-kernels")]
+#[cfg(any(feature = "cube-kernels", feature = "flex-kernels"))]
 mod extension;
+#[cfg(feature = "flex-kernels")]
+mod flex;
 #[cfg(feature = "cube-kernels")]
 mod landmark_attention;
 #[cfg(feature = "cube-kernels")]
@@ -37,12 +39,12 @@ mod online_softmax;
 mod pinv;
 
 /// Whether [`nystrom_attention`](crate::nystrom_attention) runs its custom kernels for inputs
-/// like `x` (and `NystromOptions::custom_kernels` is on): a CubeCL device, f32 and no autodiff.
+/// like `x` (and `NystromOptions::custom_kernels` is on): a CubeCL device or flex, f32 and no
+/// autodiff.
 pub fn custom_kernels_apply(x: &Tensor<4>) -> bool {
-    cfg!(feature = "cube-kernels")
-        && x.dtype() == DType::F32
+    x.dtype() == DType::F32
         && !x.is_autodiff()
-        && extension::on_cube_device(x)
+        && (extension::on_cube_device(x) || extension::on_flex_device(x))
 }
 
 /// `softmax(Q̃ Kᵀ) · V` for the landmark queries without the `[m, n]` softmax in memory, as two
@@ -107,7 +109,7 @@ pub fn fused_landmark_values(
 pub fn fused_pinv(a: &Tensor<4>, iterations: usize, init: PinvInit) -> Option<Tensor<4>> {
     let [batch, heads, m, _] = a.dims();
     expect_shape("fused_pinv", "a", &a.dims(), &[batch, heads, m, m]);
-    (custom_kernels_apply(a) && batch * heads <= MAX_PINV_MATRICES)
+    (custom_kernels_apply(a) && extension::on_cube_device(a) && batch * heads <= MAX_PINV_MATRICES)
         .then(|| extension::pinv(a, iterations, init))
 }
 
@@ -153,15 +155,19 @@ pub fn fused_landmark_attention(
         .then(|| extension::landmark_attention(queries, landmark_keys, weights, missing))
 }
 
-/// Without a GPU backend there is nothing to launch: [`custom_kernels_apply`] is false and none
-/// of these is ever called.
-#[cfg(not(feature = "cube-kernels"))]
+/// Without a GPU backend or flex there is nothing to launch: [`custom_kernels_apply`] is false
+/// and none of these is ever called.
+#[cfg(not(any(feature = "cube-kernels", feature = "flex-kernels")))]
 mod extension {
     use super::{Bool, PinvInit, Tensor};
 
     const NOT_COMPILED: &str = "custom kernels are not compiled in (no GPU backend feature)";
 
     pub fn on_cube_device(_x: &Tensor<4>) -> bool {
+        false
+    }
+
+    pub fn on_flex_device(_x: &Tensor<4>) -> bool {
         false
     }
 

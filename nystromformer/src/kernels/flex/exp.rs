@@ -1,0 +1,96 @@
+//! `exp` over a slice in a form the compiler vectorises: flex's softmax calls scalar `expf` per
+//! element, a fifth of its forward profile.
+//!
+//! Cephes' method: `x = k·ln 2 + r` with `|r| ≤ ln 2 / 2`, `e^r` by a degree-6 polynomial, `2^k`
+//! by building the float's exponent bits. Relative error below 2e-7 on `[-87, 88]`; inputs
+//! below are clamped to `-87.3` (`e^-87.3 ≈ 1e-38` stands in for 0, which only ever meets sums
+//! of at least one `e^0 = 1`), above to `88.7`.
+
+const LOG2_E: f32 = std::f32::consts::LOG2_E;
+// ln 2 split so that `k · LN2_HI` is exact for |k| < 2^9.
+const LN2_HI: f32 = 0.693_359_4;
+const LN2_LO: f32 = -2.121_944_4e-4;
+// Adding then subtracting 1.5 · 2^23 rounds to the nearest integer without a branch or a call.
+const ROUND: f32 = 12_582_912.0;
+
+/// `e^x`, the polynomial way (see the module).
+#[inline(always)]
+pub fn exp(x: f32) -> f32 {
+    let x = x.clamp(-87.3, 88.7);
+    let k = (x * LOG2_E + ROUND) - ROUND;
+    let r = x - k * LN2_HI - k * LN2_LO;
+    let p = 1.987_569_1e-4;
+    let p = p * r + 1.398_199_9e-3;
+    let p = p * r + 8.333_452e-3;
+    let p = p * r + 4.166_579_6e-2;
+    let p = p * r + 1.666_666_5e-1;
+    let p = p * r + 0.5;
+    let e_r = p * r * r + r + 1.0;
+    let two_k = f32::from_bits(((k as i32 + 127) as u32) << 23);
+    e_r * two_k
+}
+
+/// Replaces every `x` of `values` by `e^(x − shift)` and returns their sum.
+#[inline]
+pub fn exp_shifted_sum(values: &mut [f32], shift: f32) -> f32 {
+    // Two loops: a sum in the same loop as the map would keep both scalar (float addition is
+    // not reassociated), the lanes below let the sum vectorise too.
+    for x in values.iter_mut() {
+        *x = exp(*x - shift);
+    }
+    sum(values)
+}
+
+/// The sum of `values`, eight running sums at a time.
+#[inline]
+pub fn sum(values: &[f32]) -> f32 {
+    let mut lanes = [0.0f32; 8];
+    let chunks = values.chunks_exact(8);
+    let rest: f32 = chunks.remainder().iter().sum();
+    for chunk in chunks {
+        for (lane, x) in lanes.iter_mut().zip(chunk) {
+            *lane += x;
+        }
+    }
+    lanes.iter().sum::<f32>() + rest
+}
+
+/// The largest of `values` (`-inf` for none).
+#[inline]
+pub fn max(values: &[f32]) -> f32 {
+    let mut lanes = [f32::NEG_INFINITY; 8];
+    let chunks = values.chunks_exact(8);
+    let rest = chunks
+        .remainder()
+        .iter()
+        .fold(f32::NEG_INFINITY, |a, b| a.max(*b));
+    for chunk in chunks {
+        for (lane, x) in lanes.iter_mut().zip(chunk) {
+            *lane = lane.max(*x);
+        }
+    }
+    lanes.iter().fold(rest, |a, b| a.max(*b))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn matches_the_standard_library_to_float_rounding() {
+        let mut worst = 0.0f32;
+        let mut x = -87.0f32;
+        while x < 88.0 {
+            let relative = (exp(x) - x.exp()).abs() / x.exp();
+            worst = worst.max(relative);
+            x += 0.0137;
+        }
+        assert!(worst < 3e-7, "worst relative error {worst}");
+        assert_eq!(exp(0.0), 1.0);
+        assert!(
+            exp(-1e9) < 2e-38 && exp(-1e9) >= 0.0,
+            "masked scores vanish"
+        );
+        assert!(exp(1e9).is_finite());
+    }
+}

@@ -1,0 +1,216 @@
+//! The two softmax products of the Nyström forward on flex, streamed so that neither `[n, m]`
+//! matrix exists: blocks of scores from gemm, the softmax on each block with a vectorised `exp`,
+//! and the block's product accumulated with gemm. Each `(batch, head)` (and, for `F · W`, each
+//! block of query rows) is one rayon task; the matrix products inside run single-threaded.
+//!
+//! Inputs are contiguous row-major `f32` slices: `[batch, heads, rows, cols]`, masks as
+//! `[batch, n]` flags (`1.0` at `true`).
+
+use rayon::prelude::*;
+
+use super::exp::{exp, exp_shifted_sum, max};
+
+/// Keys per block of `B · V`: the `[m, KEY_BLOCK]` scores stay in L2 for m ≤ 256.
+const KEY_BLOCK: usize = 256;
+/// Query rows per task of `F · W`.
+const ROW_BLOCK: usize = 128;
+
+/// `dst [rows, cols] (+)= lhs [rows, depth] · rhs [depth, cols]`, each given by its row and
+/// column strides (in elements).
+#[allow(clippy::too_many_arguments)]
+fn matmul(
+    rows: usize,
+    cols: usize,
+    depth: usize,
+    dst: &mut [f32],
+    accumulate: bool,
+    lhs: &[f32],
+    (lhs_rs, lhs_cs): (usize, usize),
+    rhs: &[f32],
+    (rhs_rs, rhs_cs): (usize, usize),
+) {
+    if rows == 0 || cols == 0 {
+        return;
+    }
+    assert!(dst.len() >= rows * cols, "matmul: destination too small");
+    if depth > 0 {
+        let (lhs_last, rhs_last) = (
+            (rows - 1) * lhs_rs + (depth - 1) * lhs_cs,
+            (depth - 1) * rhs_rs + (cols - 1) * rhs_cs,
+        );
+        assert!(
+            lhs_last < lhs.len() && rhs_last < rhs.len(),
+            "matmul: operand too small"
+        );
+    }
+    // SAFETY: the asserts above keep every element gemm touches inside the slices.
+    unsafe {
+        gemm::gemm(
+            rows,
+            cols,
+            depth,
+            dst.as_mut_ptr(),
+            1,
+            cols as isize,
+            accumulate,
+            lhs.as_ptr(),
+            lhs_cs as isize,
+            lhs_rs as isize,
+            rhs.as_ptr(),
+            rhs_cs as isize,
+            rhs_rs as isize,
+            if accumulate { 1.0 } else { 0.0 },
+            1.0,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        );
+    }
+}
+
+/// The shapes of one call, per `(batch, head)`.
+#[derive(Debug, Clone, Copy)]
+pub struct Dims {
+    /// Batch size.
+    pub batch: usize,
+    /// Heads.
+    pub heads: usize,
+    /// Rows of the long side (`n`).
+    pub n: usize,
+    /// Landmarks.
+    pub m: usize,
+    /// Head size of queries and keys.
+    pub d: usize,
+    /// Head size of the values.
+    pub dv: usize,
+}
+
+/// `softmax(Q̃ Kᵀ) · V` per `(batch, head)`: `[batch, heads, m, dv]`. Padded keys get the score
+/// `masked_score`; rows of missing landmark queries are zero.
+pub fn landmark_values(
+    dims: Dims,
+    landmark_queries: &[f32],
+    keys: &[f32],
+    values: &[f32],
+    padding: &[f32],
+    missing: &[f32],
+    masked_score: f32,
+) -> Vec<f32> {
+    let Dims {
+        heads, n, m, d, dv, ..
+    } = dims;
+    let mut out = vec![0.0f32; dims.batch * heads * m * dv];
+    out.par_chunks_mut(m * dv)
+        .enumerate()
+        .for_each(|(bh, out)| {
+            let b = bh / heads;
+            let lq = &landmark_queries[bh * m * d..][..m * d];
+            let k = &keys[bh * n * d..][..n * d];
+            let v = &values[bh * n * dv..][..n * dv];
+            let pad = &padding[b * n..][..n];
+            let mut row_max = vec![f32::NEG_INFINITY; m];
+            let mut row_sum = vec![0.0f32; m];
+            let mut scores = vec![0.0f32; m * KEY_BLOCK.min(n)];
+            for start in (0..n).step_by(KEY_BLOCK) {
+                let width = KEY_BLOCK.min(n - start);
+                let scores = &mut scores[..m * width];
+                // scores[i, j] = Σ_p lq[i, p] · k[start + j, p]
+                let k_block = &k[start * d..];
+                matmul(m, width, d, scores, false, lq, (d, 1), k_block, (1, d));
+                for (j, flag) in pad[start..start + width].iter().enumerate() {
+                    if *flag > 0.5 {
+                        scores[j..]
+                            .iter_mut()
+                            .step_by(width)
+                            .for_each(|s| *s = masked_score);
+                    }
+                }
+                for i in 0..m {
+                    let row = &mut scores[i * width..][..width];
+                    let new_max = row_max[i].max(max(row));
+                    let correction = exp(row_max[i] - new_max);
+                    row_sum[i] = row_sum[i] * correction + exp_shifted_sum(row, new_max);
+                    row_max[i] = new_max;
+                    if correction != 1.0 {
+                        out[i * dv..][..dv]
+                            .iter_mut()
+                            .for_each(|x| *x *= correction);
+                    }
+                }
+                matmul(
+                    m,
+                    dv,
+                    width,
+                    out,
+                    true,
+                    scores,
+                    (width, 1),
+                    &v[start * dv..],
+                    (dv, 1),
+                );
+            }
+            for i in 0..m {
+                let row = &mut out[i * dv..][..dv];
+                let scale = if missing[b * m + i] > 0.5 {
+                    0.0
+                } else {
+                    1.0 / row_sum[i]
+                };
+                row.iter_mut().for_each(|x| *x *= scale);
+            }
+        });
+    out
+}
+
+/// `softmax(Q K̃ᵀ) · W` per `(batch, head)` and block of query rows: `[batch, heads, n, dv]`.
+/// Missing landmark keys get zero weight; a row without any landmark is zero.
+pub fn landmark_attention(
+    dims: Dims,
+    queries: &[f32],
+    landmark_keys: &[f32],
+    weights: &[f32],
+    missing: &[f32],
+) -> Vec<f32> {
+    let Dims {
+        heads, n, m, d, dv, ..
+    } = dims;
+    let mut out = vec![0.0f32; dims.batch * heads * n * dv];
+    out.par_chunks_mut(n * dv)
+        .enumerate()
+        .for_each(|(bh, out)| {
+            let b = bh / heads;
+            let lk = &landmark_keys[bh * m * d..][..m * d];
+            let w = &weights[bh * m * dv..][..m * dv];
+            let absent = &missing[b * m..][..m];
+            out.par_chunks_mut(ROW_BLOCK * dv)
+                .enumerate()
+                .for_each(|(block, out)| {
+                    let first = block * ROW_BLOCK;
+                    let rows = out.len() / dv;
+                    let q = &queries[(bh * n + first) * d..][..rows * d];
+                    let mut scores = vec![0.0f32; rows * m];
+                    // scores[r, j] = Σ_p q[r, p] · lk[j, p]
+                    matmul(rows, m, d, &mut scores, false, q, (d, 1), lk, (1, d));
+                    for row in scores.chunks_exact_mut(m) {
+                        for (s, gone) in row.iter_mut().zip(absent) {
+                            if *gone > 0.5 {
+                                *s = f32::MIN;
+                            }
+                        }
+                        let row_max = max(row);
+                        exp_shifted_sum(row, row_max);
+                        for (s, gone) in row.iter_mut().zip(absent) {
+                            if *gone > 0.5 {
+                                *s = 0.0;
+                            }
+                        }
+                        let total = super::exp::sum(row);
+                        let scale = if total > 0.0 { 1.0 / total } else { 0.0 };
+                        row.iter_mut().for_each(|s| *s *= scale);
+                    }
+                    matmul(rows, dv, m, out, false, &scores, (m, 1), w, (dv, 1));
+                });
+        });
+    out
+}
