@@ -17,14 +17,27 @@ use crate::attention::PinvInit;
 #[cfg(feature = "cube-kernels")]
 use crate::attention::pinv::initial_coefficient;
 
-/// Whether `x` lives on a CubeCL device and this build has the CubeCL kernels.
+/// Whether `x` lives on a CubeCL device and this build has the CubeCL kernels. (The device
+/// variants exist only with their backend's feature, hence `#[cfg]` rather than `cfg!`.)
 pub fn on_cube_device(x: &Tensor<4>) -> bool {
-    cfg!(feature = "cube-kernels") && matches!(x.device().as_dispatch(), DispatchDevice::Cube(_))
+    #[cfg(feature = "cube-kernels")]
+    return matches!(x.device().as_dispatch(), DispatchDevice::Cube(_));
+    #[cfg(not(feature = "cube-kernels"))]
+    {
+        let _ = x;
+        false
+    }
 }
 
 /// Whether `x` lives on flex and this build has the fused flex stages.
 pub fn on_flex_device(x: &Tensor<4>) -> bool {
-    cfg!(feature = "flex-kernels") && matches!(x.device().as_dispatch(), DispatchDevice::Flex(_))
+    #[cfg(feature = "flex-kernels")]
+    return matches!(x.device().as_dispatch(), DispatchDevice::Flex(_));
+    #[cfg(not(feature = "flex-kernels"))]
+    {
+        let _ = x;
+        false
+    }
 }
 
 /// See [`super::fused_landmark_values`].
