@@ -1,4 +1,5 @@
-//! Custom CubeCL kernels for the hot paths, with the tensor-op stages as the fallback.
+//! Custom kernels for the hot paths (CubeCL, and fused CPU stages on flex), with the tensor-op
+//! stages as the fallback.
 //!
 //! On a CubeCL device (wgpu, Vulkan, Metal, WebGPU), for f32 tensors outside autodiff, three
 //! stages of [`nystrom_attention`](crate::nystrom_attention) run as custom kernels instead of
@@ -15,10 +16,14 @@
 //! The attention then holds no `n × m` matrix at all. `A = softmax(Q̃ K̃ᵀ)` (`m × m`) and the
 //! landmarks stay tensor ops.
 //!
-//! Everywhere else (CPU backends, autodiff, f16) the tensor-op stages run; both paths compute the
-//! same maths and agree to float rounding (`tests/custom_kernels.rs`). The kernels only compile
-//! with a GPU backend feature (`cube-kernels`), and they reach Burn through its backend-extension
-//! machinery, which routes a call by the device of its tensors.
+//! On flex (feature `flex-kernels`, on with `flex`), `B · V` and `F · W` run as fused CPU stages
+//! (`kernels/flex/`: gemm blocks, an online softmax with a vectorised `exp`, rayon per head); the
+//! pseudo-inverse stays tensor ops there.
+//!
+//! Everywhere else (ndarray, autodiff, f16) the tensor-op stages run; all paths compute the same
+//! maths and agree to float rounding (`tests/custom_kernels.rs`). The CubeCL kernels only compile
+//! with a GPU backend feature (`cube-kernels`); both families reach Burn through its
+//! backend-extension machinery, which routes a call by the device of its tensors.
 
 use burn::tensor::{Bool, DType, Tensor};
 
