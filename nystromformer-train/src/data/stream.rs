@@ -96,6 +96,17 @@ where
         self.len().div_ceil(self.batch_size)
     }
 
+    /// Items in batch `index`: `batch_size`, except at the end of an in-order pass.
+    pub fn batch_len(&self, index: usize) -> usize {
+        match self.order {
+            Order::ShuffledPasses { .. } => self.batch_size,
+            Order::InOrder => self
+                .len()
+                .saturating_sub(index * self.batch_size)
+                .min(self.batch_size),
+        }
+    }
+
     /// Dataset indices of batch `index`.
     pub fn indices(&self, index: usize) -> Vec<usize> {
         let len = self.len();
@@ -237,34 +248,23 @@ where
             .map(|k| self.first + k * self.stride)
             .collect();
         let next = match self.workers {
-            0 => Next::Inline(self.source.clone(), self.device.clone()),
+            0 => Next::Inline(self.device.clone()),
             workers => Next::Workers(self.spawn_workers(&indices, workers)),
         };
         Box::new(RangeIter::<I, B, O> {
+            source: self.source.clone(),
             next,
             indices,
             done: 0,
             items_done: 0,
             items_total: self.num_items(),
-            batch_size: self.source.batch_size,
-            len: self.source.len(),
-            order: self.source.order,
         })
     }
 
     fn num_items(&self) -> usize {
-        match self.source.order {
-            Order::ShuffledPasses { .. } => self.count * self.source.batch_size,
-            Order::InOrder => (0..self.count)
-                .map(|k| {
-                    let start = (self.first + k * self.stride) * self.source.batch_size;
-                    self.source
-                        .len()
-                        .saturating_sub(start)
-                        .min(self.source.batch_size)
-                })
-                .sum(),
-        }
+        (0..self.count)
+            .map(|k| self.source.batch_len(self.first + k * self.stride))
+            .sum()
     }
 
     fn to_device(&self, device: &Device) -> Arc<dyn DataLoader<O>> {
@@ -285,20 +285,19 @@ where
     }
 }
 
-enum Next<I, B, O> {
-    Inline(Arc<BatchSource<I, B>>, Device),
+/// Where a [`RangeIter`] gets its batches: made here on `Device`, or from the workers.
+enum Next<O> {
+    Inline(Device),
     Workers(Vec<Receiver<Result<O, DatasetError>>>),
 }
 
 struct RangeIter<I, B, O> {
-    next: Next<I, B, O>,
+    source: Arc<BatchSource<I, B>>,
+    next: Next<O>,
     indices: Vec<usize>,
     done: usize,
     items_done: usize,
     items_total: usize,
-    batch_size: usize,
-    len: usize,
-    order: Order,
 }
 
 impl<I, B, O> Iterator for RangeIter<I, B, O>
@@ -311,7 +310,7 @@ where
     fn next(&mut self) -> Option<Self::Item> {
         let index = *self.indices.get(self.done)?;
         let batch = match &self.next {
-            Next::Inline(source, device) => source.batch(index, device),
+            Next::Inline(device) => self.source.batch(index, device),
             Next::Workers(receivers) => receivers[self.done % receivers.len()]
                 .recv()
                 .unwrap_or_else(|_| {
@@ -321,13 +320,7 @@ where
                 }),
         };
         self.done += 1;
-        self.items_done += match self.order {
-            Order::ShuffledPasses { .. } => self.batch_size,
-            Order::InOrder => self
-                .len
-                .saturating_sub(index * self.batch_size)
-                .min(self.batch_size),
-        };
+        self.items_done += self.source.batch_len(index);
         Some(batch)
     }
 }

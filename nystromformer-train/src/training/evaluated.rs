@@ -23,7 +23,8 @@ use burn::train::train::MultiDevicesTrainStep;
 use burn::train::{
     ClassificationOutput, EventProcessorTraining, InferenceStep, Interrupter, Learner,
     LearnerEvent, LearnerModel, LearningCheckpointer, SupervisedLearningStrategy,
-    SupervisedTrainingEventProcessor, TrainLoader, TrainingComponents, TrainingItem, ValidLoader,
+    SupervisedTrainingEventProcessor, TrainLoader, TrainingComponents, TrainingError, TrainingItem,
+    ValidLoader,
 };
 
 use super::checkpoint::{self, Evaluation, RunState};
@@ -66,7 +67,7 @@ impl<T: TaskSpec> EvaluatedTraining<T> {
         learner: &mut Learner<T::Model>,
         processor: &mut SupervisedTrainingEventProcessor<T::Model>,
         interrupter: &Interrupter,
-    ) -> usize {
+    ) {
         let replicas = self.devices.len();
         let first = (epoch - 1) * self.steps_per_epoch * replicas;
         let ranges: Vec<BatchRange<T::Item, T::Batcher>> = self
@@ -99,7 +100,7 @@ impl<T: TaskSpec> EvaluatedTraining<T> {
         learner: &mut Learner<T::Model>,
         processor: &mut SupervisedTrainingEventProcessor<T::Model>,
         interrupter: &Interrupter,
-    ) -> usize {
+    ) {
         let mut batches = DataLoader::<T::Batch>::iter(range);
         let mut steps = 0;
         while let Some(batch) = next_batch(batches.as_mut(), interrupter) {
@@ -122,7 +123,6 @@ impl<T: TaskSpec> EvaluatedTraining<T> {
                 break;
             }
         }
-        steps
     }
 
     fn multi_device_steps(
@@ -131,13 +131,13 @@ impl<T: TaskSpec> EvaluatedTraining<T> {
         learner: &mut Learner<T::Model>,
         processor: &mut SupervisedTrainingEventProcessor<T::Model>,
         interrupter: &Interrupter,
-    ) -> usize {
+    ) {
         let mut iterators: Vec<Box<dyn DataLoaderIterator<T::Batch> + '_>> = ranges
             .iter()
             .map(|range| DataLoader::<T::Batch>::iter(range))
             .collect();
         let parallel = MultiDevicesTrainStep::<T::Model>::new(&self.devices);
-        let (mut steps, mut iteration) = (0, 0);
+        let mut iteration = 0;
         loop {
             let (outputs, progress) = match parallel.step(&mut iterators, &learner.model()) {
                 Ok(result) => result,
@@ -162,7 +162,6 @@ impl<T: TaskSpec> EvaluatedTraining<T> {
             }
             learner.lr_step();
             learner.optimizer_step(accumulator.grads());
-            steps += 1;
             for item in items {
                 iteration += 1;
                 let item = TrainingItem::new(
@@ -178,7 +177,6 @@ impl<T: TaskSpec> EvaluatedTraining<T> {
                 break;
             }
         }
-        steps
     }
 
     fn validate(
@@ -246,6 +244,17 @@ impl<T: TaskSpec> EvaluatedTraining<T> {
                 false
             }
         }
+    }
+}
+
+/// Why training stopped: `failed: ERROR`, else `interrupted (REASON)`.
+pub fn describe_stop(error: Option<&TrainingError>, reason: Option<String>) -> String {
+    match error {
+        Some(error) => format!("failed: {error}"),
+        None => format!(
+            "interrupted ({})",
+            reason.unwrap_or_else(|| "stop requested".into())
+        ),
     }
 }
 
@@ -324,15 +333,7 @@ where
         // the run as one during training does.
         drop(checkpointer);
         if interrupter.should_stop() {
-            let why = match interrupter.error() {
-                Some(error) => format!("failed: {error}"),
-                None => format!(
-                    "interrupted ({})",
-                    interrupter
-                        .get_message()
-                        .unwrap_or_else(|| "stop requested".into())
-                ),
-            };
+            let why = describe_stop(interrupter.error().as_deref(), interrupter.get_message());
             *self.stopped.lock().expect("never poisoned") = Some(why);
         }
         (learner.model(), processor)

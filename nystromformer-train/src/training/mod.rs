@@ -36,7 +36,7 @@ use burn::train::{Learner, SupervisedTraining, TrainingStrategy};
 use serde::Serialize;
 
 use self::checkpoint::{AtomicFileCheckpointer, Evaluation, RunState, SaveEveryEpoch};
-use self::evaluated::EvaluatedTraining;
+use self::evaluated::{EvaluatedTraining, describe_stop};
 use self::schedule::OneCycleLr;
 use crate::config::{ExperimentConfig, Storage, Task};
 use crate::data::storage::{self, StoredSplits};
@@ -182,16 +182,9 @@ fn starting_point(options: &TrainOptions) -> Result<Option<(usize, RunState)>, S
             "--resume: no complete checkpoint in {}: starting the run from the beginning",
             dir.display()
         );
-        // The database is kept: its examples are what the run trains on either way.
-        for name in RUN_FILES
-            .iter()
-            .filter(|name| **name != storage::DATABASE_FILE)
-        {
-            let path = dir.join(name);
-            std::fs::remove_dir_all(&path)
-                .or_else(|_| std::fs::remove_file(&path))
-                .ok();
-        }
+        // What a killed first leg left (logs, partial checkpoints; the database is written
+        // anew when there is no checkpoint to resume) goes, as with --overwrite.
+        delete_run(dir)?;
         return Ok(None);
     }
     let found = holds_a_run(dir);
@@ -371,14 +364,14 @@ fn train_task<T: TaskSpec + 'static>(
         ),
         None => "there is no complete checkpoint yet; --resume starts the run again".into(),
     };
+    // The strategy's own record first: burn-train's dashboard resets the interrupter behind
+    // `result` when training ends.
     let stopped = strategy.stopped.lock().expect("never poisoned").take();
-    let stopped = stopped.or_else(|| match (result.error, result.interrupted) {
-        (Some(error), _) => Some(format!("failed: {error}")),
-        (None, Some(stop)) => Some(format!(
-            "interrupted ({})",
-            stop.reason.as_deref().unwrap_or("stop requested")
-        )),
-        (None, None) => None,
+    let stopped = stopped.or_else(|| {
+        (result.error.is_some() || result.interrupted.is_some()).then(|| {
+            let reason = result.interrupted.and_then(|stop| stop.reason);
+            describe_stop(result.error.as_deref(), reason)
+        })
     });
     if let Some(why) = stopped {
         return Err(format!("training {why}; {}", resume_hint()));
