@@ -17,11 +17,18 @@ use crate::attention::PinvInit;
 #[cfg(feature = "cube-kernels")]
 use crate::attention::pinv::initial_coefficient;
 
-/// Whether `x` lives on a CubeCL device and this build has the CubeCL kernels. (The device
-/// variants exist only with their backend's feature, hence `#[cfg]` rather than `cfg!`.)
+/// The device of `x` without its autodiff wrapper.
+#[cfg(any(feature = "cube-kernels", feature = "flex-kernels"))]
+fn inner_device(x: &Tensor<4>) -> DispatchDevice {
+    x.device().as_dispatch().clone().inner()
+}
+
+/// Whether `x` lives on a CubeCL device (tracked or not) and this build has the CubeCL kernels.
+/// (The device variants exist only with their backend's feature, hence `#[cfg]` rather than
+/// `cfg!`.)
 pub fn on_cube_device(x: &Tensor<4>) -> bool {
     #[cfg(feature = "cube-kernels")]
-    return matches!(x.device().as_dispatch(), DispatchDevice::Cube(_));
+    return matches!(inner_device(x), DispatchDevice::Cube(_));
     #[cfg(not(feature = "cube-kernels"))]
     {
         let _ = x;
@@ -29,10 +36,10 @@ pub fn on_cube_device(x: &Tensor<4>) -> bool {
     }
 }
 
-/// Whether `x` lives on flex and this build has the fused flex stages.
+/// Whether `x` lives on flex (tracked or not) and this build has the fused flex stages.
 pub fn on_flex_device(x: &Tensor<4>) -> bool {
     #[cfg(feature = "flex-kernels")]
-    return matches!(x.device().as_dispatch(), DispatchDevice::Flex(_));
+    return matches!(inner_device(x), DispatchDevice::Flex(_));
     #[cfg(not(feature = "flex-kernels"))]
     {
         let _ = x;
@@ -105,11 +112,14 @@ fn flags(mask: Option<&Tensor<2, Bool>>, shape: [usize; 2], device: &Device) -> 
     }
 }
 
-/// The two softmax products; masks arrive as `1.0` at `true`.
+/// The two softmax products; masks arrive as `1.0` at `true`. The default bodies are the
+/// tensor-op path ([`super::reference`]); CubeCL devices and flex have fused forwards, and flex
+/// under autodiff a fused backward (`kernels/flex/autodiff.rs`).
 #[backend_extension(
     Cube: cfg(feature = "cube-kernels"),
     Fusion: cfg(feature = "cube-kernels"),
-    Flex: cfg(feature = "flex-kernels")
+    Flex: cfg(feature = "flex-kernels"),
+    Autodiff: cfg(feature = "autodiff")
 )]
 pub trait LandmarkSoftmaxOps: Backend {
     /// See [`landmark_values`].
@@ -121,7 +131,16 @@ pub trait LandmarkSoftmaxOps: Backend {
         padding: FloatTensor<Self>,
         missing: FloatTensor<Self>,
         masked_score: f32,
-    ) -> FloatTensor<Self>;
+    ) -> FloatTensor<Self> {
+        super::reference::landmark_values::<Self>(
+            landmark_queries,
+            keys,
+            values,
+            padding,
+            missing,
+            masked_score,
+        )
+    }
 
     /// See [`landmark_attention`].
     #[fusion(dtype = queries, shape = context_shape(queries, weights))]
@@ -130,7 +149,16 @@ pub trait LandmarkSoftmaxOps: Backend {
         landmark_keys: FloatTensor<Self>,
         weights: FloatTensor<Self>,
         missing: FloatTensor<Self>,
-    ) -> FloatTensor<Self>;
+    ) -> FloatTensor<Self> {
+        super::reference::landmark_attention::<Self>(queries, landmark_keys, weights, missing)
+    }
+}
+
+/// Training on CubeCL devices differentiates the tensor-op bodies: no fused backward there yet.
+#[cfg(all(feature = "cube-kernels", feature = "autodiff"))]
+impl<C: burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy> LandmarkSoftmaxOps
+    for burn::backend::Autodiff<burn::backend::Cube, C>
+{
 }
 
 /// The pseudo-inverse iteration; `c` flattened to `[batch · heads]`.

@@ -3,7 +3,7 @@
 //!
 //! On a CubeCL device (wgpu, Vulkan, Metal, WebGPU), for f32 tensors outside autodiff, three
 //! stages of [`nystrom_attention`](crate::nystrom_attention) run as custom kernels instead of
-//! chains of tensor operations:
+//! chains of tensor operations (under autodiff the tensor-op stages run there):
 //!
 //! - `B · V` (`landmark_values`): each landmark query's softmax over all keys times the values,
 //!   in chunks of keys merged by a second kernel, so the `[m, n]` kernel `B` is never written;
@@ -17,11 +17,13 @@
 //! landmarks stay tensor ops.
 //!
 //! On flex (feature `flex-kernels`, on with `flex`), `B · V` and `F · W` run as fused CPU stages
-//! (`kernels/flex/`: gemm blocks, an online softmax with a vectorised `exp`, rayon per head); the
-//! pseudo-inverse stays tensor ops there.
+//! (`kernels/flex/`: gemm blocks, an online softmax with a vectorised `exp`, rayon per head),
+//! and with the `autodiff` feature their backward is fused too: the forward keeps each row's
+//! softmax statistics and the backward recomputes the softmax block by block, so training never stores
+//! an `n × m` matrix for these stages. The pseudo-inverse stays tensor ops on flex.
 //!
-//! Everywhere else (ndarray, autodiff, f16) the tensor-op stages run; all paths compute the same
-//! maths and agree to float rounding (`tests/custom_kernels.rs`). The CubeCL kernels only compile
+//! Everywhere else (ndarray, f16) the tensor-op stages run; all paths compute the same maths and
+//! agree to float rounding (`tests/custom_kernels.rs`, gradients included). The CubeCL kernels only compile
 //! with a GPU backend feature (`cube-kernels`); both families reach Burn through its
 //! backend-extension machinery, which routes a call by the device of its tensors.
 
@@ -42,13 +44,16 @@ mod landmark_values;
 mod online_softmax;
 #[cfg(feature = "cube-kernels")]
 mod pinv;
+#[cfg(any(feature = "cube-kernels", feature = "flex-kernels"))]
+mod reference;
 
 /// Whether [`nystrom_attention`](crate::nystrom_attention) runs its custom kernels for inputs
-/// like `x` (and `NystromOptions::custom_kernels` is on): a CubeCL device or flex, f32 and no
-/// autodiff.
+/// like `x` (and `NystromOptions::custom_kernels` is on): f32 on a CubeCL device or flex. Under
+/// autodiff this needs the `autodiff` feature, which routes tracked tensors too: flex runs its
+/// fused backward, CubeCL devices differentiate the tensor-op bodies of the extension.
 pub fn custom_kernels_apply(x: &Tensor<4>) -> bool {
     x.dtype() == DType::F32
-        && !x.is_autodiff()
+        && (!x.is_autodiff() || cfg!(feature = "autodiff"))
         && (extension::on_cube_device(x) || extension::on_flex_device(x))
 }
 
@@ -106,7 +111,8 @@ pub fn fused_landmark_values(
 /// - a: `[batch, heads, m, m]`, non-negative with rows summing to at most 1
 /// - output: `[batch, heads, m, m]`
 ///
-/// `None` too when `batch · heads` exceeds [`MAX_PINV_MATRICES`] (one cube per matrix).
+/// `None` too under autodiff and when `batch · heads` exceeds [`MAX_PINV_MATRICES`] (one cube
+/// per matrix).
 ///
 /// # Panics
 ///
@@ -114,7 +120,11 @@ pub fn fused_landmark_values(
 pub fn fused_pinv(a: &Tensor<4>, iterations: usize, init: PinvInit) -> Option<Tensor<4>> {
     let [batch, heads, m, _] = a.dims();
     expect_shape("fused_pinv", "a", &a.dims(), &[batch, heads, m, m]);
-    (custom_kernels_apply(a) && extension::on_cube_device(a) && batch * heads <= MAX_PINV_MATRICES)
+    // The pseudo-inverse kernel has no backward.
+    (custom_kernels_apply(a)
+        && !a.is_autodiff()
+        && extension::on_cube_device(a)
+        && batch * heads <= MAX_PINV_MATRICES)
         .then(|| extension::pinv(a, iterations, init))
 }
 

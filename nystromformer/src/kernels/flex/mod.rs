@@ -1,13 +1,18 @@
 //! The fused CPU stages on flex: [`LandmarkSoftmaxOps`] for burn-flex's backend, on contiguous
-//! `f32` slices (see [`products`]).
+//! `f32` slices (see [`products`]), and for `Autodiff<Flex>` with a fused backward (see
+//! [`backward`] and `autodiff.rs`).
 
+#[cfg(feature = "autodiff")]
+mod autodiff;
+#[cfg(feature = "autodiff")]
+mod backward;
 mod exp;
 mod products;
 
 use burn::tensor::{Shape, TensorData};
 use burn_flex::{Flex, FlexTensor};
 
-use self::products::Dims;
+use self::products::{Dims, RowSoftmax};
 use super::extension::LandmarkSoftmaxOps;
 
 /// A tensor's `f32` elements in row-major order (a copy only when it is strided) and its shape.
@@ -27,6 +32,154 @@ fn output(values: Vec<f32>, shape: [usize; 4]) -> FlexTensor {
     FlexTensor::from_data(TensorData::new(values, Shape::new(shape)))
 }
 
+/// One call of a product as its backward needs it: the contiguous inputs, the output and each
+/// output row's softmax.
+#[derive(Debug, Clone)]
+#[cfg_attr(not(feature = "autodiff"), allow(dead_code))]
+pub(super) struct SavedProduct {
+    dims: Dims,
+    queries: FlexTensor,
+    keys: FlexTensor,
+    values: FlexTensor,
+    /// `[batch, n]` padding flags of `B · V`'s keys; `None` for `F · W`.
+    padding: Option<FlexTensor>,
+    missing: FlexTensor,
+    masked_score: f32,
+    output: FlexTensor,
+    row_softmax: Vec<RowSoftmax>,
+}
+
+/// `B · V` (see [`products::landmark_values`]), kept for its backward.
+pub(super) fn values_forward(
+    landmark_queries: FlexTensor,
+    keys: FlexTensor,
+    values: FlexTensor,
+    padding: FlexTensor,
+    missing: FlexTensor,
+    masked_score: f32,
+) -> SavedProduct {
+    let (queries, lq_shape) = contiguous(landmark_queries);
+    let (keys, k_shape) = contiguous(keys);
+    let (values, v_shape) = contiguous(values);
+    let (padding, _) = contiguous(padding);
+    let (missing, _) = contiguous(missing);
+    let dims = Dims {
+        batch: lq_shape[0],
+        heads: lq_shape[1],
+        n: k_shape[2],
+        m: lq_shape[2],
+        d: lq_shape[3],
+        dv: v_shape[3],
+    };
+    let (out, row_softmax) = products::landmark_values(
+        dims,
+        slice(&queries),
+        slice(&keys),
+        slice(&values),
+        slice(&padding),
+        slice(&missing),
+        masked_score,
+    );
+    SavedProduct {
+        dims,
+        queries,
+        keys,
+        values,
+        padding: Some(padding),
+        missing,
+        masked_score,
+        output: output(out, [dims.batch, dims.heads, dims.m, dims.dv]),
+        row_softmax,
+    }
+}
+
+/// `F · W` (see [`products::landmark_attention`]), kept for its backward.
+pub(super) fn attention_forward(
+    queries: FlexTensor,
+    landmark_keys: FlexTensor,
+    weights: FlexTensor,
+    missing: FlexTensor,
+) -> SavedProduct {
+    let (queries, q_shape) = contiguous(queries);
+    let (keys, lk_shape) = contiguous(landmark_keys);
+    let (values, w_shape) = contiguous(weights);
+    let (missing, _) = contiguous(missing);
+    let dims = Dims {
+        batch: q_shape[0],
+        heads: q_shape[1],
+        n: q_shape[2],
+        m: lk_shape[2],
+        d: q_shape[3],
+        dv: w_shape[3],
+    };
+    let (out, row_softmax) = products::landmark_attention(
+        dims,
+        slice(&queries),
+        slice(&keys),
+        slice(&values),
+        slice(&missing),
+    );
+    SavedProduct {
+        dims,
+        queries,
+        keys,
+        values,
+        padding: None,
+        missing,
+        masked_score: f32::MIN,
+        output: output(out, [dims.batch, dims.heads, dims.n, dims.dv]),
+        row_softmax,
+    }
+}
+
+/// The gradients of a saved product's queries, keys and values for its output gradient `grad`.
+#[cfg(feature = "autodiff")]
+pub(super) fn product_backward(saved: SavedProduct, grad: FlexTensor) -> [FlexTensor; 3] {
+    let (grad, _) = contiguous(grad);
+    let dims = saved.dims;
+    let forward = backward::Forward {
+        queries: slice(&saved.queries),
+        keys: slice(&saved.keys),
+        values: slice(&saved.values),
+        output: slice(&saved.output),
+        row_softmax: &saved.row_softmax,
+    };
+    let Dims {
+        batch,
+        heads,
+        n,
+        m,
+        d,
+        dv,
+    } = dims;
+    match &saved.padding {
+        Some(padding) => {
+            let grads = backward::landmark_values(
+                dims,
+                forward,
+                slice(padding),
+                slice(&saved.missing),
+                saved.masked_score,
+                slice(&grad),
+            );
+            [
+                output(grads.queries, [batch, heads, m, d]),
+                output(grads.keys, [batch, heads, n, d]),
+                output(grads.values, [batch, heads, n, dv]),
+            ]
+        }
+        None => {
+            let grads =
+                backward::landmark_attention(dims, forward, slice(&saved.missing), slice(&grad));
+            [
+                output(grads.queries, [batch, heads, n, d]),
+                output(grads.keys, [batch, heads, m, d]),
+                output(grads.values, [batch, heads, m, dv]),
+            ]
+        }
+    }
+}
+
 impl LandmarkSoftmaxOps for Flex {
     fn landmark_values(
         landmark_queries: FlexTensor,
@@ -36,29 +189,15 @@ impl LandmarkSoftmaxOps for Flex {
         missing: FlexTensor,
         masked_score: f32,
     ) -> FlexTensor {
-        let (landmark_queries, lq_shape) = contiguous(landmark_queries);
-        let (keys, k_shape) = contiguous(keys);
-        let (values, v_shape) = contiguous(values);
-        let (padding, _) = contiguous(padding);
-        let (missing, _) = contiguous(missing);
-        let dims = Dims {
-            batch: lq_shape[0],
-            heads: lq_shape[1],
-            n: k_shape[2],
-            m: lq_shape[2],
-            d: lq_shape[3],
-            dv: v_shape[3],
-        };
-        let out = products::landmark_values(
-            dims,
-            slice(&landmark_queries),
-            slice(&keys),
-            slice(&values),
-            slice(&padding),
-            slice(&missing),
+        values_forward(
+            landmark_queries,
+            keys,
+            values,
+            padding,
+            missing,
             masked_score,
-        );
-        output(out, [dims.batch, dims.heads, dims.m, dims.dv])
+        )
+        .output
     }
 
     fn landmark_attention(
@@ -67,25 +206,6 @@ impl LandmarkSoftmaxOps for Flex {
         weights: FlexTensor,
         missing: FlexTensor,
     ) -> FlexTensor {
-        let (queries, q_shape) = contiguous(queries);
-        let (landmark_keys, lk_shape) = contiguous(landmark_keys);
-        let (weights, w_shape) = contiguous(weights);
-        let (missing, _) = contiguous(missing);
-        let dims = Dims {
-            batch: q_shape[0],
-            heads: q_shape[1],
-            n: q_shape[2],
-            m: lk_shape[2],
-            d: q_shape[3],
-            dv: w_shape[3],
-        };
-        let out = products::landmark_attention(
-            dims,
-            slice(&queries),
-            slice(&landmark_keys),
-            slice(&weights),
-            slice(&missing),
-        );
-        output(out, [dims.batch, dims.heads, dims.n, dims.dv])
+        attention_forward(queries, landmark_keys, weights, missing).output
     }
 }

@@ -11,14 +11,14 @@ use rayon::prelude::*;
 use super::exp::{exp, exp_shifted_sum, max};
 
 /// Keys per block of `B · V`: the `[m, KEY_BLOCK]` scores stay in L2 for m ≤ 256.
-const KEY_BLOCK: usize = 256;
+pub(super) const KEY_BLOCK: usize = 256;
 /// Query rows per task of `F · W`.
-const ROW_BLOCK: usize = 128;
+pub(super) const ROW_BLOCK: usize = 128;
 
 /// `dst [rows, cols] (+)= lhs [rows, depth] · rhs [depth, cols]`, each given by its row and
 /// column strides (in elements).
 #[allow(clippy::too_many_arguments)]
-fn matmul(
+pub(super) fn matmul(
     rows: usize,
     cols: usize,
     depth: usize,
@@ -69,6 +69,17 @@ fn matmul(
     }
 }
 
+/// One output row's softmax, kept for the backward: the row's weights are
+/// `exp(score − max) · inv_sum`. (Not as one log-sum-exp: beside a masked score of `-1e9` the
+/// logarithm of the sum vanishes in f32 rounding.)
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RowSoftmax {
+    /// The largest score of the row.
+    pub max: f32,
+    /// `1 / Σ exp(score − max)`; 0 for a row the forward zeroed for want of keys.
+    pub inv_sum: f32,
+}
+
 /// The shapes of one call, per `(batch, head)`.
 #[derive(Debug, Clone, Copy)]
 pub struct Dims {
@@ -86,8 +97,9 @@ pub struct Dims {
     pub dv: usize,
 }
 
-/// `softmax(Q̃ Kᵀ) · V` per `(batch, head)`: `[batch, heads, m, dv]`. Padded keys get the score
-/// `masked_score`; rows of missing landmark queries are zero.
+/// `softmax(Q̃ Kᵀ) · V` per `(batch, head)`: `[batch, heads, m, dv]`, and each row's softmax,
+/// `[batch, heads, m]`, which the backward needs. Padded keys get the score `masked_score`; rows
+/// of missing landmark queries are zero.
 pub fn landmark_values(
     dims: Dims,
     landmark_queries: &[f32],
@@ -96,14 +108,16 @@ pub fn landmark_values(
     padding: &[f32],
     missing: &[f32],
     masked_score: f32,
-) -> Vec<f32> {
+) -> (Vec<f32>, Vec<RowSoftmax>) {
     let Dims {
         heads, n, m, d, dv, ..
     } = dims;
     let mut out = vec![0.0f32; dims.batch * heads * m * dv];
+    let mut stats = vec![RowSoftmax::default(); dims.batch * heads * m];
     out.par_chunks_mut(m * dv)
+        .zip(stats.par_chunks_mut(m))
         .enumerate()
-        .for_each(|(bh, out)| {
+        .for_each(|(bh, (out, stats))| {
             let b = bh / heads;
             let lq = &landmark_queries[bh * m * d..][..m * d];
             let k = &keys[bh * n * d..][..n * d];
@@ -158,41 +172,49 @@ pub fn landmark_values(
                     1.0 / row_sum[i]
                 };
                 row.iter_mut().for_each(|x| *x *= scale);
+                stats[i] = RowSoftmax {
+                    max: row_max[i],
+                    inv_sum: 1.0 / row_sum[i],
+                };
             }
         });
-    out
+    (out, stats)
 }
 
-/// `softmax(Q K̃ᵀ) · W` per `(batch, head)` and block of query rows: `[batch, heads, n, dv]`.
-/// Missing landmark keys get zero weight; a row without any landmark is zero.
+/// `softmax(Q K̃ᵀ) · W` per `(batch, head)` and block of query rows: `[batch, heads, n, dv]`,
+/// and each row's softmax over the present landmarks, `[batch, heads, n]`. Missing landmark
+/// keys get zero weight; a row without any landmark is zero.
 pub fn landmark_attention(
     dims: Dims,
     queries: &[f32],
     landmark_keys: &[f32],
     weights: &[f32],
     missing: &[f32],
-) -> Vec<f32> {
+) -> (Vec<f32>, Vec<RowSoftmax>) {
     let Dims {
         heads, n, m, d, dv, ..
     } = dims;
     let mut out = vec![0.0f32; dims.batch * heads * n * dv];
+    let mut stats = vec![RowSoftmax::default(); dims.batch * heads * n];
     out.par_chunks_mut(n * dv)
+        .zip(stats.par_chunks_mut(n))
         .enumerate()
-        .for_each(|(bh, out)| {
+        .for_each(|(bh, (out, stats))| {
             let b = bh / heads;
             let lk = &landmark_keys[bh * m * d..][..m * d];
             let w = &weights[bh * m * dv..][..m * dv];
             let absent = &missing[b * m..][..m];
             out.par_chunks_mut(ROW_BLOCK * dv)
+                .zip(stats.par_chunks_mut(ROW_BLOCK))
                 .enumerate()
-                .for_each(|(block, out)| {
+                .for_each(|(block, (out, stats))| {
                     let first = block * ROW_BLOCK;
                     let rows = out.len() / dv;
                     let q = &queries[(bh * n + first) * d..][..rows * d];
                     let mut scores = vec![0.0f32; rows * m];
                     // scores[r, j] = Σ_p q[r, p] · lk[j, p]
                     matmul(rows, m, d, &mut scores, false, q, (d, 1), lk, (1, d));
-                    for row in scores.chunks_exact_mut(m) {
+                    for (row, stats) in scores.chunks_exact_mut(m).zip(stats) {
                         for (s, gone) in row.iter_mut().zip(absent) {
                             if *gone > 0.5 {
                                 *s = f32::MIN;
@@ -208,9 +230,13 @@ pub fn landmark_attention(
                         let total = super::exp::sum(row);
                         let scale = if total > 0.0 { 1.0 / total } else { 0.0 };
                         row.iter_mut().for_each(|s| *s *= scale);
+                        *stats = RowSoftmax {
+                            max: row_max,
+                            inv_sum: scale,
+                        };
                     }
                     matmul(rows, dv, m, out, false, &scores, (m, 1), w, (dv, 1));
                 });
         });
-    out
+    (out, stats)
 }

@@ -1,0 +1,101 @@
+//! Training through the fused flex stages: [`LandmarkSoftmaxOps`] for `Autodiff<Flex>`. A tracked
+//! call runs the fused forward and keeps its inputs, output and each row's softmax statistics; the backward
+//! recomputes the softmax block by block from them ([`super::backward`]). The masks are
+//! constants.
+
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::tensor::FloatTensor;
+use burn::backend::{Autodiff, Flex};
+
+use super::{SavedProduct, attention_forward, product_backward, values_forward};
+use crate::kernels::extension::LandmarkSoftmaxOps;
+
+/// The backward of either product: three inputs, the saved forward as state.
+#[derive(Debug)]
+struct ProductBackward;
+
+impl Backward<Flex, 3> for ProductBackward {
+    type State = SavedProduct;
+
+    fn backward(
+        self,
+        ops: Ops<Self::State, 3>,
+        grads: &mut Gradients,
+        _checkpointer: &mut Checkpointer,
+    ) {
+        let grad = grads.consume::<Flex>(&ops.node);
+        let input_grads = product_backward(ops.state, grad);
+        for (parent, grad) in ops.parents.into_iter().zip(input_grads) {
+            if let Some(parent) = parent {
+                grads.register::<Flex>(parent.id, grad);
+            }
+        }
+    }
+}
+
+impl<C: CheckpointStrategy> LandmarkSoftmaxOps for Autodiff<Flex, C> {
+    fn landmark_values(
+        landmark_queries: FloatTensor<Self>,
+        keys: FloatTensor<Self>,
+        values: FloatTensor<Self>,
+        padding: FloatTensor<Self>,
+        missing: FloatTensor<Self>,
+        masked_score: f32,
+    ) -> FloatTensor<Self> {
+        let nodes = [landmark_queries.node(), keys.node(), values.node()];
+        let forward = || {
+            values_forward(
+                landmark_queries.into_primitive(),
+                keys.into_primitive(),
+                values.into_primitive(),
+                padding.into_primitive(),
+                missing.into_primitive(),
+                masked_score,
+            )
+        };
+        match ProductBackward
+            .prepare::<C>(nodes)
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let saved = forward();
+                let output = saved.output.clone();
+                prep.finish(saved, output)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(forward().output),
+        }
+    }
+
+    fn landmark_attention(
+        queries: FloatTensor<Self>,
+        landmark_keys: FloatTensor<Self>,
+        weights: FloatTensor<Self>,
+        missing: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        let nodes = [queries.node(), landmark_keys.node(), weights.node()];
+        let forward = || {
+            attention_forward(
+                queries.into_primitive(),
+                landmark_keys.into_primitive(),
+                weights.into_primitive(),
+                missing.into_primitive(),
+            )
+        };
+        match ProductBackward
+            .prepare::<C>(nodes)
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let saved = forward();
+                let output = saved.output.clone();
+                prep.finish(saved, output)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(forward().output),
+        }
+    }
+}

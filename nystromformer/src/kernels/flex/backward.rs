@@ -1,0 +1,243 @@
+//! The backward of the two softmax products on flex, FlashAttention-2 style: the forward saved
+//! each row's softmax statistics (max and sum), so a block's probabilities come back from one
+//! matrix product and one `exp`, and no `[n, m]` matrix is stored between the passes or formed
+//! within one.
+//!
+//! For `O = softmax(S) X` with `S = Q Kᵀ` and `P` the softmax:
+//! `dX = Pᵀ dO`, `dP = dO Xᵀ`, `dS = P ∘ (dP − δ)` with `δ = rowsum(dO ∘ O)`, `dQ = dS K` and
+//! `dK = dSᵀ Q`. Masked scores are constants, so their `dS` is zero; a row whose output the
+//! forward zeroed (a missing landmark query, a query without any landmark) passes no gradient.
+
+use rayon::prelude::*;
+
+use super::exp::exp;
+use super::products::{Dims, KEY_BLOCK, ROW_BLOCK, RowSoftmax, matmul};
+
+/// What one product's forward saw and gave, as contiguous row-major slices:
+/// `[batch, heads, rows, cols]`.
+pub struct Forward<'a> {
+    /// The side whose rows are the output's rows (landmark queries for `B · V`).
+    pub queries: &'a [f32],
+    /// The side the softmax runs over.
+    pub keys: &'a [f32],
+    /// What the softmax weighs (`V` or `W`).
+    pub values: &'a [f32],
+    /// The forward's output.
+    pub output: &'a [f32],
+    /// Each output row's softmax.
+    pub row_softmax: &'a [RowSoftmax],
+}
+
+/// The gradients of a product's three inputs, shaped like them.
+pub struct InputGrads {
+    /// Of the queries.
+    pub queries: Vec<f32>,
+    /// Of the keys.
+    pub keys: Vec<f32>,
+    /// Of the values.
+    pub values: Vec<f32>,
+}
+
+/// Gradients of [`super::products::landmark_values`] for the output gradient `grad`
+/// (`[batch, heads, m, dv]`), per `(batch, head)` in blocks of keys.
+pub fn landmark_values(
+    dims: Dims,
+    forward: Forward,
+    padding: &[f32],
+    missing: &[f32],
+    masked_score: f32,
+    grad: &[f32],
+) -> InputGrads {
+    let Dims {
+        batch,
+        heads,
+        n,
+        m,
+        d,
+        dv,
+    } = dims;
+    let mut grads = InputGrads {
+        queries: vec![0.0; batch * heads * m * d],
+        keys: vec![0.0; batch * heads * n * d],
+        values: vec![0.0; batch * heads * n * dv],
+    };
+    let InputGrads {
+        queries: d_queries,
+        keys: d_keys,
+        values: d_values,
+    } = &mut grads;
+    d_queries
+        .par_chunks_mut(m * d)
+        .zip(d_keys.par_chunks_mut(n * d))
+        .zip(d_values.par_chunks_mut(n * dv))
+        .enumerate()
+        .for_each(|(bh, ((d_q, d_k), d_v))| {
+            let b = bh / heads;
+            let q = &forward.queries[bh * m * d..][..m * d];
+            let k = &forward.keys[bh * n * d..][..n * d];
+            let v = &forward.values[bh * n * dv..][..n * dv];
+            let stats = &forward.row_softmax[bh * m..][..m];
+            let pad = &padding[b * n..][..n];
+            let g = row_gradients(&grad[bh * m * dv..][..m * dv], dv, &missing[b * m..][..m]);
+            let delta = row_dots(&g, &forward.output[bh * m * dv..][..m * dv], dv);
+            let block = KEY_BLOCK.min(n);
+            let mut probs = vec![0.0f32; m * block];
+            let mut d_scores = vec![0.0f32; m * block];
+            for start in (0..n).step_by(KEY_BLOCK) {
+                let width = KEY_BLOCK.min(n - start);
+                let probs = &mut probs[..m * width];
+                let d_scores = &mut d_scores[..m * width];
+                let k_block = &k[start * d..][..width * d];
+                let v_block = &v[start * dv..][..width * dv];
+                let masked = &pad[start..start + width];
+                // P, padded keys at the score the forward gave them.
+                matmul(m, width, d, probs, false, q, (d, 1), k_block, (1, d));
+                fill_columns(probs, width, masked, masked_score);
+                softmax_rows(probs, width, stats);
+                // dV = Pᵀ dO
+                let d_v = &mut d_v[start * dv..][..width * dv];
+                matmul(width, dv, m, d_v, false, probs, (1, width), &g, (dv, 1));
+                // dP = dO Vᵀ, then dS = P ∘ (dP − δ)
+                matmul(m, width, dv, d_scores, false, &g, (dv, 1), v_block, (1, dv));
+                softmax_backward(d_scores, probs, &delta, width);
+                fill_columns(d_scores, width, masked, 0.0);
+                // dQ̃ += dS K, dK = dSᵀ Q̃
+                matmul(
+                    m,
+                    d,
+                    width,
+                    d_q,
+                    true,
+                    d_scores,
+                    (width, 1),
+                    k_block,
+                    (d, 1),
+                );
+                let d_k = &mut d_k[start * d..][..width * d];
+                matmul(width, d, m, d_k, false, d_scores, (1, width), q, (d, 1));
+            }
+        });
+    grads
+}
+
+/// Gradients of [`super::products::landmark_attention`] for the output gradient `grad`
+/// (`[batch, heads, n, dv]`), per `(batch, head)` in blocks of query rows.
+pub fn landmark_attention(
+    dims: Dims,
+    forward: Forward,
+    missing: &[f32],
+    grad: &[f32],
+) -> InputGrads {
+    let Dims {
+        batch,
+        heads,
+        n,
+        m,
+        d,
+        dv,
+    } = dims;
+    let mut grads = InputGrads {
+        queries: vec![0.0; batch * heads * n * d],
+        keys: vec![0.0; batch * heads * m * d],
+        values: vec![0.0; batch * heads * m * dv],
+    };
+    let InputGrads {
+        queries: d_queries,
+        keys: d_keys,
+        values: d_values,
+    } = &mut grads;
+    d_queries
+        .par_chunks_mut(n * d)
+        .zip(d_keys.par_chunks_mut(m * d))
+        .zip(d_values.par_chunks_mut(m * dv))
+        .enumerate()
+        .for_each(|(bh, ((d_q, d_k), d_w))| {
+            let b = bh / heads;
+            let lk = &forward.keys[bh * m * d..][..m * d];
+            let w = &forward.values[bh * m * dv..][..m * dv];
+            let absent = &missing[b * m..][..m];
+            let block = ROW_BLOCK.min(n);
+            let mut probs = vec![0.0f32; block * m];
+            let mut d_scores = vec![0.0f32; block * m];
+            for first in (0..n).step_by(ROW_BLOCK) {
+                let rows = ROW_BLOCK.min(n - first);
+                let probs = &mut probs[..rows * m];
+                let d_scores = &mut d_scores[..rows * m];
+                let q = &forward.queries[(bh * n + first) * d..][..rows * d];
+                let g = &grad[(bh * n + first) * dv..][..rows * dv];
+                let out = &forward.output[(bh * n + first) * dv..][..rows * dv];
+                let stats = &forward.row_softmax[bh * n + first..][..rows];
+                // P over the landmarks present, zero elsewhere.
+                matmul(rows, m, d, probs, false, q, (d, 1), lk, (1, d));
+                softmax_rows(probs, m, stats);
+                fill_columns(probs, m, absent, 0.0);
+                // dW += Pᵀ dO
+                matmul(m, dv, rows, d_w, true, probs, (1, m), g, (dv, 1));
+                // dP = dO Wᵀ, then dS = P ∘ (dP − δ)
+                matmul(rows, m, dv, d_scores, false, g, (dv, 1), w, (1, dv));
+                softmax_backward(d_scores, probs, &row_dots(g, out, dv), m);
+                // dQ = dS K̃, dK̃ += dSᵀ Q
+                let d_q = &mut d_q[first * d..][..rows * d];
+                matmul(rows, d, m, d_q, false, d_scores, (m, 1), lk, (d, 1));
+                matmul(m, d, rows, d_k, true, d_scores, (1, m), q, (d, 1));
+            }
+        });
+    grads
+}
+
+/// The output gradient of one `(batch, head)` with the rows the forward zeroed cleared: their
+/// output is a constant.
+fn row_gradients(grad: &[f32], width: usize, zeroed: &[f32]) -> Vec<f32> {
+    let mut grad = grad.to_vec();
+    for (row, flag) in grad.chunks_exact_mut(width).zip(zeroed) {
+        if *flag > 0.5 {
+            row.fill(0.0);
+        }
+    }
+    grad
+}
+
+/// The forward's softmax of each row of scores, in place; rows it zeroed are zero.
+fn softmax_rows(scores: &mut [f32], width: usize, stats: &[RowSoftmax]) {
+    for (row, stats) in scores.chunks_exact_mut(width).zip(stats) {
+        if stats.inv_sum > 0.0 {
+            row.iter_mut()
+                .for_each(|s| *s = exp(*s - stats.max) * stats.inv_sum);
+        } else {
+            row.fill(0.0);
+        }
+    }
+}
+
+/// `δ_i = Σ_c a[i, c] · b[i, c]` for rows of `width`.
+fn row_dots(a: &[f32], b: &[f32], width: usize) -> Vec<f32> {
+    a.chunks_exact(width)
+        .zip(b.chunks_exact(width))
+        .map(|(a, b)| a.iter().zip(b).map(|(x, y)| x * y).sum())
+        .collect()
+}
+
+/// `dS = P ∘ (dP − δ)` in place of `dP`, for rows of `width`.
+fn softmax_backward(d_scores: &mut [f32], probs: &[f32], delta: &[f32], width: usize) {
+    for ((ds_row, p_row), delta) in d_scores
+        .chunks_exact_mut(width)
+        .zip(probs.chunks_exact(width))
+        .zip(delta)
+    {
+        for (ds, p) in ds_row.iter_mut().zip(p_row) {
+            *ds = p * (*ds - delta);
+        }
+    }
+}
+
+/// Sets column `j` of the row-major `[rows, width]` matrix to `value` wherever `flags[j]` is set.
+fn fill_columns(matrix: &mut [f32], width: usize, flags: &[f32], value: f32) {
+    for (j, flag) in flags.iter().enumerate() {
+        if *flag > 0.5 {
+            matrix[j..]
+                .iter_mut()
+                .step_by(width)
+                .for_each(|x| *x = value);
+        }
+    }
+}

@@ -1,0 +1,273 @@
+//! Training through the custom kernels: gradients of the fused softmax products (flex's fused
+//! backward; the extension's tensor-op bodies on wgpu) against the tensor-op stages they replace
+//! and against exact softmax attention, and gradients of the whole attention with and without
+//! the kernels, over fixed hard cases and random shapes, lengths and masks.
+
+mod common;
+
+use burn::tensor::activation::softmax;
+use burn::tensor::{Bool, Device, Tensor, TensorData};
+use common::{devices, max_abs_diff, on, randn, values};
+use nystromformer::attention::mask::MASKED_SCORE;
+use nystromformer::attention::softmax_kernels::{kernel_b, kernel_f};
+use nystromformer::kernels::{
+    custom_kernels_apply, fused_landmark_attention, fused_landmark_values,
+};
+use nystromformer::{MaskPolicy, NystromHeadsInput, NystromOptions, nystrom_attention};
+use proptest::prelude::*;
+use proptest::test_runner::{Config, TestCaseError, TestRunner};
+
+fn mask(values: Vec<bool>, shape: [usize; 2], device: &Device) -> Tensor<2, Bool> {
+    Tensor::from_bool(TensorData::new(values, shape), device)
+}
+
+/// Largest difference relative to the reference's largest magnitude (at least 1).
+fn relative_diff(result: &Tensor<4>, reference: &Tensor<4>) -> f32 {
+    let scale = values(reference)
+        .iter()
+        .fold(1.0f32, |acc, x| acc.max(x.abs()));
+    max_abs_diff(result, reference) / scale
+}
+
+/// Tracked copies of `inputs` on `device` (an autodiff device).
+fn tracked<const N: usize>(inputs: &[Tensor<4>; N], device: &Device) -> [Tensor<4>; N] {
+    inputs.each_ref().map(|x| on(x, device).require_grad())
+}
+
+/// The output and the gradients of `Σ output ∘ probe` with respect to `inputs`, on `device`
+/// (brought back to flex for comparison).
+fn output_and_gradients<const N: usize>(
+    inputs: &[Tensor<4>; N],
+    probe: &Tensor<4>,
+    device: &Device,
+    f: impl Fn(&[Tensor<4>; N]) -> Tensor<4>,
+) -> (Tensor<4>, [Tensor<4>; N]) {
+    let inputs = tracked(inputs, device);
+    let out = f(&inputs);
+    let grads = (out.clone() * on(probe, device)).sum().backward();
+    let flex = Device::flex();
+    let gradients = inputs.each_ref().map(|x| {
+        let grad = x.grad(&grads).expect("every input is tracked and used");
+        on(&grad, &flex)
+    });
+    (on(&out.inner(), &flex), gradients)
+}
+
+/// Asserts that two sets of outputs and gradients agree to `tolerance` (relative).
+fn assert_agree<const N: usize>(
+    what: &str,
+    names: [&str; N],
+    result: &(Tensor<4>, [Tensor<4>; N]),
+    reference: &(Tensor<4>, [Tensor<4>; N]),
+    tolerance: f32,
+) {
+    let diff = relative_diff(&result.0, &reference.0);
+    assert!(diff < tolerance, "{what}: output differs by {diff}");
+    for ((name, grad), expected) in names.iter().zip(&result.1).zip(&reference.1) {
+        let diff = relative_diff(grad, expected);
+        assert!(
+            diff < tolerance,
+            "{what}: gradient of {name} differs by {diff}"
+        );
+    }
+}
+
+/// Every device with kernels in this build, as autodiff devices.
+fn tracked_devices() -> Vec<(&'static str, Device)> {
+    devices()
+        .into_iter()
+        .map(|(name, device)| (name, device.autodiff()))
+        .collect()
+}
+
+#[test]
+fn kernels_apply_under_autodiff() {
+    for (name, device) in tracked_devices() {
+        let x = randn([1, 1, 4, 2], 1.0, 1, &device);
+        assert!(
+            custom_kernels_apply(&x),
+            "{name}: tracked f32 takes the kernels"
+        );
+    }
+}
+
+#[test]
+fn landmark_values_gradients_match_the_tensor_ops() {
+    let [batch, heads, d, m, d_v] = [3, 2, 16, 4, 8];
+    // One block of keys, and several with a ragged last one (flex's blocks are 256 keys).
+    for n in [37, 600] {
+        let flex = Device::flex();
+        let inputs = [
+            randn([batch, heads, m, d], 0.5, 20, &flex),
+            randn([batch, heads, n, d], 1.0, 21, &flex),
+            randn([batch, heads, n, d_v], 1.0, 22, &flex),
+        ];
+        let probe = randn([batch, heads, m, d_v], 1.0, 23, &flex);
+        // Sequence 0 unpadded, 1 padded from n/2 (whole blocks padded when n = 600), 2 fully.
+        let padding: Vec<bool> = (0..batch * n)
+            .map(|i| (i / n == 1 && i % n >= n / 2) || i / n == 2)
+            .collect();
+        let missing = [
+            vec![false; m],
+            vec![false, false, true, false],
+            vec![true; m],
+        ]
+        .concat();
+        // Blocks matter to flex only; lavapipe runs the tensor-op bodies, slowly.
+        for (name, device) in tracked_devices()
+            .into_iter()
+            .filter(|(name, _)| n < 256 || *name == "flex")
+        {
+            let mask_pad = mask(padding.clone(), [batch, n], &device);
+            let missing = mask(missing.clone(), [batch, m], &device);
+            for (mask_pad, missing) in [(None, None), (Some(&mask_pad), Some(&missing))] {
+                let fused = output_and_gradients(&inputs, &probe, &device, |[q, k, v]| {
+                    fused_landmark_values(q, k, v, mask_pad, missing, MASKED_SCORE as f32)
+                        .expect("the kernels apply")
+                });
+                let reference = output_and_gradients(&inputs, &probe, &device, |[q, k, v]| {
+                    kernel_b(q.clone(), k.clone(), mask_pad, missing, MASKED_SCORE)
+                        .matmul(v.clone())
+                });
+                let what = format!("{name}, n = {n}, masks {}", mask_pad.is_some());
+                assert_agree(&what, ["Q̃", "K", "V"], &fused, &reference, 1e-4);
+            }
+            // Without masks the product is exact softmax attention of the landmark queries.
+            let fused = output_and_gradients(&inputs, &probe, &device, |[q, k, v]| {
+                fused_landmark_values(q, k, v, None, None, MASKED_SCORE as f32).unwrap()
+            });
+            let exact = output_and_gradients(&inputs, &probe, &device, |[q, k, v]| {
+                softmax(q.clone().matmul(k.clone().transpose()), 3).matmul(v.clone())
+            });
+            assert_agree(
+                &format!("{name}, n = {n}, exact"),
+                ["Q̃", "K", "V"],
+                &fused,
+                &exact,
+                1e-4,
+            );
+        }
+    }
+}
+
+#[test]
+fn landmark_attention_gradients_match_the_tensor_ops() {
+    let [batch, heads, d, m, d_v] = [3, 2, 16, 5, 8];
+    // One block of query rows, and several with a ragged last one (flex's blocks are 128 rows).
+    for n in [37, 300] {
+        let flex = Device::flex();
+        let inputs = [
+            randn([batch, heads, n, d], 1.0, 6, &flex),
+            randn([batch, heads, m, d], 0.5, 7, &flex),
+            randn([batch, heads, m, d_v], 1.0, 8, &flex),
+        ];
+        let probe = randn([batch, heads, n, d_v], 1.0, 9, &flex);
+        // Sequence 0: every landmark; 1: two missing; 2: none at all (a fully padded sequence).
+        let missing = [
+            vec![false; m],
+            vec![false, true, false, false, true],
+            vec![true; m],
+        ]
+        .concat();
+        for (name, device) in tracked_devices()
+            .into_iter()
+            .filter(|(name, _)| n < 128 || *name == "flex")
+        {
+            let missing = mask(missing.clone(), [batch, m], &device);
+            for missing in [None, Some(&missing)] {
+                let fused = output_and_gradients(&inputs, &probe, &device, |[q, k, w]| {
+                    fused_landmark_attention(q, k, w, missing).expect("the kernels apply")
+                });
+                let reference = output_and_gradients(&inputs, &probe, &device, |[q, k, w]| {
+                    kernel_f(q.clone(), k.clone(), missing, MASKED_SCORE).matmul(w.clone())
+                });
+                let what = format!("{name}, n = {n}, mask {}", missing.is_some());
+                assert_agree(&what, ["Q", "K̃", "W"], &fused, &reference, 1e-4);
+                if missing.is_some() {
+                    let no_landmark = values(&fused.1[0])[2 * heads * n * d..].to_vec();
+                    assert!(
+                        no_landmark.iter().all(|x| *x == 0.0),
+                        "{name}: a query without landmarks gets no gradient"
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// The whole attention's output and input gradients with and without the kernels.
+fn attention_case(
+    [batch, heads, n, d, m]: [usize; 5],
+    valid: &[usize],
+    policy: MaskPolicy,
+    seed: u64,
+    device: &Device,
+) -> Result<(), TestCaseError> {
+    let flex = Device::flex();
+    let inputs = [
+        randn([batch, heads, n, d], 1.0, seed, &flex),
+        randn([batch, heads, n, d], 1.0, seed + 1, &flex),
+        randn([batch, heads, n, d], 1.0, seed + 2, &flex),
+    ];
+    let probe = randn([batch, heads, n, d], 1.0, seed + 3, &flex);
+    let padding: Vec<bool> = (0..batch * n).map(|i| i % n >= valid[i / n]).collect();
+    let run = |kernels: bool| {
+        output_and_gradients(&inputs, &probe, device, |[q, k, v]| {
+            let input = NystromHeadsInput::self_attention(q.clone(), k.clone(), v.clone())
+                .mask_pad(mask(padding.clone(), [batch, n], device));
+            let options = NystromOptions::new()
+                .with_num_landmarks(m)
+                .with_mask_policy(policy)
+                .with_custom_kernels(kernels);
+            nystrom_attention(input, &options).context
+        })
+    };
+    let (fused, reference) = (run(true), run(false));
+    let what = format!("{device:?}, n = {n}, m = {m}, valid {valid:?}, {policy:?}");
+    let diff = relative_diff(&fused.0, &reference.0);
+    prop_assert!(diff < 1e-4, "{what}: output differs by {diff}");
+    for (name, (grad, expected)) in ["q", "k", "v"].iter().zip(fused.1.iter().zip(&reference.1)) {
+        let diff = relative_diff(grad, expected);
+        prop_assert!(diff < 1e-3, "{what}: gradient of {name} differs by {diff}");
+    }
+    Ok(())
+}
+
+#[test]
+fn attention_gradients_with_and_without_kernels_agree() {
+    for (_, device) in tracked_devices() {
+        // Unpadded, ragged, short (at most m valid keys: exact for that sequence), fully padded.
+        for (n, m, valid) in [(50, 8, [50, 17]), (130, 64, [130, 9]), (40, 8, [0, 40])] {
+            for policy in [MaskPolicy::LeakFree, MaskPolicy::HfCompatible] {
+                attention_case([2, 2, n, 16, m], &valid, policy, n as u64, &device).unwrap();
+            }
+        }
+    }
+}
+
+#[test]
+fn attention_gradients_agree_over_random_shapes_and_masks() {
+    let strategy = (
+        1usize..=3,
+        1usize..=2,
+        2usize..=160,
+        1usize..=8,
+        1usize..=12,
+    )
+        .prop_flat_map(|(batch, heads, n, d, m)| {
+            (
+                Just([batch, heads, n, d, m]),
+                proptest::collection::vec(0..=n, batch),
+                prop_oneof![Just(MaskPolicy::LeakFree), Just(MaskPolicy::HfCompatible)],
+                any::<u64>(),
+            )
+        });
+    for (name, device) in tracked_devices() {
+        let cases = if name == "flex" { 16 } else { 3 };
+        TestRunner::new(Config::with_cases(cases))
+            .run(&strategy, |(dims, valid, policy, seed)| {
+                attention_case(dims, &valid, policy, seed % 1_000_000, &device)
+            })
+            .unwrap_or_else(|err| panic!("{name}: {err}"));
+    }
+}
