@@ -95,6 +95,8 @@ def main():
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--reps", type=int, default=5)
     p.add_argument("--max-intermediate-gib", type=float, default=4.0)
+    p.add_argument("--passes", default="forward",
+                   help="forward, backward (forward + backward of the sum of the output with respect to q, k, v), or both: forward,backward")
     p.add_argument("--out", required=True, help="output directory (records-torch-<device>.jsonl goes there)")
     args = p.parse_args()
     if args.out.endswith(".jsonl") or os.path.isfile(args.out):
@@ -108,18 +110,29 @@ def main():
         machine += f", {torch.cuda.get_device_name()}"
     b, h, d, m = args.batch, args.heads, args.head_dim, args.landmarks
     records = []
-    torch.set_grad_enabled(False)
-    for n in [int(x) for x in args.lengths.split(",")]:
-        q, k, v = (torch.randn(b, h, n, d, device=device) for _ in range(3))
+    passes = args.passes.split(",")
+    if not set(passes) <= {"forward", "backward"}:
+        p.error(f"--passes {args.passes}: expected forward, backward or forward,backward")
+    for n, backward in [(int(x), pass_ == "backward") for pass_ in passes for x in args.lengths.split(",")]:
+        # As the Burn sweep does: the backward of the output's sum with respect to q, k and v.
+        torch.set_grad_enabled(backward)
+        q, k, v = (torch.randn(b, h, n, d, device=device, requires_grad=backward) for _ in range(3))
         x = torch.randn(b, n, h * d, device=device)
         lucid = lucidrains_module(h, d, m, device)
+
+        def run(fn):
+            return (lambda: fn().sum().backward()) if backward else fn
+
         impls = [
-            ("hf-nystrom", m, lambda: hf_nystrom(q, k, v, m), b * h * n * m * 4),
-            ("lucidrains-nystrom", m, lambda: lucid(x), b * h * n * m * 4),
-            ("torch-sdpa", 0, lambda: sdpa(q, k, v), b * h * n * n * 4 if device.type == "cpu" else 0),
+            ("hf-nystrom", m, run(lambda: hf_nystrom(q, k, v, m)), b * h * n * m * 4),
+            ("torch-sdpa", 0, run(lambda: sdpa(q, k, v)), b * h * n * n * 4 if device.type == "cpu" else 0),
         ]
+        if not backward:
+            # Its projections have weights of their own: a backward would not be the same work.
+            impls.insert(1, ("lucidrains-nystrom", m, lambda: lucid(x), b * h * n * m * 4))
+        pass_name = "forward+backward" if backward else "forward"
         for name, landmarks, fn, needed in impls:
-            record = dict(implementation=name, backend=backend, **{"pass": "forward"}, batch=b, heads=h, n=n,
+            record = dict(implementation=name, backend=backend, **{"pass": pass_name}, batch=b, heads=h, n=n,
                           head_dim=d, landmarks=landmarks, median_ms=None, min_ms=None, max_ms=None,
                           reps=args.reps, peak_bytes=None, status="ok", commit=commit, machine=machine)
             if needed > args.max_intermediate_gib * 2**30:
@@ -133,7 +146,7 @@ def main():
                 except Exception as err:  # noqa: BLE001 - a shape that does not fit is a result
                     record["status"] = f"failed: {str(err).splitlines()[0]}"
             records.append(record)
-            print(f"{name:20s} n={n:6d} {record['median_ms']} ms {record['status']}", flush=True)
+            print(f"{name:20s} {pass_name:16s} n={n:6d} {record['median_ms']} ms {record['status']}", flush=True)
     os.makedirs(args.out, exist_ok=True)
     path = os.path.join(args.out, f"records-torch-{device.type}.jsonl")
     with open(path + ".tmp", "w") as f:
