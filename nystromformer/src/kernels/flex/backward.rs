@@ -10,8 +10,8 @@
 
 use rayon::prelude::*;
 
-use super::exp::exp;
 use super::products::{Dims, KEY_BLOCK, ROW_BLOCK, RowSoftmax, matmul};
+use super::rows::{fill_columns, row_dots, softmax_backward, softmax_from_stats};
 
 /// What one product's forward saw and gave, as contiguous row-major slices:
 /// `[batch, heads, rows, cols]`.
@@ -93,7 +93,7 @@ pub fn landmark_values(
                 // P, padded keys at the score the forward gave them.
                 matmul(m, width, d, probs, false, q, (d, 1), k_block, (1, d));
                 fill_columns(probs, width, masked, masked_score);
-                softmax_rows(probs, width, stats);
+                softmax_from_stats(probs, width, stats);
                 // dV = Pᵀ dO
                 let d_v = &mut d_v[start * dv..][..width * dv];
                 matmul(width, dv, m, d_v, false, probs, (1, width), &g, (dv, 1));
@@ -169,7 +169,7 @@ pub fn landmark_attention(
                 let stats = &forward.row_softmax[bh * n + first..][..rows];
                 // P over the landmarks present, zero elsewhere.
                 matmul(rows, m, d, probs, false, q, (d, 1), lk, (1, d));
-                softmax_rows(probs, m, stats);
+                softmax_from_stats(probs, m, stats);
                 fill_columns(probs, m, absent, 0.0);
                 // dW += Pᵀ dO
                 matmul(m, dv, rows, d_w, true, probs, (1, m), g, (dv, 1));
@@ -195,49 +195,4 @@ fn row_gradients(grad: &[f32], width: usize, zeroed: &[f32]) -> Vec<f32> {
         }
     }
     grad
-}
-
-/// The forward's softmax of each row of scores, in place; rows it zeroed are zero.
-fn softmax_rows(scores: &mut [f32], width: usize, stats: &[RowSoftmax]) {
-    for (row, stats) in scores.chunks_exact_mut(width).zip(stats) {
-        if stats.inv_sum > 0.0 {
-            row.iter_mut()
-                .for_each(|s| *s = exp(*s - stats.max) * stats.inv_sum);
-        } else {
-            row.fill(0.0);
-        }
-    }
-}
-
-/// `δ_i = Σ_c a[i, c] · b[i, c]` for rows of `width`.
-fn row_dots(a: &[f32], b: &[f32], width: usize) -> Vec<f32> {
-    a.chunks_exact(width)
-        .zip(b.chunks_exact(width))
-        .map(|(a, b)| a.iter().zip(b).map(|(x, y)| x * y).sum())
-        .collect()
-}
-
-/// `dS = P ∘ (dP − δ)` in place of `dP`, for rows of `width`.
-fn softmax_backward(d_scores: &mut [f32], probs: &[f32], delta: &[f32], width: usize) {
-    for ((ds_row, p_row), delta) in d_scores
-        .chunks_exact_mut(width)
-        .zip(probs.chunks_exact(width))
-        .zip(delta)
-    {
-        for (ds, p) in ds_row.iter_mut().zip(p_row) {
-            *ds = p * (*ds - delta);
-        }
-    }
-}
-
-/// Sets column `j` of the row-major `[rows, width]` matrix to `value` wherever `flags[j]` is set.
-fn fill_columns(matrix: &mut [f32], width: usize, flags: &[f32], value: f32) {
-    for (j, flag) in flags.iter().enumerate() {
-        if *flag > 0.5 {
-            matrix[j..]
-                .iter_mut()
-                .step_by(width)
-                .for_each(|x| *x = value);
-        }
-    }
 }

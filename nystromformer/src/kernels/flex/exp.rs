@@ -30,19 +30,9 @@ pub fn exp(x: f32) -> f32 {
     e_r * two_k
 }
 
-/// Replaces every `x` of `values` by `e^(x − shift)` and returns their sum.
-#[inline]
-pub fn exp_shifted_sum(values: &mut [f32], shift: f32) -> f32 {
-    // Two loops: a sum in the same loop as the map would keep both scalar (float addition is
-    // not reassociated), the lanes below let the sum vectorise too.
-    for x in values.iter_mut() {
-        *x = exp(*x - shift);
-    }
-    sum(values)
-}
-
-/// The sum of `values`, eight running sums at a time.
-#[inline]
+/// The sum of `values`, eight running sums at a time (a sum in one running total would stay
+/// scalar: float addition is not reassociated).
+#[inline(always)]
 pub fn sum(values: &[f32]) -> f32 {
     let mut lanes = [0.0f32; 8];
     let chunks = values.chunks_exact(8);
@@ -56,7 +46,7 @@ pub fn sum(values: &[f32]) -> f32 {
 }
 
 /// The largest of `values` (`-inf` for none).
-#[inline]
+#[inline(always)]
 pub fn max(values: &[f32]) -> f32 {
     let mut lanes = [f32::NEG_INFINITY; 8];
     let chunks = values.chunks_exact(8);

@@ -8,6 +8,7 @@ mod autodiff;
 mod backward;
 mod exp;
 mod products;
+mod rows;
 
 use burn::tensor::{Shape, TensorData};
 use burn_flex::{Flex, FlexTensor};

@@ -8,7 +8,7 @@
 
 use rayon::prelude::*;
 
-use super::exp::{exp, exp_shifted_sum, max};
+use super::rows::{fill_columns, fold_block, softmax_present};
 
 /// Keys per block of `B · V`: the `[m, KEY_BLOCK]` scores stay in L2 for m ≤ 256.
 pub(super) const KEY_BLOCK: usize = 256;
@@ -132,26 +132,8 @@ pub fn landmark_values(
                 // scores[i, j] = Σ_p lq[i, p] · k[start + j, p]
                 let k_block = &k[start * d..];
                 matmul(m, width, d, scores, false, lq, (d, 1), k_block, (1, d));
-                for (j, flag) in pad[start..start + width].iter().enumerate() {
-                    if *flag > 0.5 {
-                        scores[j..]
-                            .iter_mut()
-                            .step_by(width)
-                            .for_each(|s| *s = masked_score);
-                    }
-                }
-                for i in 0..m {
-                    let row = &mut scores[i * width..][..width];
-                    let new_max = row_max[i].max(max(row));
-                    let correction = exp(row_max[i] - new_max);
-                    row_sum[i] = row_sum[i] * correction + exp_shifted_sum(row, new_max);
-                    row_max[i] = new_max;
-                    if correction != 1.0 {
-                        out[i * dv..][..dv]
-                            .iter_mut()
-                            .for_each(|x| *x *= correction);
-                    }
-                }
+                fill_columns(scores, width, &pad[start..start + width], masked_score);
+                fold_block(scores, width, &mut row_max, &mut row_sum, out, dv);
                 matmul(
                     m,
                     dv,
@@ -214,27 +196,7 @@ pub fn landmark_attention(
                     let mut scores = vec![0.0f32; rows * m];
                     // scores[r, j] = Σ_p q[r, p] · lk[j, p]
                     matmul(rows, m, d, &mut scores, false, q, (d, 1), lk, (1, d));
-                    for (row, stats) in scores.chunks_exact_mut(m).zip(stats) {
-                        for (s, gone) in row.iter_mut().zip(absent) {
-                            if *gone > 0.5 {
-                                *s = f32::MIN;
-                            }
-                        }
-                        let row_max = max(row);
-                        exp_shifted_sum(row, row_max);
-                        for (s, gone) in row.iter_mut().zip(absent) {
-                            if *gone > 0.5 {
-                                *s = 0.0;
-                            }
-                        }
-                        let total = super::exp::sum(row);
-                        let scale = if total > 0.0 { 1.0 / total } else { 0.0 };
-                        row.iter_mut().for_each(|s| *s *= scale);
-                        *stats = RowSoftmax {
-                            max: row_max,
-                            inv_sum: scale,
-                        };
-                    }
+                    softmax_present(&mut scores, m, absent, stats);
                     matmul(rows, dv, m, out, false, &scores, (m, 1), w, (dv, 1));
                 });
         });

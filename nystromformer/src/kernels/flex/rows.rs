@@ -1,0 +1,218 @@
+//! The row-wise softmax work of the fused flex stages (between their matrix products), compiled
+//! twice: for the baseline x86-64 this crate is built for (SSE2) and for AVX2 with FMA, chosen
+//! at run time. gemm picks its own kernels the same way; these loops are a third of the forward
+//! and the `exp` polynomial vectorises twice as wide with AVX2.
+
+use super::exp::{exp, max, sum};
+use super::products::RowSoftmax;
+
+/// Defines `fn NAME(args) -> R { body }` that runs `body` compiled for AVX2 + FMA when the CPU
+/// has them, and as compiled for the baseline otherwise.
+macro_rules! multiversion {
+    ($(#[$meta:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)? $body:block) => {
+        $(#[$meta])* $vis fn $name($($arg: $ty),*) $(-> $ret)? {
+            #[inline(always)]
+            fn body($($arg: $ty),*) $(-> $ret)? $body
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx2,fma")]
+                fn avx2($($arg: $ty),*) $(-> $ret)? {
+                    body($($arg),*)
+                }
+                if std::arch::is_x86_feature_detected!("avx2")
+                    && std::arch::is_x86_feature_detected!("fma")
+                {
+                    // SAFETY: the CPU has the features `avx2` is compiled for.
+                    return unsafe { avx2($($arg),*) };
+                }
+            }
+            body($($arg),*)
+        }
+    };
+}
+
+multiversion! {
+    /// One block of `B · V`'s online softmax: folds the block's scores (`[rows, width]`, replaced
+    /// by their `exp(score − new max)`) into each row's running max and sum, and rescales the
+    /// rows of the running output (`[rows, dv]`) whose max moved.
+    pub fn fold_block(
+        scores: &mut [f32],
+        width: usize,
+        row_max: &mut [f32],
+        row_sum: &mut [f32],
+        out: &mut [f32],
+        dv: usize,
+    ) {
+        let rows = scores.chunks_exact_mut(width).zip(out.chunks_exact_mut(dv));
+        for ((row, out), (running_max, running_sum)) in rows.zip(row_max.iter_mut().zip(row_sum)) {
+            let new_max = running_max.max(max(row));
+            let correction = exp(*running_max - new_max);
+            for x in row.iter_mut() {
+                *x = exp(*x - new_max);
+            }
+            *running_sum = *running_sum * correction + sum(row);
+            *running_max = new_max;
+            if correction != 1.0 {
+                out.iter_mut().for_each(|x| *x *= correction);
+            }
+        }
+    }
+}
+
+multiversion! {
+    /// `F`'s rows in place: each row of scores (`[rows, m]`) becomes its softmax over the
+    /// landmarks present (`absent[j] > 0.5` marks a missing one, which gets 0); a row without any
+    /// is zero. Each row's statistics go to `stats`.
+    pub fn softmax_present(scores: &mut [f32], m: usize, absent: &[f32], stats: &mut [RowSoftmax]) {
+        let any_absent = absent.iter().any(|gone| *gone > 0.5);
+        for (row, stats) in scores.chunks_exact_mut(m).zip(stats) {
+            if any_absent {
+                for (s, gone) in row.iter_mut().zip(absent) {
+                    if *gone > 0.5 {
+                        *s = f32::MIN;
+                    }
+                }
+            }
+            let row_max = max(row);
+            for x in row.iter_mut() {
+                *x = exp(*x - row_max);
+            }
+            if any_absent {
+                for (s, gone) in row.iter_mut().zip(absent) {
+                    if *gone > 0.5 {
+                        *s = 0.0;
+                    }
+                }
+            }
+            let total = sum(row);
+            let inv_sum = if total > 0.0 { 1.0 / total } else { 0.0 };
+            row.iter_mut().for_each(|s| *s *= inv_sum);
+            *stats = RowSoftmax { max: row_max, inv_sum };
+        }
+    }
+}
+
+multiversion! {
+    /// The forward's softmax of each row of scores (`[rows, width]`), in place, from its saved
+    /// statistics; rows the forward zeroed are zero.
+    pub fn softmax_from_stats(scores: &mut [f32], width: usize, stats: &[RowSoftmax]) {
+        for (row, stats) in scores.chunks_exact_mut(width).zip(stats) {
+            if stats.inv_sum > 0.0 {
+                for s in row.iter_mut() {
+                    *s = exp(*s - stats.max) * stats.inv_sum;
+                }
+            } else {
+                row.fill(0.0);
+            }
+        }
+    }
+}
+
+multiversion! {
+    /// The softmax backward in place of `dP`: `dS = P ∘ (dP − δ)` for rows of `width`.
+    pub fn softmax_backward(d_scores: &mut [f32], probs: &[f32], delta: &[f32], width: usize) {
+        let rows = d_scores.chunks_exact_mut(width).zip(probs.chunks_exact(width));
+        for ((ds_row, p_row), delta) in rows.zip(delta) {
+            for (ds, p) in ds_row.iter_mut().zip(p_row) {
+                *ds = p * (*ds - delta);
+            }
+        }
+    }
+}
+
+multiversion! {
+    /// `δ_i = Σ_c a[i, c] · b[i, c]` for rows of `width`.
+    pub fn row_dots(a: &[f32], b: &[f32], width: usize) -> Vec<f32> {
+        a.chunks_exact(width)
+            .zip(b.chunks_exact(width))
+            .map(|(a, b)| {
+                let mut lanes = [0.0f32; 8];
+                let pairs = a.chunks_exact(8).zip(b.chunks_exact(8));
+                for (a, b) in pairs {
+                    for ((lane, x), y) in lanes.iter_mut().zip(a).zip(b) {
+                        *lane += x * y;
+                    }
+                }
+                let tail = a.len() / 8 * 8;
+                let rest: f32 = a[tail..].iter().zip(&b[tail..]).map(|(x, y)| x * y).sum();
+                lanes.iter().sum::<f32>() + rest
+            })
+            .collect()
+    }
+}
+
+/// Sets column `j` of the row-major `[rows, width]` matrix to `value` wherever `flags[j]` is set.
+pub fn fill_columns(matrix: &mut [f32], width: usize, flags: &[f32], value: f32) {
+    for (j, flag) in flags.iter().enumerate() {
+        if *flag > 0.5 {
+            matrix[j..]
+                .iter_mut()
+                .step_by(width)
+                .for_each(|x| *x = value);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn folding_blocks_gives_the_softmax_of_the_whole_row() {
+        let row: Vec<f32> = (0..37)
+            .map(|i| ((i * 7919) % 23) as f32 * 0.37 - 3.0)
+            .collect();
+        let (mut running_max, mut running_sum, mut out) = ([f32::NEG_INFINITY], [0.0f32], [0.0f32]);
+        for block in row.chunks(10) {
+            let mut block = block.to_vec();
+            let width = block.len();
+            fold_block(
+                &mut block,
+                width,
+                &mut running_max,
+                &mut running_sum,
+                &mut out,
+                1,
+            );
+        }
+        let true_max = row.iter().fold(f32::NEG_INFINITY, |a, b| a.max(*b));
+        let true_sum: f32 = row.iter().map(|x| (x - true_max).exp()).sum();
+        assert_eq!(running_max[0], true_max);
+        assert!((running_sum[0] - true_sum).abs() < 1e-5 * true_sum);
+    }
+
+    #[test]
+    fn missing_landmarks_get_no_weight_and_a_row_without_any_is_zero() {
+        let mut scores = vec![1.0, 2.0, 3.0, 0.5, 0.5, 0.5];
+        let mut stats = [RowSoftmax::default(); 2];
+        softmax_present(&mut scores, 3, &[0.0, 1.0, 0.0], &mut stats);
+        let e = (1.0f32 - 3.0).exp();
+        assert!((scores[0] - e / (1.0 + e)).abs() < 1e-6 && scores[1] == 0.0);
+        assert!((scores[0] + scores[2] - 1.0).abs() < 1e-6);
+        let mut none = vec![1.0, 2.0];
+        let mut stats = [RowSoftmax::default(); 1];
+        softmax_present(&mut none, 2, &[1.0, 1.0], &mut stats);
+        assert_eq!((none, stats[0].inv_sum), (vec![0.0, 0.0], 0.0));
+        // The saved statistics give the same weights back.
+        let mut again = vec![1.0, 2.0, 3.0];
+        softmax_present(&mut again.clone(), 3, &[0.0; 3], &mut stats);
+        let reference = again.clone();
+        softmax_from_stats(&mut again, 3, &stats);
+        let mut expected = reference;
+        softmax_present(&mut expected, 3, &[0.0; 3], &mut stats);
+        assert!(
+            again
+                .iter()
+                .zip(&expected)
+                .all(|(a, b)| (a - b).abs() < 1e-6)
+        );
+    }
+
+    #[test]
+    fn row_dots_sum_every_product() {
+        let a: Vec<f32> = (0..26).map(|i| i as f32).collect();
+        let dots = row_dots(&a, &a, 13);
+        let expect = |range: std::ops::Range<usize>| range.map(|i| (i * i) as f32).sum::<f32>();
+        assert_eq!(dots, vec![expect(0..13), expect(13..26)]);
+    }
+}
