@@ -9,6 +9,7 @@ mod record;
 mod report;
 mod sweep;
 mod timing;
+mod train_steps;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -131,6 +132,28 @@ enum Cmd {
             long,
             default_value = "nystromformer-bench/results/latest/quality.ndjson"
         )]
+        out: PathBuf,
+    },
+    /// Training steps per second of the `lra` ListOps model (forward, backward, AdamW) on
+    /// full-length random batches; `peers/torch_train_steps.py` is the PyTorch side.
+    TrainSteps {
+        /// Device: flex, ndarray, wgpu, vulkan, metal, webgpu.
+        #[arg(long, default_value = "flex")]
+        device: String,
+        /// Sequences per step.
+        #[arg(long, default_value_t = 32)]
+        batch: usize,
+        /// Tokens per sequence (LRA ListOps' longest).
+        #[arg(long, default_value_t = 2000)]
+        length: usize,
+        /// Untimed steps.
+        #[arg(long, default_value_t = 2)]
+        warmup: usize,
+        /// Timed steps.
+        #[arg(long, default_value_t = 10)]
+        steps: usize,
+        /// Output directory (`train-steps-burn-DEVICE.json` goes there).
+        #[arg(long, default_value = "nystromformer-bench/results/latest")]
         out: PathBuf,
     },
     /// Merge every *.jsonl record file of a directory (ours and the peers') into results.csv,
@@ -265,6 +288,38 @@ fn sweep_in_children(
 
 fn run(cli: Cli) -> Result<(), String> {
     match cli.command {
+        Cmd::TrainSteps {
+            device,
+            batch,
+            length,
+            warmup,
+            steps,
+            out,
+        } => {
+            if batch == 0 || length == 0 || steps == 0 {
+                return Err("train-steps: --batch, --length and --steps must be at least 1".into());
+            }
+            let dev = choose_device(&device)?;
+            let (steps_per_second, step_seconds) =
+                train_steps::measure(&dev, batch, length, warmup, steps);
+            println!(
+                "{steps_per_second:.3} steps/s ({steps} steps of {batch} × {length} on {device})"
+            );
+            train_steps::write(
+                &out,
+                &train_steps::TrainStepRecord {
+                    implementation: "nystromformer-train listops --preset lra".into(),
+                    backend: format!("burn-{device}"),
+                    batch,
+                    length,
+                    steps,
+                    steps_per_second,
+                    step_seconds,
+                    commit: commit(),
+                    machine: machine(),
+                },
+            )
+        }
         Cmd::Sweep {
             devices,
             implementations,

@@ -4,8 +4,8 @@
 mod common;
 
 use burn::tensor::activation::softmax;
-use burn::tensor::{Bool, Device, Tensor, TensorData};
-use common::{REQUIRE_WGPU, devices, max_abs_diff, on, randn, values, wgpu_device};
+use burn::tensor::{Device, Tensor, TensorData};
+use common::{REQUIRE_WGPU, devices, mask, on, randn, relative_diff, values, wgpu_device};
 use nystromformer::attention::mask::MASKED_SCORE;
 use nystromformer::attention::softmax_kernels::{kernel_b, kernel_f};
 use nystromformer::kernels::{
@@ -38,18 +38,6 @@ fn kernel_device() -> Option<Device> {
 fn kernel_devices() -> Vec<Device> {
     let flex = cfg!(feature = "flex-kernels").then(Device::flex);
     flex.into_iter().chain(kernel_device()).collect()
-}
-
-fn mask(values: Vec<bool>, shape: [usize; 2], device: &Device) -> Tensor<2, Bool> {
-    Tensor::from_bool(TensorData::new(values, shape), device)
-}
-
-/// Largest difference relative to the reference's largest magnitude (at least 1).
-fn relative_diff(result: &Tensor<4>, reference: &Tensor<4>) -> f32 {
-    let scale = values(reference)
-        .iter()
-        .fold(1.0f32, |acc, x| acc.max(x.abs()));
-    max_abs_diff(result, reference) / scale
 }
 
 #[test]

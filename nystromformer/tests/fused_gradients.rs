@@ -6,8 +6,8 @@
 mod common;
 
 use burn::tensor::activation::softmax;
-use burn::tensor::{Bool, Device, Tensor, TensorData};
-use common::{devices, max_abs_diff, on, randn, values};
+use burn::tensor::{Device, Tensor};
+use common::{devices, mask, on, randn, relative_diff, values};
 use nystromformer::attention::mask::MASKED_SCORE;
 use nystromformer::attention::softmax_kernels::{kernel_b, kernel_f};
 use nystromformer::kernels::{
@@ -16,18 +16,6 @@ use nystromformer::kernels::{
 use nystromformer::{MaskPolicy, NystromHeadsInput, NystromOptions, nystrom_attention};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
-
-fn mask(values: Vec<bool>, shape: [usize; 2], device: &Device) -> Tensor<2, Bool> {
-    Tensor::from_bool(TensorData::new(values, shape), device)
-}
-
-/// Largest difference relative to the reference's largest magnitude (at least 1).
-fn relative_diff(result: &Tensor<4>, reference: &Tensor<4>) -> f32 {
-    let scale = values(reference)
-        .iter()
-        .fold(1.0f32, |acc, x| acc.max(x.abs()));
-    max_abs_diff(result, reference) / scale
-}
 
 /// Tracked copies of `inputs` on `device` (an autodiff device).
 fn tracked<const N: usize>(inputs: &[Tensor<4>; N], device: &Device) -> [Tensor<4>; N] {
@@ -235,10 +223,17 @@ fn attention_case(
 
 #[test]
 fn attention_gradients_with_and_without_kernels_agree() {
-    for (_, device) in tracked_devices() {
-        // Unpadded, ragged, short (at most m valid keys: exact for that sequence), fully padded.
-        for (n, m, valid) in [(50, 8, [50, 17]), (130, 64, [130, 9]), (40, 8, [0, 40])] {
-            for policy in [MaskPolicy::LeakFree, MaskPolicy::HfCompatible] {
+    // Unpadded, ragged, short (at most m valid keys: exact for that sequence), fully padded.
+    let cases = [(50, 8, [50, 17]), (130, 64, [130, 9]), (40, 8, [0, 40])];
+    let policies = [MaskPolicy::LeakFree, MaskPolicy::HfCompatible];
+    for (name, device) in tracked_devices() {
+        for (i, (n, m, valid)) in cases.into_iter().enumerate() {
+            for (j, policy) in policies.into_iter().enumerate() {
+                // Lavapipe emulates the GPU slowly and runs the tensor-op bodies: every case
+                // once, under one policy or the other.
+                if name != "flex" && (i + j) % 2 == 1 {
+                    continue;
+                }
                 attention_case([2, 2, n, 16, m], &valid, policy, n as u64, &device).unwrap();
             }
         }
@@ -263,7 +258,7 @@ fn attention_gradients_agree_over_random_shapes_and_masks() {
             )
         });
     for (name, device) in tracked_devices() {
-        let cases = if name == "flex" { 16 } else { 3 };
+        let cases = if name == "flex" { 16 } else { 2 };
         TestRunner::new(Config::with_cases(cases))
             .run(&strategy, |(dims, valid, policy, seed)| {
                 attention_case(dims, &valid, policy, seed % 1_000_000, &device)

@@ -3,7 +3,7 @@
 
 use std::sync::OnceLock;
 
-use burn::tensor::{Device, DeviceType, Tensor, TensorData};
+use burn::tensor::{Bool, Device, DeviceType, Tensor, TensorData};
 
 /// Set to `1` (CI does) to turn a missing wgpu adapter into a failure instead of a skip.
 pub const REQUIRE_WGPU: &str = "NYSTROMFORMER_REQUIRE_WGPU";
@@ -97,6 +97,19 @@ pub fn max_abs_diff<const D: usize>(a: &Tensor<D>, b: &Tensor<D>) -> f32 {
         .zip(values(b))
         .map(|(x, y)| (x - y).abs())
         .fold(0.0, f32::max)
+}
+
+/// A boolean mask from host values.
+pub fn mask(values: Vec<bool>, shape: [usize; 2], device: &Device) -> Tensor<2, Bool> {
+    Tensor::from_bool(TensorData::new(values, shape), device)
+}
+
+/// Largest difference relative to the reference's largest magnitude (at least 1).
+pub fn relative_diff(result: &Tensor<4>, reference: &Tensor<4>) -> f32 {
+    let scale = values(reference)
+        .iter()
+        .fold(1.0f32, |acc, x| acc.max(x.abs()));
+    max_abs_diff(result, reference) / scale
 }
 
 /// Moves a tensor to another device through the host (the backends may differ).

@@ -6,7 +6,7 @@
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::grads::Gradients;
-use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::autodiff::ops::{Backward, NodeGuard, Ops, OpsKind};
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{Autodiff, Flex};
 
@@ -36,6 +36,25 @@ impl Backward<Flex, 3> for ProductBackward {
     }
 }
 
+/// Runs `forward` and, when any of `nodes` is tracked, records its backward.
+fn record<C: CheckpointStrategy>(
+    nodes: [NodeGuard; 3],
+    forward: impl FnOnce() -> SavedProduct,
+) -> FloatTensor<Autodiff<Flex, C>> {
+    match ProductBackward
+        .prepare::<C>(nodes)
+        .compute_bound()
+        .stateful()
+    {
+        OpsKind::Tracked(prep) => {
+            let saved = forward();
+            let output = saved.output.clone();
+            prep.finish(saved, output)
+        }
+        OpsKind::UnTracked(prep) => prep.finish(forward().output),
+    }
+}
+
 impl<C: CheckpointStrategy> LandmarkSoftmaxOps for Autodiff<Flex, C> {
     fn landmark_values(
         landmark_queries: FloatTensor<Self>,
@@ -56,18 +75,7 @@ impl<C: CheckpointStrategy> LandmarkSoftmaxOps for Autodiff<Flex, C> {
                 masked_score,
             )
         };
-        match ProductBackward
-            .prepare::<C>(nodes)
-            .compute_bound()
-            .stateful()
-        {
-            OpsKind::Tracked(prep) => {
-                let saved = forward();
-                let output = saved.output.clone();
-                prep.finish(saved, output)
-            }
-            OpsKind::UnTracked(prep) => prep.finish(forward().output),
-        }
+        record::<C>(nodes, forward)
     }
 
     fn landmark_attention(
@@ -85,17 +93,6 @@ impl<C: CheckpointStrategy> LandmarkSoftmaxOps for Autodiff<Flex, C> {
                 missing.into_primitive(),
             )
         };
-        match ProductBackward
-            .prepare::<C>(nodes)
-            .compute_bound()
-            .stateful()
-        {
-            OpsKind::Tracked(prep) => {
-                let saved = forward();
-                let output = saved.output.clone();
-                prep.finish(saved, output)
-            }
-            OpsKind::UnTracked(prep) => prep.finish(forward().output),
-        }
+        record::<C>(nodes, forward)
     }
 }

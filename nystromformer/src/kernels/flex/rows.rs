@@ -194,16 +194,15 @@ mod tests {
         softmax_present(&mut none, 2, &[1.0, 1.0], &mut stats);
         assert_eq!((none, stats[0].inv_sum), (vec![0.0, 0.0], 0.0));
         // The saved statistics give the same weights back.
-        let mut again = vec![1.0, 2.0, 3.0];
-        softmax_present(&mut again.clone(), 3, &[0.0; 3], &mut stats);
-        let reference = again.clone();
+        let scores = vec![1.0, 2.0, 3.0];
+        let mut weights = scores.clone();
+        softmax_present(&mut weights, 3, &[0.0; 3], &mut stats);
+        let mut again = scores;
         softmax_from_stats(&mut again, 3, &stats);
-        let mut expected = reference;
-        softmax_present(&mut expected, 3, &[0.0; 3], &mut stats);
         assert!(
             again
                 .iter()
-                .zip(&expected)
+                .zip(&weights)
                 .all(|(a, b)| (a - b).abs() < 1e-6)
         );
     }
