@@ -42,6 +42,30 @@ pub struct InputGrads {
     pub values: Vec<f32>,
 }
 
+impl InputGrads {
+    /// Gradients of `batch_heads` `(batch, head)` pairs holding `sizes` elements each (queries,
+    /// keys, values), each pair's filled by `fill(bh, queries, keys, values)`, in parallel.
+    fn per_head(
+        batch_heads: usize,
+        sizes: [usize; 3],
+        fill: impl Fn(usize, &mut [f32], &mut [f32], &mut [f32]) + Send + Sync,
+    ) -> Self {
+        let mut grads = InputGrads {
+            queries: vec![0.0; batch_heads * sizes[0]],
+            keys: vec![0.0; batch_heads * sizes[1]],
+            values: vec![0.0; batch_heads * sizes[2]],
+        };
+        grads
+            .queries
+            .par_chunks_mut(sizes[0])
+            .zip(grads.keys.par_chunks_mut(sizes[1]))
+            .zip(grads.values.par_chunks_mut(sizes[2]))
+            .enumerate()
+            .for_each(|(bh, ((queries, keys), values))| fill(bh, queries, keys, values));
+        grads
+    }
+}
+
 /// Gradients of [`super::products::landmark_values`] for the output gradient `grad`
 /// (`[batch, heads, m, dv]`), per `(batch, head)` in blocks of keys.
 pub fn landmark_values(
@@ -60,22 +84,10 @@ pub fn landmark_values(
         d,
         dv,
     } = dims;
-    let mut grads = InputGrads {
-        queries: vec![0.0; batch * heads * m * d],
-        keys: vec![0.0; batch * heads * n * d],
-        values: vec![0.0; batch * heads * n * dv],
-    };
-    let InputGrads {
-        queries: d_queries,
-        keys: d_keys,
-        values: d_values,
-    } = &mut grads;
-    d_queries
-        .par_chunks_mut(m * d)
-        .zip(d_keys.par_chunks_mut(n * d))
-        .zip(d_values.par_chunks_mut(n * dv))
-        .enumerate()
-        .for_each(|(bh, ((d_q, d_k), d_v))| {
+    InputGrads::per_head(
+        batch * heads,
+        [m * d, n * d, n * dv],
+        |bh, d_q, d_k, d_v| {
             let b = bh / heads;
             let q = &forward.queries[bh * m * d..][..m * d];
             let k = &forward.keys[bh * n * d..][..n * d];
@@ -120,8 +132,8 @@ pub fn landmark_values(
                 let d_k = &mut d_k[start * d..][..width * d];
                 matmul(width, d, m, d_k, false, d_scores, (1, width), q, (d, 1));
             }
-        });
-    grads
+        },
+    )
 }
 
 /// Gradients of [`super::products::landmark_attention`] for the output gradient `grad`
@@ -140,22 +152,10 @@ pub fn landmark_attention(
         d,
         dv,
     } = dims;
-    let mut grads = InputGrads {
-        queries: vec![0.0; batch * heads * n * d],
-        keys: vec![0.0; batch * heads * m * d],
-        values: vec![0.0; batch * heads * m * dv],
-    };
-    let InputGrads {
-        queries: d_queries,
-        keys: d_keys,
-        values: d_values,
-    } = &mut grads;
-    d_queries
-        .par_chunks_mut(n * d)
-        .zip(d_keys.par_chunks_mut(m * d))
-        .zip(d_values.par_chunks_mut(m * dv))
-        .enumerate()
-        .for_each(|(bh, ((d_q, d_k), d_w))| {
+    InputGrads::per_head(
+        batch * heads,
+        [n * d, m * d, m * dv],
+        |bh, d_q, d_k, d_w| {
             let b = bh / heads;
             let lk = &forward.keys[bh * m * d..][..m * d];
             let w = &forward.values[bh * m * dv..][..m * dv];
@@ -185,8 +185,8 @@ pub fn landmark_attention(
                 matmul(rows, d, m, d_q, false, d_scores, (m, 1), lk, (d, 1));
                 matmul(m, d, rows, d_k, true, d_scores, (1, m), q, (d, 1));
             }
-        });
-    grads
+        },
+    )
 }
 
 /// The output gradient of one `(batch, head)` with the rows the forward zeroed cleared: their
