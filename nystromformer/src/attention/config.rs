@@ -73,8 +73,8 @@ pub struct NystromAttentionConfig {
     #[config(default = "MASKED_SCORE")]
     pub min_float: f64,
     /// A runtime switch, not a property of the model (it changes speed, not results beyond
-    /// float rounding): run the custom CubeCL kernels where they apply (see [`crate::kernels`]).
-    /// Default: true.
+    /// float rounding): run the custom kernels (CubeCL, fused flex) where they apply (see
+    /// [`crate::kernels`]). Default: true.
     #[config(default = true)]
     pub custom_kernels: bool,
     /// Enable bias for the query projection. Default: true.

@@ -35,9 +35,9 @@ pub struct NystromOptions {
     /// to the lowest finite value of f32, in which the softmaxes run. Default: -1e9.
     #[config(default = "MASKED_SCORE")]
     pub min_float: f64,
-    /// A runtime switch, not part of the model: run the custom CubeCL kernels where they apply
-    /// (see [`crate::kernels`]); `false` keeps the tensor-op stages everywhere. Both compute the
-    /// same maths to float rounding. Default: true.
+    /// A runtime switch, not part of the model: run the custom kernels (CubeCL, fused flex) where
+    /// they apply (see [`crate::kernels`]); `false` keeps the tensor-op stages everywhere. Both
+    /// compute the same maths to float rounding. Default: true.
     #[config(default = true)]
     pub custom_kernels: bool,
 }
