@@ -266,3 +266,42 @@ fn attention_gradients_agree_over_random_shapes_and_masks() {
             .unwrap_or_else(|err| panic!("{name}: {err}"));
     }
 }
+
+#[test]
+fn fused_conv_skip_matches_the_convolution_with_gradients() {
+    use burn::module::Param;
+    use burn::nn::PaddingConfig2d;
+    use burn::nn::conv::Conv2dConfig;
+    use nystromformer::kernels::fused_depthwise_conv;
+
+    let flex = Device::flex();
+    let heads = 3;
+    // Filters shorter than, as long as and longer than the sequence.
+    for (n, k) in [(40, 5), (9, 9), (6, 35)] {
+        let inputs = [
+            randn([2, heads, n, 8], 1.0, n as u64, &flex),
+            randn([heads, 1, k, 1], 0.3, k as u64, &flex),
+        ];
+        let probe = randn([2, heads, n, 8], 1.0, 7, &flex);
+        let device = flex.clone().autodiff();
+        let fused = output_and_gradients(&inputs, &probe, &device, |[v, taps]| {
+            fused_depthwise_conv(v, taps).expect("flex runs the fused convolution")
+        });
+        let reference = output_and_gradients(&inputs, &probe, &device, |[v, taps]| {
+            let mut conv = Conv2dConfig::new([heads, heads], [k, 1])
+                .with_groups(heads)
+                .with_padding(PaddingConfig2d::Explicit(k / 2, 0, k / 2, 0))
+                .with_bias(false)
+                .init(&device);
+            conv.weight = Param::from_tensor(taps.clone());
+            conv.forward(v.clone())
+        });
+        assert_agree(
+            &format!("n = {n}, k = {k}"),
+            ["values", "taps"],
+            &fused,
+            &reference,
+            1e-5,
+        );
+    }
+}

@@ -190,7 +190,7 @@ impl NystromAttention {
                     MaskPolicy::LeakFree => padding.mask_pad.as_ref(),
                     MaskPolicy::HfCompatible => None,
                 };
-                context + conv_skip(v, conv, skip_mask)
+                context + conv_skip(v, conv, skip_mask, self.options.custom_kernels)
             }
             None => context,
         };

@@ -4,12 +4,14 @@ use burn::nn::conv::Conv2d;
 use burn::tensor::{Bool, Tensor};
 
 use super::mask::zero_rows;
+use crate::kernels;
 
 /// Depthwise convolution of `v` along the sequence axis, one `k × 1` filter per head.
 ///
 /// The convolution zero-pads the sequence ends (`k / 2` on each side). With `mask_pad`, the
 /// values at padded positions are zeroed first, so they never reach a valid position; pass
-/// `None` to reproduce HF transformers, which convolves the raw values.
+/// `None` to reproduce HF transformers, which convolves the raw values. With `fused`, flex runs
+/// the convolution as fused loops ([`fused_depthwise_conv`](crate::kernels::fused_depthwise_conv)).
 ///
 /// # Shapes
 ///
@@ -17,6 +19,21 @@ use super::mask::zero_rows;
 /// - conv: weight `[heads, 1, k, 1]`, groups = heads, no bias
 /// - mask_pad: `[batch, n]` (`true` = padding)
 /// - output: `[batch, heads, n, d]`
-pub fn conv_skip(v: Tensor<4>, conv: &Conv2d, mask_pad: Option<&Tensor<2, Bool>>) -> Tensor<4> {
-    conv.forward(zero_rows(v, mask_pad))
+pub fn conv_skip(
+    v: Tensor<4>,
+    conv: &Conv2d,
+    mask_pad: Option<&Tensor<2, Bool>>,
+    fused: bool,
+) -> Tensor<4> {
+    let v = zero_rows(v, mask_pad);
+    let taps = conv.weight.val();
+    // The fused loops have no bias; NystromAttentionConfig::init makes none.
+    let fused = fused && conv.bias.is_none();
+    match fused
+        .then(|| kernels::fused_depthwise_conv(&v, &taps))
+        .flatten()
+    {
+        Some(out) => out,
+        None => conv.forward(v),
+    }
 }

@@ -104,6 +104,21 @@ pub fn landmark_attention(
     ))
 }
 
+/// See [`super::fused_depthwise_conv`].
+#[cfg(feature = "flex-kernels")]
+pub fn depthwise_conv(values: &Tensor<4>, taps: &Tensor<4>) -> Tensor<4> {
+    Tensor::from_dispatch(<Dispatch as DepthwiseConvOps>::depthwise_conv(
+        values.clone().into_dispatch(),
+        taps.clone().into_dispatch(),
+    ))
+}
+
+/// Only flex has the fused convolution: [`super::fused_depthwise_conv`] asks for flex first.
+#[cfg(not(feature = "flex-kernels"))]
+pub fn depthwise_conv(_values: &Tensor<4>, _taps: &Tensor<4>) -> Tensor<4> {
+    unreachable!("the fused depthwise convolution runs on flex only")
+}
+
 /// A mask as the kernels read it: `1.0` where `true`, `0.0` elsewhere and without a mask.
 fn flags(mask: Option<&Tensor<2, Bool>>, shape: [usize; 2], device: &Device) -> Tensor<2> {
     match mask {
@@ -159,6 +174,18 @@ pub trait LandmarkSoftmaxOps: Backend {
 impl<C: burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy> LandmarkSoftmaxOps
     for burn::backend::Autodiff<burn::backend::Cube, C>
 {
+}
+
+/// The skip connection's depthwise convolution along the sequence: values `[batch, heads, n, d]`,
+/// taps `[heads, 1, k, 1]` (`k` odd, zero padding).
+#[cfg(feature = "flex-kernels")]
+#[backend_extension(
+    Flex: cfg(feature = "flex-kernels"),
+    Autodiff: cfg(feature = "autodiff")
+)]
+pub trait DepthwiseConvOps: Backend {
+    /// See [`depthwise_conv`].
+    fn depthwise_conv(values: FloatTensor<Self>, taps: FloatTensor<Self>) -> FloatTensor<Self>;
 }
 
 /// The pseudo-inverse iteration; `c` flattened to `[batch · heads]`.

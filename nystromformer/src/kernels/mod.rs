@@ -170,6 +170,36 @@ pub fn fused_landmark_attention(
         .then(|| extension::landmark_attention(queries, landmark_keys, weights, missing))
 }
 
+/// The skip connection's depthwise convolution along the sequence (one `k`-tap filter per head,
+/// zero padding), forward and, under autodiff, backward as fused flex loops; `None` where it
+/// does not apply: f32 on flex, tracked tensors only with the `autodiff` feature. Flex runs the
+/// `Conv2d` it replaces as a generic 3-d convolution and its backward as a transposed one.
+///
+/// # Shapes
+///
+/// - values: `[batch, heads, n, d]`
+/// - taps: `[heads, 1, k, 1]` (the `Conv2d` weight), `k` odd
+/// - output: `[batch, heads, n, d]`
+///
+/// # Panics
+///
+/// Panics, naming the argument, if the shapes disagree or `k` is even.
+pub fn fused_depthwise_conv(values: &Tensor<4>, taps: &Tensor<4>) -> Option<Tensor<4>> {
+    let [_, heads, _, _] = values.dims();
+    let k = taps.dims()[2];
+    expect_shape(
+        "fused_depthwise_conv",
+        "taps",
+        &taps.dims(),
+        &[heads, 1, k, 1],
+    );
+    assert!(k % 2 == 1, "fused_depthwise_conv: k must be odd, got {k}");
+    let applies = values.dtype() == DType::F32
+        && (!values.is_autodiff() || cfg!(feature = "autodiff"))
+        && extension::on_flex_device(values);
+    applies.then(|| extension::depthwise_conv(values, taps))
+}
+
 /// Without a GPU backend or flex there is nothing to launch: [`custom_kernels_apply`] is false
 /// and none of these is ever called.
 #[cfg(not(any(feature = "cube-kernels", feature = "flex-kernels")))]
@@ -198,6 +228,10 @@ mod extension {
     }
 
     pub fn pinv(_a: &Tensor<4>, _iterations: usize, _init: PinvInit) -> Tensor<4> {
+        unreachable!("{NOT_COMPILED}")
+    }
+
+    pub fn depthwise_conv(_values: &Tensor<4>, _taps: &Tensor<4>) -> Tensor<4> {
         unreachable!("{NOT_COMPILED}")
     }
 

@@ -1,4 +1,5 @@
-//! Training through the fused flex stages: [`LandmarkSoftmaxOps`] for `Autodiff<Flex>`. A tracked
+//! Training through the fused flex stages: [`LandmarkSoftmaxOps`] and [`DepthwiseConvOps`] for
+//! `Autodiff<Flex>`. A tracked
 //! call runs the fused forward and keeps its inputs, output and each row's softmax statistics; the backward
 //! recomputes the softmax block by block from them ([`super::backward`]). The masks are
 //! constants.
@@ -10,8 +11,11 @@ use burn::backend::autodiff::ops::{Backward, NodeGuard, Ops, OpsKind};
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{Autodiff, Flex};
 
-use super::{SavedProduct, attention_forward, product_backward, values_forward};
-use crate::kernels::extension::LandmarkSoftmaxOps;
+use super::{
+    SavedConv, SavedProduct, attention_forward, conv_backward, conv_forward, product_backward,
+    values_forward,
+};
+use crate::kernels::extension::{DepthwiseConvOps, LandmarkSoftmaxOps};
 
 /// The backward of either product: three inputs, the saved forward as state.
 #[derive(Debug)]
@@ -94,5 +98,43 @@ impl<C: CheckpointStrategy> LandmarkSoftmaxOps for Autodiff<Flex, C> {
             )
         };
         record::<C>(nodes, forward)
+    }
+}
+
+/// The backward of the depthwise convolution: values and taps, the saved forward as state.
+#[derive(Debug)]
+struct ConvBackward;
+
+impl Backward<Flex, 2> for ConvBackward {
+    type State = SavedConv;
+
+    fn backward(
+        self,
+        ops: Ops<Self::State, 2>,
+        grads: &mut Gradients,
+        _checkpointer: &mut Checkpointer,
+    ) {
+        let grad = grads.consume::<Flex>(&ops.node);
+        let input_grads = conv_backward(ops.state, grad);
+        for (parent, grad) in ops.parents.into_iter().zip(input_grads) {
+            if let Some(parent) = parent {
+                grads.register::<Flex>(parent.id, grad);
+            }
+        }
+    }
+}
+
+impl<C: CheckpointStrategy> DepthwiseConvOps for Autodiff<Flex, C> {
+    fn depthwise_conv(values: FloatTensor<Self>, taps: FloatTensor<Self>) -> FloatTensor<Self> {
+        let nodes = [values.node(), taps.node()];
+        let forward = || conv_forward(values.into_primitive(), taps.into_primitive());
+        match ConvBackward.prepare::<C>(nodes).compute_bound().stateful() {
+            OpsKind::Tracked(prep) => {
+                let saved = forward();
+                let output = saved.output.clone();
+                prep.finish(saved, output)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(forward().output),
+        }
     }
 }

@@ -2,10 +2,36 @@
 //! `f32` slices (see [`products`]), and for `Autodiff<Flex>` with a fused backward (see
 //! [`backward`] and `autodiff.rs`).
 
+/// Defines `fn NAME(args) -> R { body }` that runs `body` compiled for AVX2 + FMA when the CPU
+/// has them, and as compiled for the baseline otherwise.
+macro_rules! multiversion {
+    ($(#[$meta:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)? $body:block) => {
+        $(#[$meta])* $vis fn $name($($arg: $ty),*) $(-> $ret)? {
+            #[inline(always)]
+            fn body($($arg: $ty),*) $(-> $ret)? $body
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx2,fma")]
+                fn avx2($($arg: $ty),*) $(-> $ret)? {
+                    body($($arg),*)
+                }
+                if std::arch::is_x86_feature_detected!("avx2")
+                    && std::arch::is_x86_feature_detected!("fma")
+                {
+                    // SAFETY: the CPU has the features `avx2` is compiled for.
+                    return unsafe { avx2($($arg),*) };
+                }
+            }
+            body($($arg),*)
+        }
+    };
+}
+
 #[cfg(feature = "autodiff")]
 mod autodiff;
 #[cfg(feature = "autodiff")]
 mod backward;
+mod depthwise;
 mod exp;
 mod products;
 mod rows;
@@ -13,8 +39,9 @@ mod rows;
 use burn::tensor::{Shape, TensorData};
 use burn_flex::{Flex, FlexTensor};
 
+use self::depthwise::ConvDims;
 use self::products::{Dims, RowSoftmax};
-use super::extension::LandmarkSoftmaxOps;
+use super::extension::{DepthwiseConvOps, LandmarkSoftmaxOps};
 
 /// A tensor's `f32` elements in row-major order (a copy only when it is strided) and its shape.
 fn contiguous(tensor: FlexTensor) -> (FlexTensor, Vec<usize>) {
@@ -208,5 +235,64 @@ impl LandmarkSoftmaxOps for Flex {
         missing: FlexTensor,
     ) -> FlexTensor {
         attention_forward(queries, landmark_keys, weights, missing).output
+    }
+}
+
+/// One call of the depthwise convolution as its backward needs it.
+#[derive(Debug, Clone)]
+#[cfg_attr(not(feature = "autodiff"), allow(dead_code))]
+pub(super) struct SavedConv {
+    dims: ConvDims,
+    values: FlexTensor,
+    taps: FlexTensor,
+    output: FlexTensor,
+}
+
+/// The depthwise convolution (see [`depthwise::forward`]), kept for its backward.
+pub(super) fn conv_forward(values: FlexTensor, taps: FlexTensor) -> SavedConv {
+    let (values, v_shape) = contiguous(values);
+    let (taps, t_shape) = contiguous(taps);
+    let dims = ConvDims {
+        batch: v_shape[0],
+        heads: v_shape[1],
+        n: v_shape[2],
+        d: v_shape[3],
+        k: t_shape[2],
+    };
+    let out = depthwise::forward(dims, slice(&values), slice(&taps));
+    SavedConv {
+        dims,
+        values,
+        taps,
+        output: output(out, [dims.batch, dims.heads, dims.n, dims.d]),
+    }
+}
+
+/// The gradients of a saved convolution's values and taps for its output gradient `grad`.
+#[cfg(feature = "autodiff")]
+pub(super) fn conv_backward(saved: SavedConv, grad: FlexTensor) -> [FlexTensor; 2] {
+    let (grad, _) = contiguous(grad);
+    let ConvDims {
+        batch,
+        heads,
+        n,
+        d,
+        k,
+    } = saved.dims;
+    let (d_values, d_taps) = depthwise::backward(
+        saved.dims,
+        slice(&saved.values),
+        slice(&saved.taps),
+        slice(&grad),
+    );
+    [
+        output(d_values, [batch, heads, n, d]),
+        output(d_taps, [heads, 1, k, 1]),
+    ]
+}
+
+impl DepthwiseConvOps for Flex {
+    fn depthwise_conv(values: FlexTensor, taps: FlexTensor) -> FlexTensor {
+        conv_forward(values, taps).output
     }
 }
