@@ -19,12 +19,14 @@
 //! On flex (feature `flex-kernels`, on with `flex`), `B · V` and `F · W` run as fused CPU stages
 //! (`kernels/flex/`: gemm blocks, an online softmax with a vectorised `exp`, rayon per head),
 //! and with the `autodiff` feature their backward is fused too: the forward keeps each row's
-//! softmax statistics and the backward recomputes the softmax block by block, so training never stores
-//! an `n × m` matrix for these stages. The pseudo-inverse stays tensor ops on flex.
+//! softmax statistics and the backward recomputes the softmax block by block, so training never
+//! stores an `n × m` matrix for these stages. The pseudo-inverse stays tensor ops on flex. The
+//! skip connection's depthwise convolution is fused on flex as well, forward and backward
+//! ([`fused_depthwise_conv`]).
 //!
 //! Everywhere else (ndarray, f16) the tensor-op stages run; all paths compute the same maths and
-//! agree to float rounding (`tests/custom_kernels.rs`, gradients included). The CubeCL kernels only compile
-//! with a GPU backend feature (`cube-kernels`); both families reach Burn through its
+//! agree to float rounding (`tests/custom_kernels.rs`, gradients included). The CubeCL kernels
+//! only compile with a GPU backend feature (`cube-kernels`); both families reach Burn through its
 //! backend-extension machinery, which routes a call by the device of its tensors.
 
 use burn::tensor::{Bool, DType, Tensor};
