@@ -54,9 +54,13 @@ mod reference;
 /// autodiff this needs the `autodiff` feature, which routes tracked tensors too: flex runs its
 /// fused backward, CubeCL devices differentiate the tensor-op bodies of the extension.
 pub fn custom_kernels_apply(x: &Tensor<4>) -> bool {
-    x.dtype() == DType::F32
-        && (!x.is_autodiff() || cfg!(feature = "autodiff"))
-        && (extension::on_cube_device(x) || extension::on_flex_device(x))
+    routable(x) && (extension::on_cube_device(x) || extension::on_flex_device(x))
+}
+
+/// Whether the extension can take `x` at all: f32, and tracked only with the `autodiff`
+/// feature (which compiles the extension's autodiff routes).
+fn routable(x: &Tensor<4>) -> bool {
+    x.dtype() == DType::F32 && (!x.is_autodiff() || cfg!(feature = "autodiff"))
 }
 
 /// `softmax(Q̃ Kᵀ) · V` for the landmark queries without the `[m, n]` softmax in memory, as two
@@ -196,10 +200,8 @@ pub fn fused_depthwise_conv(values: &Tensor<4>, taps: &Tensor<4>) -> Option<Tens
         &[heads, 1, k, 1],
     );
     assert!(k % 2 == 1, "fused_depthwise_conv: k must be odd, got {k}");
-    let applies = values.dtype() == DType::F32
-        && (!values.is_autodiff() || cfg!(feature = "autodiff"))
-        && extension::on_flex_device(values);
-    applies.then(|| extension::depthwise_conv(values, taps))
+    (routable(values) && extension::on_flex_device(values))
+        .then(|| extension::depthwise_conv(values, taps))
 }
 
 /// Without a GPU backend or flex there is nothing to launch: [`custom_kernels_apply`] is false

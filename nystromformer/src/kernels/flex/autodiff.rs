@@ -1,8 +1,9 @@
 //! Training through the fused flex stages: [`LandmarkSoftmaxOps`] and [`DepthwiseConvOps`] for
-//! `Autodiff<Flex>`. A tracked
-//! call runs the fused forward and keeps its inputs, output and each row's softmax statistics; the backward
-//! recomputes the softmax block by block from them ([`super::backward`]). The masks are
-//! constants.
+//! `Autodiff<Flex>`. A tracked call runs the fused forward and keeps what its backward needs
+//! (inputs, output and, for the softmax products, each row's softmax statistics); the backward
+//! recomputes from them ([`super::backward`], [`super::depthwise`]). Masks are constants.
+
+use std::marker::PhantomData;
 
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
@@ -10,6 +11,7 @@ use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, NodeGuard, Ops, OpsKind};
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{Autodiff, Flex};
+use burn_flex::FlexTensor;
 
 use super::{
     SavedConv, SavedProduct, attention_forward, conv_backward, conv_forward, product_backward,
@@ -17,21 +19,47 @@ use super::{
 };
 use crate::kernels::extension::{DepthwiseConvOps, LandmarkSoftmaxOps};
 
-/// The backward of either product: three inputs, the saved forward as state.
-#[derive(Debug)]
-struct ProductBackward;
+/// A fused forward's saved state, which knows its output and the gradients of its `N` inputs.
+trait SavedForward<const N: usize>: Clone + Send + std::fmt::Debug + 'static {
+    fn output(&self) -> FlexTensor;
+    fn backward(self, grad: FlexTensor) -> [FlexTensor; N];
+}
 
-impl Backward<Flex, 3> for ProductBackward {
-    type State = SavedProduct;
+impl SavedForward<3> for SavedProduct {
+    fn output(&self) -> FlexTensor {
+        self.output.clone()
+    }
+
+    fn backward(self, grad: FlexTensor) -> [FlexTensor; 3] {
+        product_backward(self, grad)
+    }
+}
+
+impl SavedForward<2> for SavedConv {
+    fn output(&self) -> FlexTensor {
+        self.output.clone()
+    }
+
+    fn backward(self, grad: FlexTensor) -> [FlexTensor; 2] {
+        conv_backward(self, grad)
+    }
+}
+
+/// The backward step of a fused forward whose state is `S`.
+#[derive(Debug)]
+struct FusedBackward<S>(PhantomData<S>);
+
+impl<const N: usize, S: SavedForward<N>> Backward<Flex, N> for FusedBackward<S> {
+    type State = S;
 
     fn backward(
         self,
-        ops: Ops<Self::State, 3>,
+        ops: Ops<Self::State, N>,
         grads: &mut Gradients,
         _checkpointer: &mut Checkpointer,
     ) {
         let grad = grads.consume::<Flex>(&ops.node);
-        let input_grads = product_backward(ops.state, grad);
+        let input_grads = ops.state.backward(grad);
         for (parent, grad) in ops.parents.into_iter().zip(input_grads) {
             if let Some(parent) = parent {
                 grads.register::<Flex>(parent.id, grad);
@@ -41,21 +69,21 @@ impl Backward<Flex, 3> for ProductBackward {
 }
 
 /// Runs `forward` and, when any of `nodes` is tracked, records its backward.
-fn record<C: CheckpointStrategy>(
-    nodes: [NodeGuard; 3],
-    forward: impl FnOnce() -> SavedProduct,
+fn record<C: CheckpointStrategy, const N: usize, S: SavedForward<N>>(
+    nodes: [NodeGuard; N],
+    forward: impl FnOnce() -> S,
 ) -> FloatTensor<Autodiff<Flex, C>> {
-    match ProductBackward
+    match FusedBackward::<S>(PhantomData)
         .prepare::<C>(nodes)
         .compute_bound()
         .stateful()
     {
         OpsKind::Tracked(prep) => {
             let saved = forward();
-            let output = saved.output.clone();
+            let output = saved.output();
             prep.finish(saved, output)
         }
-        OpsKind::UnTracked(prep) => prep.finish(forward().output),
+        OpsKind::UnTracked(prep) => prep.finish(forward().output()),
     }
 }
 
@@ -79,7 +107,7 @@ impl<C: CheckpointStrategy> LandmarkSoftmaxOps for Autodiff<Flex, C> {
                 masked_score,
             )
         };
-        record::<C>(nodes, forward)
+        record::<C, 3, _>(nodes, forward)
     }
 
     fn landmark_attention(
@@ -97,44 +125,15 @@ impl<C: CheckpointStrategy> LandmarkSoftmaxOps for Autodiff<Flex, C> {
                 missing.into_primitive(),
             )
         };
-        record::<C>(nodes, forward)
-    }
-}
-
-/// The backward of the depthwise convolution: values and taps, the saved forward as state.
-#[derive(Debug)]
-struct ConvBackward;
-
-impl Backward<Flex, 2> for ConvBackward {
-    type State = SavedConv;
-
-    fn backward(
-        self,
-        ops: Ops<Self::State, 2>,
-        grads: &mut Gradients,
-        _checkpointer: &mut Checkpointer,
-    ) {
-        let grad = grads.consume::<Flex>(&ops.node);
-        let input_grads = conv_backward(ops.state, grad);
-        for (parent, grad) in ops.parents.into_iter().zip(input_grads) {
-            if let Some(parent) = parent {
-                grads.register::<Flex>(parent.id, grad);
-            }
-        }
+        record::<C, 3, _>(nodes, forward)
     }
 }
 
 impl<C: CheckpointStrategy> DepthwiseConvOps for Autodiff<Flex, C> {
     fn depthwise_conv(values: FloatTensor<Self>, taps: FloatTensor<Self>) -> FloatTensor<Self> {
         let nodes = [values.node(), taps.node()];
-        let forward = || conv_forward(values.into_primitive(), taps.into_primitive());
-        match ConvBackward.prepare::<C>(nodes).compute_bound().stateful() {
-            OpsKind::Tracked(prep) => {
-                let saved = forward();
-                let output = saved.output.clone();
-                prep.finish(saved, output)
-            }
-            OpsKind::UnTracked(prep) => prep.finish(forward().output),
-        }
+        record::<C, 2, _>(nodes, || {
+            conv_forward(values.into_primitive(), taps.into_primitive())
+        })
     }
 }

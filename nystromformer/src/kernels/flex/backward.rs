@@ -11,11 +11,11 @@
 use rayon::prelude::*;
 
 use super::products::{Dims, KEY_BLOCK, RowSoftmax, matmul};
+use super::rows::{fill_columns, row_dots, softmax_backward, softmax_from_stats};
 
 /// Query rows per step of `F · W`'s backward: larger than the forward's blocks, since one task
 /// runs a whole head here and five matrix products per step want enough rows to amortise.
 const ROW_BLOCK: usize = 512;
-use super::rows::{fill_columns, row_dots, softmax_backward, softmax_from_stats};
 
 /// What one product's forward saw and gave, as contiguous row-major slices:
 /// `[batch, heads, rows, cols]`.

@@ -8,6 +8,8 @@
 
 use rayon::prelude::*;
 
+use super::exp;
+
 /// The shapes of one call.
 #[derive(Debug, Clone, Copy)]
 pub struct ConvDims {
@@ -44,17 +46,9 @@ multiversion! {
 }
 
 multiversion! {
-    /// `Σ a · b`, eight running sums at a time.
+    /// `Σ a · b`.
     fn dot(a: &[f32], b: &[f32]) -> f32 {
-        let mut lanes = [0.0f32; 8];
-        for (a, b) in a.chunks_exact(8).zip(b.chunks_exact(8)) {
-            for ((lane, x), y) in lanes.iter_mut().zip(a).zip(b) {
-                *lane += x * y;
-            }
-        }
-        let tail = a.len() / 8 * 8;
-        let rest: f32 = a[tail..].iter().zip(&b[tail..]).map(|(x, y)| x * y).sum();
-        lanes.iter().sum::<f32>() + rest
+        exp::dot(a, b)
     }
 }
 

@@ -45,6 +45,20 @@ pub fn sum(values: &[f32]) -> f32 {
     lanes.iter().sum::<f32>() + rest
 }
 
+/// `Σ a · b`, eight running sums at a time (see [`sum`]).
+#[inline(always)]
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut lanes = [0.0f32; 8];
+    for (a, b) in a.chunks_exact(8).zip(b.chunks_exact(8)) {
+        for ((lane, x), y) in lanes.iter_mut().zip(a).zip(b) {
+            *lane += x * y;
+        }
+    }
+    let tail = a.len() / 8 * 8;
+    let rest: f32 = a[tail..].iter().zip(&b[tail..]).map(|(x, y)| x * y).sum();
+    lanes.iter().sum::<f32>() + rest
+}
+
 /// The largest of `values` (`-inf` for none).
 #[inline(always)]
 pub fn max(values: &[f32]) -> f32 {

@@ -3,7 +3,7 @@
 //! at run time. gemm picks its own kernels the same way; these loops are a third of the forward
 //! and the `exp` polynomial vectorises twice as wide with AVX2.
 
-use super::exp::{exp, max, sum};
+use super::exp::{dot, exp, max, sum};
 use super::products::RowSoftmax;
 
 multiversion! {
@@ -100,18 +100,7 @@ multiversion! {
     pub fn row_dots(a: &[f32], b: &[f32], width: usize) -> Vec<f32> {
         a.chunks_exact(width)
             .zip(b.chunks_exact(width))
-            .map(|(a, b)| {
-                let mut lanes = [0.0f32; 8];
-                let pairs = a.chunks_exact(8).zip(b.chunks_exact(8));
-                for (a, b) in pairs {
-                    for ((lane, x), y) in lanes.iter_mut().zip(a).zip(b) {
-                        *lane += x * y;
-                    }
-                }
-                let tail = a.len() / 8 * 8;
-                let rest: f32 = a[tail..].iter().zip(&b[tail..]).map(|(x, y)| x * y).sum();
-                lanes.iter().sum::<f32>() + rest
-            })
+            .map(|(a, b)| dot(a, b))
             .collect()
     }
 }
