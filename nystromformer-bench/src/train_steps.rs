@@ -5,12 +5,12 @@
 use std::path::Path;
 use std::time::Instant;
 
-use burn::optim::{AdamWConfig, GradientsParams};
+use burn::optim::GradientsParams;
 use burn::tensor::{Bool, Device, Distribution, Tensor, TensorData};
 use nystromformer_train::config::{ExperimentConfig, Preset, Task};
 use nystromformer_train::data::batcher::{ClassificationBatch, PAD};
 use nystromformer_train::task::{SequenceClassification, TaskSpec};
-use nystromformer_train::training::{ADAM_BETAS, ADAM_EPSILON};
+use nystromformer_train::training::adamw;
 use serde::Serialize;
 
 /// One measurement, written as `train-steps-burn-DEVICE.json`.
@@ -47,13 +47,7 @@ pub fn measure(
     let device = device.clone().autodiff();
     let config = ExperimentConfig::preset(Task::Listops, Preset::Lra);
     let mut model = SequenceClassification::model(&config, &device);
-    let (beta_1, beta_2) = ADAM_BETAS;
-    let mut optimizer = AdamWConfig::new()
-        .with_beta_1(beta_1)
-        .with_beta_2(beta_2)
-        .with_epsilon(ADAM_EPSILON)
-        .with_weight_decay(config.weight_decay)
-        .init();
+    let mut optimizer = adamw(&config).init();
     let vocab = config.model_config().vocab_size;
     let inputs = ClassificationBatch {
         // Ids past PAD, so that no position is padding.

@@ -54,6 +54,18 @@ pub const ADAM_BETAS: (f32, f32) = (0.9, 0.999);
 /// AdamW's ε as in LRA's `run_tasks.py`.
 pub const ADAM_EPSILON: f32 = 1e-6;
 
+/// The optimizer of a run: AdamW with LRA's betas and ε, the configuration's weight decay and
+/// gradient clipping.
+pub fn adamw(config: &ExperimentConfig) -> AdamWConfig {
+    let (beta_1, beta_2) = ADAM_BETAS;
+    AdamWConfig::new()
+        .with_beta_1(beta_1)
+        .with_beta_2(beta_2)
+        .with_epsilon(ADAM_EPSILON)
+        .with_weight_decay(config.weight_decay)
+        .with_grad_clipping(config.grad_clip_norm.map(GradientClippingConfig::Norm))
+}
+
 /// What a finished run reports (also `summary.json`).
 #[derive(Debug, Clone, Serialize)]
 pub struct RunSummary {
@@ -288,14 +300,7 @@ fn train_task<T: TaskSpec + 'static>(
     let training_device = devices[0].clone();
     training_device.seed(config.seed);
     let model = T::model(config, &training_device);
-    let (beta_1, beta_2) = ADAM_BETAS;
-    let optimizer = AdamWConfig::new()
-        .with_beta_1(beta_1)
-        .with_beta_2(beta_2)
-        .with_epsilon(ADAM_EPSILON)
-        .with_weight_decay(config.weight_decay)
-        .with_grad_clipping(config.grad_clip_norm.map(GradientClippingConfig::Norm))
-        .init();
+    let optimizer = adamw(config).init();
     let scheduler = OneCycleLr::new(
         config.learning_rate,
         config.warmup_steps,
