@@ -56,7 +56,8 @@ impl ClassifierHead {
     /// `[batch, input]` → `[batch, classes]`
     pub fn forward(&self, x: Tensor<2>) -> Tensor<2> {
         let x = self.dense.forward(self.dropout.forward(x));
-        let x = self.activation.forward(x);
+        // Pooled `[batch, width]`: too small for the fused path to matter.
+        let x = self.activation.forward(x, false);
         self.output.forward(self.dropout.forward(x))
     }
 }

@@ -63,10 +63,18 @@ impl RunState {
             .iter()
             .copied()
             .fold(None, |best, next| match best {
-                Some(best) if best.accuracy >= next.accuracy => Some(best),
+                Some(best) if !beats(next.accuracy, best.accuracy) => Some(best),
                 _ => Some(next),
             })
     }
+}
+
+/// Whether accuracy `a` is higher than `b` by more than float noise. serde_json's default
+/// parser can read a float back one unit in the last place off (`0.009174311926605505`, 1/109,
+/// comes back as `…503`), so a resumed run's earlier validations, read from its state file,
+/// must not lose a tie to the same accuracy computed in memory.
+fn beats(a: f64, b: f64) -> bool {
+    a - b > 4.0 * f64::EPSILON * a.abs().max(b.abs())
 }
 
 fn record_path(dir: &Path, name: &str, epoch: usize) -> PathBuf {
@@ -305,6 +313,25 @@ mod tests {
         };
         assert_eq!(state.best().map(|best| best.epoch), Some(2));
         assert_eq!(RunState::default().best(), None);
+    }
+
+    #[test]
+    fn a_tie_survives_a_json_round_trip_of_the_earlier_accuracy() {
+        let accuracy = 1.0 / 109.0;
+        let json = serde_json::to_string(&evaluation(1, accuracy)).unwrap();
+        let read_back: Evaluation = serde_json::from_str(&json).unwrap();
+        let state = RunState {
+            step: 20,
+            evaluations: vec![read_back, evaluation(2, accuracy)],
+        };
+        assert_eq!(state.best().map(|best| best.epoch), Some(1));
+        // A real improvement still wins.
+        let better = evaluation(3, accuracy + 1e-6);
+        let state = RunState {
+            step: 30,
+            evaluations: vec![read_back, evaluation(2, accuracy), better],
+        };
+        assert_eq!(state.best().map(|best| best.epoch), Some(3));
     }
 
     #[test]

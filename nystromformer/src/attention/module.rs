@@ -11,6 +11,7 @@ use super::mask::PaddingMasks;
 use super::nystrom::{NystromHeadsInput, NystromKernels, NystromOptions, nystrom_attention};
 use super::shape_check::expect_shape;
 use super::skip::conv_skip;
+use crate::kernels;
 
 /// Multi-head Nyström attention (Xiong et al., AAAI 2021), self- or cross-attention.
 ///
@@ -195,7 +196,11 @@ impl NystromAttention {
             None => context,
         };
 
-        let context = self.dropout.forward(merge_heads(context));
+        let context = kernels::dropout(
+            &self.dropout,
+            merge_heads(context),
+            self.options.custom_kernels,
+        );
         NystromOutput {
             context: self.output.forward(context),
             kernels,

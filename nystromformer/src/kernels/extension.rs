@@ -1,8 +1,9 @@
 //! The fused stages as Burn backend extensions, one trait per family: [`LandmarkSoftmaxOps`] (the
-//! two softmax products, on CubeCL devices and on flex) and [`PinvOps`] (the pseudo-inverse, on
-//! CubeCL devices). Burn routes a call by the device of its tensors: to the CubeCL backend
-//! (through its fusion backend, which runs a custom operation at the next flush) or to flex.
-//! Below them, the tensor-level calls of [`super`]'s public functions.
+//! two softmax products, on CubeCL devices and on flex), [`PinvOps`] (the pseudo-inverse, on
+//! CubeCL devices), and on flex `DepthwiseConvOps` (the skip connection's convolution) and
+//! `ElementwiseOps` (dropout and GELU). Burn routes a call by the device of its tensors: to the
+//! CubeCL backend (through its fusion backend, which runs a custom operation at the next flush)
+//! or to flex. Below them, the tensor-level calls of [`super`]'s public functions.
 
 // The macro's expansion names `burn::backend::...` paths.
 use burn::backend::{Backend, Dispatch, DispatchDevice, backend_extension, tensor::FloatTensor};
@@ -19,14 +20,14 @@ use crate::attention::pinv::initial_coefficient;
 
 /// The device of `x` without its autodiff wrapper.
 #[cfg(any(feature = "cube-kernels", feature = "flex-kernels"))]
-fn inner_device(x: &Tensor<4>) -> DispatchDevice {
+fn inner_device<const D: usize>(x: &Tensor<D>) -> DispatchDevice {
     x.device().as_dispatch().clone().inner()
 }
 
 /// Whether `x` lives on a CubeCL device (tracked or not) and this build has the CubeCL kernels.
 /// (The device variants exist only with their backend's feature, hence `#[cfg]` rather than
 /// `cfg!`.)
-pub fn on_cube_device(x: &Tensor<4>) -> bool {
+pub fn on_cube_device<const D: usize>(x: &Tensor<D>) -> bool {
     #[cfg(feature = "cube-kernels")]
     return matches!(inner_device(x), DispatchDevice::Cube(_));
     #[cfg(not(feature = "cube-kernels"))]
@@ -37,7 +38,7 @@ pub fn on_cube_device(x: &Tensor<4>) -> bool {
 }
 
 /// Whether `x` lives on flex (tracked or not) and this build has the fused flex stages.
-pub fn on_flex_device(x: &Tensor<4>) -> bool {
+pub fn on_flex_device<const D: usize>(x: &Tensor<D>) -> bool {
     #[cfg(feature = "flex-kernels")]
     return matches!(inner_device(x), DispatchDevice::Flex(_));
     #[cfg(not(feature = "flex-kernels"))]
@@ -119,6 +120,34 @@ pub fn depthwise_conv(_values: &Tensor<4>, _taps: &Tensor<4>) -> Tensor<4> {
     unreachable!("the fused depthwise convolution runs on flex only")
 }
 
+/// See [`super::dropout`]: `x` with each element zeroed with probability `prob` and the others
+/// scaled by `1 / (1 − prob)`.
+#[cfg(feature = "flex-kernels")]
+pub fn dropout<const D: usize>(x: Tensor<D>, prob: f64) -> Tensor<D> {
+    Tensor::from_dispatch(<Dispatch as ElementwiseOps>::dropout(
+        x.into_dispatch(),
+        prob,
+    ))
+}
+
+/// See [`super::gelu`].
+#[cfg(feature = "flex-kernels")]
+pub fn gelu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
+    Tensor::from_dispatch(<Dispatch as ElementwiseOps>::gelu(x.into_dispatch()))
+}
+
+/// Only flex has the fused elementwise steps: [`super::dropout`] asks for flex first.
+#[cfg(not(feature = "flex-kernels"))]
+pub fn dropout<const D: usize>(_x: Tensor<D>, _prob: f64) -> Tensor<D> {
+    unreachable!("the fused dropout runs on flex only")
+}
+
+/// Only flex has the fused elementwise steps: [`super::gelu`] asks for flex first.
+#[cfg(not(feature = "flex-kernels"))]
+pub fn gelu<const D: usize>(_x: Tensor<D>) -> Tensor<D> {
+    unreachable!("the fused GELU runs on flex only")
+}
+
 /// A mask as the kernels read it: `1.0` where `true`, `0.0` elsewhere and without a mask.
 fn flags(mask: Option<&Tensor<2, Bool>>, shape: [usize; 2], device: &Device) -> Tensor<2> {
     match mask {
@@ -186,6 +215,21 @@ impl<C: burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy> Landm
 pub trait DepthwiseConvOps: Backend {
     /// See [`depthwise_conv`].
     fn depthwise_conv(values: FloatTensor<Self>, taps: FloatTensor<Self>) -> FloatTensor<Self>;
+}
+
+/// Elementwise steps of a training step that flex runs slowly: dropout (whose Bernoulli mask
+/// flex draws one element at a time on one core) and exact GELU (scalar `erf`). Any shape.
+#[cfg(feature = "flex-kernels")]
+#[backend_extension(
+    Flex: cfg(feature = "flex-kernels"),
+    Autodiff: cfg(feature = "autodiff")
+)]
+pub trait ElementwiseOps: Backend {
+    /// See [`dropout`].
+    fn dropout(x: FloatTensor<Self>, prob: f64) -> FloatTensor<Self>;
+
+    /// See [`gelu`].
+    fn gelu(x: FloatTensor<Self>) -> FloatTensor<Self>;
 }
 
 /// The pseudo-inverse iteration; `c` flattened to `[batch · heads]`.

@@ -29,7 +29,8 @@
 //! only compile with a GPU backend feature (`cube-kernels`); both families reach Burn through its
 //! backend-extension machinery, which routes a call by the device of its tensors.
 
-use burn::tensor::{Bool, DType, Tensor};
+use burn::nn::Dropout;
+use burn::tensor::{Bool, DType, Tensor, activation};
 
 use crate::attention::PinvInit;
 use crate::attention::shape_check::expect_shape;
@@ -59,7 +60,7 @@ pub fn custom_kernels_apply(x: &Tensor<4>) -> bool {
 
 /// Whether the extension can take `x` at all: f32, and tracked only with the `autodiff`
 /// feature (which compiles the extension's autodiff routes).
-fn routable(x: &Tensor<4>) -> bool {
+fn routable<const D: usize>(x: &Tensor<D>) -> bool {
     x.dtype() == DType::F32 && (!x.is_autodiff() || cfg!(feature = "autodiff"))
 }
 
@@ -204,6 +205,39 @@ pub fn fused_depthwise_conv(values: &Tensor<4>, taps: &Tensor<4>) -> Option<Tens
         .then(|| extension::depthwise_conv(values, taps))
 }
 
+/// `layer.forward(x)`, which on flex (f32, with `custom_kernels`) runs as one fused pass forward
+/// and one backward, with a counter-based mask that the backward recomputes instead of a stored
+/// Bernoulli tensor drawn element by element. Like burn-nn's `Dropout`, the identity unless
+/// `x` is tracked, the layer is training and its probability is positive; the mask's seed is
+/// drawn from flex's generator, so `Backend::seed` makes runs repeat exactly.
+///
+/// # Shapes
+///
+/// - x, output: any shape
+pub fn dropout<const D: usize>(layer: &Dropout, x: Tensor<D>, custom_kernels: bool) -> Tensor<D> {
+    let active = layer.training.is_enabled() && x.device().is_autodiff() && layer.prob > 0.0;
+    if active && custom_kernels && routable(&x) && extension::on_flex_device(&x) {
+        extension::dropout(x, layer.prob)
+    } else {
+        layer.forward(x)
+    }
+}
+
+/// Exact GELU, `x · Φ(x)` (`activation::gelu`), which on flex (f32, with `custom_kernels`)
+/// runs as one vectorised pass forward and one backward instead of flex's scalar `erf`; it
+/// agrees with libm's `erf` to a few units in the last place.
+///
+/// # Shapes
+///
+/// - x, output: any shape
+pub fn gelu<const D: usize>(x: Tensor<D>, custom_kernels: bool) -> Tensor<D> {
+    if custom_kernels && routable(&x) && extension::on_flex_device(&x) {
+        extension::gelu(x)
+    } else {
+        activation::gelu(x)
+    }
+}
+
 /// Without a GPU backend or flex there is nothing to launch: [`custom_kernels_apply`] is false
 /// and none of these is ever called.
 #[cfg(not(any(feature = "cube-kernels", feature = "flex-kernels")))]
@@ -212,12 +246,20 @@ mod extension {
 
     const NOT_COMPILED: &str = "custom kernels are not compiled in (no GPU backend feature)";
 
-    pub fn on_cube_device(_x: &Tensor<4>) -> bool {
+    pub fn on_cube_device<const D: usize>(_x: &Tensor<D>) -> bool {
         false
     }
 
-    pub fn on_flex_device(_x: &Tensor<4>) -> bool {
+    pub fn on_flex_device<const D: usize>(_x: &Tensor<D>) -> bool {
         false
+    }
+
+    pub fn dropout<const D: usize>(_x: Tensor<D>, _prob: f64) -> Tensor<D> {
+        unreachable!("{NOT_COMPILED}")
+    }
+
+    pub fn gelu<const D: usize>(_x: Tensor<D>) -> Tensor<D> {
+        unreachable!("{NOT_COMPILED}")
     }
 
     pub fn landmark_values(

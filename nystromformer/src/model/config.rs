@@ -21,11 +21,16 @@ pub enum Activation {
 }
 
 impl Activation {
-    /// Applies the activation.
-    pub fn forward<const D: usize>(&self, x: burn::tensor::Tensor<D>) -> burn::tensor::Tensor<D> {
+    /// Applies the activation; exact GELU runs fused on flex with `custom_kernels` (see
+    /// [`kernels::gelu`](crate::kernels::gelu)).
+    pub fn forward<const D: usize>(
+        &self,
+        x: burn::tensor::Tensor<D>,
+        custom_kernels: bool,
+    ) -> burn::tensor::Tensor<D> {
         use burn::tensor::activation;
         match self {
-            Activation::Gelu => activation::gelu(x),
+            Activation::Gelu => crate::kernels::gelu(x, custom_kernels),
             Activation::GeluTanh => activation::gelu_approximate(x),
             Activation::Relu => activation::relu(x),
         }
@@ -101,6 +106,12 @@ pub struct NystromformerConfig {
     /// How padding enters landmarks and the skip. Default: [`MaskPolicy::LeakFree`].
     #[config(default = "MaskPolicy::LeakFree")]
     pub mask_policy: MaskPolicy,
+    /// A runtime switch, not a property of the model (it changes speed, not results beyond
+    /// float rounding and dropout's random draws): the attention's custom kernels (see
+    /// [`NystromAttentionConfig::custom_kernels`]) and, on flex, the fused dropout and GELU of
+    /// the layers. Default: true.
+    #[config(default = true)]
+    pub custom_kernels: bool,
 }
 
 impl NystromformerConfig {
@@ -114,6 +125,7 @@ impl NystromformerConfig {
             .with_dropout(self.attention_probs_dropout_prob)
             .with_mode(self.attention)
             .with_mask_policy(self.mask_policy)
+            .with_custom_kernels(self.custom_kernels)
     }
 
     /// Checks every field.

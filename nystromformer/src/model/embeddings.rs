@@ -7,6 +7,7 @@ use burn::nn::{
 use burn::tensor::{Device, Int, Tensor};
 
 use super::config::NystromformerConfig;
+use crate::kernels;
 
 /// The embedding block (HF `embeddings`).
 #[derive(Module, Debug)]
@@ -23,6 +24,9 @@ pub struct Embeddings {
     pub dropout: Dropout,
     /// Index of the first position.
     pub position_offset: usize,
+    /// Run the dropout fused on flex (the model's `custom_kernels`).
+    #[module(skip)]
+    pub custom_kernels: bool,
 }
 
 impl Embeddings {
@@ -49,6 +53,7 @@ impl Embeddings {
             }),
             dropout: DropoutConfig::new(config.hidden_dropout_prob).init(),
             position_offset: config.position_offset,
+            custom_kernels: config.custom_kernels,
         }
     }
 
@@ -92,6 +97,6 @@ impl Embeddings {
         if let Some(norm) = &self.layer_norm {
             x = norm.forward(x);
         }
-        self.dropout.forward(x)
+        kernels::dropout(&self.dropout, x, self.custom_kernels)
     }
 }

@@ -37,7 +37,8 @@ impl ClassificationHead {
     /// `[batch, hidden]` → `[batch, num_labels]`
     pub fn forward(&self, pooled: Tensor<2>) -> Tensor<2> {
         let x = self.dense.forward(self.dropout.forward(pooled));
-        let x = self.activation.forward(x);
+        // Pooled `[batch, hidden]`: too small for the fused path to matter.
+        let x = self.activation.forward(x, false);
         self.out_proj.forward(self.dropout.forward(x))
     }
 }
@@ -87,6 +88,9 @@ pub struct MaskedLmHead {
     pub layer_norm: LayerNorm,
     /// Projection to the vocabulary (HF ties its weight to the word embeddings).
     pub decoder: Linear,
+    /// Run the activation fused on flex (the model's `custom_kernels`).
+    #[module(skip)]
+    pub custom_kernels: bool,
     /// Activation of the transform.
     #[module(skip)]
     pub activation: Activation,
@@ -102,12 +106,15 @@ impl MaskedLmHead {
                 .init(device),
             decoder: LinearConfig::new(config.hidden_size, config.vocab_size).init(device),
             activation: config.hidden_act,
+            custom_kernels: config.custom_kernels,
         }
     }
 
     /// `[batch, n, hidden]` → `[batch, n, vocab]`
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        let x = self.activation.forward(self.dense.forward(x));
+        let x = self
+            .activation
+            .forward(self.dense.forward(x), self.custom_kernels);
         self.decoder.forward(self.layer_norm.forward(x))
     }
 }

@@ -5,6 +5,7 @@ use burn::nn::{Dropout, DropoutConfig, LayerNorm, LayerNormConfig, Linear, Linea
 use burn::tensor::{Bool, Device, Tensor};
 
 use crate::attention::{NystromAttention, NystromInput};
+use crate::kernels;
 
 use super::config::{Activation, NystromformerConfig};
 
@@ -71,12 +72,20 @@ impl EncoderLayer {
             Some(mask) => NystromInput::self_attn(x).mask_pad(mask.clone()),
             None => NystromInput::self_attn(x),
         };
-        self.dropout.forward(self.attention.forward(input).context)
+        self.dropout(&self.dropout, self.attention.forward(input).context)
     }
 
     fn feed_forward(&self, x: Tensor<3>) -> Tensor<3> {
-        let h = self.activation.forward(self.intermediate.forward(x));
-        let h = self.intermediate_dropout.forward(h);
-        self.dropout.forward(self.output.forward(h))
+        let custom_kernels = self.attention.options.custom_kernels;
+        let h = self
+            .activation
+            .forward(self.intermediate.forward(x), custom_kernels);
+        let h = self.dropout(&self.intermediate_dropout, h);
+        self.dropout(&self.dropout, self.output.forward(h))
+    }
+
+    /// `layer` on `x`, fused on flex when the attention's `custom_kernels` is on.
+    fn dropout(&self, layer: &Dropout, x: Tensor<3>) -> Tensor<3> {
+        kernels::dropout(layer, x, self.attention.options.custom_kernels)
     }
 }

@@ -1,7 +1,9 @@
-//! Training through the fused flex stages: [`LandmarkSoftmaxOps`] and [`DepthwiseConvOps`] for
-//! `Autodiff<Flex>`. A tracked call runs the fused forward and keeps what its backward needs
-//! (inputs, output and, for the softmax products, each row's softmax statistics); the backward
-//! recomputes from them ([`super::backward`], [`super::depthwise`]). Masks are constants.
+//! Training through the fused flex stages: [`LandmarkSoftmaxOps`], [`DepthwiseConvOps`] and
+//! [`ElementwiseOps`] for `Autodiff<Flex>`. A tracked call runs the fused forward and keeps what
+//! its backward needs: inputs, and for the softmax products their output and each row's softmax
+//! statistics; for dropout only the mask's seed. The backward recomputes from them
+//! ([`super::backward`], [`super::depthwise`], [`super::dropout`], [`super::gelu`]). Masks are
+//! constants.
 
 use std::marker::PhantomData;
 
@@ -13,35 +15,43 @@ use burn::backend::tensor::FloatTensor;
 use burn::backend::{Autodiff, Flex};
 use burn_flex::FlexTensor;
 
+use super::dropout::DropoutMask;
 use super::{
-    SavedConv, SavedProduct, attention_forward, conv_backward, conv_forward, product_backward,
-    values_forward,
+    SavedConv, SavedProduct, attention_forward, conv_backward, conv_forward, dropout_backward,
+    dropout_forward, gelu_backward, gelu_forward, product_backward, values_forward,
 };
-use crate::kernels::extension::{DepthwiseConvOps, LandmarkSoftmaxOps};
+use crate::kernels::extension::{DepthwiseConvOps, ElementwiseOps, LandmarkSoftmaxOps};
 
-/// A fused forward's saved state, which knows its output and the gradients of its `N` inputs.
+/// What a fused forward keeps for its backward, which gives the gradients of its `N` inputs.
 trait SavedForward<const N: usize>: Clone + Send + std::fmt::Debug + 'static {
-    fn output(&self) -> FlexTensor;
     fn backward(self, grad: FlexTensor) -> [FlexTensor; N];
 }
 
 impl SavedForward<3> for SavedProduct {
-    fn output(&self) -> FlexTensor {
-        self.output.clone()
-    }
-
     fn backward(self, grad: FlexTensor) -> [FlexTensor; 3] {
         product_backward(self, grad)
     }
 }
 
 impl SavedForward<2> for SavedConv {
-    fn output(&self) -> FlexTensor {
-        self.output.clone()
-    }
-
     fn backward(self, grad: FlexTensor) -> [FlexTensor; 2] {
         conv_backward(self, grad)
+    }
+}
+
+impl SavedForward<1> for DropoutMask {
+    fn backward(self, grad: FlexTensor) -> [FlexTensor; 1] {
+        [dropout_backward(self, grad)]
+    }
+}
+
+/// GELU's input.
+#[derive(Debug, Clone)]
+struct SavedGelu(FlexTensor);
+
+impl SavedForward<1> for SavedGelu {
+    fn backward(self, grad: FlexTensor) -> [FlexTensor; 1] {
+        [gelu_backward(self.0, grad)]
     }
 }
 
@@ -68,10 +78,11 @@ impl<const N: usize, S: SavedForward<N>> Backward<Flex, N> for FusedBackward<S> 
     }
 }
 
-/// Runs `forward` and, when any of `nodes` is tracked, records its backward.
+/// Runs `forward` (which returns its output and what its backward needs) and, when any of
+/// `nodes` is tracked, records its backward.
 fn record<C: CheckpointStrategy, const N: usize, S: SavedForward<N>>(
     nodes: [NodeGuard; N],
-    forward: impl FnOnce() -> S,
+    forward: impl FnOnce() -> (FlexTensor, S),
 ) -> FloatTensor<Autodiff<Flex, C>> {
     match FusedBackward::<S>(PhantomData)
         .prepare::<C>(nodes)
@@ -79,11 +90,10 @@ fn record<C: CheckpointStrategy, const N: usize, S: SavedForward<N>>(
         .stateful()
     {
         OpsKind::Tracked(prep) => {
-            let saved = forward();
-            let output = saved.output();
+            let (output, saved) = forward();
             prep.finish(saved, output)
         }
-        OpsKind::UnTracked(prep) => prep.finish(forward().output()),
+        OpsKind::UnTracked(prep) => prep.finish(forward().0),
     }
 }
 
@@ -98,14 +108,15 @@ impl<C: CheckpointStrategy> LandmarkSoftmaxOps for Autodiff<Flex, C> {
     ) -> FloatTensor<Self> {
         let nodes = [landmark_queries.node(), keys.node(), values.node()];
         let forward = || {
-            values_forward(
+            let saved = values_forward(
                 landmark_queries.into_primitive(),
                 keys.into_primitive(),
                 values.into_primitive(),
                 padding.into_primitive(),
                 missing.into_primitive(),
                 masked_score,
-            )
+            );
+            (saved.output.clone(), saved)
         };
         record::<C, 3, _>(nodes, forward)
     }
@@ -118,12 +129,13 @@ impl<C: CheckpointStrategy> LandmarkSoftmaxOps for Autodiff<Flex, C> {
     ) -> FloatTensor<Self> {
         let nodes = [queries.node(), landmark_keys.node(), weights.node()];
         let forward = || {
-            attention_forward(
+            let saved = attention_forward(
                 queries.into_primitive(),
                 landmark_keys.into_primitive(),
                 weights.into_primitive(),
                 missing.into_primitive(),
-            )
+            );
+            (saved.output.clone(), saved)
         };
         record::<C, 3, _>(nodes, forward)
     }
@@ -134,6 +146,21 @@ impl<C: CheckpointStrategy> DepthwiseConvOps for Autodiff<Flex, C> {
         let nodes = [values.node(), taps.node()];
         record::<C, 2, _>(nodes, || {
             conv_forward(values.into_primitive(), taps.into_primitive())
+        })
+    }
+}
+
+impl<C: CheckpointStrategy> ElementwiseOps for Autodiff<Flex, C> {
+    fn dropout(x: FloatTensor<Self>, prob: f64) -> FloatTensor<Self> {
+        let nodes = [x.node()];
+        record::<C, 1, _>(nodes, || dropout_forward(x.into_primitive(), prob))
+    }
+
+    fn gelu(x: FloatTensor<Self>) -> FloatTensor<Self> {
+        let nodes = [x.node()];
+        record::<C, 1, _>(nodes, || {
+            let (output, x) = gelu_forward(x.into_primitive());
+            (output, SavedGelu(x))
         })
     }
 }

@@ -1,5 +1,6 @@
-//! The fused CPU stages on flex: [`LandmarkSoftmaxOps`] for burn-flex's backend, on contiguous
-//! `f32` slices (see [`products`]), and for `Autodiff<Flex>` with a fused backward (see
+//! The fused CPU stages on flex: [`LandmarkSoftmaxOps`] (see [`products`]), [`DepthwiseConvOps`]
+//! (see [`depthwise`]) and [`ElementwiseOps`] (see [`dropout`] and [`gelu`]) for burn-flex's
+//! backend, on contiguous `f32` slices, and for `Autodiff<Flex>` with fused backwards (see
 //! [`backward`] and `autodiff.rs`).
 
 /// Defines `fn NAME(args) -> R { body }` that runs `body` compiled for AVX2 + FMA when the CPU
@@ -32,16 +33,20 @@ mod autodiff;
 #[cfg(feature = "autodiff")]
 mod backward;
 mod depthwise;
+mod dropout;
 mod exp;
+mod gelu;
 mod products;
 mod rows;
 
-use burn::tensor::{Shape, TensorData};
-use burn_flex::{Flex, FlexTensor};
+use burn::backend::ops::IntTensorOps;
+use burn::tensor::{Distribution, IntDType, Shape, TensorData};
+use burn_flex::{Flex, FlexDevice, FlexTensor};
 
 use self::depthwise::ConvDims;
+use self::dropout::DropoutMask;
 use self::products::{Dims, RowSoftmax};
-use super::extension::{DepthwiseConvOps, LandmarkSoftmaxOps};
+use super::extension::{DepthwiseConvOps, ElementwiseOps, LandmarkSoftmaxOps};
 
 /// A tensor's `f32` elements in row-major order (a copy only when it is strided) and its shape.
 fn contiguous(tensor: FlexTensor) -> (FlexTensor, Vec<usize>) {
@@ -245,11 +250,10 @@ pub(super) struct SavedConv {
     dims: ConvDims,
     values: FlexTensor,
     taps: FlexTensor,
-    output: FlexTensor,
 }
 
-/// The depthwise convolution (see [`depthwise::forward`]), kept for its backward.
-pub(super) fn conv_forward(values: FlexTensor, taps: FlexTensor) -> SavedConv {
+/// The depthwise convolution (see [`depthwise::forward`]) and what its backward needs.
+pub(super) fn conv_forward(values: FlexTensor, taps: FlexTensor) -> (FlexTensor, SavedConv) {
     let (values, v_shape) = contiguous(values);
     let (taps, t_shape) = contiguous(taps);
     let dims = ConvDims {
@@ -260,12 +264,8 @@ pub(super) fn conv_forward(values: FlexTensor, taps: FlexTensor) -> SavedConv {
         k: t_shape[2],
     };
     let out = depthwise::forward(dims, slice(&values), slice(&taps));
-    SavedConv {
-        dims,
-        values,
-        taps,
-        output: output(out, [dims.batch, dims.heads, dims.n, dims.d]),
-    }
+    let out = output(out, [dims.batch, dims.heads, dims.n, dims.d]);
+    (out, SavedConv { dims, values, taps })
 }
 
 /// The gradients of a saved convolution's values and taps for its output gradient `grad`.
@@ -293,6 +293,62 @@ pub(super) fn conv_backward(saved: SavedConv, grad: FlexTensor) -> [FlexTensor; 
 
 impl DepthwiseConvOps for Flex {
     fn depthwise_conv(values: FlexTensor, taps: FlexTensor) -> FlexTensor {
-        conv_forward(values, taps).output
+        conv_forward(values, taps).0
+    }
+}
+
+/// `f` of a tensor's contiguous `f32` elements, as a tensor of the same shape.
+fn map_elements(tensor: &FlexTensor, f: impl FnOnce(&[f32]) -> Vec<f32>) -> FlexTensor {
+    let shape = tensor.layout().shape().clone();
+    FlexTensor::from_data(TensorData::new(f(slice(tensor)), shape))
+}
+
+/// A fresh dropout mask: its seed is one draw from flex's generator, which `Backend::seed`
+/// resets, so seeded runs repeat.
+pub(super) fn dropout_mask(prob: f64) -> DropoutMask {
+    let draw = Flex::int_random(
+        Shape::new([1]),
+        Distribution::Default,
+        &FlexDevice,
+        IntDType::U64,
+    );
+    let seed = draw.as_slice::<u64>().expect("a u64 tensor of one element")[0];
+    DropoutMask::new(seed, prob)
+}
+
+/// Dropout's forward and the mask its backward applies to the output gradient.
+pub(super) fn dropout_forward(x: FlexTensor, prob: f64) -> (FlexTensor, DropoutMask) {
+    let mask = dropout_mask(prob);
+    let (x, _) = contiguous(x);
+    (map_elements(&x, |x| mask.apply_all(x)), mask)
+}
+
+/// The gradient of dropout's input for its output gradient `grad`.
+#[cfg(feature = "autodiff")]
+pub(super) fn dropout_backward(mask: DropoutMask, grad: FlexTensor) -> FlexTensor {
+    let (grad, _) = contiguous(grad);
+    map_elements(&grad, |grad| mask.apply_all(grad))
+}
+
+/// GELU's forward and its (contiguous) input, which the backward needs.
+pub(super) fn gelu_forward(x: FlexTensor) -> (FlexTensor, FlexTensor) {
+    let (x, _) = contiguous(x);
+    (map_elements(&x, gelu::forward), x)
+}
+
+/// The gradient of GELU's input `x` for its output gradient `grad`.
+#[cfg(feature = "autodiff")]
+pub(super) fn gelu_backward(x: FlexTensor, grad: FlexTensor) -> FlexTensor {
+    let (grad, _) = contiguous(grad);
+    map_elements(&x, |x| gelu::backward(x, slice(&grad)))
+}
+
+impl ElementwiseOps for Flex {
+    fn dropout(x: FlexTensor, prob: f64) -> FlexTensor {
+        dropout_forward(x, prob).0
+    }
+
+    fn gelu(x: FlexTensor) -> FlexTensor {
+        gelu_forward(x).0
     }
 }

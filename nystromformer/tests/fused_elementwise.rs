@@ -1,0 +1,142 @@
+//! The fused elementwise steps of a training step on flex (`kernels::dropout`, `kernels::gelu`)
+//! against what they replace: burn-nn's `Dropout` semantics and Burn's exact GELU, forward and
+//! gradients, and the whole encoder with and without them.
+
+mod common;
+
+use burn::module::Module;
+use burn::nn::DropoutConfig;
+use burn::tensor::activation::gelu;
+use burn::tensor::{Device, Int, Tensor};
+use common::{max_abs_diff, randn, values};
+use nystromformer::kernels;
+use nystromformer::model::{EncoderInput, NystromformerConfig};
+
+fn tracked_flex() -> Device {
+    Device::flex().autodiff()
+}
+
+/// The output of `f` and the gradient of `Σ output ∘ probe` with respect to `x`.
+fn output_and_gradient<const D: usize>(
+    x: &Tensor<D>,
+    probe: &Tensor<D>,
+    f: impl Fn(Tensor<D>) -> Tensor<D>,
+) -> (Vec<f32>, Vec<f32>) {
+    let x = x.clone().require_grad();
+    let out = f(x.clone());
+    let grads = (out.clone() * probe.clone()).sum().backward();
+    let grad = x.grad(&grads).expect("x is tracked and used");
+    (values(&out.inner()), values(&grad))
+}
+
+#[test]
+fn gelu_matches_burns_forward_and_gradient() {
+    let device = tracked_flex();
+    // Wide enough to reach the tails where `erf` saturates.
+    let x = randn([3, 37, 129], 3.0, 1, &device);
+    let probe = randn([3, 37, 129], 1.0, 2, &device);
+    let fused = output_and_gradient(&x, &probe, |x| kernels::gelu(x, true));
+    let reference = output_and_gradient(&x, &probe, gelu);
+    for (what, a, b) in [
+        ("output", &fused.0, &reference.0),
+        ("gradient", &fused.1, &reference.1),
+    ] {
+        let worst = a
+            .iter()
+            .zip(b)
+            .map(|(a, b)| (a - b).abs() / (1.0 + b.abs()))
+            .fold(0.0f32, f32::max);
+        assert!(worst < 2e-6, "{what} differs by {worst}");
+    }
+    // Untracked flex takes the fused forward too.
+    let plain = x.inner();
+    let diff = max_abs_diff(&kernels::gelu(plain.clone(), true), &gelu(plain));
+    assert!(diff < 2e-6, "untracked forward differs by {diff}");
+}
+
+#[test]
+fn dropout_zeroes_a_share_scales_the_rest_and_its_gradient_follows_the_mask() {
+    let device = tracked_flex();
+    let prob = 0.3;
+    let layer = DropoutConfig::new(prob).init();
+    let x = randn([4, 100, 250], 1.0, 3, &device).abs() + 0.5;
+    let probe = randn([4, 100, 250], 1.0, 4, &device);
+    let (out, grad) = output_and_gradient(&x, &probe, |x| kernels::dropout(&layer, x, true));
+    let (x, probe) = (values(&x), values(&probe));
+    let scale = 1.0 / (1.0 - prob) as f32;
+    let mut kept = 0;
+    for i in 0..x.len() {
+        if out[i] == 0.0 {
+            assert_eq!(grad[i], 0.0, "a dropped element passes no gradient");
+        } else {
+            kept += 1;
+            assert!((out[i] - x[i] * scale).abs() <= 1e-6 * out[i].abs());
+            assert!((grad[i] - probe[i] * scale).abs() <= 1e-6 * grad[i].abs().max(1.0));
+        }
+    }
+    let n = x.len() as f64;
+    let sigma = (n * prob * (1.0 - prob)).sqrt();
+    assert!(
+        (kept as f64 - n * (1.0 - prob)).abs() < 5.0 * sigma,
+        "kept {kept} of {n}"
+    );
+}
+
+#[test]
+fn dropout_repeats_under_a_seed_and_differs_between_calls() {
+    let device = tracked_flex();
+    let layer = DropoutConfig::new(0.5).init();
+    let x = Tensor::<2>::ones([64, 64], &device);
+    let draw = || values(&kernels::dropout(&layer, x.clone(), true).inner());
+    device.seed(17);
+    let (first, second) = (draw(), draw());
+    device.seed(17);
+    assert_eq!(first, draw(), "the same seed gives the same mask");
+    assert_ne!(first, second, "each call draws a new mask");
+}
+
+#[test]
+fn dropout_is_the_identity_where_burns_is() {
+    let layer = DropoutConfig::new(0.5).init();
+    let x = randn([8, 32], 1.0, 5, &Device::flex());
+    // Not on an autodiff device.
+    assert_eq!(
+        values(&kernels::dropout(&layer, x.clone(), true)),
+        values(&x)
+    );
+    // Not training.
+    let tracked = x.clone().to_device(&tracked_flex());
+    let frozen = layer.clone().freeze();
+    let frozen = kernels::dropout(&frozen, tracked.clone(), true);
+    let reference = layer.freeze().forward(tracked);
+    assert_eq!(values(&frozen), values(&reference));
+}
+
+#[test]
+fn encoder_agrees_with_and_without_the_fused_steps() {
+    // Eval mode (no dropout): the fused GELU against Burn's, through two layers and gradients.
+    let device = tracked_flex();
+    let config = NystromformerConfig::new(50, 32, 2, 2, 64)
+        .with_num_landmarks(8)
+        .with_conv_kernel_size(Some(5))
+        .with_hidden_dropout_prob(0.0)
+        .with_intermediate_dropout_prob(0.0)
+        .with_attention_probs_dropout_prob(0.0);
+    let fused = config.init(&device);
+    let plain = config
+        .clone()
+        .with_custom_kernels(false)
+        .init(&device)
+        .load_record(fused.clone().into_record());
+    let ids = Tensor::<2, Int>::from_data([[3, 7, 1, 9, 4, 4, 2, 8, 11, 5, 6, 0]], &device);
+    let run = |encoder: &nystromformer::model::NystromformerEncoder| {
+        let out = encoder.forward(EncoderInput::new(ids.clone()));
+        let grads = out.clone().powi_scalar(2).sum().backward();
+        let weight = &encoder.layers[0].intermediate.weight;
+        (out.inner(), weight.grad(&grads).expect("tracked"))
+    };
+    let (out_a, grad_a) = run(&fused);
+    let (out_b, grad_b) = run(&plain);
+    assert!(max_abs_diff(&out_a, &out_b) < 1e-4);
+    assert!(max_abs_diff(&grad_a, &grad_b) < 1e-3);
+}
