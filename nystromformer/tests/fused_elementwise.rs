@@ -1,11 +1,12 @@
-//! The fused elementwise steps of a training step on flex (`kernels::dropout`, `kernels::gelu`)
-//! against what they replace: burn-nn's `Dropout` semantics and Burn's exact GELU, forward and
-//! gradients, and the whole encoder with and without them.
+//! The fused elementwise steps of a training step on flex (`kernels::dropout`, `kernels::gelu`,
+//! `kernels::layer_norm`) against what they replace: burn-nn's `Dropout` semantics, Burn's exact
+//! GELU and burn-nn's `LayerNorm`, forward and gradients, and the whole encoder with and without
+//! them.
 
 mod common;
 
-use burn::module::Module;
-use burn::nn::DropoutConfig;
+use burn::module::{Module, Param};
+use burn::nn::{DropoutConfig, LayerNormConfig};
 use burn::tensor::activation::gelu;
 use burn::tensor::{Device, Int, Tensor};
 use common::{max_abs_diff, randn, values};
@@ -52,6 +53,44 @@ fn gelu_matches_burns_forward_and_gradient() {
     let plain = x.inner();
     let diff = max_abs_diff(&kernels::gelu(plain.clone(), true), &gelu(plain));
     assert!(diff < 2e-6, "untracked forward differs by {diff}");
+}
+
+#[test]
+fn layer_norm_matches_burns_forward_and_gradients() {
+    let device = tracked_flex();
+    let epsilon = 1e-5;
+    let mut norm = LayerNormConfig::new(48).with_epsilon(epsilon).init(&device);
+    // Parameters away from their initial ones, so that their gradients and roles show.
+    norm.gamma = Param::from_tensor(randn([48], 0.3, 6, &device) + 1.0);
+    norm.beta = Some(Param::from_tensor(randn([48], 0.3, 7, &device)));
+    let x = randn([5, 130, 48], 2.0, 8, &device) + 3.0;
+    let probe = randn([5, 130, 48], 1.0, 9, &device);
+    let run = |fused: bool| {
+        let x = x.clone().require_grad();
+        let out = kernels::layer_norm(&norm, x.clone(), epsilon, fused);
+        let grads = (out.clone() * probe.clone()).sum().backward();
+        let beta = norm.beta.as_ref().expect("a bias").val();
+        [out.inner(), x.grad(&grads).expect("tracked")]
+            .map(|t| values(&t))
+            .into_iter()
+            .chain([norm.gamma.val(), beta].map(|p| values(&p.grad(&grads).expect("tracked"))))
+            .collect::<Vec<_>>()
+    };
+    let (fused, reference) = (run(true), run(false));
+    for (what, (a, b)) in ["output", "x", "gamma", "beta"]
+        .iter()
+        .zip(fused.iter().zip(&reference))
+    {
+        let scale = b.iter().fold(1.0f32, |m, v| m.max(v.abs()));
+        let worst = a
+            .iter()
+            .zip(b)
+            .fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
+        assert!(
+            worst < 2e-5 * scale,
+            "{what} differs by {worst} (scale {scale})"
+        );
+    }
 }
 
 #[test]
@@ -114,11 +153,21 @@ fn dropout_is_the_identity_where_burns_is() {
 
 #[test]
 fn encoder_agrees_with_and_without_the_fused_steps() {
-    // Eval mode (no dropout): the fused GELU against Burn's, through two layers and gradients.
+    // Without dropout: the fused GELU and LayerNorms against Burn's, through two layers and
+    // gradients, in both layouts (post-norm with the embeddings' norm, pre-norm with the final
+    // norm).
+    for norm_first in [false, true] {
+        encoder_agrees(norm_first);
+    }
+}
+
+fn encoder_agrees(norm_first: bool) {
     let device = tracked_flex();
     let config = NystromformerConfig::new(50, 32, 2, 2, 64)
         .with_num_landmarks(8)
         .with_conv_kernel_size(Some(5))
+        .with_norm_first(norm_first)
+        .with_embedding_layer_norm(!norm_first)
         .with_hidden_dropout_prob(0.0)
         .with_intermediate_dropout_prob(0.0)
         .with_attention_probs_dropout_prob(0.0);
@@ -137,6 +186,13 @@ fn encoder_agrees_with_and_without_the_fused_steps() {
     };
     let (out_a, grad_a) = run(&fused);
     let (out_b, grad_b) = run(&plain);
-    assert!(max_abs_diff(&out_a, &out_b) < 1e-4);
-    assert!(max_abs_diff(&grad_a, &grad_b) < 1e-3);
+    let (out_diff, grad_diff) = (max_abs_diff(&out_a, &out_b), max_abs_diff(&grad_a, &grad_b));
+    assert!(
+        out_diff < 1e-4,
+        "norm_first {norm_first}: output differs by {out_diff}"
+    );
+    assert!(
+        grad_diff < 1e-3,
+        "norm_first {norm_first}: gradient differs by {grad_diff}"
+    );
 }

@@ -1,7 +1,7 @@
 //! The fused stages as Burn backend extensions, one trait per family: [`LandmarkSoftmaxOps`] (the
 //! two softmax products, on CubeCL devices and on flex), [`PinvOps`] (the pseudo-inverse, on
-//! CubeCL devices), and on flex `DepthwiseConvOps` (the skip connection's convolution) and
-//! `ElementwiseOps` (dropout and GELU). Burn routes a call by the device of its tensors: to the
+//! CubeCL devices), and on flex `DepthwiseConvOps` (the skip connection's convolution),
+//! `ElementwiseOps` (dropout and GELU) and `LayerNormOps`. Burn routes a call by the device of its tensors: to the
 //! CubeCL backend (through its fusion backend, which runs a custom operation at the next flush)
 //! or to flex. Below them, the tensor-level calls of [`super`]'s public functions.
 
@@ -136,6 +136,33 @@ pub fn gelu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
     Tensor::from_dispatch(<Dispatch as ElementwiseOps>::gelu(x.into_dispatch()))
 }
 
+/// See [`super::layer_norm`].
+#[cfg(feature = "flex-kernels")]
+pub fn layer_norm<const D: usize>(
+    x: Tensor<D>,
+    gamma: Tensor<1>,
+    beta: Tensor<1>,
+    epsilon: f64,
+) -> Tensor<D> {
+    Tensor::from_dispatch(<Dispatch as LayerNormOps>::layer_norm(
+        x.into_dispatch(),
+        gamma.into_dispatch(),
+        beta.into_dispatch(),
+        epsilon,
+    ))
+}
+
+/// Only flex has the fused LayerNorm: [`super::layer_norm`] asks for flex first.
+#[cfg(not(feature = "flex-kernels"))]
+pub fn layer_norm<const D: usize>(
+    _x: Tensor<D>,
+    _gamma: Tensor<1>,
+    _beta: Tensor<1>,
+    _epsilon: f64,
+) -> Tensor<D> {
+    unreachable!("the fused LayerNorm runs on flex only")
+}
+
 /// Only flex has the fused elementwise steps: [`super::dropout`] asks for flex first.
 #[cfg(not(feature = "flex-kernels"))]
 pub fn dropout<const D: usize>(_x: Tensor<D>, _prob: f64) -> Tensor<D> {
@@ -230,6 +257,23 @@ pub trait ElementwiseOps: Backend {
 
     /// See [`gelu`].
     fn gelu(x: FloatTensor<Self>) -> FloatTensor<Self>;
+}
+
+/// LayerNorm over the last dimension (`gamma`, `beta`: `[d]`), which flex runs as a chain of
+/// serial tensor ops.
+#[cfg(feature = "flex-kernels")]
+#[backend_extension(
+    Flex: cfg(feature = "flex-kernels"),
+    Autodiff: cfg(feature = "autodiff")
+)]
+pub trait LayerNormOps: Backend {
+    /// See [`layer_norm`].
+    fn layer_norm(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        epsilon: f64,
+    ) -> FloatTensor<Self>;
 }
 
 /// The pseudo-inverse iteration; `c` flattened to `[batch · heads]`.

@@ -29,7 +29,7 @@
 //! only compile with a GPU backend feature (`cube-kernels`); both families reach Burn through its
 //! backend-extension machinery, which routes a call by the device of its tensors.
 
-use burn::nn::Dropout;
+use burn::nn::{Dropout, LayerNorm};
 use burn::tensor::{Bool, DType, Tensor, activation};
 
 use crate::attention::PinvInit;
@@ -238,6 +238,31 @@ pub fn gelu<const D: usize>(x: Tensor<D>, custom_kernels: bool) -> Tensor<D> {
     }
 }
 
+/// `norm.forward(x)`, which on flex (f32, with `custom_kernels`, and a norm with a bias) runs as
+/// one parallel pass over blocks of rows forward and one backward instead of flex's chain of
+/// serial tensor ops. burn-nn's `LayerNorm` keeps its epsilon private: `epsilon` must be the
+/// one it was configured with.
+///
+/// # Shapes
+///
+/// - x, output: `[..., d]` with `d` the norm's size
+pub fn layer_norm<const D: usize>(
+    norm: &LayerNorm,
+    x: Tensor<D>,
+    epsilon: f64,
+    custom_kernels: bool,
+) -> Tensor<D> {
+    match &norm.beta {
+        Some(beta) if custom_kernels && routable(&x) && extension::on_flex_device(&x) => {
+            let gamma = norm.gamma.val();
+            let [d] = gamma.dims();
+            expect_shape("layer_norm", "x", &x.dims()[D - 1..], &[d]);
+            extension::layer_norm(x, gamma, beta.val(), epsilon)
+        }
+        _ => norm.forward(x),
+    }
+}
+
 /// Without a GPU backend or flex there is nothing to launch: [`custom_kernels_apply`] is false
 /// and none of these is ever called.
 #[cfg(not(any(feature = "cube-kernels", feature = "flex-kernels")))]
@@ -259,6 +284,15 @@ mod extension {
     }
 
     pub fn gelu<const D: usize>(_x: Tensor<D>) -> Tensor<D> {
+        unreachable!("{NOT_COMPILED}")
+    }
+
+    pub fn layer_norm<const D: usize>(
+        _x: Tensor<D>,
+        _gamma: Tensor<1>,
+        _beta: Tensor<1>,
+        _epsilon: f64,
+    ) -> Tensor<D> {
         unreachable!("{NOT_COMPILED}")
     }
 

@@ -24,9 +24,12 @@ pub struct Embeddings {
     pub dropout: Dropout,
     /// Index of the first position.
     pub position_offset: usize,
-    /// Run the dropout fused on flex (the model's `custom_kernels`).
+    /// Run the LayerNorm and the dropout fused on flex (the model's `custom_kernels`).
     #[module(skip)]
     pub custom_kernels: bool,
+    /// Epsilon of the LayerNorm (burn-nn's `LayerNorm` keeps its own private).
+    #[module(skip)]
+    pub layer_norm_eps: f64,
 }
 
 impl Embeddings {
@@ -54,6 +57,7 @@ impl Embeddings {
             dropout: DropoutConfig::new(config.hidden_dropout_prob).init(),
             position_offset: config.position_offset,
             custom_kernels: config.custom_kernels,
+            layer_norm_eps: config.layer_norm_eps,
         }
     }
 
@@ -95,7 +99,7 @@ impl Embeddings {
             x = x + token_types.forward(ids);
         }
         if let Some(norm) = &self.layer_norm {
-            x = norm.forward(x);
+            x = kernels::layer_norm(norm, x, self.layer_norm_eps, self.custom_kernels);
         }
         kernels::dropout(&self.dropout, x, self.custom_kernels)
     }

@@ -7,6 +7,7 @@ use burn::tensor::{Bool, Device, Int, Tensor};
 use super::config::NystromformerConfig;
 use super::embeddings::Embeddings;
 use super::layer::EncoderLayer;
+use crate::kernels;
 
 /// The Nyströmformer encoder: token ids in, hidden states out.
 #[derive(Module, Debug)]
@@ -90,7 +91,12 @@ impl NystromformerEncoder {
         let Some(norm) = &self.final_norm else {
             return x;
         };
-        let x = norm.forward(x);
+        // The model's epsilon and switch, as the embeddings keep them.
+        let (epsilon, custom_kernels) = (
+            self.embeddings.layer_norm_eps,
+            self.embeddings.custom_kernels,
+        );
+        let x = kernels::layer_norm(norm, x, epsilon, custom_kernels);
         match input.mask_pad {
             // As the paper's LRA code does (`norm(X) * mask`): padding stays out of any pooling.
             Some(mask) => {

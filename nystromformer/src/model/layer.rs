@@ -31,6 +31,10 @@ pub struct EncoderLayer {
     pub activation: Activation,
     /// Pre-norm instead of post-norm.
     pub norm_first: bool,
+    /// Epsilon of both LayerNorms (burn-nn's `LayerNorm` keeps its own private; the fused
+    /// LayerNorm needs it).
+    #[module(skip)]
+    pub layer_norm_eps: f64,
 }
 
 impl EncoderLayer {
@@ -48,6 +52,7 @@ impl EncoderLayer {
             intermediate_dropout: DropoutConfig::new(config.intermediate_dropout_prob).init(),
             activation: config.hidden_act,
             norm_first: config.norm_first,
+            layer_norm_eps: config.layer_norm_eps,
         }
     }
 
@@ -57,13 +62,11 @@ impl EncoderLayer {
     /// - output: `[batch, n, hidden]`
     pub fn forward(&self, x: Tensor<3>, mask_pad: Option<&Tensor<2, Bool>>) -> Tensor<3> {
         if self.norm_first {
-            let h = x.clone() + self.attend(self.attention_norm.forward(x), mask_pad);
-            h.clone() + self.feed_forward(self.output_norm.forward(h))
+            let h = x.clone() + self.attend(self.norm(&self.attention_norm, x), mask_pad);
+            h.clone() + self.feed_forward(self.norm(&self.output_norm, h))
         } else {
-            let h = self
-                .attention_norm
-                .forward(x.clone() + self.attend(x, mask_pad));
-            self.output_norm.forward(h.clone() + self.feed_forward(h))
+            let h = self.norm(&self.attention_norm, x.clone() + self.attend(x, mask_pad));
+            self.norm(&self.output_norm, h.clone() + self.feed_forward(h))
         }
     }
 
@@ -82,6 +85,12 @@ impl EncoderLayer {
             .forward(self.intermediate.forward(x), custom_kernels);
         let h = self.dropout(&self.intermediate_dropout, h);
         self.dropout(&self.dropout, self.output.forward(h))
+    }
+
+    /// `norm` on `x`, fused on flex when the attention's `custom_kernels` is on.
+    fn norm(&self, norm: &LayerNorm, x: Tensor<3>) -> Tensor<3> {
+        let custom_kernels = self.attention.options.custom_kernels;
+        kernels::layer_norm(norm, x, self.layer_norm_eps, custom_kernels)
     }
 
     /// `layer` on `x`, fused on flex when the attention's `custom_kernels` is on.

@@ -1,9 +1,9 @@
-//! Training through the fused flex stages: [`LandmarkSoftmaxOps`], [`DepthwiseConvOps`] and
-//! [`ElementwiseOps`] for `Autodiff<Flex>`. A tracked call runs the fused forward and keeps what
+//! Training through the fused flex stages: [`LandmarkSoftmaxOps`], [`DepthwiseConvOps`],
+//! [`ElementwiseOps`] and [`LayerNormOps`] for `Autodiff<Flex>`. A tracked call runs the fused forward and keeps what
 //! its backward needs: inputs, and for the softmax products their output and each row's softmax
-//! statistics; for dropout only the mask's seed. The backward recomputes from them
-//! ([`super::backward`], [`super::depthwise`], [`super::dropout`], [`super::gelu`]). Masks are
-//! constants.
+//! statistics, for LayerNorm each row's mean and inverse deviation; for dropout only the mask's
+//! seed. The backward recomputes from them ([`super::backward`], [`super::depthwise`],
+//! [`super::dropout`], [`super::gelu`], [`super::layer_norm`]). Masks are constants.
 
 use std::marker::PhantomData;
 
@@ -17,10 +17,13 @@ use burn_flex::FlexTensor;
 
 use super::dropout::DropoutMask;
 use super::{
-    SavedConv, SavedProduct, attention_forward, conv_backward, conv_forward, dropout_backward,
-    dropout_forward, gelu_backward, gelu_forward, product_backward, values_forward,
+    SavedConv, SavedLayerNorm, SavedProduct, attention_forward, conv_backward, conv_forward,
+    dropout_backward, dropout_forward, gelu_backward, gelu_forward, layer_norm_backward,
+    layer_norm_forward, product_backward, values_forward,
 };
-use crate::kernels::extension::{DepthwiseConvOps, ElementwiseOps, LandmarkSoftmaxOps};
+use crate::kernels::extension::{
+    DepthwiseConvOps, ElementwiseOps, LandmarkSoftmaxOps, LayerNormOps,
+};
 
 /// What a fused forward keeps for its backward, which gives the gradients of its `N` inputs.
 trait SavedForward<const N: usize>: Clone + Send + std::fmt::Debug + 'static {
@@ -42,6 +45,12 @@ impl SavedForward<2> for SavedConv {
 impl SavedForward<1> for DropoutMask {
     fn backward(self, grad: FlexTensor) -> [FlexTensor; 1] {
         [dropout_backward(self, grad)]
+    }
+}
+
+impl SavedForward<3> for SavedLayerNorm {
+    fn backward(self, grad: FlexTensor) -> [FlexTensor; 3] {
+        layer_norm_backward(self, grad)
     }
 }
 
@@ -161,6 +170,25 @@ impl<C: CheckpointStrategy> ElementwiseOps for Autodiff<Flex, C> {
         record::<C, 1, _>(nodes, || {
             let (output, x) = gelu_forward(x.into_primitive());
             (output, SavedGelu(x))
+        })
+    }
+}
+
+impl<C: CheckpointStrategy> LayerNormOps for Autodiff<Flex, C> {
+    fn layer_norm(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        epsilon: f64,
+    ) -> FloatTensor<Self> {
+        let nodes = [x.node(), gamma.node(), beta.node()];
+        record::<C, 3, _>(nodes, || {
+            layer_norm_forward(
+                x.into_primitive(),
+                gamma.into_primitive(),
+                beta.into_primitive(),
+                epsilon,
+            )
         })
     }
 }

@@ -1,6 +1,6 @@
 //! The fused CPU stages on flex: [`LandmarkSoftmaxOps`] (see [`products`]), [`DepthwiseConvOps`]
-//! (see [`depthwise`]) and [`ElementwiseOps`] (see [`dropout`] and [`gelu`]) for burn-flex's
-//! backend, on contiguous `f32` slices, and for `Autodiff<Flex>` with fused backwards (see
+//! (see [`depthwise`]), [`ElementwiseOps`] (see [`dropout`] and [`gelu`]) and [`LayerNormOps`]
+//! (see [`layer_norm`]) for burn-flex's backend, on contiguous `f32` slices, and for `Autodiff<Flex>` with fused backwards (see
 //! [`backward`] and `autodiff.rs`).
 
 /// Defines `fn NAME(args) -> R { body }` that runs `body` compiled for AVX2 + FMA when the CPU
@@ -36,6 +36,7 @@ mod depthwise;
 mod dropout;
 mod exp;
 mod gelu;
+mod layer_norm;
 mod products;
 mod rows;
 
@@ -45,8 +46,9 @@ use burn_flex::{Flex, FlexDevice, FlexTensor};
 
 use self::depthwise::ConvDims;
 use self::dropout::DropoutMask;
+use self::layer_norm::RowStats;
 use self::products::{Dims, RowSoftmax};
-use super::extension::{DepthwiseConvOps, ElementwiseOps, LandmarkSoftmaxOps};
+use super::extension::{DepthwiseConvOps, ElementwiseOps, LandmarkSoftmaxOps, LayerNormOps};
 
 /// A tensor's `f32` elements in row-major order (a copy only when it is strided) and its shape.
 fn contiguous(tensor: FlexTensor) -> (FlexTensor, Vec<usize>) {
@@ -350,5 +352,55 @@ impl ElementwiseOps for Flex {
 
     fn gelu(x: FlexTensor) -> FlexTensor {
         gelu_forward(x).0
+    }
+}
+
+/// One LayerNorm call as its backward needs it.
+#[derive(Debug, Clone)]
+#[cfg_attr(not(feature = "autodiff"), allow(dead_code))]
+pub(super) struct SavedLayerNorm {
+    x: FlexTensor,
+    gamma: FlexTensor,
+    stats: Vec<RowStats>,
+}
+
+/// LayerNorm (see [`layer_norm::forward`]) and what its backward needs.
+pub(super) fn layer_norm_forward(
+    x: FlexTensor,
+    gamma: FlexTensor,
+    beta: FlexTensor,
+    epsilon: f64,
+) -> (FlexTensor, SavedLayerNorm) {
+    let (x, _) = contiguous(x);
+    let (gamma, _) = contiguous(gamma);
+    let (beta, _) = contiguous(beta);
+    let (out, stats) = layer_norm::forward(slice(&x), slice(&gamma), slice(&beta), epsilon as f32);
+    let shape = x.layout().shape().clone();
+    let out = FlexTensor::from_data(TensorData::new(out, shape));
+    (out, SavedLayerNorm { x, gamma, stats })
+}
+
+/// The gradients of a saved LayerNorm's input, gamma and beta for its output gradient `grad`.
+#[cfg(feature = "autodiff")]
+pub(super) fn layer_norm_backward(saved: SavedLayerNorm, grad: FlexTensor) -> [FlexTensor; 3] {
+    let (grad, _) = contiguous(grad);
+    let (dx, d_gamma, d_beta) = layer_norm::backward(
+        slice(&saved.x),
+        slice(&saved.gamma),
+        &saved.stats,
+        slice(&grad),
+    );
+    let d = d_gamma.len();
+    let vector = |values: Vec<f32>| FlexTensor::from_data(TensorData::new(values, Shape::new([d])));
+    [
+        FlexTensor::from_data(TensorData::new(dx, saved.x.layout().shape().clone())),
+        vector(d_gamma),
+        vector(d_beta),
+    ]
+}
+
+impl LayerNormOps for Flex {
+    fn layer_norm(x: FlexTensor, gamma: FlexTensor, beta: FlexTensor, epsilon: f64) -> FlexTensor {
+        layer_norm_forward(x, gamma, beta, epsilon).0
     }
 }
