@@ -32,20 +32,37 @@ impl DropoutMask {
         }
     }
 
-    /// `out[i] = x[i] · scale` where element `i` is kept, `0` elsewhere; `x` holds the elements
-    /// from index `first` on.
-    fn apply(self, first: usize, x: &[f32], out: &mut [f32]) {
-        apply(self.seed, self.threshold, self.scale, first as u64, x, out)
+    /// Applies the mask in place to `values`, which hold the elements from index `first` on
+    /// (any split into tasks gives the same result).
+    fn apply(self, first: usize, values: &mut [f32]) {
+        debug_assert!(values.len() <= 1 << 32, "one wrap of the low half at most");
+        // Element indices as two 32-bit halves, so that the hash runs in 32-bit lanes: the high
+        // half is constant on each side of the point where the low half wraps.
+        let high = (first >> 32) as u32;
+        let wrap = ((((first >> 32) + 1) << 32) - first).min(values.len());
+        let (below, above) = values.split_at_mut(wrap);
+        apply(
+            self.keys(high),
+            self.threshold,
+            self.scale,
+            first as u32,
+            below,
+        );
+        apply(self.keys(high + 1), self.threshold, self.scale, 0, above);
     }
 
-    /// The mask applied to all of `x` (the forward; the backward applies it to the gradient).
-    pub fn apply_all(self, x: &[f32]) -> Vec<f32> {
-        let mut out = vec![0.0f32; x.len()];
-        out.par_chunks_mut(CHUNK)
-            .zip(x.par_chunks(CHUNK))
+    /// The two round keys for the elements whose index has high half `high`.
+    fn keys(self, high: u32) -> [u32; 2] {
+        [self.seed as u32, mix(high ^ (self.seed >> 32) as u32)]
+    }
+
+    /// The mask applied to all of `values`, in place (the forward applies it to the input, the
+    /// backward to the output gradient).
+    pub fn apply_all(self, values: &mut [f32]) {
+        values
+            .par_chunks_mut(CHUNK)
             .enumerate()
-            .for_each(|(chunk, (out, x))| self.apply(chunk * CHUNK, x, out));
-        out
+            .for_each(|(chunk, values)| self.apply(chunk * CHUNK, values));
     }
 }
 
@@ -60,19 +77,14 @@ fn mix(mut x: u32) -> u32 {
     x ^ (x >> 16)
 }
 
-/// The hash of element `index` under `seed`: two rounds, so that both halves of the seed and
-/// of the index reach every bit.
-#[inline(always)]
-fn element_hash(seed: u64, index: u64) -> u32 {
-    let round = mix((index as u32) ^ (seed as u32));
-    mix(round.wrapping_add((index >> 32) as u32) ^ (seed >> 32) as u32)
-}
-
 multiversion! {
-    fn apply(seed: u64, threshold: u32, scale: f32, first: u64, x: &[f32], out: &mut [f32]) {
-        for (i, (out, x)) in out.iter_mut().zip(x).enumerate() {
-            let kept = element_hash(seed, first + i as u64) < threshold;
-            *out = if kept { x * scale } else { 0.0 };
+    /// `values[i] · scale` where element `low + i` is kept (its hash below `threshold`), 0
+    /// elsewhere. Two rounds of [`mix`]: the first keyed by the seed's low half, the second by
+    /// a mix of its high half and the index's, so that every bit of both reaches the result.
+    fn apply(keys: [u32; 2], threshold: u32, scale: f32, low: u32, values: &mut [f32]) {
+        for (i, value) in values.iter_mut().enumerate() {
+            let hash = mix(mix(low.wrapping_add(i as u32) ^ keys[0]) ^ keys[1]);
+            *value = if hash < threshold { *value * scale } else { 0.0 };
         }
     }
 }
@@ -81,8 +93,14 @@ multiversion! {
 mod tests {
     use super::*;
 
+    fn applied(mask: DropoutMask, values: Vec<f32>) -> Vec<f32> {
+        let mut values = values;
+        mask.apply_all(&mut values);
+        values
+    }
+
     fn kept(mask: DropoutMask, n: usize) -> Vec<bool> {
-        mask.apply_all(&vec![1.0; n])
+        applied(mask, vec![1.0; n])
             .iter()
             .map(|&x| x != 0.0)
             .collect()
@@ -92,7 +110,7 @@ mod tests {
     fn keeps_the_expected_share_and_scales_it() {
         let n = 1 << 20;
         for prob in [0.1, 0.5, 0.9] {
-            let out = DropoutMask::new(7, prob).apply_all(&vec![2.0; n]);
+            let out = applied(DropoutMask::new(7, prob), vec![2.0; n]);
             let kept = out.iter().filter(|&&x| x != 0.0).count() as f64;
             let keep = 1.0 - prob;
             // Five standard deviations of a binomial count.
@@ -130,10 +148,19 @@ mod tests {
         let mask = DropoutMask::new(0xdead_beef_0123_4567, 0.3);
         let whole = kept(mask, n);
         assert_eq!(whole, kept(mask, n));
-        // Element by element from an offset, as another split into tasks would compute it.
-        let mut tail = vec![0.0; 100];
-        mask.apply(n - 100, &[1.0; 100], &mut tail);
+        // From an offset, as another split into tasks would compute it.
+        let mut tail = vec![1.0; 100];
+        mask.apply(n - 100, &mut tail);
         let tail: Vec<bool> = tail.iter().map(|&x| x != 0.0).collect();
         assert_eq!(tail, whole[n - 100..]);
+        // Across the wrap of the index's low half: the same as element by element.
+        let first = (1usize << 32) - 50;
+        let mut across = vec![1.0; 100];
+        mask.apply(first, &mut across);
+        for (i, value) in across.iter().enumerate() {
+            let mut one = [1.0];
+            mask.apply(first + i, &mut one);
+            assert_eq!(*value, one[0], "element {}", first + i);
+        }
     }
 }

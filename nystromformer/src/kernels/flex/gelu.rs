@@ -56,11 +56,11 @@ multiversion! {
 }
 
 multiversion! {
-    /// `d/dx [x Φ(x)] = Φ(x) + x φ(x)`, times the output gradient.
-    fn gelu_backward_chunk(x: &[f32], grad: &[f32], out: &mut [f32]) {
-        for ((out, &x), &grad) in out.iter_mut().zip(x).zip(grad) {
+    /// `d/dx [x Φ(x)] = Φ(x) + x φ(x)`, times the output gradient (in place).
+    fn gelu_backward_chunk(x: &[f32], grad: &mut [f32]) {
+        for (grad, &x) in grad.iter_mut().zip(x) {
             let density = FRAC_1_SQRT_2PI * exp(-0.5 * x * x);
-            *out = grad * (normal_cdf(x) + x * density);
+            *grad *= normal_cdf(x) + x * density;
         }
     }
 }
@@ -74,13 +74,11 @@ pub fn forward(x: &[f32]) -> Vec<f32> {
     out
 }
 
-/// The gradient of the input `x` for the output gradient `grad`.
-pub fn backward(x: &[f32], grad: &[f32]) -> Vec<f32> {
-    let mut out = vec![0.0f32; x.len()];
-    out.par_chunks_mut(CHUNK)
-        .zip(x.par_chunks(CHUNK).zip(grad.par_chunks(CHUNK)))
-        .for_each(|(out, (x, grad))| gelu_backward_chunk(x, grad, out));
-    out
+/// The output gradient `grad` becomes the gradient of the input `x`.
+pub fn backward(x: &[f32], grad: &mut [f32]) {
+    grad.par_chunks_mut(CHUNK)
+        .zip(x.par_chunks(CHUNK))
+        .for_each(|(grad, x)| gelu_backward_chunk(x, grad));
 }
 
 #[cfg(test)]
@@ -116,7 +114,8 @@ mod tests {
         let x = points();
         let grad: Vec<f32> = x.iter().map(|x| 1.0 + 0.1 * x.sin()).collect();
         let y = forward(&x);
-        let dx = backward(&x, &grad);
+        let mut dx = grad.clone();
+        backward(&x, &mut dx);
         for (i, &xi) in x.iter().enumerate() {
             let xd = xi as f64;
             let cdf = 0.5 * (1.0 + libm::erf(xd / std::f64::consts::SQRT_2));

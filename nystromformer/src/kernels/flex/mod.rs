@@ -318,18 +318,37 @@ pub(super) fn dropout_mask(prob: f64) -> DropoutMask {
     DropoutMask::new(seed, prob)
 }
 
+/// `f` applied to a tensor's `f32` elements in place when the tensor alone owns its contiguous
+/// buffer (as a consumed intermediate or gradient does), to a copy otherwise.
+fn update_elements(tensor: FlexTensor, f: impl FnOnce(&mut [f32])) -> FlexTensor {
+    let mut tensor = if tensor.is_contiguous() {
+        tensor
+    } else {
+        tensor.to_contiguous()
+    };
+    let (start, end) = tensor
+        .layout()
+        .contiguous_offsets()
+        .expect("a contiguous tensor");
+    if let Some(storage) = tensor.try_storage_mut::<f32>() {
+        f(&mut storage[start..end]);
+        return tensor;
+    }
+    let mut values = slice(&tensor).to_vec();
+    f(&mut values);
+    FlexTensor::from_data(TensorData::new(values, tensor.layout().shape().clone()))
+}
+
 /// Dropout's forward and the mask its backward applies to the output gradient.
 pub(super) fn dropout_forward(x: FlexTensor, prob: f64) -> (FlexTensor, DropoutMask) {
     let mask = dropout_mask(prob);
-    let (x, _) = contiguous(x);
-    (map_elements(&x, |x| mask.apply_all(x)), mask)
+    (update_elements(x, |x| mask.apply_all(x)), mask)
 }
 
 /// The gradient of dropout's input for its output gradient `grad`.
 #[cfg(feature = "autodiff")]
 pub(super) fn dropout_backward(mask: DropoutMask, grad: FlexTensor) -> FlexTensor {
-    let (grad, _) = contiguous(grad);
-    map_elements(&grad, |grad| mask.apply_all(grad))
+    update_elements(grad, |grad| mask.apply_all(grad))
 }
 
 /// GELU's forward and its (contiguous) input, which the backward needs.
@@ -341,8 +360,7 @@ pub(super) fn gelu_forward(x: FlexTensor) -> (FlexTensor, FlexTensor) {
 /// The gradient of GELU's input `x` for its output gradient `grad`.
 #[cfg(feature = "autodiff")]
 pub(super) fn gelu_backward(x: FlexTensor, grad: FlexTensor) -> FlexTensor {
-    let (grad, _) = contiguous(grad);
-    map_elements(&x, |x| gelu::backward(x, slice(&grad)))
+    update_elements(grad, |grad| gelu::backward(slice(&x), grad))
 }
 
 impl ElementwiseOps for Flex {
