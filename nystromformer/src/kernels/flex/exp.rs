@@ -17,7 +17,9 @@ const ROUND: f32 = 12_582_912.0;
 #[inline(always)]
 pub fn exp(x: f32) -> f32 {
     let x = x.clamp(-87.3, 88.0);
-    let k = (x * LOG2_E + ROUND) - ROUND;
+    // `ROUND + k` exactly, with `k = round(x / ln 2)` in its low mantissa bits.
+    let shifted = x * LOG2_E + ROUND;
+    let k = shifted - ROUND;
     let r = x - k * LN2_HI - k * LN2_LO;
     let p = 1.987_569_1e-4;
     let p = p * r + 1.398_199_9e-3;
@@ -26,7 +28,10 @@ pub fn exp(x: f32) -> f32 {
     let p = p * r + 1.666_666_5e-1;
     let p = p * r + 0.5;
     let e_r = p * r * r + r + 1.0;
-    let two_k = f32::from_bits(((k as i32 + 127) as u32) << 23);
+    // `2^k` from those bits: the shift keeps the low 9 bits of `bits(ROUND) + k + 127`, which
+    // are `k + 127` (`bits(ROUND)` ends in 22 zero bits and `k` lies in [-126, 127]). Integer
+    // lanes throughout: `k as i32` would be a saturating conversion, which does not vectorise.
+    let two_k = f32::from_bits(shifted.to_bits().wrapping_add(127) << 23);
     e_r * two_k
 }
 
