@@ -22,7 +22,8 @@
 //! softmax statistics and the backward recomputes the softmax block by block, so training never
 //! stores an `n × m` matrix for these stages. The pseudo-inverse stays tensor ops on flex. The
 //! skip connection's depthwise convolution is fused on flex as well, forward and backward
-//! ([`fused_depthwise_conv`]).
+//! ([`fused_depthwise_conv`]), and so are the training step's dropout, exact GELU and LayerNorm
+//! ([`dropout`], [`gelu`], [`layer_norm`]), which flex runs element by element on one core.
 //!
 //! Everywhere else (ndarray, f16) the tensor-op stages run; all paths compute the same maths and
 //! agree to float rounding (`tests/custom_kernels.rs`, gradients included). The CubeCL kernels
