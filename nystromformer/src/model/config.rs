@@ -108,8 +108,8 @@ pub struct NystromformerConfig {
     pub mask_policy: MaskPolicy,
     /// A runtime switch, not a property of the model (it changes speed, not results beyond
     /// float rounding and dropout's random draws): the attention's custom kernels (see
-    /// [`NystromAttentionConfig::custom_kernels`]) and, on flex, the fused dropout and GELU of
-    /// the layers. Default: true.
+    /// [`NystromAttentionConfig::custom_kernels`]) and, on flex, the fused dropout, GELU and
+    /// LayerNorms of the layers and embeddings. Default: true.
     #[config(default = true)]
     pub custom_kernels: bool,
 }

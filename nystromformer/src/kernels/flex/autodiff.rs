@@ -1,9 +1,10 @@
 //! Training through the fused flex stages: [`LandmarkSoftmaxOps`], [`DepthwiseConvOps`],
-//! [`ElementwiseOps`] and [`LayerNormOps`] for `Autodiff<Flex>`. A tracked call runs the fused forward and keeps what
-//! its backward needs: inputs, and for the softmax products their output and each row's softmax
-//! statistics, for LayerNorm each row's mean and inverse deviation; for dropout only the mask's
-//! seed. The backward recomputes from them ([`super::backward`], [`super::depthwise`],
-//! [`super::dropout`], [`super::gelu`], [`super::layer_norm`]). Masks are constants.
+//! [`ElementwiseOps`] and [`LayerNormOps`] for `Autodiff<Flex>`. A tracked call runs the fused
+//! forward and keeps what its backward needs: inputs, and for the softmax products their output
+//! and each row's softmax statistics, for LayerNorm each row's mean and inverse deviation; for
+//! dropout only the mask's seed. The backward recomputes from them ([`super::backward`],
+//! [`super::depthwise`], [`super::dropout`], [`super::gelu`], [`super::layer_norm`]). Masks are
+//! constants.
 
 use std::marker::PhantomData;
 

@@ -73,7 +73,8 @@ multiversion! {
             }
             mean_g /= d as f32;
             mean_gh /= d as f32;
-            for ((((dx, dy), g), dg), db) in dx.iter_mut().zip(dy).zip(gamma).zip(d_gamma.iter_mut()).zip(d_beta.iter_mut()) {
+            let sums = d_gamma.iter_mut().zip(d_beta.iter_mut());
+            for (((dx, dy), g), (dg, db)) in dx.iter_mut().zip(dy).zip(gamma).zip(sums) {
                 let h = *dx;
                 *dg += dy * h;
                 *db += dy;

@@ -1,7 +1,7 @@
 //! The fused CPU stages on flex: [`LandmarkSoftmaxOps`] (see [`products`]), [`DepthwiseConvOps`]
 //! (see [`depthwise`]), [`ElementwiseOps`] (see [`dropout`] and [`gelu`]) and [`LayerNormOps`]
-//! (see [`layer_norm`]) for burn-flex's backend, on contiguous `f32` slices, and for `Autodiff<Flex>` with fused backwards (see
-//! [`backward`] and `autodiff.rs`).
+//! (see [`layer_norm`]) for burn-flex's backend, on contiguous `f32` slices, and for
+//! `Autodiff<Flex>` with fused backwards (see [`backward`] and `autodiff.rs`).
 
 /// Defines `fn NAME(args) -> R { body }` that runs `body` compiled for AVX2 + FMA when the CPU
 /// has them, and as compiled for the baseline otherwise.
@@ -63,8 +63,8 @@ fn slice(tensor: &FlexTensor) -> &[f32] {
         .expect("the fused flex stages take contiguous f32 tensors")
 }
 
-fn output(values: Vec<f32>, shape: [usize; 4]) -> FlexTensor {
-    FlexTensor::from_data(TensorData::new(values, Shape::new(shape)))
+fn output(values: Vec<f32>, shape: impl Into<Shape>) -> FlexTensor {
+    FlexTensor::from_data(TensorData::new(values, shape))
 }
 
 /// One call of a product as its backward needs it: the contiguous inputs, the output and each
@@ -302,7 +302,7 @@ impl DepthwiseConvOps for Flex {
 /// `f` of a tensor's contiguous `f32` elements, as a tensor of the same shape.
 fn map_elements(tensor: &FlexTensor, f: impl FnOnce(&[f32]) -> Vec<f32>) -> FlexTensor {
     let shape = tensor.layout().shape().clone();
-    FlexTensor::from_data(TensorData::new(f(slice(tensor)), shape))
+    output(f(slice(tensor)), shape)
 }
 
 /// A fresh dropout mask: its seed is one draw from flex's generator, which `Backend::seed`
@@ -336,7 +336,7 @@ fn update_elements(tensor: FlexTensor, f: impl FnOnce(&mut [f32])) -> FlexTensor
     }
     let mut values = slice(&tensor).to_vec();
     f(&mut values);
-    FlexTensor::from_data(TensorData::new(values, tensor.layout().shape().clone()))
+    output(values, tensor.layout().shape().clone())
 }
 
 /// Dropout's forward and the mask its backward applies to the output gradient.
@@ -393,8 +393,7 @@ pub(super) fn layer_norm_forward(
     let (gamma, _) = contiguous(gamma);
     let (beta, _) = contiguous(beta);
     let (out, stats) = layer_norm::forward(slice(&x), slice(&gamma), slice(&beta), epsilon as f32);
-    let shape = x.layout().shape().clone();
-    let out = FlexTensor::from_data(TensorData::new(out, shape));
+    let out = output(out, x.layout().shape().clone());
     (out, SavedLayerNorm { x, gamma, stats })
 }
 
@@ -409,11 +408,10 @@ pub(super) fn layer_norm_backward(saved: SavedLayerNorm, grad: FlexTensor) -> [F
         slice(&grad),
     );
     let d = d_gamma.len();
-    let vector = |values: Vec<f32>| FlexTensor::from_data(TensorData::new(values, Shape::new([d])));
     [
-        FlexTensor::from_data(TensorData::new(dx, saved.x.layout().shape().clone())),
-        vector(d_gamma),
-        vector(d_beta),
+        output(dx, saved.x.layout().shape().clone()),
+        output(d_gamma, [d]),
+        output(d_beta, [d]),
     ]
 }
 
