@@ -1,17 +1,19 @@
 //! Training through the custom kernels: gradients of the fused softmax products (flex's fused
 //! backward; the extension's tensor-op bodies on wgpu) against the tensor-op stages they replace
 //! and against exact softmax attention, and gradients of the whole attention with and without
-//! the kernels, over fixed hard cases and random shapes, lengths and masks.
+//! the kernels, over fixed hard cases and random shapes, lengths and masks; exact attention as the
+//! fused flex stage against the explicit softmax, and the softmax baseline with and without it.
 
 mod common;
 
 use burn::tensor::activation::softmax;
 use burn::tensor::{Device, Tensor};
 use common::{devices, mask, on, randn, relative_diff, values};
-use nystromformer::attention::mask::MASKED_SCORE;
+use nystromformer::attention::explicit_softmax_attention;
+use nystromformer::attention::mask::{MASKED_SCORE, zero_rows};
 use nystromformer::attention::softmax_kernels::{kernel_b, kernel_f};
 use nystromformer::kernels::{
-    custom_kernels_apply, fused_landmark_attention, fused_landmark_values,
+    custom_kernels_apply, fused_landmark_attention, fused_landmark_values, fused_softmax_attention,
 };
 use nystromformer::{MaskPolicy, NystromHeadsInput, NystromOptions, nystrom_attention};
 use proptest::prelude::*;
@@ -304,4 +306,119 @@ fn fused_conv_skip_matches_the_convolution_with_gradients() {
             1e-5,
         );
     }
+}
+
+/// Exact attention as the fused flex stage against the explicit `[n_q, n_k]` softmax, output
+/// and gradients, for queries and keys of different lengths and `valid` keys per sequence.
+fn softmax_attention_case(
+    [batch, heads, n_q, n_k, d, d_v]: [usize; 6],
+    valid: &[usize],
+    seed: u64,
+) -> Result<(), TestCaseError> {
+    let flex = Device::flex();
+    let inputs = [
+        randn([batch, heads, n_q, d], 1.0, seed, &flex),
+        randn([batch, heads, n_k, d], 1.0, seed + 1, &flex),
+        randn([batch, heads, n_k, d_v], 1.0, seed + 2, &flex),
+    ];
+    let probe = randn([batch, heads, n_q, d_v], 1.0, seed + 3, &flex);
+    let padding: Vec<bool> = (0..batch * n_k)
+        .map(|i| i % n_k >= valid[i / n_k])
+        .collect();
+    let device = flex.clone().autodiff();
+    let mask_pad = mask(padding.clone(), [batch, n_k], &device);
+    let fused = output_and_gradients(&inputs, &probe, &device, |[q, k, v]| {
+        fused_softmax_attention(q, k, v, Some(&mask_pad)).expect("flex runs the fused stage")
+    });
+    // The reference zeroes padded values as the fused stage does, so a sequence without any
+    // valid key attends uniformly to zeros: output 0, as documented.
+    let reference = output_and_gradients(&inputs, &probe, &device, |[q, k, v]| {
+        let v = zero_rows(v.clone(), Some(&mask_pad));
+        explicit_softmax_attention(q.clone(), k.clone(), v, Some(&mask_pad)).0
+    });
+    let what = format!(
+        "dims {:?}, valid {valid:?}",
+        [batch, heads, n_q, n_k, d, d_v]
+    );
+    let diff = relative_diff(&fused.0, &reference.0);
+    prop_assert!(diff < 1e-4, "{what}: output differs by {diff}");
+    for (name, (grad, expected)) in ["q", "k", "v"].iter().zip(fused.1.iter().zip(&reference.1)) {
+        let diff = relative_diff(grad, expected);
+        prop_assert!(diff < 1e-3, "{what}: gradient of {name} differs by {diff}");
+    }
+    // Untracked, the forward is the same stage on flex itself.
+    let [q, k, v] = &inputs;
+    let plain =
+        fused_softmax_attention(q, k, v, Some(&mask(padding, [batch, n_k], &flex))).unwrap();
+    let diff = relative_diff(&plain, &fused.0);
+    prop_assert!(diff < 1e-6, "{what}: untracked output differs by {diff}");
+    Ok(())
+}
+
+#[test]
+fn fused_softmax_attention_matches_explicit_softmax_with_gradients() {
+    // Several query blocks (256 rows) and key blocks (256 keys), ragged; whole key blocks
+    // padded; a sequence without any valid key.
+    softmax_attention_case([2, 2, 600, 700, 16, 8], &[700, 300], 1).unwrap();
+    softmax_attention_case([2, 1, 257, 513, 8, 12], &[0, 513], 2).unwrap();
+    let strategy = (
+        1usize..=2,
+        1usize..=2,
+        1usize..=80,
+        1usize..=80,
+        1usize..=16,
+    )
+        .prop_flat_map(|(batch, heads, n_q, n_k, d)| {
+            (
+                Just([batch, heads, n_q, n_k, d, d + 3]),
+                proptest::collection::vec(0..=n_k, batch),
+                any::<u64>(),
+            )
+        });
+    TestRunner::new(Config::with_cases(24))
+        .run(&strategy, |(dims, valid, seed)| {
+            softmax_attention_case(dims, &valid, seed % 1_000_000)
+        })
+        .unwrap();
+}
+
+#[test]
+fn the_softmax_baseline_takes_the_fused_stage_with_the_same_gradients() {
+    use nystromformer::{AttentionMode, NystromAttentionConfig, NystromInput};
+
+    let device = Device::flex().autodiff();
+    let [batch, n, width] = [2, 300, 16];
+    let x = randn([batch, n, width], 1.0, 5, &Device::flex());
+    let padding: Vec<bool> = (0..batch * n).map(|i| i / n == 1 && i % n >= 100).collect();
+    // No dropout: `custom_kernels` switches its mask too.
+    let config = NystromAttentionConfig::new(width, 2)
+        .with_mode(AttentionMode::Softmax)
+        .with_dropout(0.0);
+    let attention = config.init(&device);
+    let run = |kernels: bool| {
+        let mut attention = attention.clone();
+        attention.options = attention.options.with_custom_kernels(kernels);
+        let x = on(&x, &device).require_grad();
+        let input =
+            NystromInput::self_attn(x.clone()).mask_pad(mask(padding.clone(), [batch, n], &device));
+        let out = attention.forward(input).context;
+        let grads = out.clone().sum().backward();
+        let weight = attention.query.weight.val().grad(&grads).unwrap();
+        (
+            values(&out.inner()),
+            values(&x.grad(&grads).unwrap()),
+            values(&weight),
+        )
+    };
+    let (fused, reference) = (run(true), run(false));
+    let close = |a: &[f32], b: &[f32]| {
+        let scale = b.iter().fold(0f32, |m, x| m.max(x.abs()));
+        a.iter().zip(b).all(|(a, b)| (a - b).abs() <= 1e-4 * scale)
+    };
+    assert!(close(&fused.0, &reference.0), "outputs differ");
+    assert!(close(&fused.1, &reference.1), "input gradients differ");
+    assert!(
+        close(&fused.2, &reference.2),
+        "query weight gradients differ"
+    );
 }

@@ -18,7 +18,8 @@ pub enum AttentionMode {
     /// Nyström approximation `F · A⁺ · (B · V)`; exact softmax when `n ≤ num_landmarks`.
     #[default]
     Nystrom,
-    /// Exact softmax attention through `burn::tensor::module::attention`: the standard
+    /// Exact softmax attention through `burn::tensor::module::attention` (on flex with
+    /// `custom_kernels`, the fused [`crate::kernels::fused_softmax_attention`]): the standard
     /// Transformer baseline, with the same projections (and skip connection, if configured).
     Softmax,
 }

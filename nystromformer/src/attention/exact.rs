@@ -6,23 +6,30 @@ use burn::tensor::{Bool, FloatDType, Tensor};
 
 use super::config::MaskPolicy;
 use super::mask::{MASKED_SCORE, PaddingMasks, mask_over_columns, masked_softmax, zero_rows};
+use crate::kernels;
 
 /// [`softmax_attention`] for one call of the module or the functional core: under
 /// [`MaskPolicy::LeakFree`] padded queries attend as zero vectors, so that their rows do not
 /// depend on what the padding holds (NaN included); HF transformers attends with them as they
-/// are. Padded keys and values are [`softmax_attention`]'s to handle.
+/// are. Padded keys and values are [`softmax_attention`]'s to handle. With `custom_kernels` it
+/// runs as the fused flex stage where that applies ([`kernels::fused_softmax_attention`]).
 pub(crate) fn exact_attention(
     q: Tensor<4>,
     k: Tensor<4>,
     v: Tensor<4>,
     padding: &PaddingMasks,
     policy: MaskPolicy,
+    custom_kernels: bool,
 ) -> Tensor<4> {
     let q = match policy {
         MaskPolicy::LeakFree => zero_rows(q, padding.queries()),
         MaskPolicy::HfCompatible => q,
     };
-    softmax_attention(q, k, v, padding.mask_pad.as_ref())
+    let mask_pad = padding.mask_pad.as_ref();
+    let fused = custom_kernels
+        .then(|| kernels::fused_softmax_attention(&q, &k, &v, mask_pad))
+        .flatten();
+    fused.unwrap_or_else(|| softmax_attention(q, k, v, mask_pad))
 }
 
 /// `softmax(Q Kᵀ / √d) V` through Burn's own `burn::tensor::module::attention` (a fused or flash

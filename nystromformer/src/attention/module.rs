@@ -181,7 +181,14 @@ impl NystromAttention {
                 (out.context, out.kernels)
             }
             AttentionMode::Softmax => (
-                exact_attention(q, k, v.clone(), &padding, self.options.mask_policy),
+                exact_attention(
+                    q,
+                    k,
+                    v.clone(),
+                    &padding,
+                    self.options.mask_policy,
+                    self.options.custom_kernels,
+                ),
                 None,
             ),
         };

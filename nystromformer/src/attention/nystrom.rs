@@ -163,7 +163,14 @@ pub fn nystrom_attention(
     let m = options.num_landmarks;
     if n_k <= m {
         return NystromAttentionOutput {
-            context: exact_attention(q, k, v, &padding, options.mask_policy),
+            context: exact_attention(
+                q,
+                k,
+                v,
+                &padding,
+                options.mask_policy,
+                options.custom_kernels,
+            ),
             kernels: None,
         };
     }

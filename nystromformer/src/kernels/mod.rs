@@ -20,7 +20,10 @@
 //! (`kernels/flex/`: gemm blocks, an online softmax with a vectorised `exp`, rayon per head),
 //! and with the `autodiff` feature their backward is fused too: the forward keeps each row's
 //! softmax statistics and the backward recomputes the softmax block by block, so training never
-//! stores an `n × m` matrix for these stages. The pseudo-inverse stays tensor ops on flex. The
+//! stores an `n × m` matrix for these stages. The same `B · V` stage with every query as a row is
+//! exact attention ([`fused_softmax_attention`]), which the softmax baseline runs on flex: flex's
+//! own `attention` differentiates as tensor ops over the whole `[n, n]` scores. The
+//! pseudo-inverse stays tensor ops on flex. The
 //! skip connection's depthwise convolution is fused on flex as well, forward and backward
 //! ([`fused_depthwise_conv`]), and so are the training step's dropout, exact GELU and LayerNorm
 //! ([`dropout`], [`gelu`], [`layer_norm`]), which flex runs element by element on one core.
@@ -34,6 +37,7 @@ use burn::nn::{Dropout, LayerNorm};
 use burn::tensor::{Bool, DType, Tensor, activation};
 
 use crate::attention::PinvInit;
+use crate::attention::mask::{MASKED_SCORE, zero_rows};
 use crate::attention::shape_check::expect_shape;
 
 #[cfg(any(feature = "cube-kernels", feature = "flex-kernels"))]
@@ -108,6 +112,44 @@ pub fn fused_landmark_values(
             missing,
             masked_score,
         )
+    })
+}
+
+/// Exact `softmax(Q Kᵀ/√d) · V` as the fused flex stage of `B · V` with every query a row:
+/// blocks of keys under an online softmax, so the `[n_q, n_k]` scores are never stored, and
+/// under autodiff a backward that recomputes them block by block from each row's statistics.
+/// (Flex's own `attention` differentiates as tensor ops that keep every `[n_q, n_k]` matrix.)
+/// Padded keys get zero weight (their values are zeroed first, so NaN there cannot leak) and a
+/// query without any key attends to nothing: its output is zero. `None` where it does not
+/// apply: f32 on flex, tracked tensors only with the `autodiff` feature.
+///
+/// # Shapes
+///
+/// - q: `[batch, heads, n_q, d]`, k: `[batch, heads, n_k, d]`, v: `[batch, heads, n_k, d_v]`
+/// - mask_pad: `[batch, n_k]` (`true` = padding)
+/// - output: `[batch, heads, n_q, d_v]`
+///
+/// # Panics
+///
+/// Panics, naming the argument, if the shapes disagree.
+pub fn fused_softmax_attention(
+    q: &Tensor<4>,
+    k: &Tensor<4>,
+    v: &Tensor<4>,
+    mask_pad: Option<&Tensor<2, Bool>>,
+) -> Option<Tensor<4>> {
+    let [batch, heads, _, d] = q.dims();
+    let [_, _, n_k, _] = k.dims();
+    let op = "fused_softmax_attention";
+    expect_shape(op, "k", &k.dims(), &[batch, heads, n_k, d]);
+    expect_shape(op, "v", &v.dims(), &[batch, heads, n_k]);
+    if let Some(mask_pad) = mask_pad {
+        expect_shape(op, "mask_pad", &mask_pad.dims(), &[batch, n_k]);
+    }
+    (routable(q) && extension::on_flex_device(q)).then(|| {
+        let scaled = q.clone().mul_scalar((d as f64).powf(-0.5));
+        let v = zero_rows(v.clone(), mask_pad);
+        extension::landmark_values(&scaled, k, &v, mask_pad, None, MASKED_SCORE as f32)
     })
 }
 

@@ -10,7 +10,7 @@
 
 use rayon::prelude::*;
 
-use super::products::{Dims, KEY_BLOCK, RowSoftmax, matmul};
+use super::products::{Dims, KEY_BLOCK, QUERY_BLOCK, RowSoftmax, matmul};
 use super::rows::{fill_columns, row_dots, softmax_backward, softmax_from_stats};
 
 /// Query rows per step of `F · W`'s backward: larger than the forward's blocks, since one task
@@ -97,40 +97,59 @@ pub fn landmark_values(
             let g = row_gradients(&grad[bh * m * dv..][..m * dv], dv, &missing[b * m..][..m]);
             let delta = row_dots(&g, &forward.output[bh * m * dv..][..m * dv], dv);
             let block = KEY_BLOCK.min(n);
-            let mut probs = vec![0.0f32; m * block];
-            let mut d_scores = vec![0.0f32; m * block];
+            let chunk = QUERY_BLOCK.min(m);
+            let mut probs = vec![0.0f32; chunk * block];
+            let mut d_scores = vec![0.0f32; chunk * block];
             for start in (0..n).step_by(KEY_BLOCK) {
                 let width = KEY_BLOCK.min(n - start);
-                let probs = &mut probs[..m * width];
-                let d_scores = &mut d_scores[..m * width];
                 let k_block = &k[start * d..][..width * d];
                 let v_block = &v[start * dv..][..width * dv];
                 let masked = &pad[start..start + width];
-                // P, padded keys at the score the forward gave them.
-                matmul(m, width, d, probs, false, q, (d, 1), k_block, (1, d));
-                fill_columns(probs, width, masked, masked_score);
-                softmax_from_stats(probs, width, stats);
-                // dV = Pᵀ dO
-                let d_v = &mut d_v[start * dv..][..width * dv];
-                matmul(width, dv, m, d_v, false, probs, (1, width), &g, (dv, 1));
-                // dP = dO Vᵀ, then dS = P ∘ (dP − δ)
-                matmul(m, width, dv, d_scores, false, &g, (dv, 1), v_block, (1, dv));
-                softmax_backward(d_scores, probs, &delta, width);
-                fill_columns(d_scores, width, masked, 0.0);
-                // dQ̃ += dS K, dK = dSᵀ Q̃
-                matmul(
-                    m,
-                    d,
-                    width,
-                    d_q,
-                    true,
-                    d_scores,
-                    (width, 1),
-                    k_block,
-                    (d, 1),
-                );
                 let d_k = &mut d_k[start * d..][..width * d];
-                matmul(width, d, m, d_k, false, d_scores, (1, width), q, (d, 1));
+                let d_v = &mut d_v[start * dv..][..width * dv];
+                // In chunks of query rows (one for m ≤ 256), so that exact attention's
+                // `[rows, width]` blocks stay in L2.
+                for first in (0..m).step_by(QUERY_BLOCK) {
+                    let rows = QUERY_BLOCK.min(m - first);
+                    let probs = &mut probs[..rows * width];
+                    let d_scores = &mut d_scores[..rows * width];
+                    let q = &q[first * d..][..rows * d];
+                    let g = &g[first * dv..][..rows * dv];
+                    // P, padded keys at the score the forward gave them.
+                    matmul(rows, width, d, probs, false, q, (d, 1), k_block, (1, d));
+                    fill_columns(probs, width, masked, masked_score);
+                    softmax_from_stats(probs, width, &stats[first..first + rows]);
+                    // dV += Pᵀ dO
+                    matmul(width, dv, rows, d_v, true, probs, (1, width), g, (dv, 1));
+                    // dP = dO Vᵀ, then dS = P ∘ (dP − δ)
+                    matmul(
+                        rows,
+                        width,
+                        dv,
+                        d_scores,
+                        false,
+                        g,
+                        (dv, 1),
+                        v_block,
+                        (1, dv),
+                    );
+                    softmax_backward(d_scores, probs, &delta[first..first + rows], width);
+                    fill_columns(d_scores, width, masked, 0.0);
+                    // dQ̃ += dS K, dK += dSᵀ Q̃
+                    let d_q = &mut d_q[first * d..][..rows * d];
+                    matmul(
+                        rows,
+                        d,
+                        width,
+                        d_q,
+                        true,
+                        d_scores,
+                        (width, 1),
+                        k_block,
+                        (d, 1),
+                    );
+                    matmul(width, d, rows, d_k, true, d_scores, (1, width), q, (d, 1));
+                }
             }
         },
     )

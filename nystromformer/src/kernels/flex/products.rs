@@ -14,6 +14,9 @@ use super::rows::{fill_columns, fold_block, softmax_present};
 pub(super) const KEY_BLOCK: usize = 256;
 /// Query rows per task of `F · W`.
 pub(super) const ROW_BLOCK: usize = 128;
+/// Query rows per task of `B · V`: all m landmark queries at once for m ≤ 256; exact attention
+/// (every query a row) in blocks whose `[rows, KEY_BLOCK]` scores stay in L2.
+pub(super) const QUERY_BLOCK: usize = 256;
 
 /// `dst [rows, cols] (+)= lhs [rows, depth] · rhs [depth, cols]`, each given by its row and
 /// column strides (in elements).
@@ -97,9 +100,10 @@ pub struct Dims {
     pub dv: usize,
 }
 
-/// `softmax(Q̃ Kᵀ) · V` per `(batch, head)`: `[batch, heads, m, dv]`, and each row's softmax,
-/// `[batch, heads, m]`, which the backward needs. Padded keys get the score `masked_score`; rows
-/// of missing landmark queries are zero.
+/// `softmax(Q̃ Kᵀ) · V` per `(batch, head)` and block of query rows: `[batch, heads, m, dv]`,
+/// and each row's softmax, `[batch, heads, m]`, which the backward needs. Padded keys get the
+/// score `masked_score`; rows of missing landmark queries are zero. With every query as a
+/// "landmark" (`m = n_q`, nothing missing) this is exact attention, FlashAttention-style.
 pub fn landmark_values(
     dims: Dims,
     landmark_queries: &[f32],
@@ -119,48 +123,98 @@ pub fn landmark_values(
         .enumerate()
         .for_each(|(bh, (out, stats))| {
             let b = bh / heads;
-            let lq = &landmark_queries[bh * m * d..][..m * d];
-            let k = &keys[bh * n * d..][..n * d];
-            let v = &values[bh * n * dv..][..n * dv];
-            let pad = &padding[b * n..][..n];
-            let mut row_max = vec![f32::NEG_INFINITY; m];
-            let mut row_sum = vec![0.0f32; m];
-            let mut scores = vec![0.0f32; m * KEY_BLOCK.min(n)];
-            for start in (0..n).step_by(KEY_BLOCK) {
-                let width = KEY_BLOCK.min(n - start);
-                let scores = &mut scores[..m * width];
-                // scores[i, j] = Σ_p lq[i, p] · k[start + j, p]
-                let k_block = &k[start * d..];
-                matmul(m, width, d, scores, false, lq, (d, 1), k_block, (1, d));
-                fill_columns(scores, width, &pad[start..start + width], masked_score);
-                fold_block(scores, width, &mut row_max, &mut row_sum, out, dv);
-                matmul(
-                    m,
-                    dv,
-                    width,
-                    out,
-                    true,
-                    scores,
-                    (width, 1),
-                    &v[start * dv..],
-                    (dv, 1),
-                );
-            }
-            for i in 0..m {
-                let row = &mut out[i * dv..][..dv];
-                let scale = if missing[b * m + i] > 0.5 {
-                    0.0
-                } else {
-                    1.0 / row_sum[i]
-                };
-                row.iter_mut().for_each(|x| *x *= scale);
-                stats[i] = RowSoftmax {
-                    max: row_max[i],
-                    inv_sum: 1.0 / row_sum[i],
-                };
-            }
+            let keys = KeyBlocks {
+                keys: &keys[bh * n * d..][..n * d],
+                values: &values[bh * n * dv..][..n * dv],
+                padding: &padding[b * n..][..n],
+                masked_score,
+                d,
+                dv,
+            };
+            out.par_chunks_mut(QUERY_BLOCK * dv)
+                .zip(stats.par_chunks_mut(QUERY_BLOCK))
+                .enumerate()
+                .for_each(|(block, (out, stats))| {
+                    let first = block * QUERY_BLOCK;
+                    let rows = stats.len();
+                    let queries = &landmark_queries[(bh * m + first) * d..][..rows * d];
+                    let missing = &missing[b * m + first..][..rows];
+                    keys.attend(queries, missing, out, stats);
+                });
         });
     (out, stats)
+}
+
+/// The key side of one `(batch, head)` of `B · V`.
+struct KeyBlocks<'a> {
+    /// `[n, d]`.
+    keys: &'a [f32],
+    /// `[n, dv]`.
+    values: &'a [f32],
+    /// `[n]` padding flags.
+    padding: &'a [f32],
+    masked_score: f32,
+    d: usize,
+    dv: usize,
+}
+
+impl KeyBlocks<'_> {
+    /// `softmax(queries Kᵀ) · V` for a block of query rows (`[rows, d]`) into `out`
+    /// (`[rows, dv]`, zeroed), streaming the keys in blocks with an online softmax; rows flagged
+    /// in `missing` are zero.
+    fn attend(&self, queries: &[f32], missing: &[f32], out: &mut [f32], stats: &mut [RowSoftmax]) {
+        let (d, dv) = (self.d, self.dv);
+        let n = self.padding.len();
+        let rows = stats.len();
+        let mut row_max = vec![f32::NEG_INFINITY; rows];
+        let mut row_sum = vec![0.0f32; rows];
+        let mut scores = vec![0.0f32; rows * KEY_BLOCK.min(n)];
+        for start in (0..n).step_by(KEY_BLOCK) {
+            let width = KEY_BLOCK.min(n - start);
+            let scores = &mut scores[..rows * width];
+            // scores[i, j] = Σ_p q[i, p] · k[start + j, p]
+            let k_block = &self.keys[start * d..];
+            matmul(
+                rows,
+                width,
+                d,
+                scores,
+                false,
+                queries,
+                (d, 1),
+                k_block,
+                (1, d),
+            );
+            let pad = &self.padding[start..start + width];
+            fill_columns(scores, width, pad, self.masked_score);
+            fold_block(scores, width, &mut row_max, &mut row_sum, out, dv);
+            let v_block = &self.values[start * dv..];
+            matmul(
+                rows,
+                dv,
+                width,
+                out,
+                true,
+                scores,
+                (width, 1),
+                v_block,
+                (dv, 1),
+            );
+        }
+        for i in 0..rows {
+            let row = &mut out[i * dv..][..dv];
+            let scale = if missing[i] > 0.5 {
+                0.0
+            } else {
+                1.0 / row_sum[i]
+            };
+            row.iter_mut().for_each(|x| *x *= scale);
+            stats[i] = RowSoftmax {
+                max: row_max[i],
+                inv_sum: 1.0 / row_sum[i],
+            };
+        }
+    }
 }
 
 /// `softmax(Q K̃ᵀ) · W` per `(batch, head)` and block of query rows: `[batch, heads, n, dv]`,
