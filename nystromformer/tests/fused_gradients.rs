@@ -422,3 +422,46 @@ fn the_softmax_baseline_takes_the_fused_stage_with_the_same_gradients() {
         "query weight gradients differ"
     );
 }
+
+#[test]
+fn fused_segment_means_match_the_tensor_ops_with_gradients() {
+    use nystromformer::attention::landmarks::Segments;
+    use nystromformer::kernels::fused_segment_mean;
+
+    let flex = Device::flex();
+    let device = flex.clone().autodiff();
+    for (n, m) in [(64, 64), (96, 8), (300, 3)] {
+        let inputs = [randn([2, 3, n, 5], 1.0, n as u64, &flex)];
+        let probe = randn([2, 3, m, 5], 1.0, m as u64, &flex);
+        let fused = output_and_gradients(&inputs, &probe, &device, |[x]| {
+            fused_segment_mean(x, m).expect("flex runs the fused means")
+        });
+        let segments = Segments::new(n, m, None, burn::tensor::FloatDType::F32, &device);
+        let reference =
+            output_and_gradients(&inputs, &probe, &device, |[x]| segments.mean(x.clone()));
+        assert_agree(
+            &format!("n = {n}, m = {m}"),
+            ["x"],
+            &fused,
+            &reference,
+            1e-6,
+        );
+    }
+    // Unmasked, with m dividing n, the whole attention takes them: same output and gradients.
+    for policy in [MaskPolicy::LeakFree, MaskPolicy::HfCompatible] {
+        let run = |kernels: bool| {
+            let inputs = [0, 1, 2].map(|i| randn([2, 2, 192, 16], 1.0, 40 + i, &flex));
+            let probe = randn([2, 2, 192, 16], 1.0, 43, &flex);
+            output_and_gradients(&inputs, &probe, &device, |[q, k, v]| {
+                let input = NystromHeadsInput::self_attention(q.clone(), k.clone(), v.clone());
+                let options = NystromOptions::new()
+                    .with_num_landmarks(16)
+                    .with_mask_policy(policy)
+                    .with_custom_kernels(kernels);
+                nystrom_attention(input, &options).context
+            })
+        };
+        let what = format!("attention, {policy:?}");
+        assert_agree(&what, ["q", "k", "v"], &run(true), &run(false), 1e-4);
+    }
+}

@@ -14,6 +14,8 @@
 
 use burn::tensor::{Bool, Device, FloatDType, Int, Tensor};
 
+use crate::kernels;
+
 /// Landmark queries and keys with the landmarks that exist (self-attention: one segmentation).
 #[derive(Debug, Clone)]
 pub struct Landmarks {
@@ -117,6 +119,15 @@ impl Segments {
                     .reshape([batch, heads, m, d])
             }
         }
+    }
+
+    /// [`mean`](Self::mean), as one parallel pass on flex when `custom_kernels` is set and the
+    /// segments are equal (no mask, `m` divides `n`): see [`kernels::fused_segment_mean`].
+    pub fn mean_with_kernels(&self, x: Tensor<4>, custom_kernels: bool) -> Tensor<4> {
+        let fused = (custom_kernels && self.weights.is_none())
+            .then(|| kernels::fused_segment_mean(&x, self.m))
+            .flatten();
+        fused.unwrap_or_else(|| self.mean(x))
     }
 
     /// `[batch, m]`, `true` where a segment holds no valid token; `None` when none can be empty.

@@ -226,8 +226,10 @@ pub fn nystrom_attention(
     // Q̃ Kᵀ and Q̃ K̃ᵀ): the [n, d] queries and keys are never rescaled, which saves two full
     // passes over them and their allocations.
     let scale = (d as f64).powf(-0.5);
-    let landmark_queries = query_segments.mean(q.clone());
-    let scaled_keys = key_segments.mean(k.clone()).mul_scalar(scale);
+    let landmark_queries = query_segments.mean_with_kernels(q.clone(), options.custom_kernels);
+    let scaled_keys = key_segments
+        .mean_with_kernels(k.clone(), options.custom_kernels)
+        .mul_scalar(scale);
     let scaled_queries = landmark_queries.clone().mul_scalar(scale);
     let a = kernel_a(
         landmark_queries,

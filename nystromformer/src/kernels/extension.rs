@@ -1,6 +1,7 @@
 //! The fused stages as Burn backend extensions, one trait per family: [`LandmarkSoftmaxOps`] (the
 //! two softmax products, on CubeCL devices and on flex), [`PinvOps`] (the pseudo-inverse, on
 //! CubeCL devices), and on flex `DepthwiseConvOps` (the skip connection's convolution),
+//! `SegmentMeanOps` (the landmarks of equal segments),
 //! `ElementwiseOps` (dropout and GELU) and `LayerNormOps`. Burn routes a call by the device of
 //! its tensors: to the CubeCL backend (through its fusion backend, which runs a custom operation
 //! at the next flush) or to flex. Below them, the tensor-level calls of [`super`]'s public
@@ -113,6 +114,21 @@ pub fn depthwise_conv(values: &Tensor<4>, taps: &Tensor<4>) -> Tensor<4> {
         values.clone().into_dispatch(),
         taps.clone().into_dispatch(),
     ))
+}
+
+/// See [`super::fused_segment_mean`].
+#[cfg(feature = "flex-kernels")]
+pub fn segment_mean(x: &Tensor<4>, m: usize) -> Tensor<4> {
+    Tensor::from_dispatch(<Dispatch as SegmentMeanOps>::segment_mean(
+        x.clone().into_dispatch(),
+        m,
+    ))
+}
+
+/// Only flex has the fused segment means: [`super::fused_segment_mean`] asks for flex first.
+#[cfg(not(feature = "flex-kernels"))]
+pub fn segment_mean(_x: &Tensor<4>, _m: usize) -> Tensor<4> {
+    unreachable!("the fused segment means run on flex only")
 }
 
 /// Only flex has the fused convolution: [`super::fused_depthwise_conv`] asks for flex first.
@@ -243,6 +259,18 @@ impl<C: burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy> Landm
 pub trait DepthwiseConvOps: Backend {
     /// See [`depthwise_conv`].
     fn depthwise_conv(values: FloatTensor<Self>, taps: FloatTensor<Self>) -> FloatTensor<Self>;
+}
+
+/// Landmarks as the means of `m` equal segments along the sequence: x `[batch, heads, n, d]`
+/// with `m` dividing `n`, output `[batch, heads, m, d]`.
+#[cfg(feature = "flex-kernels")]
+#[backend_extension(
+    Flex: cfg(feature = "flex-kernels"),
+    Autodiff: cfg(feature = "autodiff")
+)]
+pub trait SegmentMeanOps: Backend {
+    /// See [`segment_mean`].
+    fn segment_mean(x: FloatTensor<Self>, m: usize) -> FloatTensor<Self>;
 }
 
 /// Elementwise steps of a training step that flex runs slowly: dropout (whose Bernoulli mask

@@ -25,7 +25,8 @@
 //! own `attention` differentiates as tensor ops over the whole `[n, n]` scores. The
 //! pseudo-inverse stays tensor ops on flex. The
 //! skip connection's depthwise convolution is fused on flex as well, forward and backward
-//! ([`fused_depthwise_conv`]), and so are the training step's dropout, exact GELU and LayerNorm
+//! ([`fused_depthwise_conv`]), as are the landmarks of equal segments ([`fused_segment_mean`])
+//! and the training step's dropout, exact GELU and LayerNorm
 //! ([`dropout`], [`gelu`], [`layer_norm`]), which flex runs element by element on one core.
 //!
 //! Everywhere else (ndarray, f16) the tensor-op stages run; all paths compute the same maths and
@@ -248,6 +249,28 @@ pub fn fused_depthwise_conv(values: &Tensor<4>, taps: &Tensor<4>) -> Option<Tens
         .then(|| extension::depthwise_conv(values, taps))
 }
 
+/// The means of `m` equal segments along the sequence (the landmarks without a mask, `m`
+/// dividing `n`) as one parallel pass forward and backward; `None` where it does not apply: f32
+/// on flex, tracked tensors only with the `autodiff` feature. Flex reduces the
+/// `[batch, heads, m, n/m, d]` view this replaces on one core.
+///
+/// # Shapes
+///
+/// - x: `[batch, heads, n, d]`
+/// - output: `[batch, heads, m, d]`
+///
+/// # Panics
+///
+/// Panics if `m` is 0 or does not divide `n`.
+pub fn fused_segment_mean(x: &Tensor<4>, m: usize) -> Option<Tensor<4>> {
+    let [_, _, n, _] = x.dims();
+    assert!(
+        m > 0 && n.is_multiple_of(m),
+        "fused_segment_mean: m = {m} must divide n = {n}"
+    );
+    (routable(x) && extension::on_flex_device(x)).then(|| extension::segment_mean(x, m))
+}
+
 /// `layer.forward(x)`, which on flex (f32, with `custom_kernels`) runs as one fused pass forward
 /// and one backward, with a counter-based mask that the backward recomputes instead of a stored
 /// Bernoulli tensor drawn element by element. Like burn-nn's `Dropout`, the identity unless
@@ -355,6 +378,10 @@ mod extension {
     }
 
     pub fn depthwise_conv(_values: &Tensor<4>, _taps: &Tensor<4>) -> Tensor<4> {
+        unreachable!("{NOT_COMPILED}")
+    }
+
+    pub fn segment_mean(_x: &Tensor<4>, _m: usize) -> Tensor<4> {
         unreachable!("{NOT_COMPILED}")
     }
 

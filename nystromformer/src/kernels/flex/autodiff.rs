@@ -1,4 +1,5 @@
 //! Training through the fused flex stages: [`LandmarkSoftmaxOps`], [`DepthwiseConvOps`],
+//! [`SegmentMeanOps`],
 //! [`ElementwiseOps`] and [`LayerNormOps`] for `Autodiff<Flex>`. A tracked call runs the fused
 //! forward and keeps what its backward needs: inputs, and for the softmax products their output
 //! and each row's softmax statistics, for LayerNorm each row's mean and inverse deviation; for
@@ -18,12 +19,13 @@ use burn_flex::FlexTensor;
 
 use super::dropout::DropoutMask;
 use super::{
-    SavedConv, SavedLayerNorm, SavedProduct, attention_forward, conv_backward, conv_forward,
-    dropout_backward, dropout_forward, gelu_backward, gelu_forward, layer_norm_backward,
-    layer_norm_forward, product_backward, values_forward,
+    SavedConv, SavedLayerNorm, SavedProduct, SavedSegmentMean, attention_forward, conv_backward,
+    conv_forward, dropout_backward, dropout_forward, gelu_backward, gelu_forward,
+    layer_norm_backward, layer_norm_forward, product_backward, segment_mean_backward,
+    segment_mean_forward, values_forward,
 };
 use crate::kernels::extension::{
-    DepthwiseConvOps, ElementwiseOps, LandmarkSoftmaxOps, LayerNormOps,
+    DepthwiseConvOps, ElementwiseOps, LandmarkSoftmaxOps, LayerNormOps, SegmentMeanOps,
 };
 
 /// What a fused forward keeps for its backward, which gives the gradients of its `N` inputs.
@@ -40,6 +42,12 @@ impl SavedForward<3> for SavedProduct {
 impl SavedForward<2> for SavedConv {
     fn backward(self, grad: FlexTensor) -> [FlexTensor; 2] {
         conv_backward(self, grad)
+    }
+}
+
+impl SavedForward<1> for SavedSegmentMean {
+    fn backward(self, grad: FlexTensor) -> [FlexTensor; 1] {
+        [segment_mean_backward(self, grad)]
     }
 }
 
@@ -157,6 +165,13 @@ impl<C: CheckpointStrategy> DepthwiseConvOps for Autodiff<Flex, C> {
         record::<C, 2, _>(nodes, || {
             conv_forward(values.into_primitive(), taps.into_primitive())
         })
+    }
+}
+
+impl<C: CheckpointStrategy> SegmentMeanOps for Autodiff<Flex, C> {
+    fn segment_mean(x: FloatTensor<Self>, m: usize) -> FloatTensor<Self> {
+        let nodes = [x.node()];
+        record::<C, 1, _>(nodes, || segment_mean_forward(x.into_primitive(), m))
     }
 }
 

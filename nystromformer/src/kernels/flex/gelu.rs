@@ -57,9 +57,9 @@ multiversion! {
 
 multiversion! {
     /// `d/dx [x Φ(x)] = Φ(x) + x φ(x)`, times the output gradient (in place).
-    fn gelu_backward_chunk(x: &[f32], grad: &mut [f32]) {
+    fn gelu_backward_chunk<A>(x: &[f32], grad: &mut [f32]) {
         for (grad, &x) in grad.iter_mut().zip(x) {
-            let density = FRAC_1_SQRT_2PI * exp(-0.5 * x * x);
+            let density = FRAC_1_SQRT_2PI * exp::<A>(-0.5 * x * x);
             *grad *= normal_cdf(x) + x * density;
         }
     }

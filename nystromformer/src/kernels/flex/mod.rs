@@ -1,10 +1,12 @@
 //! The fused CPU stages on flex: [`LandmarkSoftmaxOps`] (see [`products`]), [`DepthwiseConvOps`]
-//! (see [`depthwise`]), [`ElementwiseOps`] (see [`dropout`] and [`gelu`]) and [`LayerNormOps`]
+//! (see [`depthwise`]), [`SegmentMeanOps`] (see [`segment_mean`]), [`ElementwiseOps`] (see [`dropout`] and [`gelu`]) and [`LayerNormOps`]
 //! (see [`layer_norm`]) for burn-flex's backend, on contiguous `f32` slices, and for
 //! `Autodiff<Flex>` with fused backwards (see [`backward`] and `autodiff.rs`).
 
 /// Defines `fn NAME(args) -> R { body }` that runs `body` compiled for AVX2 + FMA when the CPU
-/// has them, and as compiled for the baseline otherwise.
+/// has them, and as compiled for the baseline otherwise. Written `fn NAME<A>(…)`, the body is
+/// generic over `A:` [`exp::MulAdd`], which is one fused multiply-add in the AVX2 build and a
+/// multiply then an add in the baseline one (where `f32::mul_add` would be a call into libm).
 macro_rules! multiversion {
     ($(#[$meta:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)? $body:block) => {
         $(#[$meta])* $vis fn $name($($arg: $ty),*) $(-> $ret)? {
@@ -26,6 +28,26 @@ macro_rules! multiversion {
             body($($arg),*)
         }
     };
+    ($(#[$meta:meta])* $vis:vis fn $name:ident<$arith:ident>($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)? $body:block) => {
+        $(#[$meta])* $vis fn $name($($arg: $ty),*) $(-> $ret)? {
+            #[inline(always)]
+            fn body<$arith: $crate::kernels::flex::exp::MulAdd>($($arg: $ty),*) $(-> $ret)? $body
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx2,fma")]
+                fn avx2($($arg: $ty),*) $(-> $ret)? {
+                    body::<$crate::kernels::flex::exp::Fused>($($arg),*)
+                }
+                if std::arch::is_x86_feature_detected!("avx2")
+                    && std::arch::is_x86_feature_detected!("fma")
+                {
+                    // SAFETY: the CPU has the features `avx2` is compiled for.
+                    return unsafe { avx2($($arg),*) };
+                }
+            }
+            body::<$crate::kernels::flex::exp::Separate>($($arg),*)
+        }
+    };
 }
 
 #[cfg(feature = "autodiff")]
@@ -39,6 +61,7 @@ mod gelu;
 mod layer_norm;
 mod products;
 mod rows;
+mod segment_mean;
 
 use burn::backend::ops::IntTensorOps;
 use burn::tensor::{Distribution, IntDType, Shape, TensorData};
@@ -48,7 +71,9 @@ use self::depthwise::ConvDims;
 use self::dropout::DropoutMask;
 use self::layer_norm::RowStats;
 use self::products::{Dims, RowSoftmax};
-use super::extension::{DepthwiseConvOps, ElementwiseOps, LandmarkSoftmaxOps, LayerNormOps};
+use super::extension::{
+    DepthwiseConvOps, ElementwiseOps, LandmarkSoftmaxOps, LayerNormOps, SegmentMeanOps,
+};
 
 /// A tensor's `f32` elements in row-major order (a copy only when it is strided) and its shape.
 fn contiguous(tensor: FlexTensor) -> (FlexTensor, Vec<usize>) {
@@ -296,6 +321,45 @@ pub(super) fn conv_backward(saved: SavedConv, grad: FlexTensor) -> [FlexTensor; 
 impl DepthwiseConvOps for Flex {
     fn depthwise_conv(values: FlexTensor, taps: FlexTensor) -> FlexTensor {
         conv_forward(values, taps).0
+    }
+}
+
+/// The landmarks of one call as their backward needs them: the shape of the input.
+#[derive(Debug, Clone)]
+#[cfg_attr(not(feature = "autodiff"), allow(dead_code))]
+pub(super) struct SavedSegmentMean {
+    /// `[batch, heads, n, d]`.
+    shape: Vec<usize>,
+    m: usize,
+}
+
+/// The means of `m` equal segments (see [`segment_mean::forward`]).
+pub(super) fn segment_mean_forward(x: FlexTensor, m: usize) -> (FlexTensor, SavedSegmentMean) {
+    let (x, shape) = contiguous(x);
+    let [batch, heads, n, d] = shape[..] else {
+        unreachable!("segment means take [batch, heads, n, d]")
+    };
+    let out = segment_mean::forward(slice(&x), n, d, m);
+    let out = output(out, [batch, heads, m, d]);
+    (out, SavedSegmentMean { shape, m })
+}
+
+/// The gradient of the segment means' input for their output gradient `grad`.
+#[cfg(feature = "autodiff")]
+pub(super) fn segment_mean_backward(saved: SavedSegmentMean, grad: FlexTensor) -> FlexTensor {
+    let (grad, _) = contiguous(grad);
+    let [_, _, n, d] = saved.shape[..] else {
+        unreachable!("segment means take [batch, heads, n, d]")
+    };
+    output(
+        segment_mean::backward(slice(&grad), n, d, saved.m),
+        saved.shape,
+    )
+}
+
+impl SegmentMeanOps for Flex {
+    fn segment_mean(x: FlexTensor, m: usize) -> FlexTensor {
+        segment_mean_forward(x, m).0
     }
 }
 

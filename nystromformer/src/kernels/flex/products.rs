@@ -237,7 +237,9 @@ pub fn landmark_attention(
         .enumerate()
         .for_each(|(bh, (out, stats))| {
             let b = bh / heads;
-            let lk = &landmark_keys[bh * m * d..][..m * d];
+            // K̃ᵀ row-major, once per head: gemm reads it in place, where K̃ itself (a
+            // transposed operand) would be packed again for every block of rows.
+            let lk_t = transpose(&landmark_keys[bh * m * d..][..m * d], m, d);
             let w = &weights[bh * m * dv..][..m * dv];
             let absent = &missing[b * m..][..m];
             out.par_chunks_mut(ROW_BLOCK * dv)
@@ -249,10 +251,21 @@ pub fn landmark_attention(
                     let q = &queries[(bh * n + first) * d..][..rows * d];
                     let mut scores = vec![0.0f32; rows * m];
                     // scores[r, j] = Σ_p q[r, p] · lk[j, p]
-                    matmul(rows, m, d, &mut scores, false, q, (d, 1), lk, (1, d));
+                    matmul(rows, m, d, &mut scores, false, q, (d, 1), &lk_t, (m, 1));
                     softmax_present(&mut scores, m, absent, stats);
                     matmul(rows, dv, m, out, false, &scores, (m, 1), w, (dv, 1));
                 });
         });
     (out, stats)
+}
+
+/// The row-major `[cols, rows]` transpose of the row-major `[rows, cols]` matrix `x`.
+pub(super) fn transpose(x: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    let mut t = vec![0.0f32; rows * cols];
+    for (i, row) in x.chunks_exact(cols).enumerate() {
+        for (j, value) in row.iter().enumerate() {
+            t[j * rows + i] = *value;
+        }
+    }
+    t
 }

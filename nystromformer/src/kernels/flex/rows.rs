@@ -10,7 +10,7 @@ multiversion! {
     /// One block of `B · V`'s online softmax: folds the block's scores (`[rows, width]`, replaced
     /// by their `exp(score − new max)`) into each row's running max and sum, and rescales the
     /// rows of the running output (`[rows, dv]`) whose max moved.
-    pub fn fold_block(
+    pub fn fold_block<A>(
         scores: &mut [f32],
         width: usize,
         row_max: &mut [f32],
@@ -21,9 +21,9 @@ multiversion! {
         let rows = scores.chunks_exact_mut(width).zip(out.chunks_exact_mut(dv));
         for ((row, out), (running_max, running_sum)) in rows.zip(row_max.iter_mut().zip(row_sum)) {
             let new_max = running_max.max(max(row));
-            let correction = exp(*running_max - new_max);
+            let correction = exp::<A>(*running_max - new_max);
             for x in row.iter_mut() {
-                *x = exp(*x - new_max);
+                *x = exp::<A>(*x - new_max);
             }
             *running_sum = *running_sum * correction + sum(row);
             *running_max = new_max;
@@ -38,7 +38,7 @@ multiversion! {
     /// `F`'s rows in place: each row of scores (`[rows, m]`) becomes its softmax over the
     /// landmarks present (`absent[j] > 0.5` marks a missing one, which gets 0); a row without any
     /// is zero. Each row's statistics go to `stats`.
-    pub fn softmax_present(scores: &mut [f32], m: usize, absent: &[f32], stats: &mut [RowSoftmax]) {
+    pub fn softmax_present<A>(scores: &mut [f32], m: usize, absent: &[f32], stats: &mut [RowSoftmax]) {
         let any_absent = absent.iter().any(|gone| *gone > 0.5);
         for (row, stats) in scores.chunks_exact_mut(m).zip(stats) {
             if any_absent {
@@ -50,7 +50,7 @@ multiversion! {
             }
             let row_max = max(row);
             for x in row.iter_mut() {
-                *x = exp(*x - row_max);
+                *x = exp::<A>(*x - row_max);
             }
             if any_absent {
                 for (s, gone) in row.iter_mut().zip(absent) {
@@ -70,11 +70,11 @@ multiversion! {
 multiversion! {
     /// The forward's softmax of each row of scores (`[rows, width]`), in place, from its saved
     /// statistics; rows the forward zeroed are zero.
-    pub fn softmax_from_stats(scores: &mut [f32], width: usize, stats: &[RowSoftmax]) {
+    pub fn softmax_from_stats<A>(scores: &mut [f32], width: usize, stats: &[RowSoftmax]) {
         for (row, stats) in scores.chunks_exact_mut(width).zip(stats) {
             if stats.inv_sum > 0.0 {
                 for s in row.iter_mut() {
-                    *s = exp(*s - stats.max) * stats.inv_sum;
+                    *s = exp::<A>(*s - stats.max) * stats.inv_sum;
                 }
             } else {
                 row.fill(0.0);
