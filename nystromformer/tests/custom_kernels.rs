@@ -51,9 +51,16 @@ fn kernels_apply_on_cube_devices_and_flex_and_under_autodiff_with_its_feature() 
         "autodiff routes through the extension only with its feature"
     );
     let square = randn([1, 1, 4, 4], 1.0, 2, &Device::flex());
-    assert!(
-        fused_pinv(&square, 2, PinvInit::Exact).is_none(),
-        "flex has no pseudo-inverse kernel"
+    assert_eq!(
+        fused_pinv(&square, 2, PinvInit::Exact).is_some(),
+        cfg!(feature = "flex-kernels"),
+        "flex runs the pseudo-inverse as one task per matrix"
+    );
+    let tracked_square = randn([1, 1, 4, 4], 1.0, 2, &Device::flex().autodiff());
+    assert_eq!(
+        fused_pinv(&tracked_square, 2, PinvInit::Exact).is_some(),
+        cfg!(all(feature = "flex-kernels", feature = "autodiff")),
+        "with a fused backward on flex"
     );
     let Some(device) = kernel_device() else {
         return;
@@ -70,9 +77,13 @@ fn kernels_apply_on_cube_devices_and_flex_and_under_autodiff_with_its_feature() 
 
 #[test]
 fn fused_pinv_matches_the_tensor_op_iteration() {
-    let Some(device) = kernel_device() else {
-        return;
-    };
+    for device in kernel_devices() {
+        pinv_case(&device);
+    }
+}
+
+fn pinv_case(device: &Device) {
+    let device = device.clone();
     for (m, seed) in [(1, 3), (7, 4), (64, 5)] {
         // Row-stochastic like a real A; the second matrix of the batch sharper than the first.
         let scores = randn([2, 3, m, m], 1.0, seed, &device);
@@ -81,13 +92,13 @@ fn fused_pinv_matches_the_tensor_op_iteration() {
         let a = softmax(scores * sharpness, 3);
         for init in [PinvInit::Original, PinvInit::Exact] {
             for iterations in [0, 1, 6] {
-                let fused = fused_pinv(&a, iterations, init).expect("kernel applies on wgpu");
+                let fused = fused_pinv(&a, iterations, init).expect("the kernel applies");
                 let reference =
                     nystromformer::attention::iterative_pinv(a.clone(), iterations, init);
                 let diff = relative_diff(&fused, &reference);
                 assert!(
                     diff < 1e-4,
-                    "m = {m}, {init:?}, {iterations} iterations: relative difference {diff}"
+                    "{device:?}, m = {m}, {init:?}, {iterations} iterations: relative difference {diff}"
                 );
             }
         }

@@ -465,3 +465,32 @@ fn fused_segment_means_match_the_tensor_ops_with_gradients() {
         assert_agree(&what, ["q", "k", "v"], &run(true), &run(false), 1e-4);
     }
 }
+
+#[test]
+fn fused_pinv_gradients_match_the_tensor_op_iteration() {
+    use nystromformer::PinvInit;
+    use nystromformer::attention::iterative_pinv;
+    use nystromformer::kernels::fused_pinv;
+
+    let flex = Device::flex();
+    let device = flex.clone().autodiff();
+    for (m, seed) in [(1, 3), (7, 4), (64, 5)] {
+        // Row-stochastic like a real A (the gradient flows through the softmax into the
+        // scores); the matrices of the batch of different sharpness.
+        let inputs = [randn([2, 3, m, m], 1.5, seed, &flex)];
+        let probe = randn([2, 3, m, m], 1.0, seed + 1, &flex);
+        for init in [PinvInit::Original, PinvInit::Exact] {
+            for iterations in [0, 1, 6] {
+                let a = |[scores]: &[Tensor<4>; 1]| softmax(scores.clone(), 3);
+                let fused = output_and_gradients(&inputs, &probe, &device, |s| {
+                    fused_pinv(&a(s), iterations, init).expect("flex runs the fused iteration")
+                });
+                let reference = output_and_gradients(&inputs, &probe, &device, |s| {
+                    iterative_pinv(a(s), iterations, init)
+                });
+                let what = format!("m = {m}, {init:?}, {iterations} iterations");
+                assert_agree(&what, ["scores"], &fused, &reference, 1e-3);
+            }
+        }
+    }
+}

@@ -1,6 +1,6 @@
 //! The fused stages as Burn backend extensions, one trait per family: [`LandmarkSoftmaxOps`] (the
 //! two softmax products, on CubeCL devices and on flex), [`PinvOps`] (the pseudo-inverse, on
-//! CubeCL devices), and on flex `DepthwiseConvOps` (the skip connection's convolution),
+//! CubeCL devices and on flex), and on flex `DepthwiseConvOps` (the skip connection's convolution),
 //! `SegmentMeanOps` (the landmarks of equal segments),
 //! `ElementwiseOps` (dropout and GELU) and `LayerNormOps`. Burn routes a call by the device of
 //! its tensors: to the CubeCL backend (through its fusion backend, which runs a custom operation
@@ -15,9 +15,7 @@ use burn::tensor::{Bool, Device, Tensor};
 #[cfg(feature = "cube-kernels")]
 use burn_cubecl::CubeBackend;
 
-#[cfg(feature = "cube-kernels")]
 use crate::attention::PinvInit;
-#[cfg(feature = "cube-kernels")]
 use crate::attention::pinv::initial_coefficient;
 
 /// The device of `x` without its autodiff wrapper.
@@ -73,7 +71,6 @@ pub fn landmark_values(
 }
 
 /// See [`super::fused_pinv`].
-#[cfg(feature = "cube-kernels")]
 pub fn pinv(a: &Tensor<4>, iterations: usize, init: PinvInit) -> Tensor<4> {
     let [batch, heads, _, _] = a.dims();
     let coefficient = initial_coefficient(a, init).reshape([batch * heads]);
@@ -82,12 +79,6 @@ pub fn pinv(a: &Tensor<4>, iterations: usize, init: PinvInit) -> Tensor<4> {
         coefficient.into_dispatch(),
         iterations,
     ))
-}
-
-/// Flex has no pseudo-inverse kernel: [`super::fused_pinv`] asks for a CubeCL device first.
-#[cfg(not(feature = "cube-kernels"))]
-pub fn pinv(_a: &Tensor<4>, _iterations: usize, _init: crate::attention::PinvInit) -> Tensor<4> {
-    unreachable!("the pseudo-inverse kernel runs on CubeCL devices only")
 }
 
 /// See [`super::fused_landmark_attention`].
@@ -305,9 +296,15 @@ pub trait LayerNormOps: Backend {
     ) -> FloatTensor<Self>;
 }
 
-/// The pseudo-inverse iteration; `c` flattened to `[batch · heads]`.
-#[cfg(feature = "cube-kernels")]
-#[backend_extension(Cube, Fusion)]
+/// The pseudo-inverse iteration; `c` flattened to `[batch · heads]`. The default body is the
+/// tensor-op iteration ([`super::reference::pinv`]); CubeCL devices run one kernel, flex one
+/// task per matrix, and flex under autodiff a fused backward through the iterations.
+#[backend_extension(
+    Cube: cfg(feature = "cube-kernels"),
+    Fusion: cfg(feature = "cube-kernels"),
+    Flex: cfg(feature = "flex-kernels"),
+    Autodiff: cfg(feature = "autodiff")
+)]
 pub trait PinvOps: Backend {
     /// See [`pinv`].
     #[fusion(dtype = a, shape = a)]
@@ -315,7 +312,17 @@ pub trait PinvOps: Backend {
         a: FloatTensor<Self>,
         coefficient: FloatTensor<Self>,
         iterations: usize,
-    ) -> FloatTensor<Self>;
+    ) -> FloatTensor<Self> {
+        super::reference::pinv::<Self>(a, coefficient, iterations)
+    }
+}
+
+/// Training on CubeCL devices differentiates the tensor-op iteration ([`super::fused_pinv`]
+/// does not route tracked tensors there).
+#[cfg(all(feature = "cube-kernels", feature = "autodiff"))]
+impl<C: burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy> PinvOps
+    for burn::backend::Autodiff<burn::backend::Cube, C>
+{
 }
 
 /// `[batch, heads, m, d_v]` from the landmark queries' `[batch, heads, m, d]` and the values'

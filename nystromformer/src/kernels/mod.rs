@@ -20,11 +20,11 @@
 //! (`kernels/flex/`: gemm blocks, an online softmax with a vectorised `exp`, rayon per head),
 //! and with the `autodiff` feature their backward is fused too: the forward keeps each row's
 //! softmax statistics and the backward recomputes the softmax block by block, so training never
-//! stores an `n × m` matrix for these stages. The same `B · V` stage with every query as a row is
+//! stores an `n × m` matrix for these stages; the pseudo-inverse runs as one task per matrix,
+//! with a backward through its iterations. The same `B · V` stage with every query as a row is
 //! exact attention ([`fused_softmax_attention`]), which the softmax baseline runs on flex: flex's
-//! own `attention` differentiates as tensor ops over the whole `[n, n]` scores. The
-//! pseudo-inverse stays tensor ops on flex. The
-//! skip connection's depthwise convolution is fused on flex as well, forward and backward
+//! own `attention` differentiates as tensor ops over the whole `[n, n]` scores. The skip
+//! connection's depthwise convolution is fused on flex as well, forward and backward
 //! ([`fused_depthwise_conv`]), as are the landmarks of equal segments ([`fused_segment_mean`])
 //! and the training step's dropout, exact GELU and LayerNorm
 //! ([`dropout`], [`gelu`], [`layer_norm`]), which flex runs element by element on one core.
@@ -162,8 +162,10 @@ pub fn fused_softmax_attention(
 /// - a: `[batch, heads, m, m]`, non-negative with rows summing to at most 1
 /// - output: `[batch, heads, m, m]`
 ///
-/// `None` too under autodiff and when `batch · heads` exceeds [`MAX_PINV_MATRICES`] (one cube
-/// per matrix).
+/// On flex it is one task per matrix, and under autodiff its backward runs through the saved
+/// iterates (the gradient of `c` flows on into its tensor ops). On CubeCL devices `None` under
+/// autodiff (the kernel has no backward) and when `batch · heads` exceeds
+/// [`MAX_PINV_MATRICES`] (one cube per matrix).
 ///
 /// # Panics
 ///
@@ -171,11 +173,9 @@ pub fn fused_softmax_attention(
 pub fn fused_pinv(a: &Tensor<4>, iterations: usize, init: PinvInit) -> Option<Tensor<4>> {
     let [batch, heads, m, _] = a.dims();
     expect_shape("fused_pinv", "a", &a.dims(), &[batch, heads, m, m]);
-    // The pseudo-inverse kernel has no backward.
+    let on_cube = extension::on_cube_device(a) && !a.is_autodiff();
     (custom_kernels_apply(a)
-        && !a.is_autodiff()
-        && extension::on_cube_device(a)
-        && batch * heads <= MAX_PINV_MATRICES)
+        && (extension::on_flex_device(a) || (on_cube && batch * heads <= MAX_PINV_MATRICES)))
         .then(|| extension::pinv(a, iterations, init))
 }
 

@@ -1,5 +1,5 @@
 //! The tensor-op body of each [`LandmarkSoftmaxOps`](super::extension::LandmarkSoftmaxOps)
-//! operation, on backend primitives: the same maths as
+//! operation and of [`PinvOps`](super::extension::PinvOps), on backend primitives: the same maths as
 //! [`kernel_b`](crate::attention::softmax_kernels::kernel_b) and
 //! [`kernel_f`](crate::attention::softmax_kernels::kernel_f) followed by their product. A backend
 //! without its own implementation runs these; under autodiff they differentiate through the
@@ -46,6 +46,34 @@ pub fn landmark_attention<B: Backend>(
     // A row without any landmark would otherwise spread uniform weight over the missing ones.
     let kernel = B::float_mask_fill(kernel, absent(missing), 0.0f32.into());
     B::float_matmul(kernel, weights)
+}
+
+/// See [`super::fused_pinv`]: `Z₀ = Aᵀ / c`, then per iteration `P = A Z`, `T = 7P − P P`,
+/// `U = 15P − P T`, `Z ← ¼ (13Z − Z U)` (the form of
+/// [`iterative_pinv`](crate::attention::iterative_pinv) without its identity matrices).
+pub fn pinv<B: Backend>(
+    a: FloatTensor<B>,
+    coefficient: FloatTensor<B>,
+    iterations: usize,
+) -> FloatTensor<B> {
+    let [batch, heads, m, _] = dims(&a);
+    let c = B::float_reshape(coefficient, Shape::new([batch, heads, 1, 1]));
+    let c = B::float_expand(c, Shape::new([batch, heads, m, m]));
+    let mut z = B::float_div(B::float_transpose(a.clone()), c);
+    let scaled = |x: FloatTensor<B>, factor: f32| B::float_mul_scalar(x, factor.into());
+    for _ in 0..iterations {
+        let p = B::float_matmul(a.clone(), z.clone());
+        let t = B::float_sub(
+            scaled(p.clone(), 7.0),
+            B::float_matmul(p.clone(), p.clone()),
+        );
+        let u = B::float_sub(scaled(p.clone(), 15.0), B::float_matmul(p, t));
+        z = scaled(
+            B::float_sub(scaled(z.clone(), 13.0), B::float_matmul(z, u)),
+            0.25,
+        );
+    }
+    z
 }
 
 fn dims(tensor: &impl TensorMetadata) -> [usize; 4] {

@@ -1,5 +1,5 @@
 //! Training through the fused flex stages: [`LandmarkSoftmaxOps`], [`DepthwiseConvOps`],
-//! [`SegmentMeanOps`],
+//! [`PinvOps`], [`SegmentMeanOps`],
 //! [`ElementwiseOps`] and [`LayerNormOps`] for `Autodiff<Flex>`. A tracked call runs the fused
 //! forward and keeps what its backward needs: inputs, and for the softmax products their output
 //! and each row's softmax statistics, for LayerNorm each row's mean and inverse deviation; for
@@ -19,13 +19,13 @@ use burn_flex::FlexTensor;
 
 use super::dropout::DropoutMask;
 use super::{
-    SavedConv, SavedLayerNorm, SavedProduct, SavedSegmentMean, attention_forward, conv_backward,
-    conv_forward, dropout_backward, dropout_forward, gelu_backward, gelu_forward,
-    layer_norm_backward, layer_norm_forward, product_backward, segment_mean_backward,
-    segment_mean_forward, values_forward,
+    SavedConv, SavedLayerNorm, SavedPinv, SavedProduct, SavedSegmentMean, attention_forward,
+    conv_backward, conv_forward, dropout_backward, dropout_forward, gelu_backward, gelu_forward,
+    layer_norm_backward, layer_norm_forward, pinv_backward, pinv_forward, product_backward,
+    segment_mean_backward, segment_mean_forward, values_forward,
 };
 use crate::kernels::extension::{
-    DepthwiseConvOps, ElementwiseOps, LandmarkSoftmaxOps, LayerNormOps, SegmentMeanOps,
+    DepthwiseConvOps, ElementwiseOps, LandmarkSoftmaxOps, LayerNormOps, PinvOps, SegmentMeanOps,
 };
 
 /// What a fused forward keeps for its backward, which gives the gradients of its `N` inputs.
@@ -42,6 +42,12 @@ impl SavedForward<3> for SavedProduct {
 impl SavedForward<2> for SavedConv {
     fn backward(self, grad: FlexTensor) -> [FlexTensor; 2] {
         conv_backward(self, grad)
+    }
+}
+
+impl SavedForward<2> for SavedPinv {
+    fn backward(self, grad: FlexTensor) -> [FlexTensor; 2] {
+        pinv_backward(self, grad)
     }
 }
 
@@ -164,6 +170,24 @@ impl<C: CheckpointStrategy> DepthwiseConvOps for Autodiff<Flex, C> {
         let nodes = [values.node(), taps.node()];
         record::<C, 2, _>(nodes, || {
             conv_forward(values.into_primitive(), taps.into_primitive())
+        })
+    }
+}
+
+impl<C: CheckpointStrategy> PinvOps for Autodiff<Flex, C> {
+    fn pinv(
+        a: FloatTensor<Self>,
+        coefficient: FloatTensor<Self>,
+        iterations: usize,
+    ) -> FloatTensor<Self> {
+        let nodes = [a.node(), coefficient.node()];
+        record::<C, 2, _>(nodes, || {
+            pinv_forward(
+                a.into_primitive(),
+                coefficient.into_primitive(),
+                iterations,
+                true,
+            )
         })
     }
 }

@@ -1,4 +1,5 @@
-//! The fused CPU stages on flex: [`LandmarkSoftmaxOps`] (see [`products`]), [`DepthwiseConvOps`]
+//! The fused CPU stages on flex: [`LandmarkSoftmaxOps`] (see [`products`]), [`PinvOps`] (see
+//! [`pinv`]), [`DepthwiseConvOps`]
 //! (see [`depthwise`]), [`SegmentMeanOps`] (see [`segment_mean`]), [`ElementwiseOps`] (see [`dropout`] and [`gelu`]) and [`LayerNormOps`]
 //! (see [`layer_norm`]) for burn-flex's backend, on contiguous `f32` slices, and for
 //! `Autodiff<Flex>` with fused backwards (see [`backward`] and `autodiff.rs`).
@@ -59,6 +60,7 @@ mod dropout;
 mod exp;
 mod gelu;
 mod layer_norm;
+mod pinv;
 mod products;
 mod rows;
 mod segment_mean;
@@ -72,7 +74,7 @@ use self::dropout::DropoutMask;
 use self::layer_norm::RowStats;
 use self::products::{Dims, RowSoftmax};
 use super::extension::{
-    DepthwiseConvOps, ElementwiseOps, LandmarkSoftmaxOps, LayerNormOps, SegmentMeanOps,
+    DepthwiseConvOps, ElementwiseOps, LandmarkSoftmaxOps, LayerNormOps, PinvOps, SegmentMeanOps,
 };
 
 /// A tensor's `f32` elements in row-major order (a copy only when it is strided) and its shape.
@@ -321,6 +323,56 @@ pub(super) fn conv_backward(saved: SavedConv, grad: FlexTensor) -> [FlexTensor; 
 impl DepthwiseConvOps for Flex {
     fn depthwise_conv(values: FlexTensor, taps: FlexTensor) -> FlexTensor {
         conv_forward(values, taps).0
+    }
+}
+
+/// One pseudo-inverse call as its backward needs it: `A`, `c` and the iterates.
+#[derive(Debug, Clone)]
+#[cfg_attr(not(feature = "autodiff"), allow(dead_code))]
+pub(super) struct SavedPinv {
+    a: FlexTensor,
+    coefficient: FlexTensor,
+    iterates: Vec<f32>,
+}
+
+/// The pseudo-inverse iteration (see [`pinv::forward`]), keeping the iterates when `save`.
+pub(super) fn pinv_forward(
+    a: FlexTensor,
+    coefficient: FlexTensor,
+    iterations: usize,
+    save: bool,
+) -> (FlexTensor, SavedPinv) {
+    let (a, shape) = contiguous(a);
+    let (coefficient, _) = contiguous(coefficient);
+    let m = shape[3];
+    let (z, iterates) = pinv::forward(slice(&a), slice(&coefficient), m, iterations, save);
+    let saved = SavedPinv {
+        a,
+        coefficient,
+        iterates,
+    };
+    (output(z, shape), saved)
+}
+
+/// The gradients of a saved pseudo-inverse's `A` and `c` for its output gradient `grad`.
+#[cfg(feature = "autodiff")]
+pub(super) fn pinv_backward(saved: SavedPinv, grad: FlexTensor) -> [FlexTensor; 2] {
+    let (grad, _) = contiguous(grad);
+    let shape = saved.a.layout().shape().clone();
+    let (d_a, d_c) = pinv::backward(
+        slice(&saved.a),
+        slice(&saved.coefficient),
+        shape[3],
+        &saved.iterates,
+        slice(&grad),
+    );
+    let matrices = d_c.len();
+    [output(d_a, shape), output(d_c, [matrices])]
+}
+
+impl PinvOps for Flex {
+    fn pinv(a: FlexTensor, coefficient: FlexTensor, iterations: usize) -> FlexTensor {
+        pinv_forward(a, coefficient, iterations, false).0
     }
 }
 
