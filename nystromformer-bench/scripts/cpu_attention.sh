@@ -16,11 +16,7 @@ BIN=${BIN:-target/release/nystromformer-bench}
 PYTHON=${PYTHON:-.venv/bin/python}
 LENGTHS=${LENGTHS:-4096,16384}
 REPS=${REPS:-7}
-# The allocator setting the binaries apply to themselves (nystromformer::cpu_memory).
-export GLIBC_TUNABLES=glibc.malloc.mmap_threshold=1073741824:glibc.malloc.trim_threshold=2147483647
-PAUSED=$(pgrep -f "nystromformer-train --device flex train" || true)
-[ -n "$PAUSED" ] && kill -STOP $PAUSED
-trap '[ -n "$PAUSED" ] && kill -CONT $PAUSED' EXIT
+. "$(dirname "$0")/pause_training.sh"
 mkdir -p "$OUT"
 echo "commit $(git rev-parse --short HEAD), $(nproc) cores, $(date -u +%FT%TZ)" | tee "$OUT/log.txt"
 for ROUND in $(seq "${ROUNDS:-2}"); do

@@ -12,11 +12,7 @@ set -eu
 OUT=${1:?usage: cpu_train_steps.sh OUT_DIR}
 BIN=${BIN:-target/release/nystromformer-bench}
 PYTHON=${PYTHON:-.venv/bin/python}
-# The allocator setting the binaries apply to themselves (nystromformer::cpu_memory).
-export GLIBC_TUNABLES=glibc.malloc.mmap_threshold=1073741824:glibc.malloc.trim_threshold=2147483647
-PAUSED=$(pgrep -f "nystromformer-train --device flex train" || true)
-[ -n "$PAUSED" ] && kill -STOP $PAUSED
-trap '[ -n "$PAUSED" ] && kill -CONT $PAUSED' EXIT
+. "$(dirname "$0")/pause_training.sh"
 mkdir -p "$OUT"
 echo "commit $(git rev-parse --short HEAD), $(nproc) cores, $(date -u +%FT%TZ)" | tee "$OUT/log.txt"
 for ROUND in $(seq "${ROUNDS:-3}"); do

@@ -34,28 +34,12 @@ fn transposed(m: usize) -> (usize, usize) {
     (1, m)
 }
 
-/// `dst = x · y` for `[m, m]` matrices given with their strides.
-fn product(
-    m: usize,
-    dst: &mut [f32],
-    x: &[f32],
-    xs: (usize, usize),
-    y: &[f32],
-    ys: (usize, usize),
-) {
-    matmul(m, m, m, dst, false, x, xs, y, ys);
-}
+/// An `[m, m]` operand and its strides.
+type Operand<'a> = (&'a [f32], (usize, usize));
 
-/// `dst += x · y`.
-fn add_product(
-    m: usize,
-    dst: &mut [f32],
-    x: &[f32],
-    xs: (usize, usize),
-    y: &[f32],
-    ys: (usize, usize),
-) {
-    matmul(m, m, m, dst, true, x, xs, y, ys);
+/// `dst = x · y`, or `dst += x · y` when `accumulate`.
+fn product(m: usize, dst: &mut [f32], accumulate: bool, (x, xs): Operand, (y, ys): Operand) {
+    matmul(m, m, m, dst, accumulate, x, xs, y, ys);
 }
 
 /// `dst = a · x + b · dst`, elementwise.
@@ -78,10 +62,10 @@ impl Step {
             u: vec![0.0; m * m],
         };
         let Step { p, t, u } = &mut step;
-        product(m, p, a, plain(m), z, plain(m));
-        product(m, t, p, plain(m), p, plain(m));
+        product(m, p, false, (a, plain(m)), (z, plain(m)));
+        product(m, t, false, (p, plain(m)), (p, plain(m)));
         combine(t, 7.0, p, -1.0);
-        product(m, u, p, plain(m), t, plain(m));
+        product(m, u, false, (p, plain(m)), (t, plain(m)));
         combine(u, 15.0, p, -1.0);
         step
     }
@@ -103,7 +87,7 @@ fn iterate(m: usize, a: &[f32], c: f32, iterations: usize, save: bool) -> (Vec<f
             saved.extend_from_slice(&z);
         }
         let Step { u, .. } = Step::new(m, a, &z);
-        product(m, &mut zu, &z, plain(m), &u, plain(m));
+        product(m, &mut zu, false, (&z, plain(m)), (&u, plain(m)));
         z.iter_mut()
             .zip(&zu)
             .for_each(|(z, zu)| *z = 0.25 * (13.0 * *z - zu));
@@ -125,23 +109,23 @@ fn iterate_backward(m: usize, a: &[f32], c: f32, saved: &[f32], grad: &[f32]) ->
     for z in saved.chunks_exact(m * m).rev() {
         let Step { p, t, u } = Step::new(m, a, z);
         // dZ = ¼ (13G − G Uᵀ)
-        product(m, &mut d_z, &g, plain(m), &u, transposed(m));
+        product(m, &mut d_z, false, (&g, plain(m)), (&u, transposed(m)));
         combine(&mut d_z, 13.0 * 0.25, &g, -0.25);
         // dU = −¼ Zᵀ G, dT = −Pᵀ dU
-        product(m, &mut d_u, z, transposed(m), &g, plain(m));
+        product(m, &mut d_u, false, (z, transposed(m)), (&g, plain(m)));
         d_u.iter_mut().for_each(|x| *x *= -0.25);
-        product(m, &mut d_t, &p, transposed(m), &d_u, plain(m));
+        product(m, &mut d_t, false, (&p, transposed(m)), (&d_u, plain(m)));
         d_t.iter_mut().for_each(|x| *x = -*x);
         // dP = 15 dU + 7 dT − (dU Tᵀ + dT Pᵀ + Pᵀ dT)
-        product(m, &mut d_p, &d_u, plain(m), &t, transposed(m));
-        add_product(m, &mut d_p, &d_t, plain(m), &p, transposed(m));
-        add_product(m, &mut d_p, &p, transposed(m), &d_t, plain(m));
+        product(m, &mut d_p, false, (&d_u, plain(m)), (&t, transposed(m)));
+        product(m, &mut d_p, true, (&d_t, plain(m)), (&p, transposed(m)));
+        product(m, &mut d_p, true, (&p, transposed(m)), (&d_t, plain(m)));
         for ((dp, du), dt) in d_p.iter_mut().zip(&d_u).zip(&d_t) {
             *dp = 15.0 * du + 7.0 * dt - *dp;
         }
         // P = A Z
-        add_product(m, &mut d_a, &d_p, plain(m), z, transposed(m));
-        add_product(m, &mut d_z, a, transposed(m), &d_p, plain(m));
+        product(m, &mut d_a, true, (&d_p, plain(m)), (z, transposed(m)));
+        product(m, &mut d_z, true, (a, transposed(m)), (&d_p, plain(m)));
         std::mem::swap(&mut g, &mut d_z);
     }
     // Z₀ = Aᵀ / c
