@@ -55,14 +55,24 @@ macro_rules! multiversion {
 mod autodiff;
 #[cfg(feature = "autodiff")]
 mod backward;
+// Each stage's module holds its forward and its backward; without `autodiff` the backward
+// halves (and the helpers only they use) are compiled but never called.
+#[cfg_attr(not(feature = "autodiff"), allow(dead_code))]
 mod depthwise;
 mod dropout;
+#[cfg_attr(not(feature = "autodiff"), allow(dead_code))]
 mod exp;
+#[cfg_attr(not(feature = "autodiff"), allow(dead_code))]
 mod gelu;
+#[cfg_attr(not(feature = "autodiff"), allow(dead_code))]
 mod layer_norm;
+#[cfg_attr(not(feature = "autodiff"), allow(dead_code))]
 mod pinv;
+#[cfg_attr(not(feature = "autodiff"), allow(dead_code))]
 mod products;
+#[cfg_attr(not(feature = "autodiff"), allow(dead_code))]
 mod rows;
+#[cfg_attr(not(feature = "autodiff"), allow(dead_code))]
 mod segment_mean;
 
 use burn::backend::ops::IntTensorOps;
