@@ -62,6 +62,25 @@ fn assert_agree<const N: usize>(
     }
 }
 
+/// Inside a property test: the outputs of `q`, `k`, `v` agree to 1e-4 and their gradients to
+/// 1e-3 (relative).
+fn prop_agree(
+    what: &str,
+    result: &(Tensor<4>, [Tensor<4>; 3]),
+    reference: &(Tensor<4>, [Tensor<4>; 3]),
+) -> Result<(), TestCaseError> {
+    let diff = relative_diff(&result.0, &reference.0);
+    prop_assert!(diff < 1e-4, "{what}: output differs by {diff}");
+    for (name, (grad, expected)) in ["q", "k", "v"]
+        .iter()
+        .zip(result.1.iter().zip(&reference.1))
+    {
+        let diff = relative_diff(grad, expected);
+        prop_assert!(diff < 1e-3, "{what}: gradient of {name} differs by {diff}");
+    }
+    Ok(())
+}
+
 /// Every device with kernels in this build, as autodiff devices.
 fn tracked_devices() -> Vec<(&'static str, Device)> {
     devices()
@@ -214,12 +233,7 @@ fn attention_case(
     };
     let (fused, reference) = (run(true), run(false));
     let what = format!("{device:?}, n = {n}, m = {m}, valid {valid:?}, {policy:?}");
-    let diff = relative_diff(&fused.0, &reference.0);
-    prop_assert!(diff < 1e-4, "{what}: output differs by {diff}");
-    for (name, (grad, expected)) in ["q", "k", "v"].iter().zip(fused.1.iter().zip(&reference.1)) {
-        let diff = relative_diff(grad, expected);
-        prop_assert!(diff < 1e-3, "{what}: gradient of {name} differs by {diff}");
-    }
+    prop_agree(&what, &fused, &reference)?;
     Ok(())
 }
 
@@ -340,12 +354,7 @@ fn softmax_attention_case(
         "dims {:?}, valid {valid:?}",
         [batch, heads, n_q, n_k, d, d_v]
     );
-    let diff = relative_diff(&fused.0, &reference.0);
-    prop_assert!(diff < 1e-4, "{what}: output differs by {diff}");
-    for (name, (grad, expected)) in ["q", "k", "v"].iter().zip(fused.1.iter().zip(&reference.1)) {
-        let diff = relative_diff(grad, expected);
-        prop_assert!(diff < 1e-3, "{what}: gradient of {name} differs by {diff}");
-    }
+    prop_agree(&what, &fused, &reference)?;
     // Untracked, the forward is the same stage on flex itself.
     let [q, k, v] = &inputs;
     let plain =

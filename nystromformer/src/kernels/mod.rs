@@ -70,6 +70,11 @@ fn routable<const D: usize>(x: &Tensor<D>) -> bool {
     x.dtype() == DType::F32 && (!x.is_autodiff() || cfg!(feature = "autodiff"))
 }
 
+/// Whether the fused flex stages take `x`: [`routable`], on flex.
+fn on_flex<const D: usize>(x: &Tensor<D>) -> bool {
+    routable(x) && extension::on_flex_device(x)
+}
+
 /// `softmax(Q̃ Kᵀ) · V` for the landmark queries without the `[m, n]` softmax in memory, as two
 /// kernels; padded keys get the score `masked_score` (so zero weight) and the rows of missing
 /// landmarks are zero. `None` where the kernels do not apply (see [`custom_kernels_apply`]).
@@ -147,7 +152,7 @@ pub fn fused_softmax_attention(
     if let Some(mask_pad) = mask_pad {
         expect_shape(op, "mask_pad", &mask_pad.dims(), &[batch, n_k]);
     }
-    (routable(q) && extension::on_flex_device(q)).then(|| {
+    on_flex(q).then(|| {
         let scaled = q.clone().mul_scalar((d as f64).powf(-0.5));
         let v = zero_rows(v.clone(), mask_pad);
         extension::landmark_values(&scaled, k, &v, mask_pad, None, MASKED_SCORE as f32)
@@ -245,8 +250,7 @@ pub fn fused_depthwise_conv(values: &Tensor<4>, taps: &Tensor<4>) -> Option<Tens
         &[heads, 1, k, 1],
     );
     assert!(k % 2 == 1, "fused_depthwise_conv: k must be odd, got {k}");
-    (routable(values) && extension::on_flex_device(values))
-        .then(|| extension::depthwise_conv(values, taps))
+    on_flex(values).then(|| extension::depthwise_conv(values, taps))
 }
 
 /// The means of `m` equal segments along the sequence (the landmarks without a mask, `m`
@@ -268,7 +272,7 @@ pub fn fused_segment_mean(x: &Tensor<4>, m: usize) -> Option<Tensor<4>> {
         m > 0 && n.is_multiple_of(m),
         "fused_segment_mean: m = {m} must divide n = {n}"
     );
-    (routable(x) && extension::on_flex_device(x)).then(|| extension::segment_mean(x, m))
+    on_flex(x).then(|| extension::segment_mean(x, m))
 }
 
 /// `layer.forward(x)`, which on flex (f32, with `custom_kernels`) runs as one fused pass forward
@@ -282,7 +286,7 @@ pub fn fused_segment_mean(x: &Tensor<4>, m: usize) -> Option<Tensor<4>> {
 /// - x, output: any shape
 pub fn dropout<const D: usize>(layer: &Dropout, x: Tensor<D>, custom_kernels: bool) -> Tensor<D> {
     let active = layer.training.is_enabled() && x.device().is_autodiff() && layer.prob > 0.0;
-    if active && custom_kernels && routable(&x) && extension::on_flex_device(&x) {
+    if active && custom_kernels && on_flex(&x) {
         extension::dropout(x, layer.prob)
     } else {
         layer.forward(x)
@@ -297,7 +301,7 @@ pub fn dropout<const D: usize>(layer: &Dropout, x: Tensor<D>, custom_kernels: bo
 ///
 /// - x, output: any shape
 pub fn gelu<const D: usize>(x: Tensor<D>, custom_kernels: bool) -> Tensor<D> {
-    if custom_kernels && routable(&x) && extension::on_flex_device(&x) {
+    if custom_kernels && on_flex(&x) {
         extension::gelu(x)
     } else {
         activation::gelu(x)
@@ -319,7 +323,7 @@ pub fn layer_norm<const D: usize>(
     custom_kernels: bool,
 ) -> Tensor<D> {
     match &norm.beta {
-        Some(beta) if custom_kernels && routable(&x) && extension::on_flex_device(&x) => {
+        Some(beta) if custom_kernels && on_flex(&x) => {
             let gamma = norm.gamma.val();
             let [d] = gamma.dims();
             expect_shape("layer_norm", "x", &x.dims()[D - 1..], &[d]);

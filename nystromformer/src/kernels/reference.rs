@@ -1,7 +1,8 @@
 //! The tensor-op body of each [`LandmarkSoftmaxOps`](super::extension::LandmarkSoftmaxOps)
-//! operation and of [`PinvOps`](super::extension::PinvOps), on backend primitives: the same maths as
-//! [`kernel_b`](crate::attention::softmax_kernels::kernel_b) and
-//! [`kernel_f`](crate::attention::softmax_kernels::kernel_f) followed by their product. A backend
+//! operation and of [`PinvOps`](super::extension::PinvOps), on backend primitives: the same
+//! maths as [`kernel_b`](crate::attention::softmax_kernels::kernel_b) and
+//! [`kernel_f`](crate::attention::softmax_kernels::kernel_f) followed by their product, and as
+//! [`iterative_pinv`](crate::attention::iterative_pinv). A backend
 //! without its own implementation runs these; under autodiff they differentiate through the
 //! backend's own ops (this is how training runs on CubeCL devices until they have a fused
 //! backward).

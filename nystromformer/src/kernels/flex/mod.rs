@@ -1,8 +1,8 @@
 //! The fused CPU stages on flex: [`LandmarkSoftmaxOps`] (see [`products`]), [`PinvOps`] (see
-//! [`pinv`]), [`DepthwiseConvOps`]
-//! (see [`depthwise`]), [`SegmentMeanOps`] (see [`segment_mean`]), [`ElementwiseOps`] (see [`dropout`] and [`gelu`]) and [`LayerNormOps`]
-//! (see [`layer_norm`]) for burn-flex's backend, on contiguous `f32` slices, and for
-//! `Autodiff<Flex>` with fused backwards (see [`backward`] and `autodiff.rs`).
+//! [`pinv`]), [`DepthwiseConvOps`] (see [`depthwise`]), [`SegmentMeanOps`] (see
+//! [`segment_mean`]), [`ElementwiseOps`] (see [`dropout`] and [`gelu`]) and [`LayerNormOps`] (see
+//! [`layer_norm`]) for burn-flex's backend, on contiguous `f32` slices, and for `Autodiff<Flex>`
+//! with fused backwards (see [`backward`] and `autodiff.rs`).
 
 /// Defines `fn NAME(args) -> R { body }` that runs `body` compiled for AVX2 + FMA when the CPU
 /// has them, and as compiled for the baseline otherwise. Written `fn NAME<A>(…)`, the body is

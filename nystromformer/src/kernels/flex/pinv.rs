@@ -24,7 +24,7 @@
 
 use rayon::prelude::*;
 
-use super::products::matmul;
+use super::products::{matmul, transpose};
 
 /// Row-major strides of an `[m, m]` matrix, and of its transpose.
 fn plain(m: usize) -> (usize, usize) {
@@ -74,12 +74,8 @@ impl Step {
 /// The pseudo-inverse of one matrix after `iterations` steps from `Z₀ = Aᵀ / c`, and with
 /// `save` the iterates `Z₀ … Z_{iterations − 1}` (`iterations · m²`; empty without).
 fn iterate(m: usize, a: &[f32], c: f32, iterations: usize, save: bool) -> (Vec<f32>, Vec<f32>) {
-    let mut z = vec![0.0f32; m * m];
-    for i in 0..m {
-        for j in 0..m {
-            z[j * m + i] = a[i * m + j] / c;
-        }
-    }
+    let mut z = transpose(a, m, m);
+    z.iter_mut().for_each(|z| *z /= c);
     let mut saved = Vec::with_capacity(if save { iterations * m * m } else { 0 });
     let mut zu = vec![0.0f32; m * m];
     for _ in 0..iterations {
@@ -128,13 +124,12 @@ fn iterate_backward(m: usize, a: &[f32], c: f32, saved: &[f32], grad: &[f32]) ->
         product(m, &mut d_z, true, (a, transposed(m)), (&d_p, plain(m)));
         std::mem::swap(&mut g, &mut d_z);
     }
-    // Z₀ = Aᵀ / c
+    // Z₀ = Aᵀ / c: dA += Gᵀ / c, dc = −Σ Gᵀ ∘ A / c².
+    let g_t = transpose(&g, m, m);
     let mut d_c = 0.0f32;
-    for i in 0..m {
-        for j in 0..m {
-            d_a[i * m + j] += g[j * m + i] / c;
-            d_c -= g[j * m + i] * a[i * m + j];
-        }
+    for ((d_a, g), a) in d_a.iter_mut().zip(&g_t).zip(a) {
+        *d_a += g / c;
+        d_c -= g * a;
     }
     (d_a, d_c / (c * c))
 }
