@@ -11,8 +11,6 @@ use burn::backend::{Backend, Dispatch, DispatchDevice, backend_extension, tensor
 #[cfg(feature = "cube-kernels")]
 use burn::tensor::Shape;
 use burn::tensor::{Bool, Device, Tensor};
-#[cfg(feature = "cube-kernels")]
-use burn_cubecl::CubeBackend;
 
 use crate::attention::PinvInit;
 use crate::attention::pinv::initial_coefficient;
@@ -191,8 +189,10 @@ fn flags(mask: Option<&Tensor<2, Bool>>, shape: [usize; 2], device: &Device) -> 
 }
 
 /// The two softmax products; masks arrive as `1.0` at `true`. The default bodies are the
-/// tensor-op path ([`super::reference`]); CubeCL devices and flex have fused forwards, and flex
-/// under autodiff a fused backward (`kernels/flex/autodiff.rs`).
+/// tensor-op path ([`super::reference`]); CubeCL devices and flex have fused forwards, flex
+/// under autodiff a fused backward (`kernels/flex/autodiff.rs`) and CubeCL devices one that
+/// recomputes each softmax from the log-sum-exp of the `*_with_statistics` forwards
+/// (`kernels/cube/autodiff.rs`).
 #[backend_extension(
     Cube: cfg(feature = "cube-kernels"),
     Fusion: cfg(feature = "cube-kernels"),
@@ -230,13 +230,44 @@ pub trait LandmarkSoftmaxOps: Backend {
     ) -> FloatTensor<Self> {
         super::reference::landmark_attention::<Self>(queries, landmark_keys, weights, missing)
     }
-}
 
-/// Training on CubeCL devices differentiates the tensor-op bodies: no fused backward there yet.
-#[cfg(all(feature = "cube-kernels", feature = "autodiff"))]
-impl<C: burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy> LandmarkSoftmaxOps
-    for burn::backend::Autodiff<burn::backend::Cube, C>
-{
+    /// [`landmark_values`] with each row's log-sum-exp appended as a last column, for a
+    /// backward that recomputes the softmax (`kernels/cube/backward.rs`).
+    #[fusion(dtype = landmark_queries, shape = with_statistics(values_shape(landmark_queries, values)))]
+    fn landmark_values_with_statistics(
+        landmark_queries: FloatTensor<Self>,
+        keys: FloatTensor<Self>,
+        values: FloatTensor<Self>,
+        padding: FloatTensor<Self>,
+        missing: FloatTensor<Self>,
+        masked_score: f32,
+    ) -> FloatTensor<Self> {
+        super::reference::landmark_values_with_statistics::<Self>(
+            landmark_queries,
+            keys,
+            values,
+            padding,
+            missing,
+            masked_score,
+        )
+    }
+
+    /// [`landmark_attention`] with each row's log-sum-exp appended as a last column, for a
+    /// backward that recomputes the softmax (`kernels/cube/backward.rs`).
+    #[fusion(dtype = queries, shape = with_statistics(context_shape(queries, weights)))]
+    fn landmark_attention_with_statistics(
+        queries: FloatTensor<Self>,
+        landmark_keys: FloatTensor<Self>,
+        weights: FloatTensor<Self>,
+        missing: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        super::reference::landmark_attention_with_statistics::<Self>(
+            queries,
+            landmark_keys,
+            weights,
+            missing,
+        )
+    }
 }
 
 /// The skip connection's depthwise convolution along the sequence: values `[batch, heads, n, d]`,
@@ -297,7 +328,8 @@ pub trait LayerNormOps: Backend {
 
 /// The pseudo-inverse iteration; `c` flattened to `[batch · heads]`. The default body is the
 /// tensor-op iteration ([`super::reference::pinv`]); CubeCL devices run one kernel, flex one
-/// task per matrix, and flex under autodiff a fused backward through the iterations.
+/// task per matrix, and under autodiff both walk the iterations back (flex fused, CubeCL
+/// devices as tensor ops).
 #[backend_extension(
     Cube: cfg(feature = "cube-kernels"),
     Fusion: cfg(feature = "cube-kernels"),
@@ -314,14 +346,6 @@ pub trait PinvOps: Backend {
     ) -> FloatTensor<Self> {
         super::reference::pinv::<Self>(a, coefficient, iterations)
     }
-}
-
-/// Training on CubeCL devices differentiates the tensor-op iteration ([`super::fused_pinv`]
-/// does not route tracked tensors there).
-#[cfg(all(feature = "cube-kernels", feature = "autodiff"))]
-impl<C: burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy> PinvOps
-    for burn::backend::Autodiff<burn::backend::Cube, C>
-{
 }
 
 /// `[batch, heads, m, d_v]` from the landmark queries' `[batch, heads, m, d]` and the values'
@@ -343,43 +367,9 @@ fn context_shape(queries: &Shape, weights: &Shape) -> Shape {
     Shape::new([queries[0], queries[1], queries[2], weights[3]])
 }
 
+/// `shape` with one more column, for each row's log-sum-exp.
 #[cfg(feature = "cube-kernels")]
-impl LandmarkSoftmaxOps for CubeBackend {
-    fn landmark_values(
-        landmark_queries: FloatTensor<Self>,
-        keys: FloatTensor<Self>,
-        values: FloatTensor<Self>,
-        padding: FloatTensor<Self>,
-        missing: FloatTensor<Self>,
-        masked_score: f32,
-    ) -> FloatTensor<Self> {
-        super::landmark_values::launch(
-            landmark_queries,
-            keys,
-            values,
-            padding,
-            missing,
-            masked_score,
-        )
-    }
-
-    fn landmark_attention(
-        queries: FloatTensor<Self>,
-        landmark_keys: FloatTensor<Self>,
-        weights: FloatTensor<Self>,
-        missing: FloatTensor<Self>,
-    ) -> FloatTensor<Self> {
-        super::landmark_attention::launch(queries, landmark_keys, weights, missing)
-    }
-}
-
-#[cfg(feature = "cube-kernels")]
-impl PinvOps for CubeBackend {
-    fn pinv(
-        a: FloatTensor<Self>,
-        coefficient: FloatTensor<Self>,
-        iterations: usize,
-    ) -> FloatTensor<Self> {
-        super::pinv::launch(a, coefficient, iterations)
-    }
+fn with_statistics(shape: Shape) -> Shape {
+    let [batch, heads, rows, columns] = shape.dims::<4>();
+    Shape::new([batch, heads, rows, columns + 1])
 }

@@ -1,9 +1,9 @@
 //! Custom kernels for the hot paths (CubeCL, and fused CPU stages on flex), with the tensor-op
 //! stages as the fallback.
 //!
-//! On a CubeCL device (wgpu, Vulkan, Metal, WebGPU), for f32 tensors outside autodiff, three
-//! stages of [`nystrom_attention`](crate::nystrom_attention) run as custom kernels instead of
-//! chains of tensor operations (under autodiff the tensor-op stages run there):
+//! On a CubeCL device (wgpu, Vulkan, Metal, WebGPU), for f32 tensors, three stages of
+//! [`nystrom_attention`](crate::nystrom_attention) run as custom kernels (`kernels/cube/`)
+//! instead of chains of tensor operations:
 //!
 //! - `B · V` (`landmark_values`): each landmark query's softmax over all keys times the values,
 //!   in chunks of keys merged by a second kernel, so the `[m, n]` kernel `B` is never written;
@@ -14,7 +14,11 @@
 //!   product with `W = A⁺ (B V)`, row by row, so the `[n, m]` kernel `F` is never written.
 //!
 //! The attention then holds no `n × m` matrix at all. `A = softmax(Q̃ K̃ᵀ)` (`m × m`) and the
-//! landmarks stay tensor ops.
+//! landmarks stay tensor ops. Under autodiff (feature `autodiff`) the same kernels run forward,
+//! the softmax products also leaving each row's log-sum-exp, and the backward is tensor ops
+//! that recompute each softmax from it (FlashAttention-2's backward, one stage at a time) and
+//! replay the pseudo-inverse iteration: training keeps no `n × m` matrix from forward to
+//! backward.
 //!
 //! On flex (feature `flex-kernels`, on with `flex`), `B · V` and `F · W` run as fused CPU stages
 //! (`kernels/flex/`: gemm blocks, an online softmax with a vectorised `exp`, rayon per head),
@@ -41,25 +45,24 @@ use crate::attention::PinvInit;
 use crate::attention::mask::{MASKED_SCORE, zero_rows};
 use crate::attention::shape_check::expect_shape;
 
+#[cfg(feature = "cube-kernels")]
+mod cube;
 #[cfg(any(feature = "cube-kernels", feature = "flex-kernels"))]
 mod extension;
 #[cfg(feature = "flex-kernels")]
 mod flex;
-#[cfg(feature = "cube-kernels")]
-mod landmark_attention;
-#[cfg(feature = "cube-kernels")]
-mod landmark_values;
-#[cfg(feature = "cube-kernels")]
-mod online_softmax;
-#[cfg(feature = "cube-kernels")]
-mod pinv;
+#[cfg(all(
+    feature = "autodiff",
+    any(feature = "cube-kernels", feature = "flex-kernels")
+))]
+mod recorded;
 #[cfg(any(feature = "cube-kernels", feature = "flex-kernels"))]
 mod reference;
 
 /// Whether [`nystrom_attention`](crate::nystrom_attention) runs its custom kernels for inputs
 /// like `x` (and `NystromOptions::custom_kernels` is on): f32 on a CubeCL device or flex. Under
 /// autodiff this needs the `autodiff` feature, which routes tracked tensors too: flex runs its
-/// fused backward, CubeCL devices differentiate the tensor-op bodies of the extension.
+/// fused backward, CubeCL devices a tensor-op backward from what the kernels keep.
 pub fn custom_kernels_apply(x: &Tensor<4>) -> bool {
     routable(x) && (extension::on_cube_device(x) || extension::on_flex_device(x))
 }
@@ -168,9 +171,9 @@ pub fn fused_softmax_attention(
 /// - output: `[batch, heads, m, m]`
 ///
 /// On flex it is one task per matrix, and under autodiff its backward runs through the saved
-/// iterates (the gradient of `c` flows on into its tensor ops). On CubeCL devices `None` under
-/// autodiff (the kernel has no backward) and when `batch · heads` exceeds
-/// [`MAX_PINV_MATRICES`] (one cube per matrix).
+/// iterates (the gradient of `c` flows on into its tensor ops). On CubeCL devices it is one
+/// cube per matrix, `None` when `batch · heads` exceeds [`MAX_PINV_MATRICES`]; under autodiff
+/// the backward replays the iteration as tensor ops and walks it back.
 ///
 /// # Panics
 ///
@@ -178,7 +181,7 @@ pub fn fused_softmax_attention(
 pub fn fused_pinv(a: &Tensor<4>, iterations: usize, init: PinvInit) -> Option<Tensor<4>> {
     let [batch, heads, m, _] = a.dims();
     expect_shape("fused_pinv", "a", &a.dims(), &[batch, heads, m, m]);
-    let on_cube = extension::on_cube_device(a) && !a.is_autodiff();
+    let on_cube = extension::on_cube_device(a);
     (custom_kernels_apply(a)
         && (extension::on_flex_device(a) || (on_cube && batch * heads <= MAX_PINV_MATRICES)))
         .then(|| extension::pinv(a, iterations, init))

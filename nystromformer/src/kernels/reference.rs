@@ -2,10 +2,8 @@
 //! operation and of [`PinvOps`](super::extension::PinvOps), on backend primitives: the same
 //! maths as [`kernel_b`](crate::attention::softmax_kernels::kernel_b) and
 //! [`kernel_f`](crate::attention::softmax_kernels::kernel_f) followed by their product, and as
-//! [`iterative_pinv`](crate::attention::iterative_pinv). A backend
-//! without its own implementation runs these; under autodiff they differentiate through the
-//! backend's own ops (this is how training runs on CubeCL devices until they have a fused
-//! backward).
+//! [`iterative_pinv`](crate::attention::iterative_pinv). A backend without its own
+//! implementation runs these; under autodiff they differentiate through the backend's own ops.
 
 use burn::backend::tensor::{BoolTensor, FloatTensor};
 use burn::backend::{Backend, TensorMetadata, get_or_init_device_settings};
@@ -49,6 +47,57 @@ pub fn landmark_attention<B: Backend>(
     B::float_matmul(kernel, weights)
 }
 
+/// [`landmark_values`] with each row's log-sum-exp of the masked scores appended as a last
+/// column (`[batch, heads, m, d_v + 1]`), what the backward recomputes the softmax from.
+pub fn landmark_values_with_statistics<B: Backend>(
+    landmark_queries: FloatTensor<B>,
+    keys: FloatTensor<B>,
+    values: FloatTensor<B>,
+    padding: FloatTensor<B>,
+    missing: FloatTensor<B>,
+    masked_score: f32,
+) -> FloatTensor<B> {
+    let scores = B::float_matmul(landmark_queries.clone(), B::float_transpose(keys.clone()));
+    let [batch, heads, m, n] = dims(&scores);
+    let padded = flags::<B>(padding.clone(), [batch, 1, 1, n], [batch, heads, m, n]);
+    let log_sum_exp = log_sum_exp::<B>(B::float_mask_fill(scores, padded, masked_score.into()));
+    let output = landmark_values::<B>(
+        landmark_queries,
+        keys,
+        values,
+        padding,
+        missing,
+        masked_score,
+    );
+    B::float_cat(vec![output, log_sum_exp], 3)
+}
+
+/// [`landmark_attention`] with each row's log-sum-exp over its landmarks appended as a last
+/// column (`[batch, heads, n, d_v + 1]`; any finite value for a row without landmarks, whose
+/// weights the backward zeroes).
+pub fn landmark_attention_with_statistics<B: Backend>(
+    queries: FloatTensor<B>,
+    landmark_keys: FloatTensor<B>,
+    weights: FloatTensor<B>,
+    missing: FloatTensor<B>,
+) -> FloatTensor<B> {
+    let scores = B::float_matmul(queries.clone(), B::float_transpose(landmark_keys.clone()));
+    let [batch, heads, n, m] = dims(&scores);
+    let absent = flags::<B>(missing.clone(), [batch, 1, 1, m], [batch, heads, n, m]);
+    let log_sum_exp = log_sum_exp::<B>(B::float_mask_fill(scores, absent, f32::MIN.into()));
+    let output = landmark_attention::<B>(queries, landmark_keys, weights, missing);
+    B::float_cat(vec![output, log_sum_exp], 3)
+}
+
+/// `max + ln Σ exp(s − max)` of each row of `scores`, as `[.., rows, 1]`.
+fn log_sum_exp<B: Backend>(scores: FloatTensor<B>) -> FloatTensor<B> {
+    let maximum = B::float_max_dim(scores.clone(), 3);
+    let shape = Shape::new(dims(&scores));
+    let shifted = B::float_sub(scores, B::float_expand(maximum.clone(), shape));
+    let sum = B::float_sum_dim(B::float_exp(shifted), 3);
+    B::float_add(maximum, B::float_log(sum))
+}
+
 /// See [`super::fused_pinv`]: `Z₀ = Aᵀ / c`, then per iteration `P = A Z`, `T = 7P − P P`,
 /// `U = 15P − P T`, `Z ← ¼ (13Z − Z U)` (the form of
 /// [`iterative_pinv`](crate::attention::iterative_pinv) without its identity matrices).
@@ -77,13 +126,17 @@ pub fn pinv<B: Backend>(
     z
 }
 
-fn dims(tensor: &impl TensorMetadata) -> [usize; 4] {
+pub(super) fn dims(tensor: &impl TensorMetadata) -> [usize; 4] {
     let shape = tensor.shape();
     [shape[0], shape[1], shape[2], shape[3]]
 }
 
 /// Flags (`1.0` at `true`) as a boolean mask: reshaped to `shape`, then broadcast to `to`.
-fn flags<B: Backend>(flags: FloatTensor<B>, shape: [usize; 4], to: [usize; 4]) -> BoolTensor<B> {
+pub(super) fn flags<B: Backend>(
+    flags: FloatTensor<B>,
+    shape: [usize; 4],
+    to: [usize; 4],
+) -> BoolTensor<B> {
     let bool_dtype = get_or_init_device_settings::<B>(&flags.device()).bool_dtype;
     let mask = B::float_greater_elem(
         B::float_reshape(flags, Shape::new(shape)),

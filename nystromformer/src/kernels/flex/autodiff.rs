@@ -7,12 +7,7 @@
 //! [`super::depthwise`], [`super::dropout`], [`super::gelu`], [`super::layer_norm`]). Masks are
 //! constants.
 
-use std::marker::PhantomData;
-
-use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
-use burn::backend::autodiff::grads::Gradients;
-use burn::backend::autodiff::ops::{Backward, NodeGuard, Ops, OpsKind};
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{Autodiff, Flex};
 use burn_flex::FlexTensor;
@@ -27,43 +22,39 @@ use super::{
 use crate::kernels::extension::{
     DepthwiseConvOps, ElementwiseOps, LandmarkSoftmaxOps, LayerNormOps, PinvOps, SegmentMeanOps,
 };
+use crate::kernels::recorded::{SavedForward, record};
 
-/// What a fused forward keeps for its backward, which gives the gradients of its `N` inputs.
-trait SavedForward<const N: usize>: Clone + Send + std::fmt::Debug + 'static {
-    fn backward(self, grad: FlexTensor) -> [FlexTensor; N];
-}
-
-impl SavedForward<3> for SavedProduct {
+impl SavedForward<Flex, 3> for SavedProduct {
     fn backward(self, grad: FlexTensor) -> [FlexTensor; 3] {
         product_backward(self, grad)
     }
 }
 
-impl SavedForward<2> for SavedConv {
+impl SavedForward<Flex, 2> for SavedConv {
     fn backward(self, grad: FlexTensor) -> [FlexTensor; 2] {
         conv_backward(self, grad)
     }
 }
 
-impl SavedForward<2> for SavedPinv {
+impl SavedForward<Flex, 2> for SavedPinv {
     fn backward(self, grad: FlexTensor) -> [FlexTensor; 2] {
         pinv_backward(self, grad)
     }
 }
 
-impl SavedForward<1> for SavedSegmentMean {
+impl SavedForward<Flex, 1> for SavedSegmentMean {
     fn backward(self, grad: FlexTensor) -> [FlexTensor; 1] {
         [segment_mean_backward(self, grad)]
     }
 }
 
-impl SavedForward<1> for DropoutMask {
+impl SavedForward<Flex, 1> for DropoutMask {
     fn backward(self, grad: FlexTensor) -> [FlexTensor; 1] {
         [dropout_backward(self, grad)]
     }
 }
 
-impl SavedForward<3> for SavedLayerNorm {
+impl SavedForward<Flex, 3> for SavedLayerNorm {
     fn backward(self, grad: FlexTensor) -> [FlexTensor; 3] {
         layer_norm_backward(self, grad)
     }
@@ -73,51 +64,9 @@ impl SavedForward<3> for SavedLayerNorm {
 #[derive(Debug, Clone)]
 struct SavedGelu(FlexTensor);
 
-impl SavedForward<1> for SavedGelu {
+impl SavedForward<Flex, 1> for SavedGelu {
     fn backward(self, grad: FlexTensor) -> [FlexTensor; 1] {
         [gelu_backward(self.0, grad)]
-    }
-}
-
-/// The backward step of a fused forward whose state is `S`.
-#[derive(Debug)]
-struct FusedBackward<S>(PhantomData<S>);
-
-impl<const N: usize, S: SavedForward<N>> Backward<Flex, N> for FusedBackward<S> {
-    type State = S;
-
-    fn backward(
-        self,
-        ops: Ops<Self::State, N>,
-        grads: &mut Gradients,
-        _checkpointer: &mut Checkpointer,
-    ) {
-        let grad = grads.consume::<Flex>(&ops.node);
-        let input_grads = ops.state.backward(grad);
-        for (parent, grad) in ops.parents.into_iter().zip(input_grads) {
-            if let Some(parent) = parent {
-                grads.register::<Flex>(parent.id, grad);
-            }
-        }
-    }
-}
-
-/// Runs `forward` (which returns its output and what its backward needs) and, when any of
-/// `nodes` is tracked, records its backward.
-fn record<C: CheckpointStrategy, const N: usize, S: SavedForward<N>>(
-    nodes: [NodeGuard; N],
-    forward: impl FnOnce() -> (FlexTensor, S),
-) -> FloatTensor<Autodiff<Flex, C>> {
-    match FusedBackward::<S>(PhantomData)
-        .prepare::<C>(nodes)
-        .compute_bound()
-        .stateful()
-    {
-        OpsKind::Tracked(prep) => {
-            let (output, saved) = forward();
-            prep.finish(saved, output)
-        }
-        OpsKind::UnTracked(prep) => prep.finish(forward().0),
     }
 }
 
@@ -142,7 +91,7 @@ impl<C: CheckpointStrategy> LandmarkSoftmaxOps for Autodiff<Flex, C> {
             );
             (saved.output.clone(), saved)
         };
-        record::<C, 3, _>(nodes, forward)
+        record::<Flex, C, 3, _>(nodes, forward)
     }
 
     fn landmark_attention(
@@ -161,14 +110,14 @@ impl<C: CheckpointStrategy> LandmarkSoftmaxOps for Autodiff<Flex, C> {
             );
             (saved.output.clone(), saved)
         };
-        record::<C, 3, _>(nodes, forward)
+        record::<Flex, C, 3, _>(nodes, forward)
     }
 }
 
 impl<C: CheckpointStrategy> DepthwiseConvOps for Autodiff<Flex, C> {
     fn depthwise_conv(values: FloatTensor<Self>, taps: FloatTensor<Self>) -> FloatTensor<Self> {
         let nodes = [values.node(), taps.node()];
-        record::<C, 2, _>(nodes, || {
+        record::<Flex, C, 2, _>(nodes, || {
             conv_forward(values.into_primitive(), taps.into_primitive())
         })
     }
@@ -181,7 +130,7 @@ impl<C: CheckpointStrategy> PinvOps for Autodiff<Flex, C> {
         iterations: usize,
     ) -> FloatTensor<Self> {
         let nodes = [a.node(), coefficient.node()];
-        record::<C, 2, _>(nodes, || {
+        record::<Flex, C, 2, _>(nodes, || {
             pinv_forward(
                 a.into_primitive(),
                 coefficient.into_primitive(),
@@ -195,19 +144,19 @@ impl<C: CheckpointStrategy> PinvOps for Autodiff<Flex, C> {
 impl<C: CheckpointStrategy> SegmentMeanOps for Autodiff<Flex, C> {
     fn segment_mean(x: FloatTensor<Self>, m: usize) -> FloatTensor<Self> {
         let nodes = [x.node()];
-        record::<C, 1, _>(nodes, || segment_mean_forward(x.into_primitive(), m))
+        record::<Flex, C, 1, _>(nodes, || segment_mean_forward(x.into_primitive(), m))
     }
 }
 
 impl<C: CheckpointStrategy> ElementwiseOps for Autodiff<Flex, C> {
     fn dropout(x: FloatTensor<Self>, prob: f64) -> FloatTensor<Self> {
         let nodes = [x.node()];
-        record::<C, 1, _>(nodes, || dropout_forward(x.into_primitive(), prob))
+        record::<Flex, C, 1, _>(nodes, || dropout_forward(x.into_primitive(), prob))
     }
 
     fn gelu(x: FloatTensor<Self>) -> FloatTensor<Self> {
         let nodes = [x.node()];
-        record::<C, 1, _>(nodes, || {
+        record::<Flex, C, 1, _>(nodes, || {
             let (output, x) = gelu_forward(x.into_primitive());
             (output, SavedGelu(x))
         })
@@ -222,7 +171,7 @@ impl<C: CheckpointStrategy> LayerNormOps for Autodiff<Flex, C> {
         epsilon: f64,
     ) -> FloatTensor<Self> {
         let nodes = [x.node(), gamma.node(), beta.node()];
-        record::<C, 3, _>(nodes, || {
+        record::<Flex, C, 3, _>(nodes, || {
             layer_norm_forward(
                 x.into_primitive(),
                 gamma.into_primitive(),

@@ -7,6 +7,10 @@
 //! landmark, rescaling each partial sum to the landmark's overall maximum. The `[m, n]` kernel `B` is never written; the partial
 //! results take `d_v / CHUNK` of its size.
 //!
+//! For training, the merge can also leave each landmark's log-sum-exp over the keys as a last
+//! column of the output (`with_statistics`), from which the backward (`super::backward`)
+//! recomputes `B`.
+//!
 //! Padded keys get the tensor-op path's finite masked score (`min_float`, in f32) rather than
 //! being skipped, so that a row whose every key is padded gets the same uniform weights there and
 //! here. The attention zeroes padded values first, so their zero weights never meet a NaN.
@@ -26,7 +30,9 @@ const CHUNK: usize = 256;
 /// Units per cube of both kernels.
 const UNITS_PER_CUBE: u32 = 128;
 
-/// Launches both kernels; see [`super::fused_landmark_values`] for the contract.
+/// Launches both kernels; see [`crate::kernels::fused_landmark_values`] for the contract. With
+/// `with_statistics` the output is `[batch, heads, m, d_v + 1]`, its last column each row's
+/// log-sum-exp.
 pub fn launch(
     landmark_queries: CubeTensor,
     keys: CubeTensor,
@@ -34,6 +40,7 @@ pub fn launch(
     padding: CubeTensor,
     missing: CubeTensor,
     masked_score: f32,
+    with_statistics: bool,
 ) -> CubeTensor {
     let landmark_queries = into_contiguous(landmark_queries);
     let keys = into_contiguous(keys);
@@ -54,7 +61,8 @@ pub fn launch(
     // Per (matrix, chunk, landmark): the running maximum and sum, and the weighted value sum.
     let statistics = empty(Shape::new([matrices, chunks, m, 2]));
     let partial_values = empty(Shape::new([matrices, chunks, m, value_dim]));
-    let output = empty(Shape::new([batch, heads, m, value_dim]));
+    let output_dim = value_dim + usize::from(with_statistics);
+    let output = empty(Shape::new([batch, heads, m, output_dim]));
 
     let cube_dim =
         CubeDim::new_1d(UNITS_PER_CUBE.min(client.properties().hardware.max_units_per_cube));
@@ -84,6 +92,7 @@ pub fn launch(
         output.clone().into_tensor_arg(),
         heads,
         value_dim,
+        output_dim,
         dtype_to_storage_type(dtype),
     );
     output
@@ -152,7 +161,8 @@ fn chunk_kernel<F: Float>(
 }
 
 /// One unit per (matrix, landmark): merges the chunks' partial softmax sums. `missing` is
-/// `[batch, m]`, 1.0 where a segment is not a landmark (its row is zero).
+/// `[batch, m]`, 1.0 where a segment is not a landmark (its row is zero). Output rows are
+/// `output_dim` long: `value_dim`, or one more for the log-sum-exp.
 #[cube(launch)]
 fn merge_kernel<F: Float>(
     statistics: &Tensor<F>,
@@ -161,10 +171,11 @@ fn merge_kernel<F: Float>(
     output: &mut Tensor<F>,
     heads: usize,
     #[comptime] value_dim: usize,
+    #[comptime] output_dim: usize,
     #[define(F)] _dtype: ElemType,
 ) {
     let row = ABSOLUTE_POS;
-    if row >= output.len() / value_dim {
+    if row >= output.len() / output_dim {
         terminate!();
     }
     let chunks = statistics.shape(1);
@@ -200,6 +211,9 @@ fn merge_kernel<F: Float>(
     }
     #[unroll]
     for c in 0..value_dim {
-        output[row * value_dim + c] = accumulator[c] * inverse;
+        output[row * output_dim + c] = accumulator[c] * inverse;
+    }
+    if comptime!(output_dim > value_dim) {
+        output[row * output_dim + value_dim] = overall_max + F::ln(total);
     }
 }

@@ -29,7 +29,7 @@ use cubecl::prelude::*;
 /// loads serves several multiply-adds and neighbouring units read neighbouring columns.
 const GRID: usize = 16;
 
-/// Launches the kernel; see [`super::fused_pinv`] for the contract.
+/// Launches the kernel; see [`crate::kernels::fused_pinv`] for the contract.
 pub fn launch(a: CubeTensor, coefficient: CubeTensor, iterations: usize) -> CubeTensor {
     let a = into_contiguous(a);
     let coefficient = into_contiguous(coefficient);

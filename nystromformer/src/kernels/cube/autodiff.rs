@@ -1,0 +1,150 @@
+//! Training through the CubeCL stages: [`LandmarkSoftmaxOps`] and [`PinvOps`] for
+//! `Autodiff<Cube>`. A tracked call runs the kernel forward and keeps its inputs, and for the
+//! softmax products their output and each row's log-sum-exp, which the forward kernel leaves as
+//! an extra column; the backward ([`super::backward`]) recomputes from them, so no `n × m`
+//! matrix is kept from the forward to the backward. Masks are constants.
+
+use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
+use burn::backend::tensor::FloatTensor;
+use burn::backend::{Autodiff, Backend, Cube};
+use burn::tensor::Slice;
+
+use super::backward::{
+    SavedAttention, SavedPinv, SavedValues, attention_backward, pinv_backward, values_backward,
+};
+use crate::kernels::extension::{LandmarkSoftmaxOps, PinvOps};
+use crate::kernels::recorded::{SavedForward, record};
+use crate::kernels::reference::dims;
+
+impl SavedForward<Cube, 3> for SavedAttention<Cube> {
+    fn backward(self, grad: FloatTensor<Cube>) -> [FloatTensor<Cube>; 3] {
+        attention_backward::<Cube>(self, grad)
+    }
+}
+
+impl SavedForward<Cube, 3> for SavedValues<Cube> {
+    fn backward(self, grad: FloatTensor<Cube>) -> [FloatTensor<Cube>; 3] {
+        values_backward::<Cube>(self, grad)
+    }
+}
+
+impl SavedForward<Cube, 2> for SavedPinv<Cube> {
+    fn backward(self, grad: FloatTensor<Cube>) -> [FloatTensor<Cube>; 2] {
+        pinv_backward::<Cube>(self, grad)
+    }
+}
+
+/// A kernel's output with the log-sum-exp column split off: `(output, log_sum_exp)`, the second
+/// `[.., rows, 1]`.
+fn split_statistics<B: Backend>(packed: FloatTensor<B>) -> (FloatTensor<B>, FloatTensor<B>) {
+    let [batch, heads, rows, columns] = dims(&packed);
+    let columns_to = |range: std::ops::Range<usize>| {
+        [
+            Slice::from(0..batch),
+            Slice::from(0..heads),
+            Slice::from(0..rows),
+            Slice::from(range),
+        ]
+    };
+    (
+        B::float_slice(packed.clone(), &columns_to(0..columns - 1)),
+        B::float_slice(packed, &columns_to(columns - 1..columns)),
+    )
+}
+
+impl<C: CheckpointStrategy> LandmarkSoftmaxOps for Autodiff<Cube, C> {
+    fn landmark_values(
+        landmark_queries: FloatTensor<Self>,
+        keys: FloatTensor<Self>,
+        values: FloatTensor<Self>,
+        padding: FloatTensor<Self>,
+        missing: FloatTensor<Self>,
+        masked_score: f32,
+    ) -> FloatTensor<Self> {
+        let nodes = [landmark_queries.node(), keys.node(), values.node()];
+        record::<Cube, C, 3, _>(nodes, || {
+            let (landmark_queries, keys, values, padding, missing) = (
+                landmark_queries.into_primitive(),
+                keys.into_primitive(),
+                values.into_primitive(),
+                padding.into_primitive(),
+                missing.into_primitive(),
+            );
+            let (output, log_sum_exp) = split_statistics::<Cube>(
+                <Cube as LandmarkSoftmaxOps>::landmark_values_with_statistics(
+                    landmark_queries.clone(),
+                    keys.clone(),
+                    values.clone(),
+                    padding.clone(),
+                    missing.clone(),
+                    masked_score,
+                ),
+            );
+            let saved = SavedValues {
+                landmark_queries,
+                keys,
+                values,
+                padding,
+                missing,
+                masked_score,
+                output: output.clone(),
+                log_sum_exp,
+            };
+            (output, saved)
+        })
+    }
+
+    fn landmark_attention(
+        queries: FloatTensor<Self>,
+        landmark_keys: FloatTensor<Self>,
+        weights: FloatTensor<Self>,
+        missing: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        let nodes = [queries.node(), landmark_keys.node(), weights.node()];
+        record::<Cube, C, 3, _>(nodes, || {
+            let (queries, landmark_keys, weights, missing) = (
+                queries.into_primitive(),
+                landmark_keys.into_primitive(),
+                weights.into_primitive(),
+                missing.into_primitive(),
+            );
+            let (output, log_sum_exp) = split_statistics::<Cube>(
+                <Cube as LandmarkSoftmaxOps>::landmark_attention_with_statistics(
+                    queries.clone(),
+                    landmark_keys.clone(),
+                    weights.clone(),
+                    missing.clone(),
+                ),
+            );
+            let saved = SavedAttention {
+                queries,
+                landmark_keys,
+                weights,
+                missing,
+                output: output.clone(),
+                log_sum_exp,
+            };
+            (output, saved)
+        })
+    }
+}
+
+impl<C: CheckpointStrategy> PinvOps for Autodiff<Cube, C> {
+    fn pinv(
+        a: FloatTensor<Self>,
+        coefficient: FloatTensor<Self>,
+        iterations: usize,
+    ) -> FloatTensor<Self> {
+        let nodes = [a.node(), coefficient.node()];
+        record::<Cube, C, 2, _>(nodes, || {
+            let (a, coefficient) = (a.into_primitive(), coefficient.into_primitive());
+            let output = <Cube as PinvOps>::pinv(a.clone(), coefficient.clone(), iterations);
+            let saved = SavedPinv {
+                a,
+                coefficient,
+                iterations,
+            };
+            (output, saved)
+        })
+    }
+}

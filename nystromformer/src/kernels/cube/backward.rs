@@ -1,0 +1,229 @@
+//! The backward of the CubeCL stages, as tensor ops of the backend below autodiff: Burn's
+//! autotuned matmul does the products, and its fusion backend merges the elementwise steps.
+//!
+//! The softmax products follow FlashAttention-2's backward. With `P = softmax(S)` recomputed from
+//! the scores and each row's log-sum-exp `L` that the forward kernel left (`P = exp(S − L)`, no
+//! reductions), `O = P V` and `dO` the gradient of `O`:
+//!
+//! ```text
+//! dV = Pᵀ dO,   dP = dO Vᵀ,   D = rowsum(dO ∘ O),   dS = P ∘ (dP − D),
+//! dQ = dS K,    dK = dSᵀ Q
+//! ```
+//!
+//! (`Q` already carries the `1/√d` scale.) `P` exists only inside the backward, one stage at a
+//! time; between forward and backward only the output and `L` are kept. The pseudo-inverse
+//! replays its iteration from `A` and `c` and walks it back, as `kernels/flex/pinv.rs` does
+//! (its module doc has the derivation).
+
+use burn::backend::Backend;
+use burn::backend::tensor::FloatTensor;
+use burn::tensor::Shape;
+
+use crate::kernels::reference::{dims, flags};
+
+/// What the `F · W` stage keeps: its inputs, the missing-landmark flags, its output and each
+/// row's log-sum-exp (`[batch, heads, n, 1]`).
+#[derive(Debug, Clone)]
+pub struct SavedAttention<B: Backend> {
+    pub queries: FloatTensor<B>,
+    pub landmark_keys: FloatTensor<B>,
+    pub weights: FloatTensor<B>,
+    pub missing: FloatTensor<B>,
+    pub output: FloatTensor<B>,
+    pub log_sum_exp: FloatTensor<B>,
+}
+
+/// What the `B · V` stage keeps: its inputs, both masks' flags, the score of a padded key, its
+/// output and each row's log-sum-exp (`[batch, heads, m, 1]`).
+#[derive(Debug, Clone)]
+pub struct SavedValues<B: Backend> {
+    pub landmark_queries: FloatTensor<B>,
+    pub keys: FloatTensor<B>,
+    pub values: FloatTensor<B>,
+    pub padding: FloatTensor<B>,
+    pub missing: FloatTensor<B>,
+    pub masked_score: f32,
+    pub output: FloatTensor<B>,
+    pub log_sum_exp: FloatTensor<B>,
+}
+
+/// What the pseudo-inverse keeps: `A`, `c` (`[batch · heads]`) and the number of iterations.
+#[derive(Debug, Clone)]
+pub struct SavedPinv<B: Backend> {
+    pub a: FloatTensor<B>,
+    pub coefficient: FloatTensor<B>,
+    pub iterations: usize,
+}
+
+/// The gradients of the queries, landmark keys and weights of `softmax(Q K̃ᵀ) W`, missing
+/// landmarks at zero weight.
+pub fn attention_backward<B: Backend>(
+    saved: SavedAttention<B>,
+    grad: FloatTensor<B>,
+) -> [FloatTensor<B>; 3] {
+    let SavedAttention {
+        queries,
+        landmark_keys,
+        weights,
+        missing,
+        output,
+        log_sum_exp,
+    } = saved;
+    let scores = B::float_matmul(queries.clone(), B::float_transpose(landmark_keys.clone()));
+    let [batch, heads, n, m] = dims(&scores);
+    let probabilities = B::float_mask_fill(
+        softmax_from::<B>(scores, log_sum_exp),
+        flags::<B>(missing, [batch, 1, 1, m], [batch, heads, n, m]),
+        0.0f32.into(),
+    );
+    let [score_grad, weights_grad] =
+        softmax_product_backward::<B>(probabilities, weights, output, grad);
+    [
+        B::float_matmul(score_grad.clone(), landmark_keys),
+        B::float_matmul(B::float_transpose(score_grad), queries),
+        weights_grad,
+    ]
+}
+
+/// The gradients of the landmark queries, keys and values of `softmax(Q̃ Kᵀ) V`, padded keys at
+/// the masked score and the rows of missing landmarks zero.
+pub fn values_backward<B: Backend>(
+    saved: SavedValues<B>,
+    grad: FloatTensor<B>,
+) -> [FloatTensor<B>; 3] {
+    let SavedValues {
+        landmark_queries,
+        keys,
+        values,
+        padding,
+        missing,
+        masked_score,
+        output,
+        log_sum_exp,
+    } = saved;
+    let [batch, heads, m, value_dim] = dims(&output);
+    // A missing landmark's row was zeroed after the softmax: no gradient reaches its scores.
+    let grad = B::float_mask_fill(
+        grad,
+        flags::<B>(missing, [batch, 1, m, 1], [batch, heads, m, value_dim]),
+        0.0f32.into(),
+    );
+    let scores = B::float_matmul(landmark_queries.clone(), B::float_transpose(keys.clone()));
+    let n = dims(&scores)[3];
+    let padded = || flags::<B>(padding.clone(), [batch, 1, 1, n], [batch, heads, m, n]);
+    let scores = B::float_mask_fill(scores, padded(), masked_score.into());
+    let probabilities = softmax_from::<B>(scores, log_sum_exp);
+    let [score_grad, values_grad] =
+        softmax_product_backward::<B>(probabilities, values, output, grad);
+    // A padded key's score is the constant masked score.
+    let score_grad = B::float_mask_fill(score_grad, padded(), 0.0f32.into());
+    [
+        B::float_matmul(score_grad.clone(), keys),
+        B::float_matmul(B::float_transpose(score_grad), landmark_queries),
+        values_grad,
+    ]
+}
+
+/// `exp(S − L)`, the softmax of each row of `scores` from its log-sum-exp `[.., rows, 1]`.
+fn softmax_from<B: Backend>(scores: FloatTensor<B>, log_sum_exp: FloatTensor<B>) -> FloatTensor<B> {
+    let shape = Shape::new(dims(&scores));
+    B::float_exp(B::float_sub(scores, B::float_expand(log_sum_exp, shape)))
+}
+
+/// For `O = P V` with `P` a row softmax of scores `S`: the gradients of `S` and of `V`.
+fn softmax_product_backward<B: Backend>(
+    probabilities: FloatTensor<B>,
+    values: FloatTensor<B>,
+    output: FloatTensor<B>,
+    grad: FloatTensor<B>,
+) -> [FloatTensor<B>; 2] {
+    let values_grad = B::float_matmul(B::float_transpose(probabilities.clone()), grad.clone());
+    let probability_grad = B::float_matmul(grad.clone(), B::float_transpose(values));
+    // D = rowsum(dO ∘ O) = rowsum(P ∘ dP), one per row.
+    let row_dot = B::float_sum_dim(B::float_mul(grad, output), 3);
+    let shape = Shape::new(dims(&probability_grad));
+    let score_grad = B::float_mul(
+        probabilities,
+        B::float_sub(probability_grad, B::float_expand(row_dot, shape)),
+    );
+    [score_grad, values_grad]
+}
+
+/// The gradients of `A` and `c` of the pseudo-inverse iteration for the gradient `grad` of its
+/// result: the iterates are replayed from `Z₀ = Aᵀ / c`, then each iteration walked back.
+pub fn pinv_backward<B: Backend>(saved: SavedPinv<B>, grad: FloatTensor<B>) -> [FloatTensor<B>; 2] {
+    let SavedPinv {
+        a,
+        coefficient,
+        iterations,
+    } = saved;
+    let [batch, heads, m, _] = dims(&a);
+    let c = B::float_expand(
+        B::float_reshape(coefficient, Shape::new([batch, heads, 1, 1])),
+        Shape::new([batch, heads, m, m]),
+    );
+    let scaled = |x: FloatTensor<B>, factor: f32| B::float_mul_scalar(x, factor.into());
+    let product = |x: &FloatTensor<B>, y: &FloatTensor<B>| B::float_matmul(x.clone(), y.clone());
+    let transpose = |x: &FloatTensor<B>| B::float_transpose(x.clone());
+    // P = A Z, T = 7P − P P, U = 15P − P T of the iteration that starts from `z`.
+    let stages = |z: &FloatTensor<B>| {
+        let p = product(&a, z);
+        let t = B::float_sub(scaled(p.clone(), 7.0), product(&p, &p));
+        let u = B::float_sub(scaled(p.clone(), 15.0), product(&p, &t));
+        (p, t, u)
+    };
+
+    let mut iterates = vec![B::float_div(transpose(&a), c.clone())];
+    for _ in 1..iterations {
+        let z = iterates.last().expect("Z₀ is there");
+        let (_, _, u) = stages(z);
+        iterates.push(scaled(
+            B::float_sub(scaled(z.clone(), 13.0), product(z, &u)),
+            0.25,
+        ));
+    }
+    // Z₀ = Aᵀ / c gives A a gradient of its own: start from it once `dZ₀` is known.
+    let mut a_grad: Option<FloatTensor<B>> = None;
+    let mut z_grad = grad;
+    for z in iterates[..iterations].iter().rev() {
+        let (p, t, u) = stages(z);
+        let g = z_grad;
+        // dZ = ¼ (13G − G Uᵀ), dU = −¼ Zᵀ G, dT = −Pᵀ dU
+        let mut dz = scaled(
+            B::float_sub(scaled(g.clone(), 13.0), product(&g, &transpose(&u))),
+            0.25,
+        );
+        let du = scaled(product(&transpose(z), &g), -0.25);
+        let dt = B::float_neg(product(&transpose(&p), &du));
+        // dP = 15 dU − dU Tᵀ + 7 dT − dT Pᵀ − Pᵀ dT
+        let dp = B::float_sub(
+            B::float_add(scaled(du.clone(), 15.0), scaled(dt.clone(), 7.0)),
+            B::float_add(
+                B::float_add(product(&du, &transpose(&t)), product(&dt, &transpose(&p))),
+                product(&transpose(&p), &dt),
+            ),
+        );
+        let step = product(&dp, &transpose(z));
+        a_grad = Some(match a_grad {
+            Some(sum) => B::float_add(sum, step),
+            None => step,
+        });
+        dz = B::float_add(dz, product(&transpose(&a), &dp));
+        z_grad = dz;
+    }
+    // Z₀ = Aᵀ / c: dA += dZ₀ᵀ / c, dc = −Σ dZ₀ ∘ Z₀ / c.
+    let z0 = iterates.swap_remove(0);
+    let initial = B::float_div(transpose(&z_grad), c.clone());
+    let a_grad = match a_grad {
+        Some(sum) => B::float_add(sum, initial),
+        None => initial,
+    };
+    let c_grad = B::float_neg(B::float_sum_dim(
+        B::float_sum_dim(B::float_div(B::float_mul(z_grad, z0), c), 3),
+        2,
+    ));
+    [
+        a_grad,
+        B::float_reshape(c_grad, Shape::new([batch * heads])),
+    ]
+}
