@@ -9,6 +9,7 @@ the length to be a multiple of the landmarks: 1984 (= 31 * 64, just under LRA's 
 are the neighbours.
 
   GLIBC_TUNABLES=... python peers/torch_train_steps.py --lengths 1984,2048 --out DIR
+  python peers/torch_train_steps.py --device cuda --out DIR
 """
 
 import argparse
@@ -22,7 +23,7 @@ import torch
 from transformers import NystromformerConfig, NystromformerForSequenceClassification
 
 
-def measure(batch, length, warmup, steps, vocab=16, classes=10):
+def measure(device, batch, length, warmup, steps, vocab=16, classes=10):
     config = NystromformerConfig(
         vocab_size=vocab,
         hidden_size=64,
@@ -39,10 +40,10 @@ def measure(batch, length, warmup, steps, vocab=16, classes=10):
         inv_coeff_init_option=False,
         num_labels=classes,
     )
-    model = NystromformerForSequenceClassification(config).train()
+    model = NystromformerForSequenceClassification(config).to(device).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.999), eps=1e-6, weight_decay=0.01)
-    tokens = torch.randint(1, vocab, (batch, length))
-    labels = torch.randint(0, classes, (batch,))
+    tokens = torch.randint(1, vocab, (batch, length), device=device)
+    labels = torch.randint(0, classes, (batch,), device=device)
     seconds = []
     for step in range(warmup + steps):
         started = time.perf_counter()
@@ -50,6 +51,8 @@ def measure(batch, length, warmup, steps, vocab=16, classes=10):
         loss = model(input_ids=tokens, labels=labels).loss
         loss.backward()
         optimizer.step()
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
         if step >= warmup:
             seconds.append(time.perf_counter() - started)
         print(f"length {length}: step {step + 1}/{warmup + steps}", flush=True)
@@ -58,23 +61,24 @@ def measure(batch, length, warmup, steps, vocab=16, classes=10):
 
 def main():
     p = argparse.ArgumentParser()
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--lengths", default="1984,2048")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--steps", type=int, default=10)
-    p.add_argument("--out", required=True, help="output directory (train-steps-torch-cpu.json goes there)")
+    p.add_argument("--out", required=True, help="output directory (train-steps-torch-DEVICE.json goes there)")
     args = p.parse_args()
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip() or "unknown"
     machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads"
     records = []
     for length in [int(x) for x in args.lengths.split(",")]:
-        rate, seconds = measure(args.batch, length, args.warmup, args.steps)
+        rate, seconds = measure(args.device, args.batch, length, args.warmup, args.steps)
         print(f"length {length}: {rate:.3f} steps/s", flush=True)
-        records.append(dict(implementation="transformers NystromformerForSequenceClassification", backend="torch-cpu",
+        records.append(dict(implementation="transformers NystromformerForSequenceClassification", backend=f"torch-{args.device}",
                             batch=args.batch, length=length, steps=args.steps, steps_per_second=rate,
                             step_seconds=seconds, commit=commit, machine=machine))
     os.makedirs(args.out, exist_ok=True)
-    path = os.path.join(args.out, "train-steps-torch-cpu.json")
+    path = os.path.join(args.out, f"train-steps-torch-{args.device}.json")
     with open(path + ".tmp", "w") as f:
         json.dump(records, f, indent=2)
         f.write("\n")

@@ -1,18 +1,44 @@
 #!/usr/bin/env bash
-# Benchmarks on an H100: Burn through wgpu (Vulkan) and the PyTorch peers on CUDA.
-# Run from the repository root with .gl, .whl and .devbin carried (see README.md here).
+# Issue 10's measurements on an H100-class GPU in one device session (about nine minutes):
+# Burn through wgpu (WGSL), and Vulkan (SPIR-V) too with DEVICES=wgpu,vulkan when the carried
+# binary was built with the `vulkan` feature; the PyTorch peers on CUDA when PyTorch is there. Bench shape b 1, h 8, d 64, m 64,
+# fp32. Run from the repository root with .gl and .devbin carried (see README.md here).
+#   1. forward at n = 4 096 … 65 536 and forward + backward to 16 384: the custom kernels
+#      (`nystrom`), the tensor-op stages, Burn's `attention`;
+#   2. peak memory of the kernels' forward to 262 144 tokens;
+#   3. each kernel against the tensor ops it replaces, at 4 096 and 16 384 (`kernel_stages`);
+#   4. LRA ListOps training steps per second, kernels and tensor ops;
+#   5. the PyTorch peers (attention sweep and training steps).
 set -u
 . nystromformer-bench/scripts/h100_env.sh
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader > "$R/gpu.txt"
-LENGTHS=512,1024,2048,4096,8192,16384,32768,65536
-timeout 240 nystromformer-bench sweep --devices wgpu --lengths $LENGTHS --pass both \
-    --implementations nystrom,nystrom-tensor-ops,burn-attention,naive-softmax \
-    --max-intermediate-gib 8 --out "$R" 2>&1 | grep -v '^\s*$' | tail -5
-# Each custom kernel against the tensor ops it replaces (the bench shape; binary optional).
-command -v kernel_stages > /dev/null && BATCH=1 HEADS=8 HEAD_DIM=64 timeout 60 \
-    kernel_stages wgpu 4096 20 > "$R/kernel-stages-n4096.txt" 2>&1
-python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
-timeout 90 python3 nystromformer-bench/peers/torch_peers.py --device cuda --lengths $LENGTHS \
-    --max-intermediate-gib 8 --out "$R" 2>&1 | tail -30
-nystromformer-bench report --dir "$R" > /dev/null && cp "$R/results.md" "$R/results-h100.md"
-rm -f "$R/results.md"
+DEVICES=${DEVICES:-wgpu}
+sweep() { # TIMEOUT LENGTHS PASS IMPLEMENTATIONS
+    timeout "$1" nystromformer-bench sweep --devices "$DEVICES" --lengths "$2" --pass "$3" \
+        --implementations "$4" --max-intermediate-gib 16 --out "$R/$3" 2>&1 | grep -v '^\s*$' | tail -3
+}
+sweep 150 4096,16384,65536 forward nystrom,nystrom-tensor-ops,burn-attention
+sweep 100 4096,16384 both nystrom,nystrom-tensor-ops,burn-attention
+timeout 60 nystromformer-bench sweep --devices wgpu --lengths 131072,262144 --pass forward \
+    --implementations nystrom --max-intermediate-gib 64 --out "$R/memory" 2>&1 | tail -3
+for N in 4096 16384; do
+    command -v kernel_stages > /dev/null && BATCH=1 HEADS=8 HEAD_DIM=64 timeout 30 \
+        kernel_stages wgpu $N 20 > "$R/kernel-stages-n$N.txt" 2>&1
+done
+for FLAG in "" --tensor-ops; do
+    timeout 60 nystromformer-bench train-steps --device wgpu --warmup 2 --steps 10 $FLAG \
+        --out "$R/train-steps" 2>&1 | grep steps/s
+done
+if [ -d .whl ]; then
+    python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl
+    export PYTHONPATH=/tmp/site
+fi
+if python3 -c "import torch" 2> /dev/null; then
+    timeout 90 python3 nystromformer-bench/peers/torch_peers.py --device cuda \
+        --lengths 4096,16384,65536 --max-intermediate-gib 16 --out "$R/forward" 2>&1 | tail -5
+    timeout 60 python3 nystromformer-bench/peers/torch_train_steps.py --device cuda --warmup 2 \
+        --steps 10 --out "$R/train-steps" 2>&1 | grep -i steps/s
+fi
+for D in forward both memory; do
+    nystromformer-bench report --dir "$R/$D" > /dev/null && mv "$R/$D/results.md" "$R/results-$D.md"
+done

@@ -8,10 +8,10 @@ use nystromformer::{NystromHeadsInput, NystromOptions, nystrom_attention};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Implementation {
     /// The library's Nyström attention as a user gets it: with its custom kernels where they
-    /// apply (CubeCL devices forward; flex forward and backward), tensor ops elsewhere.
+    /// apply (CubeCL devices and flex, forward and backward), tensor ops elsewhere.
     Nystrom,
     /// The library's Nyström attention with the custom kernels turned off (tensor ops only);
-    /// the same as `nystrom` on ndarray and in the backward pass on CubeCL devices.
+    /// the same as `nystrom` on ndarray.
     NystromTensorOps,
     /// Burn's `burn::tensor::module::attention` (exact; fused/flash on CubeCL backends).
     BurnAttention,

@@ -2,6 +2,13 @@
 //! exact attention, on every backend compiled in. See README.md beside this crate.
 
 mod implementations;
+#[cfg(any(
+    feature = "wgpu",
+    feature = "vulkan",
+    feature = "metal",
+    feature = "webgpu"
+))]
+mod launches;
 mod memory;
 mod plot;
 mod quality;
@@ -152,7 +159,33 @@ enum Cmd {
         /// Timed steps.
         #[arg(long, default_value_t = 10)]
         steps: usize,
+        /// The tensor-op stages instead of the custom kernels (written as
+        /// `train-steps-burn-DEVICE-tensor-ops.json`).
+        #[arg(long)]
+        tensor_ops: bool,
         /// Output directory (`train-steps-burn-DEVICE.json` goes there).
+        #[arg(long, default_value = "nystromformer-bench/results/latest")]
+        out: PathBuf,
+    },
+    /// Kernel launches of one forward and one forward + backward per implementation on a
+    /// CubeCL device (b 1, h 8, d 64, m 64), counted after a warm-up pass; writes
+    /// `launches-DEVICE-nN.md`.
+    Launches {
+        /// Device: wgpu, vulkan, metal, webgpu.
+        #[arg(long, default_value = "wgpu")]
+        device: String,
+        /// Sequence length.
+        #[arg(long, default_value_t = 4096)]
+        n: usize,
+        /// Implementations (comma-separated).
+        #[arg(
+            long,
+            value_enum,
+            value_delimiter = ',',
+            default_value = "nystrom,nystrom-tensor-ops,burn-attention"
+        )]
+        implementations: Vec<Implementation>,
+        /// Output directory.
         #[arg(long, default_value = "nystromformer-bench/results/latest")]
         out: PathBuf,
     },
@@ -163,6 +196,74 @@ enum Cmd {
         #[arg(long, default_value = "nystromformer-bench/results/latest")]
         dir: PathBuf,
     },
+}
+
+/// Counts and writes the kernel launches of `implementations` (see `Cmd::Launches`).
+#[cfg(any(
+    feature = "wgpu",
+    feature = "vulkan",
+    feature = "metal",
+    feature = "webgpu"
+))]
+fn launch_counts(
+    device: &str,
+    n: usize,
+    implementations: &[Implementation],
+    out: &Path,
+) -> Result<(), String> {
+    let dev = choose_device(device)?;
+    if !nystromformer::kernels::custom_kernels_apply(&burn::tensor::Tensor::<4>::zeros(
+        [1, 1, 1, 1],
+        &dev,
+    )) {
+        return Err(format!("launches: {device} is not a CubeCL device"));
+    }
+    let shape = Shape {
+        batch: 1,
+        heads: 8,
+        n,
+        head_dim: 64,
+        landmarks: 64,
+    };
+    let mut lines = vec![
+        format!("# Kernel launches per call, {device}, b 1, h 8, n {n}, d 64, m 64"),
+        String::new(),
+        format!("Commit {}, {}.", commit(), machine()),
+        String::new(),
+        "| implementation | pass | launches | by kernel |".into(),
+        "|---|---|---|---|".into(),
+    ];
+    for &implementation in implementations {
+        for (backward, pass) in [(false, "forward"), (true, "forward + backward")] {
+            let counts = launches::count(implementation, shape, backward, &dev);
+            let total: usize = counts.values().sum();
+            let by_kernel: Vec<String> = counts
+                .iter()
+                .map(|(kernel, count)| format!("{count} × `{kernel}`"))
+                .collect();
+            println!("{} {pass}: {total} launches", implementation.name());
+            lines.push(format!(
+                "| {} | {pass} | {total} | {} |",
+                implementation.name(),
+                by_kernel.join(", ")
+            ));
+        }
+    }
+    std::fs::create_dir_all(out).map_err(|err| format!("{}: {err}", out.display()))?;
+    write_lines(&out.join(format!("launches-{device}-n{n}.md")), &lines)
+}
+
+/// Without a CubeCL backend there is nothing to count.
+#[cfg(not(any(
+    feature = "wgpu",
+    feature = "vulkan",
+    feature = "metal",
+    feature = "webgpu"
+)))]
+fn launch_counts(device: &str, _: usize, _: &[Implementation], _: &Path) -> Result<(), String> {
+    Err(format!(
+        "launches: {device}: built without a CubeCL backend feature"
+    ))
 }
 
 fn commit() -> String {
@@ -294,6 +395,7 @@ fn run(cli: Cli) -> Result<(), String> {
             length,
             warmup,
             steps,
+            tensor_ops,
             out,
         } => {
             if batch == 0 || length == 0 || steps == 0 {
@@ -301,15 +403,19 @@ fn run(cli: Cli) -> Result<(), String> {
             }
             let dev = choose_device(&device)?;
             let (steps_per_second, step_seconds) =
-                train_steps::measure(&dev, batch, length, warmup, steps);
+                train_steps::measure(&dev, batch, length, warmup, steps, !tensor_ops);
+            let backend = match tensor_ops {
+                true => format!("burn-{device}-tensor-ops"),
+                false => format!("burn-{device}"),
+            };
             println!(
-                "{steps_per_second:.3} steps/s ({steps} steps of {batch} × {length} on {device})"
+                "{steps_per_second:.3} steps/s ({steps} steps of {batch} × {length} on {backend})"
             );
             train_steps::write(
                 &out,
                 &train_steps::TrainStepRecord {
                     implementation: "nystromformer-train listops --preset lra".into(),
-                    backend: format!("burn-{device}"),
+                    backend,
                     batch,
                     length,
                     steps,
@@ -423,6 +529,12 @@ fn run(cli: Cli) -> Result<(), String> {
             }
             write_lines(&out, &lines)
         }
+        Cmd::Launches {
+            device,
+            n,
+            implementations,
+            out,
+        } => launch_counts(&device, n, &implementations, &out),
         Cmd::Report { dir } => {
             let records = report::read_records(&dir)?;
             if records.is_empty() {

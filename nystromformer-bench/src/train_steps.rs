@@ -9,7 +9,7 @@ use burn::optim::GradientsParams;
 use burn::tensor::{Bool, Device, Distribution, Tensor, TensorData};
 use nystromformer_train::config::{ExperimentConfig, Preset, Task};
 use nystromformer_train::data::batcher::{ClassificationBatch, PAD};
-use nystromformer_train::task::{SequenceClassification, TaskSpec};
+use nystromformer_train::model::Classifier;
 use nystromformer_train::training::adamw;
 use serde::Serialize;
 
@@ -36,17 +36,24 @@ pub struct TrainStepRecord {
     pub machine: String,
 }
 
-/// Times `steps` training steps after `warmup` untimed ones.
+/// Times `steps` training steps after `warmup` untimed ones, with the library's custom kernels
+/// or its tensor-op stages.
 pub fn measure(
     device: &Device,
     batch: usize,
     length: usize,
     warmup: usize,
     steps: usize,
+    custom_kernels: bool,
 ) -> (f64, Vec<f64>) {
     let device = device.clone().autodiff();
     let config = ExperimentConfig::preset(Task::Listops, Preset::Lra);
-    let mut model = SequenceClassification::model(&config, &device);
+    let mut model = Classifier::new(
+        &config.model_config().with_custom_kernels(custom_kernels),
+        config.head(config.hidden_size, &device),
+        config.pooling(),
+        &device,
+    );
     let mut optimizer = adamw(&config).init();
     let vocab = config.model_config().vocab_size;
     let inputs = ClassificationBatch {

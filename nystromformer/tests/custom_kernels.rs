@@ -9,7 +9,8 @@ use common::{REQUIRE_WGPU, devices, mask, on, randn, relative_diff, values, wgpu
 use nystromformer::attention::mask::MASKED_SCORE;
 use nystromformer::attention::softmax_kernels::{kernel_b, kernel_f};
 use nystromformer::kernels::{
-    custom_kernels_apply, fused_landmark_attention, fused_landmark_values, fused_pinv,
+    MAX_KERNEL_HEAD_DIM, MAX_KERNEL_LANDMARKS, custom_kernels_apply, fused_landmark_attention,
+    fused_landmark_values, fused_pinv,
 };
 use nystromformer::{MaskPolicy, NystromHeadsInput, NystromOptions, PinvInit, nystrom_attention};
 
@@ -68,11 +69,32 @@ fn kernels_apply_on_cube_devices_and_flex_and_under_autodiff_with_its_feature() 
     assert!(custom_kernels_apply(&randn([1, 1, 4, 2], 1.0, 1, &device)));
     let tracked = randn([1, 1, 4, 2], 1.0, 1, &device.clone().autodiff());
     assert_eq!(custom_kernels_apply(&tracked), cfg!(feature = "autodiff"));
-    let tracked_square = randn([1, 1, 4, 4], 1.0, 2, &device.autodiff());
+    let tracked_square = randn([1, 1, 4, 4], 1.0, 2, &device.clone().autodiff());
     assert_eq!(
         fused_pinv(&tracked_square, 2, PinvInit::Exact).is_some(),
         cfg!(feature = "autodiff"),
         "the pseudo-inverse kernel runs under autodiff, with a tensor-op backward"
+    );
+    // Beyond the kernels' shapes, tensor ops: head sizes above 128, more than 256 landmarks.
+    let [m, d] = [4, MAX_KERNEL_HEAD_DIM];
+    let rows = |n, d| randn([1, 1, n, d], 1.0, 3, &device);
+    let takes = |d: usize, d_v: usize| {
+        fused_landmark_attention(&rows(8, d), &rows(m, d), &rows(m, d_v), None).is_some()
+    };
+    assert!(takes(d, d), "head size {d} takes the kernel");
+    assert!(
+        !takes(d + 1, d) && !takes(d, d + 1),
+        "larger heads fall back"
+    );
+    let takes = |d: usize, d_v: usize| {
+        fused_landmark_values(&rows(m, d), &rows(8, d), &rows(8, d_v), None, None, -1e9).is_some()
+    };
+    assert!(takes(d, d) && !takes(d + 1, d) && !takes(d, d + 1));
+    let square = |m| randn([1, 1, m, m], 1.0, 4, &device);
+    assert!(fused_pinv(&square(MAX_KERNEL_LANDMARKS), 1, PinvInit::Exact).is_some());
+    assert!(
+        fused_pinv(&square(MAX_KERNEL_LANDMARKS + 1), 1, PinvInit::Exact).is_none(),
+        "more landmarks than the pseudo-inverse kernel takes fall back"
     );
 }
 
@@ -81,6 +103,21 @@ fn fused_pinv_matches_the_tensor_op_iteration() {
     for device in kernel_devices() {
         pinv_case(&device);
     }
+}
+
+/// The largest `m` the CubeCL kernel takes, against the tensor-op iteration on flex (lavapipe
+/// autotunes its own matmuls at this size for over a minute).
+#[test]
+fn the_pinv_kernel_takes_its_largest_m() {
+    let Some(device) = kernel_device() else {
+        return;
+    };
+    let m = MAX_KERNEL_LANDMARKS;
+    let a = softmax(randn([1, 2, m, m], 1.0, 6, &Device::flex()), 3);
+    let fused = fused_pinv(&on(&a, &device), 6, PinvInit::Exact).expect("the kernel applies");
+    let reference = nystromformer::attention::iterative_pinv(a, 6, PinvInit::Exact);
+    let diff = relative_diff(&on(&fused, &Device::flex()), &reference);
+    assert!(diff < 1e-4, "m = {m}: relative difference {diff}");
 }
 
 fn pinv_case(device: &Device) {

@@ -257,6 +257,22 @@ fn attention_gradients_with_and_without_kernels_agree() {
     }
 }
 
+/// The kernels' range: head sizes 32 to 128 (`MAX_KERNEL_HEAD_DIM`) and 16 to 256 landmarks
+/// (`MAX_KERNEL_LANDMARKS`), each once, forward and gradients. Lavapipe autotunes every new
+/// matmul shape for a minute or more: it runs the largest head size there
+/// (`custom_kernels.rs` runs the pseudo-inverse kernel at m = 256 forward).
+#[test]
+fn attention_gradients_agree_over_the_kernels_head_sizes_and_landmarks() {
+    for (name, device) in tracked_devices() {
+        for (d, m) in [(32, 256), (64, 16), (128, 64)] {
+            if name == "flex" || d == 128 {
+                attention_case([1, 2, 300, d, m], &[300], MaskPolicy::LeakFree, 40, &device)
+                    .unwrap();
+            }
+        }
+    }
+}
+
 #[test]
 fn attention_gradients_agree_over_random_shapes_and_masks() {
     let strategy = (

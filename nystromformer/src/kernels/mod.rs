@@ -80,7 +80,8 @@ fn on_flex<const D: usize>(x: &Tensor<D>) -> bool {
 
 /// `softmax(Q̃ Kᵀ) · V` for the landmark queries without the `[m, n]` softmax in memory, as two
 /// kernels; padded keys get the score `masked_score` (so zero weight) and the rows of missing
-/// landmarks are zero. `None` where the kernels do not apply (see [`custom_kernels_apply`]).
+/// landmarks are zero. `None` where the kernels do not apply (see [`custom_kernels_apply`]), and
+/// on CubeCL devices for head sizes above [`MAX_KERNEL_HEAD_DIM`].
 ///
 /// # Shapes
 ///
@@ -112,7 +113,8 @@ pub fn fused_landmark_values(
     if let Some(missing) = missing {
         expect_shape(op, "missing", &missing.dims(), &[batch, m]);
     }
-    custom_kernels_apply(landmark_queries).then(|| {
+    let [_, _, _, d_v] = values.dims();
+    (custom_kernels_apply(landmark_queries) && fits_cube_kernels(keys, [d, d_v])).then(|| {
         extension::landmark_values(
             landmark_queries,
             keys,
@@ -172,7 +174,8 @@ pub fn fused_softmax_attention(
 ///
 /// On flex it is one task per matrix, and under autodiff its backward runs through the saved
 /// iterates (the gradient of `c` flows on into its tensor ops). On CubeCL devices it is one
-/// cube per matrix, `None` when `batch · heads` exceeds [`MAX_PINV_MATRICES`]; under autodiff
+/// cube per matrix, `None` when `batch · heads` exceeds [`MAX_PINV_MATRICES`] or `m` exceeds
+/// [`MAX_KERNEL_LANDMARKS`]; under autodiff
 /// the backward replays the iteration as tensor ops and walks it back.
 ///
 /// # Panics
@@ -183,8 +186,24 @@ pub fn fused_pinv(a: &Tensor<4>, iterations: usize, init: PinvInit) -> Option<Te
     expect_shape("fused_pinv", "a", &a.dims(), &[batch, heads, m, m]);
     let on_cube = extension::on_cube_device(a);
     (custom_kernels_apply(a)
-        && (extension::on_flex_device(a) || (on_cube && batch * heads <= MAX_PINV_MATRICES)))
+        && (extension::on_flex_device(a)
+            || (on_cube && batch * heads <= MAX_PINV_MATRICES && m <= MAX_KERNEL_LANDMARKS)))
         .then(|| extension::pinv(a, iterations, init))
+}
+
+/// The largest head size (of queries and keys, and of values) that the CubeCL softmax products
+/// take: each unit holds a row of each in registers, sized at compile time, which larger heads
+/// would spill. Larger heads run as tensor ops there (flex has no such limit).
+pub const MAX_KERNEL_HEAD_DIM: usize = 128;
+
+/// The largest `m` that the CubeCL pseudo-inverse takes: each of a cube's 256 units holds
+/// `(m / 16)²` entries of every product in registers. Larger `m` runs as tensor ops there.
+pub const MAX_KERNEL_LANDMARKS: usize = 256;
+
+/// Whether the CubeCL kernels take head sizes `head_dims` for tensors like `x` (always true off
+/// CubeCL devices); see [`MAX_KERNEL_HEAD_DIM`].
+fn fits_cube_kernels(x: &Tensor<4>, head_dims: [usize; 2]) -> bool {
+    !extension::on_cube_device(x) || head_dims.iter().all(|&d| d <= MAX_KERNEL_HEAD_DIM)
 }
 
 /// The most matrices [`fused_pinv`] takes: one cube each, in a one-dimensional grid, whose
@@ -193,7 +212,8 @@ pub const MAX_PINV_MATRICES: usize = 65_535;
 
 /// `softmax(Q K̃ᵀ) · W` row by row without the `[n, m]` softmax in memory, as one kernel;
 /// missing landmarks get zero weight and a row without any landmark is zero. `None` where the
-/// kernel does not apply (see [`custom_kernels_apply`]).
+/// kernel does not apply (see [`custom_kernels_apply`]), and on CubeCL devices for head sizes
+/// above [`MAX_KERNEL_HEAD_DIM`].
 ///
 /// # Shapes
 ///
@@ -225,7 +245,8 @@ pub fn fused_landmark_attention(
     if let Some(missing) = missing {
         expect_shape(op, "missing", &missing.dims(), &[batch, m]);
     }
-    custom_kernels_apply(queries)
+    let [_, _, _, d_v] = weights.dims();
+    (custom_kernels_apply(queries) && fits_cube_kernels(queries, [d, d_v]))
         .then(|| extension::landmark_attention(queries, landmark_keys, weights, missing))
 }
 

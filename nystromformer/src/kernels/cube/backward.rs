@@ -173,51 +173,47 @@ pub fn pinv_backward<B: Backend>(saved: SavedPinv<B>, grad: FloatTensor<B>) -> [
         (p, t, u)
     };
 
-    let mut iterates = vec![B::float_div(transpose(&a), c.clone())];
-    for _ in 1..iterations {
-        let z = iterates.last().expect("Z₀ is there");
-        let (_, _, u) = stages(z);
-        iterates.push(scaled(
-            B::float_sub(scaled(z.clone(), 13.0), product(z, &u)),
-            0.25,
-        ));
+    // Each iteration's Z, P, T and U, replayed from Z₀ = Aᵀ / c.
+    let z0 = B::float_div(transpose(&a), c.clone());
+    let mut steps: Vec<[FloatTensor<B>; 4]> = Vec::with_capacity(iterations);
+    for _ in 0..iterations {
+        let z = match steps.last() {
+            None => z0.clone(),
+            Some([z, _, _, u]) => {
+                scaled(B::float_sub(scaled(z.clone(), 13.0), product(z, u)), 0.25)
+            }
+        };
+        let (p, t, u) = stages(&z);
+        steps.push([z, p, t, u]);
     }
-    // Z₀ = Aᵀ / c gives A a gradient of its own: start from it once `dZ₀` is known.
-    let mut a_grad: Option<FloatTensor<B>> = None;
+    // Walked back: `z_grad` becomes the gradient of each earlier Z, down to Z₀.
+    let mut a_grad_terms = Vec::with_capacity(iterations + 1);
     let mut z_grad = grad;
-    for z in iterates[..iterations].iter().rev() {
-        let (p, t, u) = stages(z);
+    for [z, p, t, u] in steps.iter().rev() {
         let g = z_grad;
         // dZ = ¼ (13G − G Uᵀ), dU = −¼ Zᵀ G, dT = −Pᵀ dU
-        let mut dz = scaled(
-            B::float_sub(scaled(g.clone(), 13.0), product(&g, &transpose(&u))),
+        let dz = scaled(
+            B::float_sub(scaled(g.clone(), 13.0), product(&g, &transpose(u))),
             0.25,
         );
         let du = scaled(product(&transpose(z), &g), -0.25);
-        let dt = B::float_neg(product(&transpose(&p), &du));
+        let dt = B::float_neg(product(&transpose(p), &du));
         // dP = 15 dU − dU Tᵀ + 7 dT − dT Pᵀ − Pᵀ dT
         let dp = B::float_sub(
             B::float_add(scaled(du.clone(), 15.0), scaled(dt.clone(), 7.0)),
             B::float_add(
-                B::float_add(product(&du, &transpose(&t)), product(&dt, &transpose(&p))),
-                product(&transpose(&p), &dt),
+                B::float_add(product(&du, &transpose(t)), product(&dt, &transpose(p))),
+                product(&transpose(p), &dt),
             ),
         );
-        let step = product(&dp, &transpose(z));
-        a_grad = Some(match a_grad {
-            Some(sum) => B::float_add(sum, step),
-            None => step,
-        });
-        dz = B::float_add(dz, product(&transpose(&a), &dp));
-        z_grad = dz;
+        // P = A Z: dA += dP Zᵀ, dZ += Aᵀ dP.
+        a_grad_terms.push(product(&dp, &transpose(z)));
+        z_grad = B::float_add(dz, product(&transpose(&a), &dp));
     }
     // Z₀ = Aᵀ / c: dA += dZ₀ᵀ / c, dc = −Σ dZ₀ ∘ Z₀ / c.
-    let z0 = iterates.swap_remove(0);
-    let initial = B::float_div(transpose(&z_grad), c.clone());
-    let a_grad = match a_grad {
-        Some(sum) => B::float_add(sum, initial),
-        None => initial,
-    };
+    let a_grad = a_grad_terms
+        .into_iter()
+        .fold(B::float_div(transpose(&z_grad), c.clone()), B::float_add);
     let c_grad = B::float_neg(B::float_sum_dim(
         B::float_sum_dim(B::float_div(B::float_mul(z_grad, z0), c), 3),
         2,
