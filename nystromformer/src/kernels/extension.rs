@@ -233,6 +233,11 @@ pub trait LandmarkSoftmaxOps: Backend {
 
     /// [`landmark_values`] with each row's log-sum-exp appended as a last column, for a
     /// backward that recomputes the softmax (`kernels/cube/backward.rs`).
+    // Only the CubeCL devices' autodiff implementation calls it.
+    #[cfg_attr(
+        not(all(feature = "autodiff", feature = "cube-kernels")),
+        allow(dead_code)
+    )]
     #[fusion(dtype = landmark_queries, shape = with_statistics(values_shape(landmark_queries, values)))]
     fn landmark_values_with_statistics(
         landmark_queries: FloatTensor<Self>,
@@ -254,6 +259,11 @@ pub trait LandmarkSoftmaxOps: Backend {
 
     /// [`landmark_attention`] with each row's log-sum-exp appended as a last column, for a
     /// backward that recomputes the softmax (`kernels/cube/backward.rs`).
+    // Only the CubeCL devices' autodiff implementation calls it.
+    #[cfg_attr(
+        not(all(feature = "autodiff", feature = "cube-kernels")),
+        allow(dead_code)
+    )]
     #[fusion(dtype = queries, shape = with_statistics(context_shape(queries, weights)))]
     fn landmark_attention_with_statistics(
         queries: FloatTensor<Self>,
@@ -369,6 +379,10 @@ fn context_shape(queries: &Shape, weights: &Shape) -> Shape {
 
 /// `shape` with one more column, for each row's log-sum-exp.
 #[cfg(feature = "cube-kernels")]
+#[cfg_attr(
+    not(all(feature = "autodiff", feature = "cube-kernels")),
+    allow(dead_code)
+)]
 fn with_statistics(shape: Shape) -> Shape {
     let [batch, heads, rows, columns] = shape.dims::<4>();
     Shape::new([batch, heads, rows, columns + 1])

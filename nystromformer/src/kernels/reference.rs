@@ -49,6 +49,10 @@ pub fn landmark_attention<B: Backend>(
 
 /// [`landmark_values`] with each row's log-sum-exp of the masked scores appended as a last
 /// column (`[batch, heads, m, d_v + 1]`), what the backward recomputes the softmax from.
+#[cfg_attr(
+    not(all(feature = "autodiff", feature = "cube-kernels")),
+    allow(dead_code)
+)]
 pub fn landmark_values_with_statistics<B: Backend>(
     landmark_queries: FloatTensor<B>,
     keys: FloatTensor<B>,
@@ -75,6 +79,10 @@ pub fn landmark_values_with_statistics<B: Backend>(
 /// [`landmark_attention`] with each row's log-sum-exp over its landmarks appended as a last
 /// column (`[batch, heads, n, d_v + 1]`; any finite value for a row without landmarks, whose
 /// weights the backward zeroes).
+#[cfg_attr(
+    not(all(feature = "autodiff", feature = "cube-kernels")),
+    allow(dead_code)
+)]
 pub fn landmark_attention_with_statistics<B: Backend>(
     queries: FloatTensor<B>,
     landmark_keys: FloatTensor<B>,
@@ -90,6 +98,10 @@ pub fn landmark_attention_with_statistics<B: Backend>(
 }
 
 /// `max + ln Σ exp(s − max)` of each row of `scores`, as `[.., rows, 1]`.
+#[cfg_attr(
+    not(all(feature = "autodiff", feature = "cube-kernels")),
+    allow(dead_code)
+)]
 fn log_sum_exp<B: Backend>(scores: FloatTensor<B>) -> FloatTensor<B> {
     let maximum = B::float_max_dim(scores.clone(), 3);
     let shape = Shape::new(dims(&scores));
