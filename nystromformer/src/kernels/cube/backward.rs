@@ -187,7 +187,7 @@ pub fn pinv_backward<B: Backend>(saved: SavedPinv<B>, grad: FloatTensor<B>) -> [
         steps.push([z, p, t, u]);
     }
     // Walked back: `z_grad` becomes the gradient of each earlier Z, down to Z₀.
-    let mut a_grad_terms = Vec::with_capacity(iterations + 1);
+    let mut a_grad_terms = Vec::with_capacity(iterations);
     let mut z_grad = grad;
     for [z, p, t, u] in steps.iter().rev() {
         let g = z_grad;

@@ -111,16 +111,19 @@ fn landmark_attention_kernel<F: Float>(
     // No landmark at all (a fully padded sequence): a zero row, as the tensor-op path gives.
     let sum = total(&state, value_dim);
     let mut inverse = F::new(0.0);
-    let mut log_sum_exp = F::new(0.0);
     if sum > F::new(0.0) {
         inverse = F::new(1.0) / sum;
-        log_sum_exp = maximum(&state, value_dim) + F::ln(sum);
     }
     #[unroll]
     for c in 0..value_dim {
         context[row * output_dim + c] = state[c] * inverse;
     }
+    // Only the training forward pays for the logarithm.
     if comptime!(output_dim > value_dim) {
+        let mut log_sum_exp = F::new(0.0);
+        if sum > F::new(0.0) {
+            log_sum_exp = maximum(&state, value_dim) + F::ln(sum);
+        }
         context[row * output_dim + value_dim] = log_sum_exp;
     }
 }
