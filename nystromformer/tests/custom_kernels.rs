@@ -148,46 +148,61 @@ fn pinv_case(device: &Device) {
 
 #[test]
 fn fused_landmark_attention_matches_softmax_times_weights() {
-    // One block of query rows, and several with a ragged last one (flex's blocks are 128 rows).
-    for (device, n) in kernel_devices()
-        .into_iter()
-        .flat_map(|device| [(device.clone(), 37), (device, 300)])
-    {
-        landmark_attention_case(&device, n);
+    // One block of query rows, and several with a ragged last one (flex's blocks are 128 rows,
+    // the CubeCL kernel's cubes 64); m = 5 fits one tile of landmarks, m = 45 takes two with a
+    // ragged last one (tiles of 32 at these head sizes).
+    for device in kernel_devices() {
+        for (n, m) in [(37, 5), (300, 5), (130, 45)] {
+            landmark_attention_case(&device, n, m);
+        }
     }
 }
 
-fn landmark_attention_case(device: &Device, n: usize) {
+/// `[batch, heads, rows, d]` as the head split gives it: a strided view of `[batch, rows, heads,
+/// d]`, which the kernels read in place.
+fn head_split(shape: [usize; 4], std: f32, seed: u64, device: &Device) -> Tensor<4> {
+    let [batch, heads, rows, d] = shape;
+    randn([batch, rows, heads, d], std, seed, device).swap_dims(1, 2)
+}
+
+/// Sequence 0: every landmark; 1: the second and the last missing; 2: none at all (a fully
+/// padded sequence).
+fn missing_landmarks(m: usize, device: &Device) -> Tensor<2, burn::tensor::Bool> {
+    let some_missing = (0..m).map(|j| j == 1 || j == m - 1).collect::<Vec<_>>();
+    mask(
+        [vec![false; m], some_missing, vec![true; m]].concat(),
+        [3, m],
+        device,
+    )
+}
+
+fn landmark_attention_case(device: &Device, n: usize, m: usize) {
     let device = device.clone();
-    let [batch, heads, d, m, d_v] = [3, 2, 16, 5, 8];
-    let q = randn([batch, heads, n, d], 1.0, 6, &device);
+    let [batch, heads, d, d_v] = [3, 2, 16, 8];
     let keys = randn([batch, heads, m, d], 0.5, 7, &device);
     let weights = randn([batch, heads, m, d_v], 1.0, 8, &device);
-    // Sequence 0: every landmark; 1: two missing; 2: none at all (a fully padded sequence).
-    let missing = mask(
-        [
-            vec![false; m],
-            vec![false, true, false, false, true],
-            vec![true; m],
-        ]
-        .concat(),
-        [batch, m],
-        &device,
-    );
-    for missing in [None, Some(&missing)] {
-        let fused = fused_landmark_attention(&q, &keys, &weights, missing).unwrap();
-        let reference =
-            kernel_f(q.clone(), keys.clone(), missing, MASKED_SCORE).matmul(weights.clone());
-        let diff = relative_diff(&fused, &reference);
-        assert!(
-            diff < 1e-5,
-            "{device:?}, n = {n}, mask {}: relative difference {diff}",
-            missing.is_some()
-        );
+    let missing = missing_landmarks(m, &device);
+    for strided in [false, true] {
+        let q = if strided {
+            head_split([batch, heads, n, d], 1.0, 6, &device)
+        } else {
+            randn([batch, heads, n, d], 1.0, 6, &device)
+        };
+        for missing in [None, Some(&missing)] {
+            let fused = fused_landmark_attention(&q, &keys, &weights, missing).unwrap();
+            let reference =
+                kernel_f(q.clone(), keys.clone(), missing, MASKED_SCORE).matmul(weights.clone());
+            let diff = relative_diff(&fused, &reference);
+            assert!(
+                diff < 1e-5,
+                "{device:?}, n = {n}, m = {m}, strided {strided}, mask {}: relative difference {diff}",
+                missing.is_some()
+            );
+        }
+        let fused = fused_landmark_attention(&q, &keys, &weights, Some(&missing)).unwrap();
+        let last: Vec<f32> = values(&fused)[2 * heads * n * d_v..].to_vec();
+        assert!(last.iter().all(|x| *x == 0.0), "no landmark: zero context");
     }
-    let fused = fused_landmark_attention(&q, &keys, &weights, Some(&missing)).unwrap();
-    let last: Vec<f32> = values(&fused)[2 * heads * n * d_v..].to_vec();
-    assert!(last.iter().all(|x| *x == 0.0), "no landmark: zero context");
 }
 
 #[test]
@@ -199,27 +214,35 @@ fn fused_landmark_values_match_softmax_times_values() {
 
 fn landmark_values_case(device: &Device) {
     let device = device.clone();
-    let [batch, heads, d, m, d_v] = [3, 2, 16, 4, 8];
-    // One chunk of keys, and several with a ragged last one (the kernels' chunks are 256 keys).
-    for n in [37, 600] {
+    let [batch, heads, d, d_v] = [3, 2, 16, 8];
+    // One chunk of keys, and several with a ragged last one (the kernels' chunks are 256 keys);
+    // m = 4 takes one cube of landmarks per chunk, m = 150 two (128 landmarks per cube), and
+    // n = 37 a ragged tile of keys (32 keys per tile at these head sizes). The keys and values
+    // are strided views, as the head split gives them, in every case but the first.
+    for (n, m, strided) in [
+        (37, 4, false),
+        (37, 4, true),
+        (600, 4, true),
+        (300, 150, true),
+    ] {
         let queries = randn([batch, heads, m, d], 0.5, 20, &device);
-        let k = randn([batch, heads, n, d], 1.0, 21, &device);
-        let v = randn([batch, heads, n, d_v], 1.0, 22, &device);
+        let (k, v) = if strided {
+            (
+                head_split([batch, heads, n, d], 1.0, 21, &device),
+                head_split([batch, heads, n, d_v], 1.0, 22, &device),
+            )
+        } else {
+            (
+                randn([batch, heads, n, d], 1.0, 21, &device),
+                randn([batch, heads, n, d_v], 1.0, 22, &device),
+            )
+        };
         // Sequence 0 unpadded, 1 padded from n/2 (whole chunks padded when n = 600), 2 fully.
         let padding: Vec<bool> = (0..batch * n)
             .map(|i| (i / n == 1 && i % n >= n / 2) || i / n == 2)
             .collect();
         let mask_pad = mask(padding, [batch, n], &device);
-        let missing = mask(
-            [
-                vec![false; m],
-                vec![false, false, true, false],
-                vec![true; m],
-            ]
-            .concat(),
-            [batch, m],
-            &device,
-        );
+        let missing = missing_landmarks(m, &device);
         for (mask_pad, missing) in [(None, None), (Some(&mask_pad), Some(&missing))] {
             let fused =
                 fused_landmark_values(&queries, &k, &v, mask_pad, missing, MASKED_SCORE as f32)
@@ -229,7 +252,7 @@ fn landmark_values_case(device: &Device) {
             let diff = relative_diff(&fused, &reference);
             assert!(
                 diff < 1e-5,
-                "{device:?}, n = {n}, masks {}: relative difference {diff}",
+                "{device:?}, n = {n}, m = {m}, strided {strided}, masks {}: relative difference {diff}",
                 mask_pad.is_some()
             );
         }

@@ -3,7 +3,10 @@
 //! The tensor-op form computes the `[n, m]` scores, masks them, takes the softmax in several
 //! passes, zeroes missing columns and multiplies by `W`, writing and reading `F` between each
 //! step. Here one unit owns one query row: it streams the `m` landmarks once through an online
-//! softmax (`super::online_softmax`), so `F` only ever exists one entry at a time.
+//! softmax (`super::online_softmax`), so `F` only ever exists one entry at a time. A cube holds
+//! [`ROWS_PER_CUBE`] queries of one head; the landmark keys and rows of `W` come past them in
+//! tiles staged in shared memory (`super::tiles`), each loaded once per cube rather than once per
+//! query. The queries are read in place from the head split's strided view.
 //!
 //! For training, the kernel can also leave each row's log-sum-exp over its landmarks as a last
 //! column of the output (`with_statistics`): the backward (`super::backward`) recomputes `F`
@@ -17,9 +20,10 @@ use burn_cubecl::tensor::CubeTensor;
 use cubecl::prelude::*;
 
 use super::online_softmax::{add, dot, empty_state, load_row, maximum, total};
+use super::tiles::{row_offset, rows_in_place, rows_per_tile, stage_rows};
 
-/// Units per cube (one query row each).
-const UNITS_PER_CUBE: u32 = 128;
+/// Query rows per cube, one per unit.
+const ROWS_PER_CUBE: usize = 64;
 
 /// Launches the kernel; see [`crate::kernels::fused_landmark_attention`] for the contract. With
 /// `with_statistics` the output is `[batch, heads, n, d_v + 1]`, its last column each row's
@@ -31,7 +35,7 @@ pub fn launch(
     missing: CubeTensor,
     with_statistics: bool,
 ) -> CubeTensor {
-    let queries = into_contiguous(queries);
+    let queries = rows_in_place(queries);
     let landmark_keys = into_contiguous(landmark_keys);
     let weights = into_contiguous(weights);
     let missing = into_contiguous(missing);
@@ -47,10 +51,13 @@ pub fn launch(
         Shape::new([batch, heads, n, output_dim]),
         dtype,
     );
-    let rows = batch * heads * n;
-    let cube_dim =
-        CubeDim::new_1d(UNITS_PER_CUBE.min(client.properties().hardware.max_units_per_cube));
-    let cube_count = cubecl::calculate_cube_count_elemwise(&client, rows, cube_dim);
+    let row_tiles = n.div_ceil(ROWS_PER_CUBE);
+    let cube_dim = CubeDim::new_1d(ROWS_PER_CUBE as u32);
+    let cube_count = cubecl::calculate_cube_count_elemwise(
+        &client,
+        batch * heads * row_tiles * ROWS_PER_CUBE,
+        cube_dim,
+    );
     landmark_attention_kernel::launch(
         &client,
         cube_count,
@@ -60,17 +67,21 @@ pub fn launch(
         weights.into_tensor_arg(),
         missing.into_tensor_arg(),
         context.clone().into_tensor_arg(),
+        row_tiles,
         head_dim,
         value_dim,
         output_dim,
+        rows_per_tile(head_dim + value_dim),
+        ROWS_PER_CUBE,
         dtype_to_storage_type(dtype),
     );
     context
 }
 
-/// One unit per query row (`ABSOLUTE_POS` over `batch · heads · n`); all tensors contiguous.
-/// The head sizes are compile-time constants so that the row's query and accumulator live in
-/// registers. Output rows are `output_dim` long: `value_dim`, or one more for the log-sum-exp.
+/// One cube per (matrix, tile of `units` query rows), one unit per row; `queries` may be strided
+/// (last dimension contiguous), the other tensors are contiguous. The head sizes are compile-time
+/// constants so that the row's query and accumulator live in registers. Output rows are
+/// `output_dim` long: `value_dim`, or one more for the log-sum-exp.
 #[cube(launch)]
 fn landmark_attention_kernel<F: Float>(
     queries: &Tensor<F>,
@@ -78,37 +89,97 @@ fn landmark_attention_kernel<F: Float>(
     weights: &Tensor<F>,
     missing: &Tensor<F>,
     context: &mut Tensor<F>,
+    row_tiles: usize,
     #[comptime] head_dim: usize,
     #[comptime] value_dim: usize,
     #[comptime] output_dim: usize,
+    #[comptime] tile: usize,
+    #[comptime] units: usize,
     #[define(F)] _dtype: ElemType,
 ) {
-    let row = ABSOLUTE_POS;
     let heads = queries.shape(1);
     let n = queries.shape(2);
     let m = landmark_keys.shape(2);
-    if row >= queries.len() / head_dim {
+    let cube = CUBE_POS;
+    // Whole cubes past the end (the cube count is rounded up) leave before any barrier.
+    if cube >= queries.shape(0) * heads * row_tiles {
         terminate!();
     }
-    let matrix = row / n; // batch · heads + head
+    let matrix = cube / row_tiles; // batch · heads + head
     let batch = matrix / heads;
+    let head = matrix % heads;
+    let row = (cube % row_tiles) * units + UNIT_POS as usize;
+    // Units past the last query still help to stage the tiles.
+    let inside = row < n;
 
-    let query = load_row(queries, row * head_dim, head_dim);
+    let query = load_row(
+        queries,
+        row_offset(queries, batch, head, row),
+        inside,
+        head_dim,
+    );
     let mut state = empty_state::<F>(value_dim);
-    for j in 0..m {
-        if missing[batch * m + j] == F::new(0.0) {
-            let score = dot(&query, landmark_keys, (matrix * m + j) * head_dim, head_dim);
-            add(
-                &mut state,
-                score,
-                weights,
-                (matrix * m + j) * value_dim,
-                value_dim,
-            );
+    let mut key_tile = Shared::<[F]>::new_slice(tile * head_dim);
+    let mut weight_tile = Shared::<[F]>::new_slice(tile * value_dim);
+    // 1.0 where the tile's landmark is missing or past `m`: skipped.
+    let mut skip_tile = Shared::<[F]>::new_slice(tile);
+    let stages = (m + tile - 1) / tile;
+    for stage in 0..stages {
+        let first = stage * tile;
+        let available = m - first;
+        let first_row = matrix * m + first;
+        stage_rows::<F, Shared<[F]>>(
+            landmark_keys,
+            &mut key_tile,
+            first_row * head_dim,
+            head_dim,
+            available,
+            tile,
+            head_dim,
+            units,
+        );
+        stage_rows::<F, Shared<[F]>>(
+            weights,
+            &mut weight_tile,
+            first_row * value_dim,
+            value_dim,
+            available,
+            tile,
+            value_dim,
+            units,
+        );
+        let unit = UNIT_POS as usize;
+        if unit < tile {
+            let mut skip = F::new(1.0);
+            if unit < available {
+                skip = missing[batch * m + first + unit];
+            }
+            skip_tile[unit] = skip;
         }
+        sync_cube();
+        if inside {
+            for t in 0..tile {
+                if skip_tile[t] == F::new(0.0) {
+                    let score = dot::<F, Shared<[F]>>(&query, &key_tile, t * head_dim, head_dim);
+                    add::<F, Shared<[F]>>(
+                        &mut state,
+                        score,
+                        &weight_tile,
+                        t * value_dim,
+                        value_dim,
+                    );
+                }
+            }
+        }
+        // The next stage overwrites the tiles.
+        sync_cube();
+    }
+    if !inside {
+        terminate!();
     }
 
     // No landmark at all (a fully padded sequence): a zero row, as the tensor-op path gives.
+    let row = matrix * n + row;
     let sum = total(&state, value_dim);
     let mut inverse = F::new(0.0);
     if sum > F::new(0.0) {

@@ -1,11 +1,13 @@
 //! `B · V` without `B`: each landmark query's softmax over all keys, times the values.
 //!
 //! `m` landmark rows are too few to keep a GPU busy if each unit swept all `n` keys, so the keys
-//! are cut into chunks of [`CHUNK`]: one unit per (landmark, chunk) runs an online softmax
-//! (`super::online_softmax`) over its chunk and leaves the partial results (running maximum, sum
-//! of exponentials, weighted sum of value rows); a second kernel merges the chunks of each
-//! landmark, rescaling each partial sum to the landmark's overall maximum. The `[m, n]` kernel `B` is never written; the partial
-//! results take `d_v / CHUNK` of its size.
+//! are cut into chunks of [`CHUNK`]: a cube per (head, chunk) holds the landmark queries, one per
+//! unit, and streams the chunk's keys and values past them in tiles staged in shared memory
+//! (`super::tiles`, read in place from the head split's strided views). Each unit runs an online
+//! softmax (`super::online_softmax`) over the chunk and leaves the partial results (running
+//! maximum, sum of exponentials, weighted sum of value rows); a second kernel merges the chunks of
+//! each landmark, rescaling each partial sum to the landmark's overall maximum. The `[m, n]`
+//! kernel `B` is never written; the partial results take `d_v / CHUNK` of its size.
 //!
 //! For training, the merge can also leave each landmark's log-sum-exp over the keys as a last
 //! column of the output (`with_statistics`), from which the backward (`super::backward`)
@@ -23,12 +25,16 @@ use burn_cubecl::tensor::CubeTensor;
 use cubecl::prelude::*;
 
 use super::online_softmax::{add, dot, empty_state, load_row, maximum, total};
+use super::tiles::{row_offset, rows_in_place, rows_per_tile, stage_rows};
 
-/// Keys per unit in the first kernel.
+/// Keys per cube in the first kernel.
 const CHUNK: usize = 256;
 
-/// Units per cube of both kernels.
-const UNITS_PER_CUBE: u32 = 128;
+/// The most landmarks one cube of the first kernel holds; more take several cubes per chunk.
+const MAX_LANDMARKS_PER_CUBE: usize = 128;
+
+/// Units per cube of the merge kernel.
+const MERGE_UNITS_PER_CUBE: u32 = 128;
 
 /// Launches both kernels; see [`crate::kernels::fused_landmark_values`] for the contract. With
 /// `with_statistics` the output is `[batch, heads, m, d_v + 1]`, its last column each row's
@@ -43,8 +49,8 @@ pub fn launch(
     with_statistics: bool,
 ) -> CubeTensor {
     let landmark_queries = into_contiguous(landmark_queries);
-    let keys = into_contiguous(keys);
-    let values = into_contiguous(values);
+    let keys = rows_in_place(keys);
+    let values = rows_in_place(values);
     let padding = into_contiguous(padding);
     let missing = into_contiguous(missing);
     let [batch, heads, m, head_dim] = landmark_queries.meta.shape().dims::<4>();
@@ -64,11 +70,17 @@ pub fn launch(
     let output_dim = value_dim + usize::from(with_statistics);
     let output = empty(Shape::new([batch, heads, m, output_dim]));
 
-    let cube_dim =
-        CubeDim::new_1d(UNITS_PER_CUBE.min(client.properties().hardware.max_units_per_cube));
+    // At least a warp's worth of units, so that small m still loads its tiles quickly.
+    let units = m.next_power_of_two().clamp(32, MAX_LANDMARKS_PER_CUBE);
+    let groups = m.div_ceil(units);
+    let cube_dim = CubeDim::new_1d(units as u32);
     chunk_kernel::launch(
         &client,
-        cubecl::calculate_cube_count_elemwise(&client, matrices * chunks * m, cube_dim),
+        cubecl::calculate_cube_count_elemwise(
+            &client,
+            matrices * chunks * groups * units,
+            cube_dim,
+        ),
         cube_dim,
         landmark_queries.into_tensor_arg(),
         keys.into_tensor_arg(),
@@ -77,11 +89,16 @@ pub fn launch(
         statistics.clone().into_tensor_arg(),
         partial_values.clone().into_tensor_arg(),
         CHUNK,
+        groups,
         masked_score,
         head_dim,
         value_dim,
+        rows_per_tile(head_dim + value_dim),
+        units,
         dtype_to_storage_type(dtype),
     );
+    let cube_dim =
+        CubeDim::new_1d(MERGE_UNITS_PER_CUBE.min(client.properties().hardware.max_units_per_cube));
     merge_kernel::launch(
         &client,
         cubecl::calculate_cube_count_elemwise(&client, matrices * m, cube_dim),
@@ -98,8 +115,9 @@ pub fn launch(
     output
 }
 
-/// One unit per (matrix, chunk, landmark), landmark fastest so that neighbouring units read the
-/// same keys. `padding` is `[batch, n]`, 1.0 at padded keys.
+/// One cube per (matrix, chunk, group of `units` landmarks), one unit per landmark. `keys` and
+/// `values` may be strided (last dimension contiguous); `padding` is `[batch, n]`, 1.0 at padded
+/// keys.
 #[cube(launch)]
 fn chunk_kernel<F: Float>(
     landmark_queries: &Tensor<F>,
@@ -109,49 +127,103 @@ fn chunk_kernel<F: Float>(
     statistics: &mut Tensor<F>,
     partial_values: &mut Tensor<F>,
     chunk_len: usize,
+    groups: usize,
     masked_score: f32,
     #[comptime] head_dim: usize,
     #[comptime] value_dim: usize,
+    #[comptime] tile: usize,
+    #[comptime] units: usize,
     #[define(F)] _dtype: ElemType,
 ) {
-    let unit = ABSOLUTE_POS;
-    if unit >= statistics.len() / 2 {
-        terminate!();
-    }
     let heads = landmark_queries.shape(1);
     let m = landmark_queries.shape(2);
     let n = keys.shape(2);
     let chunks = statistics.shape(1);
-    let landmark = unit % m;
-    let chunk = (unit / m) % chunks;
-    let matrix = unit / (m * chunks);
+    let cube = CUBE_POS;
+    // Whole cubes past the end (the cube count is rounded up) leave before any barrier.
+    if cube >= statistics.shape(0) * chunks * groups {
+        terminate!();
+    }
+    let group = cube % groups;
+    let chunk = (cube / groups) % chunks;
+    let matrix = cube / (groups * chunks);
     let batch = matrix / heads;
+    let head = matrix % heads;
+    let landmark = group * units + UNIT_POS as usize;
+    // Units past the last landmark still help to stage the tiles.
+    let inside = landmark < m;
 
     let query = load_row(
         landmark_queries,
         (matrix * m + landmark) * head_dim,
+        inside,
         head_dim,
     );
     let mut state = empty_state::<F>(value_dim);
+    let mut key_tile = Shared::<[F]>::new_slice(tile * head_dim);
+    let mut value_tile = Shared::<[F]>::new_slice(tile * value_dim);
+    // Per key of the tile: 0.0 valid, 1.0 padded (the masked score), 2.0 past the chunk.
+    let mut kind_tile = Shared::<[F]>::new_slice(tile);
     let start = chunk * chunk_len;
     let mut end = start + chunk_len;
     if end > n {
         end = n;
     }
-    for key in start..end {
-        let mut score = F::cast_from(masked_score);
-        if padding[batch * n + key] == F::new(0.0) {
-            score = dot(&query, keys, (matrix * n + key) * head_dim, head_dim);
-        }
-        add(
-            &mut state,
-            score,
-            values,
-            (matrix * n + key) * value_dim,
-            value_dim,
+    let key_stride = keys.stride(2);
+    let value_stride = values.stride(2);
+    let stages = (end - start + tile - 1) / tile;
+    for stage in 0..stages {
+        let first = start + stage * tile;
+        let available = end - first;
+        stage_rows::<F, Shared<[F]>>(
+            keys,
+            &mut key_tile,
+            row_offset(keys, batch, head, first),
+            key_stride,
+            available,
+            tile,
+            head_dim,
+            units,
         );
+        stage_rows::<F, Shared<[F]>>(
+            values,
+            &mut value_tile,
+            row_offset(values, batch, head, first),
+            value_stride,
+            available,
+            tile,
+            value_dim,
+            units,
+        );
+        let unit = UNIT_POS as usize;
+        if unit < tile {
+            let mut kind = F::new(2.0);
+            if unit < available {
+                kind = padding[batch * n + first + unit];
+            }
+            kind_tile[unit] = kind;
+        }
+        sync_cube();
+        if inside {
+            for t in 0..tile {
+                let kind = kind_tile[t];
+                if kind < F::new(1.5) {
+                    let mut score = F::cast_from(masked_score);
+                    if kind == F::new(0.0) {
+                        score = dot::<F, Shared<[F]>>(&query, &key_tile, t * head_dim, head_dim);
+                    }
+                    add::<F, Shared<[F]>>(&mut state, score, &value_tile, t * value_dim, value_dim);
+                }
+            }
+        }
+        // The next stage overwrites the tiles.
+        sync_cube();
+    }
+    if !inside {
+        terminate!();
     }
 
+    let unit = (matrix * chunks + chunk) * m + landmark;
     statistics[unit * 2] = maximum(&state, value_dim);
     statistics[unit * 2 + 1] = total(&state, value_dim);
     #[unroll]

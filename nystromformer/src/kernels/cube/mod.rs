@@ -12,6 +12,7 @@ mod landmark_attention;
 mod landmark_values;
 mod online_softmax;
 mod pinv;
+mod tiles;
 
 use burn::backend::tensor::FloatTensor;
 use burn_cubecl::CubeBackend;

@@ -23,12 +23,13 @@ pub fn empty_state<F: Float>(#[comptime] value_dim: usize) -> Array<F> {
     state
 }
 
-/// Adds `score` with the value row that starts at `values[start]`.
+/// Adds `score` with the value row that starts at `values[start]` (a tensor or a tile in shared
+/// memory).
 #[cube]
-pub fn add<F: Float>(
+pub fn add<F: Float, L: List<F>>(
     state: &mut Array<F>,
     score: F,
-    values: &Tensor<F>,
+    values: &L,
     start: usize,
     #[comptime] value_dim: usize,
 ) {
@@ -56,22 +57,33 @@ pub fn total<F: Float>(state: &Array<F>, #[comptime] value_dim: usize) -> F {
     state[value_dim + 1]
 }
 
-/// `len` consecutive entries of `tensor` from `start`, in registers.
+/// `len` consecutive entries of `tensor` from `start`, in registers; zeros where `!inside` (a
+/// unit past the end of its tensor, which still takes part in its cube's shared loads).
 #[cube]
-pub fn load_row<F: Float>(tensor: &Tensor<F>, start: usize, #[comptime] len: usize) -> Array<F> {
+pub fn load_row<F: Float>(
+    tensor: &Tensor<F>,
+    start: usize,
+    inside: bool,
+    #[comptime] len: usize,
+) -> Array<F> {
     let mut row = Array::<F>::new(len);
     #[unroll]
     for c in 0..len {
-        row[c] = tensor[start + c];
+        let mut x = F::new(0.0);
+        if inside {
+            x = tensor[start + c];
+        }
+        row[c] = x;
     }
     row
 }
 
-/// The dot product of a row in registers with `len` entries of `tensor` from `start`.
+/// The dot product of a row in registers with `len` entries of `tensor` (a tensor or a tile in
+/// shared memory) from `start`.
 #[cube]
-pub fn dot<F: Float>(
+pub fn dot<F: Float, L: List<F>>(
     row: &Array<F>,
-    tensor: &Tensor<F>,
+    tensor: &L,
     start: usize,
     #[comptime] len: usize,
 ) -> F {
