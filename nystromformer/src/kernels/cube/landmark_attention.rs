@@ -123,7 +123,7 @@ fn landmark_attention_kernel<F: Float>(
     let mut weight_tile = Shared::<[F]>::new_slice(tile * value_dim);
     // 1.0 where the tile's landmark is missing or past `m`: skipped.
     let mut skip_tile = Shared::<[F]>::new_slice(tile);
-    let stages = (m + tile - 1) / tile;
+    let stages = m.div_ceil(tile);
     for stage in 0..stages {
         let first = stage * tile;
         let available = m - first;

@@ -171,7 +171,7 @@ fn chunk_kernel<F: Float>(
     }
     let key_stride = keys.stride(2);
     let value_stride = values.stride(2);
-    let stages = (end - start + tile - 1) / tile;
+    let stages = (end - start).div_ceil(tile);
     for stage in 0..stages {
         let first = start + stage * tile;
         let available = end - first;
