@@ -4,7 +4,7 @@
 mod common;
 
 use burn::tensor::activation::softmax;
-use burn::tensor::{Device, Tensor, TensorData};
+use burn::tensor::{DType, Device, FloatDType, Tensor, TensorData};
 use common::{REQUIRE_WGPU, devices, mask, on, randn, relative_diff, values, wgpu_device};
 use nystromformer::attention::mask::MASKED_SCORE;
 use nystromformer::attention::softmax_kernels::{kernel_b, kernel_f};
@@ -95,6 +95,108 @@ fn kernels_apply_on_cube_devices_and_flex_and_under_autodiff_with_its_feature() 
     assert!(
         fused_pinv(&square(MAX_KERNEL_LANDMARKS + 1), 1, PinvInit::Exact).is_none(),
         "more landmarks than the pseudo-inverse kernel takes fall back"
+    );
+}
+
+#[test]
+fn the_cube_kernels_take_f16_and_keep_their_sums_in_f32() {
+    let half = |device: &Device| randn([1, 1, 4, 2], 1.0, 1, device).cast(FloatDType::F16);
+    assert!(
+        !custom_kernels_apply(&half(&Device::flex())),
+        "flex's fused stages are f32 only"
+    );
+    let Some(device) = kernel_device() else {
+        return;
+    };
+    if !device.supports_dtype(FloatDType::F16) {
+        eprintln!("SKIPPED f16 kernels: {device:?} has no f16");
+        return;
+    }
+    assert!(custom_kernels_apply(&half(&device)));
+    assert!(
+        !custom_kernels_apply(&half(&device.clone().autodiff())),
+        "tracked f16 runs the tensor ops"
+    );
+
+    // Each stage against its f32 tensor ops: the f16 inputs and output each round to 2⁻¹¹
+    // relative; sums kept in f16 over the 1 000 keys would add several times that.
+    let [batch, heads, n, d, m] = [2, 2, 1000, 32, 16];
+    let queries = randn([batch, heads, n, d], 1.0, 30, &device);
+    let keys = head_split([batch, heads, n, d], 1.0, 31, &device);
+    let v = head_split([batch, heads, n, d], 1.0, 32, &device);
+    let landmark_queries = randn([batch, heads, m, d], 0.3, 33, &device);
+    let landmark_keys = randn([batch, heads, m, d], 0.3, 34, &device);
+    let weights = randn([batch, heads, m, d], 1.0, 35, &device);
+    let f16 = |t: &Tensor<4>| t.clone().cast(FloatDType::F16);
+    let padding: Vec<bool> = (0..batch * n).map(|i| i >= n && i % n >= 700).collect();
+    let mask_pad = mask(padding.clone(), [batch, n], &device);
+    let missing = missing_landmarks(m, &device).slice([0..batch, 0..m]);
+
+    let values_half = fused_landmark_values(
+        &f16(&landmark_queries),
+        &f16(&keys),
+        &f16(&v),
+        Some(&mask_pad),
+        Some(&missing),
+        MASKED_SCORE as f32,
+    )
+    .unwrap();
+    assert_eq!(values_half.dtype(), DType::F16);
+    let reference = kernel_b(
+        landmark_queries,
+        keys.clone(),
+        Some(&mask_pad),
+        Some(&missing),
+        MASKED_SCORE,
+    )
+    .matmul(v.clone());
+    let diff = relative_diff(&values_half.cast(FloatDType::F32), &reference);
+    assert!(diff < 2e-3, "B · V in f16: relative difference {diff}");
+
+    let context_half =
+        fused_landmark_attention(&f16(&queries), &f16(&landmark_keys), &f16(&weights), None)
+            .unwrap();
+    assert_eq!(context_half.dtype(), DType::F16);
+    let reference = kernel_f(queries.clone(), landmark_keys, None, MASKED_SCORE).matmul(weights);
+    let diff = relative_diff(&context_half.cast(FloatDType::F32), &reference);
+    assert!(diff < 2e-3, "F · W in f16: relative difference {diff}");
+
+    // The whole attention in f16 through the kernels (the pseudo-inverse in f32) against f32.
+    let options = NystromOptions::new().with_num_landmarks(m);
+    let run = |dtype: FloatDType, kernels: bool| {
+        let input = NystromHeadsInput::self_attention(
+            queries.clone().cast(dtype),
+            keys.clone().cast(dtype),
+            v.clone().cast(dtype),
+        )
+        .mask_pad(mask_pad.clone());
+        let context =
+            nystrom_attention(input, &options.clone().with_custom_kernels(kernels)).context;
+        assert_eq!(context.dtype(), DType::from(dtype));
+        context.cast(FloatDType::F32)
+    };
+    let reference = values(&run(FloatDType::F32, false));
+    let [kernels, tensor_ops] = [true, false].map(|kernels| values(&run(FloatDType::F16, kernels)));
+    let scale = reference.iter().fold(0.0f32, |a, x| a.max(x.abs()));
+    let errors = |half: &[f32]| {
+        let errors = half.iter().zip(&reference).map(|(a, b)| (a - b).abs());
+        let (max, sum) = errors.fold((0.0f32, 0.0f32), |(max, sum), e| (max.max(e), sum + e));
+        (max / scale, sum / half.len() as f32 / scale)
+    };
+    let ((max, mean), (ops_max, ops_mean)) = (errors(&kernels), errors(&tensor_ops));
+    eprintln!(
+        "f16 attention against f32, relative to the largest output: kernels max {max:e} mean \
+         {mean:e}; tensor ops max {ops_max:e} mean {ops_mean:e}"
+    );
+    assert!(
+        max < 1e-2,
+        "attention in f16 with kernels: relative difference {max}"
+    );
+    // Both round their output to f16, but sum differently: equal everywhere would mean that
+    // the kernels did not run.
+    assert_ne!(
+        kernels, tensor_ops,
+        "the f16 attention ran without its kernels"
     );
 }
 

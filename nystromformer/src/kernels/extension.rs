@@ -10,7 +10,7 @@
 use burn::backend::{Backend, Dispatch, DispatchDevice, backend_extension, tensor::FloatTensor};
 #[cfg(feature = "cube-kernels")]
 use burn::tensor::Shape;
-use burn::tensor::{Bool, Device, Tensor};
+use burn::tensor::{Bool, FloatDType, Tensor};
 
 use crate::attention::PinvInit;
 use crate::attention::pinv::initial_coefficient;
@@ -56,13 +56,12 @@ pub fn landmark_values(
 ) -> Tensor<4> {
     let [batch, _, m, _] = landmark_queries.dims();
     let [_, _, n, _] = keys.dims();
-    let device = keys.device();
     Tensor::from_dispatch(<Dispatch as LandmarkSoftmaxOps>::landmark_values(
         landmark_queries.clone().into_dispatch(),
         keys.clone().into_dispatch(),
         values.clone().into_dispatch(),
-        flags(mask_pad, [batch, n], &device).into_dispatch(),
-        flags(missing, [batch, m], &device).into_dispatch(),
+        flags(mask_pad, [batch, n], keys).into_dispatch(),
+        flags(missing, [batch, m], keys).into_dispatch(),
         masked_score,
     ))
 }
@@ -91,7 +90,7 @@ pub fn landmark_attention(
         queries.clone().into_dispatch(),
         landmark_keys.clone().into_dispatch(),
         weights.clone().into_dispatch(),
-        flags(missing, [batch, m], &queries.device()).into_dispatch(),
+        flags(missing, [batch, m], queries).into_dispatch(),
     ))
 }
 
@@ -180,11 +179,16 @@ pub fn gelu<const D: usize>(_x: Tensor<D>) -> Tensor<D> {
     unreachable!("the fused GELU runs on flex only")
 }
 
-/// A mask as the kernels read it: `1.0` where `true`, `0.0` elsewhere and without a mask.
-fn flags(mask: Option<&Tensor<2, Bool>>, shape: [usize; 2], device: &Device) -> Tensor<2> {
-    match mask {
+/// A mask as the kernels read it: `1.0` where `true`, `0.0` elsewhere and without a mask, in
+/// the float type of `like` (the kernels read every input as one type).
+fn flags(mask: Option<&Tensor<2, Bool>>, shape: [usize; 2], like: &Tensor<4>) -> Tensor<2> {
+    let flags = match mask {
         Some(mask) => mask.clone().float(),
-        None => Tensor::zeros(shape, device),
+        None => Tensor::zeros(shape, &like.device()),
+    };
+    match flags.dtype() == like.dtype() {
+        true => flags,
+        false => flags.cast(FloatDType::from(like.dtype())),
     }
 }
 

@@ -33,13 +33,15 @@
 //! and the training step's dropout, exact GELU and LayerNorm
 //! ([`dropout`], [`gelu`], [`layer_norm`]), which flex runs element by element on one core.
 //!
-//! Everywhere else (ndarray, f16) the tensor-op stages run; all paths compute the same maths and
+//! The CubeCL kernels also take f16 outside autodiff: they read and write f16, keep their softmax
+//! state and tiles in f32 and run the pseudo-inverse in f32. Everywhere else (ndarray, bf16, f16
+//! on flex or under autodiff) the tensor-op stages run; all paths compute the same maths and
 //! agree to float rounding (`tests/custom_kernels.rs`, gradients included). The CubeCL kernels
 //! only compile with a GPU backend feature (`cube-kernels`); both families reach Burn through its
 //! backend-extension machinery, which routes a call by the device of its tensors.
 
 use burn::nn::{Dropout, LayerNorm};
-use burn::tensor::{Bool, DType, Tensor, activation};
+use burn::tensor::{Bool, DType, FloatDType, Tensor, activation};
 
 use crate::attention::PinvInit;
 use crate::attention::mask::{MASKED_SCORE, zero_rows};
@@ -60,11 +62,13 @@ mod recorded;
 mod reference;
 
 /// Whether [`nystrom_attention`](crate::nystrom_attention) runs its custom kernels for inputs
-/// like `x` (and `NystromOptions::custom_kernels` is on): f32 on a CubeCL device or flex. Under
-/// autodiff this needs the `autodiff` feature, which routes tracked tensors too: flex runs its
-/// fused backward, CubeCL devices a tensor-op backward from what the kernels keep.
+/// like `x` (and `NystromOptions::custom_kernels` is on): f32 on a CubeCL device or flex, and
+/// f16 on a CubeCL device outside autodiff (the kernels read and write f16 and accumulate in
+/// f32). Under autodiff this needs the `autodiff` feature, which routes tracked tensors too:
+/// flex runs its fused backward, CubeCL devices a tensor-op backward from what the kernels keep.
 pub fn custom_kernels_apply(x: &Tensor<4>) -> bool {
-    routable(x) && (extension::on_cube_device(x) || extension::on_flex_device(x))
+    (routable(x) && (extension::on_cube_device(x) || extension::on_flex_device(x)))
+        || (x.dtype() == DType::F16 && !x.is_autodiff() && extension::on_cube_device(x))
 }
 
 /// Whether the extension can take `x` at all: f32, and tracked only with the `autodiff`
@@ -188,7 +192,13 @@ pub fn fused_pinv(a: &Tensor<4>, iterations: usize, init: PinvInit) -> Option<Te
     (custom_kernels_apply(a)
         && (extension::on_flex_device(a)
             || (on_cube && batch * heads <= MAX_PINV_MATRICES && m <= MAX_KERNEL_LANDMARKS)))
-        .then(|| extension::pinv(a, iterations, init))
+        .then(|| match a.dtype() {
+            DType::F32 => extension::pinv(a, iterations, init),
+            // In f32, as the tensor-op path does: the iteration's `13I − …` cancels too much in
+            // half precision.
+            dtype => extension::pinv(&a.clone().cast(FloatDType::F32), iterations, init)
+                .cast(FloatDType::from(dtype)),
+        })
 }
 
 /// The largest head size (of queries and keys, and of values) that the CubeCL softmax products

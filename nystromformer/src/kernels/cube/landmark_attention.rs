@@ -112,23 +112,23 @@ fn landmark_attention_kernel<F: Float>(
     // Units past the last query still help to stage the tiles.
     let inside = row < n;
 
-    let query = load_row(
+    let query = load_row::<F, f32>(
         queries,
         row_offset(queries, batch, head, row),
         inside,
         head_dim,
     );
-    let mut state = empty_state::<F>(value_dim);
-    let mut key_tile = Shared::<[F]>::new_slice(tile * head_dim);
-    let mut weight_tile = Shared::<[F]>::new_slice(tile * value_dim);
+    let mut state = empty_state::<f32>(value_dim);
+    let mut key_tile = Shared::<[f32]>::new_slice(tile * head_dim);
+    let mut weight_tile = Shared::<[f32]>::new_slice(tile * value_dim);
     // 1.0 where the tile's landmark is missing or past `m`: skipped.
-    let mut skip_tile = Shared::<[F]>::new_slice(tile);
+    let mut skip_tile = Shared::<[f32]>::new_slice(tile);
     let stages = m.div_ceil(tile);
     for stage in 0..stages {
         let first = stage * tile;
         let available = m - first;
         let first_row = matrix * m + first;
-        stage_rows::<F, Shared<[F]>>(
+        stage_rows::<F, f32, Shared<[f32]>>(
             landmark_keys,
             &mut key_tile,
             first_row * head_dim,
@@ -138,7 +138,7 @@ fn landmark_attention_kernel<F: Float>(
             head_dim,
             units,
         );
-        stage_rows::<F, Shared<[F]>>(
+        stage_rows::<F, f32, Shared<[f32]>>(
             weights,
             &mut weight_tile,
             first_row * value_dim,
@@ -150,18 +150,19 @@ fn landmark_attention_kernel<F: Float>(
         );
         let unit = UNIT_POS as usize;
         if unit < tile {
-            let mut skip = F::new(1.0);
+            let mut skip = f32::new(1.0);
             if unit < available {
-                skip = missing[batch * m + first + unit];
+                skip = f32::cast_from(missing[batch * m + first + unit]);
             }
             skip_tile[unit] = skip;
         }
         sync_cube();
         if inside {
             for t in 0..tile {
-                if skip_tile[t] == F::new(0.0) {
-                    let score = dot::<F, Shared<[F]>>(&query, &key_tile, t * head_dim, head_dim);
-                    add::<F, Shared<[F]>>(
+                if skip_tile[t] == 0.0f32 {
+                    let score =
+                        dot::<f32, Shared<[f32]>>(&query, &key_tile, t * head_dim, head_dim);
+                    add::<f32, Shared<[f32]>>(
                         &mut state,
                         score,
                         &weight_tile,
@@ -181,20 +182,20 @@ fn landmark_attention_kernel<F: Float>(
     // No landmark at all (a fully padded sequence): a zero row, as the tensor-op path gives.
     let row = matrix * n + row;
     let sum = total(&state, value_dim);
-    let mut inverse = F::new(0.0);
-    if sum > F::new(0.0) {
-        inverse = F::new(1.0) / sum;
+    let mut inverse = f32::new(0.0);
+    if sum > 0.0f32 {
+        inverse = f32::new(1.0) / sum;
     }
     #[unroll]
     for c in 0..value_dim {
-        context[row * output_dim + c] = state[c] * inverse;
+        context[row * output_dim + c] = F::cast_from(state[c] * inverse);
     }
     // Only the training forward pays for the logarithm.
     if comptime!(output_dim > value_dim) {
-        let mut log_sum_exp = F::new(0.0);
-        if sum > F::new(0.0) {
-            log_sum_exp = maximum(&state, value_dim) + F::ln(sum);
+        let mut log_sum_exp = f32::new(0.0);
+        if sum > 0.0f32 {
+            log_sum_exp = maximum(&state, value_dim) + f32::ln(sum);
         }
-        context[row * output_dim + value_dim] = log_sum_exp;
+        context[row * output_dim + value_dim] = F::cast_from(log_sum_exp);
     }
 }

@@ -18,7 +18,7 @@
 //! here. The attention zeroes padded values first, so their zero weights never meet a NaN.
 
 use burn::backend::cubecl::dtype_to_storage_type;
-use burn::tensor::Shape;
+use burn::tensor::{DType, Shape};
 use burn_cubecl::kernel::into_contiguous;
 use burn_cubecl::ops::numeric::empty_device_contiguous_dtype;
 use burn_cubecl::tensor::CubeTensor;
@@ -62,13 +62,15 @@ pub fn launch(
     let client = landmark_queries.client.clone();
     let device = landmark_queries.device.clone();
     let dtype = landmark_queries.dtype;
-    let empty =
-        |shape: Shape| empty_device_contiguous_dtype(client.clone(), device.clone(), shape, dtype);
-    // Per (matrix, chunk, landmark): the running maximum and sum, and the weighted value sum.
-    let statistics = empty(Shape::new([matrices, chunks, m, 2]));
-    let partial_values = empty(Shape::new([matrices, chunks, m, value_dim]));
+    let empty = |shape: Shape, dtype: DType| {
+        empty_device_contiguous_dtype(client.clone(), device.clone(), shape, dtype)
+    };
+    // Per (matrix, chunk, landmark): the running maximum and sum, and the weighted value sum, in
+    // f32 whatever the input type.
+    let statistics = empty(Shape::new([matrices, chunks, m, 2]), DType::F32);
+    let partial_values = empty(Shape::new([matrices, chunks, m, value_dim]), DType::F32);
     let output_dim = value_dim + usize::from(with_statistics);
-    let output = empty(Shape::new([batch, heads, m, output_dim]));
+    let output = empty(Shape::new([batch, heads, m, output_dim]), dtype);
 
     // At least a warp's worth of units, so that small m still loads its tiles quickly.
     let units = m.next_power_of_two().clamp(32, MAX_LANDMARKS_PER_CUBE);
@@ -124,8 +126,8 @@ fn chunk_kernel<F: Float>(
     keys: &Tensor<F>,
     values: &Tensor<F>,
     padding: &Tensor<F>,
-    statistics: &mut Tensor<F>,
-    partial_values: &mut Tensor<F>,
+    statistics: &mut Tensor<f32>,
+    partial_values: &mut Tensor<f32>,
     chunk_len: usize,
     groups: usize,
     masked_score: f32,
@@ -153,17 +155,17 @@ fn chunk_kernel<F: Float>(
     // Units past the last landmark still help to stage the tiles.
     let inside = landmark < m;
 
-    let query = load_row(
+    let query = load_row::<F, f32>(
         landmark_queries,
         (matrix * m + landmark) * head_dim,
         inside,
         head_dim,
     );
-    let mut state = empty_state::<F>(value_dim);
-    let mut key_tile = Shared::<[F]>::new_slice(tile * head_dim);
-    let mut value_tile = Shared::<[F]>::new_slice(tile * value_dim);
+    let mut state = empty_state::<f32>(value_dim);
+    let mut key_tile = Shared::<[f32]>::new_slice(tile * head_dim);
+    let mut value_tile = Shared::<[f32]>::new_slice(tile * value_dim);
     // Per key of the tile: 0.0 valid, 1.0 padded (the masked score), 2.0 past the chunk.
-    let mut kind_tile = Shared::<[F]>::new_slice(tile);
+    let mut kind_tile = Shared::<[f32]>::new_slice(tile);
     let start = chunk * chunk_len;
     let mut end = start + chunk_len;
     if end > n {
@@ -175,7 +177,7 @@ fn chunk_kernel<F: Float>(
     for stage in 0..stages {
         let first = start + stage * tile;
         let available = end - first;
-        stage_rows::<F, Shared<[F]>>(
+        stage_rows::<F, f32, Shared<[f32]>>(
             keys,
             &mut key_tile,
             row_offset(keys, batch, head, first),
@@ -185,7 +187,7 @@ fn chunk_kernel<F: Float>(
             head_dim,
             units,
         );
-        stage_rows::<F, Shared<[F]>>(
+        stage_rows::<F, f32, Shared<[f32]>>(
             values,
             &mut value_tile,
             row_offset(values, batch, head, first),
@@ -197,9 +199,9 @@ fn chunk_kernel<F: Float>(
         );
         let unit = UNIT_POS as usize;
         if unit < tile {
-            let mut kind = F::new(2.0);
+            let mut kind = f32::new(2.0);
             if unit < available {
-                kind = padding[batch * n + first + unit];
+                kind = f32::cast_from(padding[batch * n + first + unit]);
             }
             kind_tile[unit] = kind;
         }
@@ -207,12 +209,19 @@ fn chunk_kernel<F: Float>(
         if inside {
             for t in 0..tile {
                 let kind = kind_tile[t];
-                if kind < F::new(1.5) {
-                    let mut score = F::cast_from(masked_score);
-                    if kind == F::new(0.0) {
-                        score = dot::<F, Shared<[F]>>(&query, &key_tile, t * head_dim, head_dim);
+                if kind < 1.5f32 {
+                    let mut score = masked_score;
+                    if kind == 0.0f32 {
+                        score =
+                            dot::<f32, Shared<[f32]>>(&query, &key_tile, t * head_dim, head_dim);
                     }
-                    add::<F, Shared<[F]>>(&mut state, score, &value_tile, t * value_dim, value_dim);
+                    add::<f32, Shared<[f32]>>(
+                        &mut state,
+                        score,
+                        &value_tile,
+                        t * value_dim,
+                        value_dim,
+                    );
                 }
             }
         }
@@ -237,8 +246,8 @@ fn chunk_kernel<F: Float>(
 /// `output_dim` long: `value_dim`, or one more for the log-sum-exp.
 #[cube(launch)]
 fn merge_kernel<F: Float>(
-    statistics: &Tensor<F>,
-    partial_values: &Tensor<F>,
+    statistics: &Tensor<f32>,
+    partial_values: &Tensor<f32>,
     missing: &Tensor<F>,
     output: &mut Tensor<F>,
     heads: usize,
@@ -256,20 +265,23 @@ fn merge_kernel<F: Float>(
     let matrix = row / m;
     let batch = matrix / heads;
 
-    let mut overall_max = F::new(-1.0e30);
+    let mut overall_max = f32::new(-1.0e30);
     for chunk in 0..chunks {
         let unit = (matrix * chunks + chunk) * m + landmark;
-        overall_max = F::max(overall_max, statistics[unit * 2]);
+        let chunk_max = statistics[unit * 2];
+        if chunk_max > overall_max {
+            overall_max = chunk_max;
+        }
     }
-    let mut accumulator = Array::<F>::new(value_dim);
+    let mut accumulator = Array::<f32>::new(value_dim);
     #[unroll]
     for c in 0..value_dim {
-        accumulator[c] = F::new(0.0);
+        accumulator[c] = f32::new(0.0);
     }
-    let mut total = F::new(0.0);
+    let mut total = f32::new(0.0);
     for chunk in 0..chunks {
         let unit = (matrix * chunks + chunk) * m + landmark;
-        let rescale = F::exp(statistics[unit * 2] - overall_max);
+        let rescale = f32::exp(statistics[unit * 2] - overall_max);
         total += rescale * statistics[unit * 2 + 1];
         #[unroll]
         for c in 0..value_dim {
@@ -277,15 +289,15 @@ fn merge_kernel<F: Float>(
         }
     }
 
-    let mut inverse = F::new(0.0);
+    let mut inverse = f32::new(0.0);
     if missing[batch * m + landmark] == F::new(0.0) {
-        inverse = F::new(1.0) / total;
+        inverse = f32::new(1.0) / total;
     }
     #[unroll]
     for c in 0..value_dim {
-        output[row * output_dim + c] = accumulator[c] * inverse;
+        output[row * output_dim + c] = F::cast_from(accumulator[c] * inverse);
     }
     if comptime!(output_dim > value_dim) {
-        output[row * output_dim + value_dim] = overall_max + F::ln(total);
+        output[row * output_dim + value_dim] = F::cast_from(overall_max + f32::ln(total));
     }
 }

@@ -5,6 +5,9 @@
 //! then the running maximum, then the running sum of `exp(sⱼ − max)`. Each new score that raises
 //! the maximum rescales both sums, so no exponential ever overflows and the softmax weights are
 //! never stored.
+//!
+//! The kernels keep the state in f32 whatever their input type (`F = f32` here), so half-precision
+//! inputs still sum their exponentials and weighted values in single precision.
 
 use cubecl::prelude::*;
 
@@ -57,11 +60,12 @@ pub fn total<F: Float>(state: &Array<F>, #[comptime] value_dim: usize) -> F {
     state[value_dim + 1]
 }
 
-/// `len` consecutive entries of `tensor` from `start`, in registers; zeros where `!inside` (a
-/// unit past the end of its tensor, which still takes part in its cube's shared loads).
+/// `len` consecutive entries of `tensor` from `start`, in registers as `F`; zeros where
+/// `!inside` (a unit past the end of its tensor, which still takes part in its cube's shared
+/// loads).
 #[cube]
-pub fn load_row<F: Float>(
-    tensor: &Tensor<F>,
+pub fn load_row<I: Float, F: Float>(
+    tensor: &Tensor<I>,
     start: usize,
     inside: bool,
     #[comptime] len: usize,
@@ -71,7 +75,7 @@ pub fn load_row<F: Float>(
     for c in 0..len {
         let mut x = F::new(0.0);
         if inside {
-            x = tensor[start + c];
+            x = F::cast_from(tensor[start + c]);
         }
         row[c] = x;
     }

@@ -10,6 +10,7 @@ use burn_cubecl::tensor::CubeTensor;
 use cubecl::prelude::*;
 
 /// Shared memory one tile may take, in f32 entries (12 KiB; WebGPU guarantees 16 KiB per cube).
+/// Tiles hold f32 whatever the input type, as the softmax state does.
 const TILE_BUDGET: usize = 3072;
 
 /// The most rows a tile holds: past that, the stage loop is long enough to hide its barriers.
@@ -41,12 +42,13 @@ pub fn row_offset<F: Float>(tensor: &Tensor<F>, batch: usize, head: usize, row: 
     batch * tensor.stride(0) + head * tensor.stride(1) + row * tensor.stride(2)
 }
 
-/// Loads `rows` rows of `len` entries into `tile` (row-major), split across the cube's `units`:
-/// tile row `r` is `tensor[first + r · row_stride ..][..len]` for `r < available`, zeros after.
-/// Every unit of the cube must call it; a `sync_cube` must follow before the tile is read.
+/// Loads `rows` rows of `len` entries into `tile` (row-major, converted to `F`), split across the
+/// cube's `units`: tile row `r` is `tensor[first + r · row_stride ..][..len]` for
+/// `r < available`, zeros after. Every unit of the cube must call it; a `sync_cube` must follow
+/// before the tile is read.
 #[cube]
-pub fn stage_rows<F: Float, L: List<F>>(
-    tensor: &Tensor<F>,
+pub fn stage_rows<I: Float, F: Float, L: List<F>>(
+    tensor: &Tensor<I>,
     tile: &mut L,
     first: usize,
     row_stride: usize,
@@ -60,7 +62,7 @@ pub fn stage_rows<F: Float, L: List<F>>(
         let r = i / len;
         let mut x = F::new(0.0);
         if r < available {
-            x = tensor[first + r * row_stride + i % len];
+            x = F::cast_from(tensor[first + r * row_stride + i % len]);
         }
         tile[i] = x;
         i += units;
