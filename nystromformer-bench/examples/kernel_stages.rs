@@ -2,10 +2,11 @@
 //! `B · V`, the pseudo-inverse and `F · W`. Medians of `reps` runs with the device synchronised.
 //!
 //! `cargo run --release -p nystromformer-bench --example kernel_stages -- wgpu 2048 [reps]`
-//! (shape: batch 4, heads 2, head_dim 32, m 64; `BATCH`, `HEADS`, `HEAD_DIM` override).
+//! (shape: batch 4, heads 2, head_dim 32, m 64; `BATCH`, `HEADS`, `HEAD_DIM` override; `DTYPE=f16`
+//! times half precision, where the kernels keep their sums in f32).
 
 use burn::tensor::activation::softmax;
-use burn::tensor::{Device, Distribution, Tensor};
+use burn::tensor::{Device, Distribution, FloatDType, Tensor};
 use nystromformer::attention::iterative_pinv;
 use nystromformer::attention::mask::MASKED_SCORE;
 use nystromformer::attention::softmax_kernels::{kernel_b, kernel_f};
@@ -24,12 +25,18 @@ fn main() {
         std::env::var(name).map_or(default, |v| v.parse().expect("a number"))
     };
     let [batch, heads, d, m] = [size("BATCH", 4), size("HEADS", 2), size("HEAD_DIM", 32), 64];
+    let dtype = match std::env::var("DTYPE").as_deref() {
+        Ok("f16") => FloatDType::F16,
+        Ok("f32") | Err(_) => FloatDType::F32,
+        Ok(other) => panic!("DTYPE must be f32 or f16, got {other}"),
+    };
     let random = |rows: usize, std: f64| {
         Tensor::<4>::random(
             [batch, heads, rows, d],
             Distribution::Normal(0.0, std),
             &device,
         )
+        .cast(dtype)
     };
     let (q, k, v) = (random(n, 1.0), random(n, 1.0), random(n, 1.0));
     let (landmark_queries, landmark_keys) = (random(m, 0.2), random(m, 0.2));
@@ -44,7 +51,7 @@ fn main() {
         custom_kernels_apply(&q),
         "the custom kernels do not apply on {device:?}"
     );
-    println!("{device:?}, batch {batch}, heads {heads}, n {n}, d {d}, m {m}: median ms");
+    println!("{device:?}, {dtype:?}, batch {batch}, heads {heads}, n {n}, d {d}, m {m}: median ms");
 
     let stages: [Stage; 3] = [
         (

@@ -6,7 +6,8 @@
 #   1. forward at n = 4 096 … 65 536 and forward + backward to 16 384: the custom kernels
 #      (`nystrom`), the tensor-op stages, Burn's `attention`;
 #   2. peak memory of the kernels' forward to 262 144 tokens;
-#   3. each kernel against the tensor ops it replaces, at 4 096 and 16 384 (`kernel_stages`);
+#   3. each kernel against the tensor ops it replaces, at 4 096 and 16 384, f32 and f16
+#      (`kernel_stages`);
 #   4. LRA ListOps training steps per second, kernels and tensor ops;
 #   5. the PyTorch peers (attention sweep and training steps).
 set -u
@@ -22,8 +23,10 @@ sweep 100 4096,16384 both nystrom,nystrom-tensor-ops,burn-attention
 timeout 60 nystromformer-bench sweep --devices wgpu --lengths 131072,262144 --pass forward \
     --implementations nystrom --max-intermediate-gib 64 --out "$R/memory" 2>&1 | tail -3
 for N in 4096 16384; do
-    command -v kernel_stages > /dev/null && BATCH=1 HEADS=8 HEAD_DIM=64 timeout 30 \
-        kernel_stages wgpu $N 20 > "$R/kernel-stages-n$N.txt" 2>&1
+    for DTYPE in f32 f16; do
+        command -v kernel_stages > /dev/null && DTYPE=$DTYPE BATCH=1 HEADS=8 HEAD_DIM=64 \
+            timeout 30 kernel_stages wgpu $N 20 > "$R/kernel-stages-$DTYPE-n$N.txt" 2>&1
+    done
 done
 for FLAG in "" --tensor-ops; do
     timeout 60 nystromformer-bench train-steps --device wgpu --warmup 2 --steps 10 $FLAG \

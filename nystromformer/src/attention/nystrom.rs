@@ -271,7 +271,7 @@ pub fn nystrom_attention(
         missing_queries,
         min_float,
     );
-    let a_pinv = pinv_in_f32(a.clone(), options);
+    let a_pinv = iterative_pinv(a.clone(), options.pinv_iterations, options.pinv_init);
     let f = kernel_f(q, scaled_keys, missing_keys, min_float);
     let weights = exact_for_short(
         a_pinv.clone().matmul(b.clone().matmul(v.clone())),
@@ -285,18 +285,6 @@ pub fn nystrom_attention(
 }
 
 const APPLIES: &str = "custom_kernels_apply was checked";
-
-/// `A⁺` computed in f32 whatever the dtype of `A` (the iteration's `13I − …` cancels too much
-/// in half precision), returned in `A`'s dtype.
-fn pinv_in_f32(a: Tensor<4>, options: &NystromOptions) -> Tensor<4> {
-    let dtype = FloatDType::from(a.dtype());
-    iterative_pinv(
-        a.cast(FloatDType::F32),
-        options.pinv_iterations,
-        options.pinv_init,
-    )
-    .cast(dtype)
-}
 
 /// `W = A⁺ (B V)`, `[batch, heads, m, d_v]`, with the rows of each sequence of at most `m` valid
 /// keys replaced by its values themselves (their segment means, one key per segment): then

@@ -4,7 +4,7 @@
 //! iteration converges when `c ≥ ‖A‖₁‖A‖∞`; `A` is row-stochastic, so `‖A‖∞ = 1` and `c` is a
 //! column-sum bound.
 
-use burn::tensor::{Device, Tensor};
+use burn::tensor::{Device, FloatDType, Tensor};
 use serde::{Deserialize, Serialize};
 
 /// Initialisation of the pseudo-inverse iteration.
@@ -22,13 +22,19 @@ pub enum PinvInit {
 /// Smallest `c` used: a matrix of zeros (every landmark missing) then inverts to zeros, not NaN.
 const MIN_COEFFICIENT: f32 = 1.0e-12;
 
-/// Approximates the pseudo-inverse of each `[m, m]` matrix of `a` in `iterations` steps.
+/// Approximates the pseudo-inverse of each `[m, m]` matrix of `a` in `iterations` steps. The
+/// iteration runs in f32 whatever the type of `a` (its `13I − …` cancels too much in half
+/// precision), and the result comes back in `a`'s type.
 ///
 /// # Shapes
 ///
 /// - a: `[batch, heads, m, m]`, non-negative with rows summing to at most 1
 /// - output: `[batch, heads, m, m]`
 pub fn iterative_pinv(a: Tensor<4>, iterations: usize, init: PinvInit) -> Tensor<4> {
+    let dtype = FloatDType::from(a.dtype());
+    if dtype != FloatDType::F32 {
+        return iterative_pinv(a.cast(FloatDType::F32), iterations, init).cast(dtype);
+    }
     let [batch, heads, m, _] = a.dims();
     let mut z = a.clone().transpose() / initial_coefficient(&a, init);
     let identity = identity(m, &a.device());
@@ -71,7 +77,8 @@ pub(crate) fn initial_coefficient(a: &Tensor<4>, init: PinvInit) -> Tensor<4> {
 /// - output: `[batch, heads]`
 pub fn pinv_residual(a: Tensor<4>, z: Tensor<4>) -> Tensor<2> {
     let [batch, heads, m, _] = a.dims();
-    let residual = identity(m, &a.device()) - a.matmul(z);
+    let dtype = FloatDType::from(a.dtype());
+    let residual = identity(m, &a.device()).cast(dtype) - a.matmul(z);
     residual
         .square()
         .sum_dim(3)
@@ -112,6 +119,15 @@ mod tests {
             ));
             assert!(zero.iter().all(|x| *x == 0.0), "{init:?}: {zero:?}");
         }
+        // Half precision in, half precision out, iterated in f32.
+        let half = iterative_pinv(eye.clone().cast(FloatDType::F16), 6, PinvInit::Exact);
+        assert_eq!(half.dtype(), burn::tensor::DType::F16);
+        assert!(
+            host(half.cast(FloatDType::F32))
+                .iter()
+                .zip(host(eye.clone()))
+                .all(|(a, b)| (a - b).abs() < 1e-3)
+        );
         let residual = pinv_residual(eye.clone(), eye)
             .into_data()
             .convert::<f32>()
