@@ -18,14 +18,8 @@ pub fn landmark_values<B: Backend>(
     missing: FloatTensor<B>,
     masked_score: f32,
 ) -> FloatTensor<B> {
-    let scores = B::float_matmul(landmark_queries, B::float_transpose(keys));
-    let [batch, heads, m, n] = dims(&scores);
-    let padded = flags::<B>(padding, [batch, 1, 1, n], [batch, heads, m, n]);
-    let weights = B::softmax(B::float_mask_fill(scores, padded, masked_score.into()), 3);
-    let context = B::float_matmul(weights, values);
-    let dv = dims(&context)[3];
-    let absent = flags::<B>(missing, [batch, 1, m, 1], [batch, heads, m, dv]);
-    B::float_mask_fill(context, absent, 0.0f32.into())
+    let scores = value_scores::<B>(landmark_queries, keys, padding, masked_score);
+    values_from_scores::<B>(scores, values, missing)
 }
 
 /// See [`super::fused_landmark_attention`]; the mask as `1.0` at `true`.
@@ -35,16 +29,8 @@ pub fn landmark_attention<B: Backend>(
     weights: FloatTensor<B>,
     missing: FloatTensor<B>,
 ) -> FloatTensor<B> {
-    let scores = B::float_matmul(queries, B::float_transpose(landmark_keys));
-    let [batch, heads, n, m] = dims(&scores);
-    let absent = |missing| flags::<B>(missing, [batch, 1, 1, m], [batch, heads, n, m]);
-    let kernel = B::softmax(
-        B::float_mask_fill(scores, absent(missing.clone()), f32::MIN.into()),
-        3,
-    );
-    // A row without any landmark would otherwise spread uniform weight over the missing ones.
-    let kernel = B::float_mask_fill(kernel, absent(missing), 0.0f32.into());
-    B::float_matmul(kernel, weights)
+    let scores = landmark_scores::<B>(queries, landmark_keys, missing.clone());
+    attention_from_scores::<B>(scores, weights, missing)
 }
 
 /// [`landmark_values`] with each row's log-sum-exp of the masked scores appended as a last
@@ -61,18 +47,9 @@ pub fn landmark_values_with_statistics<B: Backend>(
     missing: FloatTensor<B>,
     masked_score: f32,
 ) -> FloatTensor<B> {
-    let scores = B::float_matmul(landmark_queries.clone(), B::float_transpose(keys.clone()));
-    let [batch, heads, m, n] = dims(&scores);
-    let padded = flags::<B>(padding.clone(), [batch, 1, 1, n], [batch, heads, m, n]);
-    let log_sum_exp = log_sum_exp::<B>(B::float_mask_fill(scores, padded, masked_score.into()));
-    let output = landmark_values::<B>(
-        landmark_queries,
-        keys,
-        values,
-        padding,
-        missing,
-        masked_score,
-    );
+    let scores = value_scores::<B>(landmark_queries, keys, padding, masked_score);
+    let log_sum_exp = log_sum_exp::<B>(scores.clone());
+    let output = values_from_scores::<B>(scores, values, missing);
     B::float_cat(vec![output, log_sum_exp], 3)
 }
 
@@ -89,12 +66,61 @@ pub fn landmark_attention_with_statistics<B: Backend>(
     weights: FloatTensor<B>,
     missing: FloatTensor<B>,
 ) -> FloatTensor<B> {
-    let scores = B::float_matmul(queries.clone(), B::float_transpose(landmark_keys.clone()));
-    let [batch, heads, n, m] = dims(&scores);
-    let absent = flags::<B>(missing.clone(), [batch, 1, 1, m], [batch, heads, n, m]);
-    let log_sum_exp = log_sum_exp::<B>(B::float_mask_fill(scores, absent, f32::MIN.into()));
-    let output = landmark_attention::<B>(queries, landmark_keys, weights, missing);
+    let scores = landmark_scores::<B>(queries, landmark_keys, missing.clone());
+    let log_sum_exp = log_sum_exp::<B>(scores.clone());
+    let output = attention_from_scores::<B>(scores, weights, missing);
     B::float_cat(vec![output, log_sum_exp], 3)
+}
+
+/// `Q̃ Kᵀ` with padded keys at `masked_score`, `[batch, heads, m, n]`.
+fn value_scores<B: Backend>(
+    landmark_queries: FloatTensor<B>,
+    keys: FloatTensor<B>,
+    padding: FloatTensor<B>,
+    masked_score: f32,
+) -> FloatTensor<B> {
+    let scores = B::float_matmul(landmark_queries, B::float_transpose(keys));
+    let [batch, heads, m, n] = dims(&scores);
+    let padded = flags::<B>(padding, [batch, 1, 1, n], [batch, heads, m, n]);
+    B::float_mask_fill(scores, padded, masked_score.into())
+}
+
+/// `softmax(scores) · V`, with the rows of missing landmarks zero.
+fn values_from_scores<B: Backend>(
+    scores: FloatTensor<B>,
+    values: FloatTensor<B>,
+    missing: FloatTensor<B>,
+) -> FloatTensor<B> {
+    let [batch, heads, m, _] = dims(&scores);
+    let context = B::float_matmul(B::softmax(scores, 3), values);
+    let dv = dims(&context)[3];
+    let absent = flags::<B>(missing, [batch, 1, m, 1], [batch, heads, m, dv]);
+    B::float_mask_fill(context, absent, 0.0f32.into())
+}
+
+/// `Q K̃ᵀ` with missing landmarks at `f32::MIN`, `[batch, heads, n, m]`.
+fn landmark_scores<B: Backend>(
+    queries: FloatTensor<B>,
+    landmark_keys: FloatTensor<B>,
+    missing: FloatTensor<B>,
+) -> FloatTensor<B> {
+    let scores = B::float_matmul(queries, B::float_transpose(landmark_keys));
+    let [batch, heads, n, m] = dims(&scores);
+    let absent = flags::<B>(missing, [batch, 1, 1, m], [batch, heads, n, m]);
+    B::float_mask_fill(scores, absent, f32::MIN.into())
+}
+
+/// `softmax(scores) · W`, with zero weight on missing landmarks.
+fn attention_from_scores<B: Backend>(
+    scores: FloatTensor<B>,
+    weights: FloatTensor<B>,
+    missing: FloatTensor<B>,
+) -> FloatTensor<B> {
+    let [batch, heads, n, m] = dims(&scores);
+    let absent = flags::<B>(missing, [batch, 1, 1, m], [batch, heads, n, m]);
+    // A row without any landmark would otherwise spread uniform weight over the missing ones.
+    let kernel = B::float_mask_fill(B::softmax(scores, 3), absent, 0.0f32.into());
+    B::float_matmul(kernel, weights)
 }
 
 /// `max + ln Σ exp(s − max)` of each row of `scores`, as `[.., rows, 1]`.
@@ -156,4 +182,103 @@ pub(super) fn flags<B: Backend>(
         bool_dtype,
     );
     B::bool_expand(mask, Shape::new(to))
+}
+
+#[cfg(test)]
+mod tests {
+    use burn::backend::Dispatch;
+    use burn::tensor::{Device, Distribution, Tensor, TensorData};
+
+    use super::*;
+
+    fn host(t: Tensor<4>) -> Vec<f32> {
+        t.into_data().convert::<f32>().try_into_vec().unwrap()
+    }
+
+    /// Row `r`'s log-sum-exp of `scores` (`[rows, len]`, host), computed directly.
+    fn log_sum_exp_of(scores: &[f32], len: usize, r: usize) -> f32 {
+        let row = &scores[r * len..(r + 1) * len];
+        let max = row.iter().copied().fold(f32::MIN, f32::max);
+        max + row.iter().map(|s| (s - max).exp()).sum::<f32>().ln()
+    }
+
+    #[test]
+    fn the_statistics_bodies_append_each_rows_log_sum_exp_to_the_plain_result() {
+        let device = Device::flex();
+        let [m, n, d] = [3, 7, 4];
+        let random =
+            |rows| Tensor::<4>::random([1, 1, rows, d], Distribution::Normal(0.0, 1.0), &device);
+        let (q, k, v) = (random(m), random(n), random(n));
+        let padded: Vec<f32> = (0..n).map(|j| if j >= 5 { 1.0 } else { 0.0 }).collect();
+        let padding = Tensor::<2>::from_data(TensorData::new(padded, [1, n]), &device);
+        let missing = Tensor::<2>::from_data(TensorData::new(vec![0.0, 1.0, 0.0], [1, m]), &device);
+        let args = || {
+            (
+                q.clone().into_dispatch(),
+                k.clone().into_dispatch(),
+                v.clone().into_dispatch(),
+                padding.clone().into_dispatch(),
+                missing.clone().into_dispatch(),
+            )
+        };
+        let (q0, k0, v0, p0, m0) = args();
+        let plain = host(Tensor::from_dispatch(landmark_values::<Dispatch>(
+            q0, k0, v0, p0, m0, -1e9,
+        )));
+        let (q1, k1, v1, p1, m1) = args();
+        let both = host(Tensor::from_dispatch(landmark_values_with_statistics::<
+            Dispatch,
+        >(q1, k1, v1, p1, m1, -1e9)));
+        // Scores over the valid keys only: the padded ones weigh e^(-1e9) = 0.
+        let valid_keys = k.clone().slice([0..1, 0..1, 0..5, 0..d]);
+        let scores = host(q.clone().matmul(valid_keys.transpose()));
+        for r in 0..m {
+            assert_eq!(
+                &both[r * (d + 1)..r * (d + 1) + d],
+                &plain[r * d..(r + 1) * d]
+            );
+            let expected = log_sum_exp_of(&scores, 5, r);
+            let got = both[r * (d + 1) + d];
+            assert!(
+                (got - expected).abs() < 1e-5,
+                "row {r}: {got} against {expected}"
+            );
+        }
+
+        // F · W over the landmarks: landmark 1 missing, so each row sums over 0 and 2.
+        let plain = host(Tensor::from_dispatch(landmark_attention::<Dispatch>(
+            k.clone().into_dispatch(),
+            q.clone().into_dispatch(),
+            v.clone().slice([0..1, 0..1, 0..m, 0..d]).into_dispatch(),
+            missing.clone().into_dispatch(),
+        )));
+        let both = host(Tensor::from_dispatch(landmark_attention_with_statistics::<
+            Dispatch,
+        >(
+            k.clone().into_dispatch(),
+            q.clone().into_dispatch(),
+            v.clone().slice([0..1, 0..1, 0..m, 0..d]).into_dispatch(),
+            missing.into_dispatch(),
+        )));
+        let present = Tensor::cat(
+            vec![
+                q.clone().slice([0..1, 0..1, 0..1, 0..d]),
+                q.slice([0..1, 0..1, 2..3, 0..d]),
+            ],
+            2,
+        );
+        let scores = host(k.matmul(present.transpose()));
+        for r in 0..n {
+            assert_eq!(
+                &both[r * (d + 1)..r * (d + 1) + d],
+                &plain[r * d..(r + 1) * d]
+            );
+            let expected = log_sum_exp_of(&scores, 2, r);
+            let got = both[r * (d + 1) + d];
+            assert!(
+                (got - expected).abs() < 1e-5,
+                "row {r}: {got} against {expected}"
+            );
+        }
+    }
 }
