@@ -4,13 +4,14 @@
 mod common;
 
 use burn::tensor::activation::softmax;
-use burn::tensor::{DType, Device, FloatDType, Tensor, TensorData};
+use burn::tensor::{Bool, DType, Device, FloatDType, Tensor, TensorData};
 use common::{REQUIRE_WGPU, devices, mask, on, randn, relative_diff, values, wgpu_device};
+use nystromformer::attention::iterative_pinv;
 use nystromformer::attention::mask::MASKED_SCORE;
-use nystromformer::attention::softmax_kernels::{kernel_b, kernel_f};
+use nystromformer::attention::softmax_kernels::{kernel_a, kernel_b, kernel_f};
 use nystromformer::kernels::{
     MAX_KERNEL_HEAD_DIM, MAX_KERNEL_LANDMARKS, custom_kernels_apply, fused_landmark_attention,
-    fused_landmark_values, fused_pinv,
+    fused_landmark_values, fused_landmark_weights, fused_pinv,
 };
 use nystromformer::{MaskPolicy, NystromHeadsInput, NystromOptions, PinvInit, nystrom_attention};
 
@@ -249,6 +250,81 @@ fn pinv_case(device: &Device) {
 }
 
 #[test]
+fn fused_landmark_weights_match_a_pinv_times_values() {
+    for device in kernel_devices() {
+        landmark_weights_case(&device);
+    }
+}
+
+/// `W = A⁺ (B V)` against `kernel_a`, `iterative_pinv` and a product as tensor ops on flex
+/// (lavapipe would autotune its own matmuls for each shape): m = 1, one that fills no 16 × 16
+/// block of the kernel's grid, and 64; head sizes that differ between keys and values; every
+/// landmark, some missing on either side or both (cross-attention), none at all; 0 and 6
+/// iterations.
+fn landmark_weights_case(device: &Device) {
+    let flex = Device::flex();
+    let [batch, heads, d, d_v] = [3, 2, 16, 8];
+    for (m, seed) in [(1, 40), (7, 41), (64, 42)] {
+        let queries = randn([batch, heads, m, d], 1.0, seed, &flex);
+        let keys = randn([batch, heads, m, d], 0.5, seed + 10, &flex);
+        let products = randn([batch, heads, m, d_v], 1.0, seed + 20, &flex);
+        let missing = missing_landmarks(m, &flex);
+        let masks = [
+            (None, None),
+            (Some(&missing), Some(&missing)),
+            (Some(&missing), None),
+            (None, Some(&missing)),
+        ];
+        let fused = |missing_queries: Option<&Tensor<2, Bool>>,
+                     missing_keys: Option<&Tensor<2, Bool>>,
+                     iterations,
+                     init| {
+            // Every mask here is `missing`.
+            let moved = |mask: Option<&Tensor<2, Bool>>| mask.map(|_| missing_landmarks(m, device));
+            fused_landmark_weights(
+                &on(&queries, device),
+                &on(&keys, device),
+                &on(&products, device),
+                moved(missing_queries).as_ref(),
+                moved(missing_keys).as_ref(),
+                iterations,
+                init,
+            )
+            .map(|weights| on(&weights, &flex))
+        };
+        for (missing_queries, missing_keys) in masks {
+            for iterations in [0, 6] {
+                let a = kernel_a(
+                    queries.clone(),
+                    keys.clone(),
+                    missing_queries,
+                    missing_keys,
+                    MASKED_SCORE,
+                );
+                let reference =
+                    iterative_pinv(a, iterations, PinvInit::Exact).matmul(products.clone());
+                let fused = fused(missing_queries, missing_keys, iterations, PinvInit::Exact)
+                    .expect("the fused stage applies");
+                let diff = relative_diff(&fused, &reference);
+                assert!(
+                    diff < 1e-4,
+                    "{device:?}, m = {m}, missing queries {}, keys {}, {iterations} iterations: \
+                     relative difference {diff}",
+                    missing_queries.is_some(),
+                    missing_keys.is_some()
+                );
+            }
+        }
+        // Without any landmark (sequence 2), W is zero.
+        let fused_all = fused(Some(&missing), Some(&missing), 6, PinvInit::Exact).unwrap();
+        let last = &values(&fused_all)[2 * heads * m * d_v..];
+        assert!(last.iter().all(|x| *x == 0.0), "m = {m}: {last:?}");
+        // The batch-wide coefficient of PinvInit::Original stays on the separate stages.
+        assert!(fused(None, None, 6, PinvInit::Original).is_none());
+    }
+}
+
+#[test]
 fn fused_landmark_attention_matches_softmax_times_weights() {
     // One block of query rows, and several with a ragged last one (flex's blocks are 128 rows,
     // the CubeCL kernel's cubes 64); m = 5 fits one tile of landmarks, m = 45 takes two with a
@@ -269,7 +345,7 @@ fn head_split(shape: [usize; 4], std: f32, seed: u64, device: &Device) -> Tensor
 
 /// Sequence 0: every landmark; 1: the second and the last missing; 2: none at all (a fully
 /// padded sequence).
-fn missing_landmarks(m: usize, device: &Device) -> Tensor<2, burn::tensor::Bool> {
+fn missing_landmarks(m: usize, device: &Device) -> Tensor<2, Bool> {
     let some_missing = (0..m).map(|j| j == 1 || j == m - 1).collect::<Vec<_>>();
     mask(
         [vec![false; m], some_missing, vec![true; m]].concat(),

@@ -231,13 +231,15 @@ pub fn nystrom_attention(
         .mean_with_kernels(k.clone(), options.custom_kernels)
         .mul_scalar(scale);
     let scaled_queries = landmark_queries.clone().mul_scalar(scale);
-    let a = kernel_a(
-        landmark_queries,
-        scaled_keys.clone(),
-        missing_queries,
-        missing_keys,
-        min_float,
-    );
+    let a = || {
+        kernel_a(
+            landmark_queries.clone(),
+            scaled_keys.clone(),
+            missing_queries,
+            missing_keys,
+            min_float,
+        )
+    };
 
     // Returning the kernels needs `F` and `B` themselves, which the custom kernels never form.
     if options.custom_kernels && !return_kernels && kernels::custom_kernels_apply(&q) {
@@ -250,12 +252,25 @@ pub fn nystrom_attention(
             min_float as f32,
         )
         .expect(APPLIES);
-        let a_pinv = kernels::fused_pinv(&a, options.pinv_iterations, options.pinv_init)
-            .unwrap_or_else(|| {
-                // Only past kernels::MAX_PINV_MATRICES matrices.
-                iterative_pinv(a, options.pinv_iterations, options.pinv_init)
-            });
-        let weights = exact_for_short(a_pinv.matmul(values), &key_segments, &v);
+        let (iterations, init) = (options.pinv_iterations, options.pinv_init);
+        let weights = kernels::fused_landmark_weights(
+            &landmark_queries,
+            &scaled_keys,
+            &values,
+            missing_queries,
+            missing_keys,
+            iterations,
+            init,
+        )
+        .unwrap_or_else(|| {
+            let a = a();
+            // The separate pseudo-inverse stage: PinvInit::Original, or past
+            // kernels::MAX_PINV_MATRICES matrices (then as tensor ops).
+            let a_pinv = kernels::fused_pinv(&a, iterations, init)
+                .unwrap_or_else(|| iterative_pinv(a, iterations, init));
+            a_pinv.matmul(values)
+        });
+        let weights = exact_for_short(weights, &key_segments, &v);
         let context = kernels::fused_landmark_attention(&q, &scaled_keys, &weights, missing_keys)
             .expect(APPLIES);
         return NystromAttentionOutput {
@@ -264,6 +279,7 @@ pub fn nystrom_attention(
         };
     }
 
+    let a = a();
     let b = kernel_b(
         scaled_queries,
         k,

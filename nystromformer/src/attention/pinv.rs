@@ -20,7 +20,7 @@ pub enum PinvInit {
 }
 
 /// Smallest `c` used: a matrix of zeros (every landmark missing) then inverts to zeros, not NaN.
-const MIN_COEFFICIENT: f32 = 1.0e-12;
+pub(crate) const MIN_COEFFICIENT: f32 = 1.0e-12;
 
 /// Approximates the pseudo-inverse of each `[m, m]` matrix of `a` in `iterations` steps. The
 /// iteration runs in f32 whatever the type of `a` (its `13I − …` cancels too much in half

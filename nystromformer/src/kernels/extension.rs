@@ -77,6 +77,26 @@ pub fn pinv(a: &Tensor<4>, iterations: usize, init: PinvInit) -> Tensor<4> {
     ))
 }
 
+/// See [`super::fused_landmark_weights`].
+pub fn landmark_weights(
+    landmark_queries: &Tensor<4>,
+    landmark_keys: &Tensor<4>,
+    landmark_values: &Tensor<4>,
+    missing_queries: Option<&Tensor<2, Bool>>,
+    missing_keys: Option<&Tensor<2, Bool>>,
+    iterations: usize,
+) -> Tensor<4> {
+    let [batch, _, m, _] = landmark_queries.dims();
+    Tensor::from_dispatch(<Dispatch as PinvOps>::landmark_weights(
+        landmark_queries.clone().into_dispatch(),
+        landmark_keys.clone().into_dispatch(),
+        landmark_values.clone().into_dispatch(),
+        flags(missing_queries, [batch, m], landmark_queries).into_dispatch(),
+        flags(missing_keys, [batch, m], landmark_queries).into_dispatch(),
+        iterations,
+    ))
+}
+
 /// See [`super::fused_landmark_attention`].
 pub fn landmark_attention(
     queries: &Tensor<4>,
@@ -343,7 +363,9 @@ pub trait LayerNormOps: Backend {
 /// The pseudo-inverse iteration; `c` flattened to `[batch · heads]`. The default body is the
 /// tensor-op iteration ([`super::reference::pinv`]); CubeCL devices run one kernel, flex one
 /// task per matrix, and under autodiff both walk the iterations back (flex fused, CubeCL
-/// devices as tensor ops).
+/// devices as tensor ops). With it, `W = A⁺ (B V)` from the landmarks: the default body builds
+/// `A` and `c` as tensor ops around [`PinvOps::pinv`] ([`super::reference::landmark_weights`]),
+/// CubeCL devices outside autodiff run it all as one kernel.
 #[backend_extension(
     Cube: cfg(feature = "cube-kernels"),
     Fusion: cfg(feature = "cube-kernels"),
@@ -359,6 +381,26 @@ pub trait PinvOps: Backend {
         iterations: usize,
     ) -> FloatTensor<Self> {
         super::reference::pinv::<Self>(a, coefficient, iterations)
+    }
+
+    /// See [`landmark_weights`]; missing landmarks as `1.0`.
+    #[fusion(dtype = landmark_queries, shape = values_shape(landmark_queries, landmark_values))]
+    fn landmark_weights(
+        landmark_queries: FloatTensor<Self>,
+        landmark_keys: FloatTensor<Self>,
+        landmark_values: FloatTensor<Self>,
+        missing_queries: FloatTensor<Self>,
+        missing_keys: FloatTensor<Self>,
+        iterations: usize,
+    ) -> FloatTensor<Self> {
+        super::reference::landmark_weights::<Self>(
+            landmark_queries,
+            landmark_keys,
+            landmark_values,
+            missing_queries,
+            missing_keys,
+            iterations,
+        )
     }
 }
 

@@ -1,7 +1,7 @@
 //! Custom kernels for the hot paths (CubeCL, and fused CPU stages on flex), with the tensor-op
 //! stages as the fallback.
 //!
-//! On a CubeCL device (wgpu, Vulkan, Metal, WebGPU), for f32 tensors, three stages of
+//! On a CubeCL device (wgpu, Vulkan, Metal, WebGPU), for f32 tensors, four stages of
 //! [`nystrom_attention`](crate::nystrom_attention) run as custom kernels (`kernels/cube/`)
 //! instead of chains of tensor operations:
 //!
@@ -9,16 +9,19 @@
 //!   in chunks of keys merged by a second kernel, so the `[m, n]` kernel `B` is never written;
 //! - the pseudo-inverse iteration (`pinv`): one launch per forward pass instead of about ten
 //!   per iteration, which matters because the `[m, m]` matrices are far too small to hide a
-//!   launch each;
+//!   launch each (under autodiff, and for [`PinvInit::Original`]);
 //! - `F · W` (`landmark_attention`): each query's softmax over the landmark keys and its
-//!   product with `W = A⁺ (B V)`, row by row, so the `[n, m]` kernel `F` is never written.
+//!   product with `W = A⁺ (B V)`, row by row, so the `[n, m]` kernel `F` is never written;
+//! - `W = A⁺ (B V)` itself (`landmark_weights`): `A = softmax(Q̃ K̃ᵀ)`, the pseudo-inverse's
+//!   coefficient, its iteration and the product with `B V` in one launch, one cube per matrix,
+//!   where the tensor ops take a dozen launches on `m × m` matrices.
 //!
-//! The attention then holds no `n × m` matrix at all. `A = softmax(Q̃ K̃ᵀ)` (`m × m`) and the
-//! landmarks stay tensor ops. Under autodiff (feature `autodiff`) the same kernels run forward,
-//! the softmax products also leaving each row's log-sum-exp, and the backward is tensor ops
-//! that recompute each softmax from it (FlashAttention-2's backward, one stage at a time) and
-//! replay the pseudo-inverse iteration: training keeps no `n × m` matrix from forward to
-//! backward.
+//! The attention then holds no `n × m` matrix at all. The landmarks stay tensor ops. Under
+//! autodiff (feature `autodiff`) the softmax products and the pseudo-inverse run as kernels
+//! forward (`A` and the products around the pseudo-inverse as tensor ops), the softmax
+//! products also leaving each row's log-sum-exp, and the backward is tensor ops that recompute
+//! each softmax from it (FlashAttention-2's backward, one stage at a time) and replay the
+//! pseudo-inverse iteration: training keeps no `n × m` matrix from forward to backward.
 //!
 //! On flex (feature `flex-kernels`, on with `flex`), `B · V` and `F · W` run as fused CPU stages
 //! (`kernels/flex/`: gemm blocks, an online softmax with a vectorised `exp`, rayon per head),
@@ -198,6 +201,72 @@ pub fn fused_pinv(a: &Tensor<4>, iterations: usize, init: PinvInit) -> Option<Te
             // half precision.
             dtype => extension::pinv(&a.clone().cast(FloatDType::F32), iterations, init)
                 .cast(FloatDType::from(dtype)),
+        })
+}
+
+/// `W = A⁺ (B V)` from the landmarks: `A = softmax(Q̃ K̃ᵀ)` as
+/// [`kernel_a`](crate::attention::softmax_kernels::kernel_a) builds it, its pseudo-inverse by
+/// `iterations` steps of [`iterative_pinv`](crate::attention::iterative_pinv) from
+/// [`PinvInit::Exact`], and the product with `B V`. On CubeCL devices outside autodiff it is one
+/// kernel, one cube per matrix (instead of a dozen launches on `m × m` matrices); on flex and
+/// under autodiff it is `A` and `c` as tensor ops around [`fused_pinv`]'s stage. `None` where
+/// [`fused_pinv`] would not apply, and for [`PinvInit::Original`], whose `c` spans the batch.
+///
+/// # Shapes
+///
+/// - landmark_queries, landmark_keys: `[batch, heads, m, d]` (the keys already scaled by `1/√d`)
+/// - landmark_values: `[batch, heads, m, d_v]` (`B V`)
+/// - missing_queries, missing_keys: `[batch, m]` (`true` = not a landmark)
+/// - output: `[batch, heads, m, d_v]`
+///
+/// # Panics
+///
+/// Panics, naming the argument, if the shapes disagree.
+pub fn fused_landmark_weights(
+    landmark_queries: &Tensor<4>,
+    landmark_keys: &Tensor<4>,
+    landmark_values: &Tensor<4>,
+    missing_queries: Option<&Tensor<2, Bool>>,
+    missing_keys: Option<&Tensor<2, Bool>>,
+    iterations: usize,
+    init: PinvInit,
+) -> Option<Tensor<4>> {
+    let [batch, heads, m, d] = landmark_queries.dims();
+    let op = "fused_landmark_weights";
+    expect_shape(
+        op,
+        "landmark_keys",
+        &landmark_keys.dims(),
+        &[batch, heads, m, d],
+    );
+    expect_shape(
+        op,
+        "landmark_values",
+        &landmark_values.dims(),
+        &[batch, heads, m],
+    );
+    for (name, missing) in [
+        ("missing_queries", missing_queries),
+        ("missing_keys", missing_keys),
+    ] {
+        if let Some(missing) = missing {
+            expect_shape(op, name, &missing.dims(), &[batch, m]);
+        }
+    }
+    let on_cube = extension::on_cube_device(landmark_queries);
+    (init == PinvInit::Exact
+        && custom_kernels_apply(landmark_queries)
+        && (extension::on_flex_device(landmark_queries)
+            || (on_cube && batch * heads <= MAX_PINV_MATRICES && m <= MAX_KERNEL_LANDMARKS)))
+        .then(|| {
+            extension::landmark_weights(
+                landmark_queries,
+                landmark_keys,
+                landmark_values,
+                missing_queries,
+                missing_keys,
+                iterations,
+            )
         })
 }
 
@@ -412,6 +481,17 @@ mod extension {
     }
 
     pub fn pinv(_a: &Tensor<4>, _iterations: usize, _init: PinvInit) -> Tensor<4> {
+        unreachable!("{NOT_COMPILED}")
+    }
+
+    pub fn landmark_weights(
+        _landmark_queries: &Tensor<4>,
+        _landmark_keys: &Tensor<4>,
+        _landmark_values: &Tensor<4>,
+        _missing_queries: Option<&Tensor<2, Bool>>,
+        _missing_keys: Option<&Tensor<2, Bool>>,
+        _iterations: usize,
+    ) -> Tensor<4> {
         unreachable!("{NOT_COMPILED}")
     }
 

@@ -9,6 +9,9 @@ use burn::backend::tensor::{BoolTensor, FloatTensor};
 use burn::backend::{Backend, TensorMetadata, get_or_init_device_settings};
 use burn::tensor::Shape;
 
+use super::extension::PinvOps;
+use crate::attention::pinv::MIN_COEFFICIENT;
+
 /// See [`super::fused_landmark_values`]; masks as `1.0` at `true`.
 pub fn landmark_values<B: Backend>(
     landmark_queries: FloatTensor<B>,
@@ -162,6 +165,40 @@ pub fn pinv<B: Backend>(
         );
     }
     z
+}
+
+/// See [`super::fused_landmark_weights`]: `A = softmax(Q̃ K̃ᵀ)` as
+/// [`kernel_a`](crate::attention::softmax_kernels::kernel_a) builds it, `c = ‖A‖₁` per matrix
+/// ([`PinvInit::Exact`](crate::PinvInit::Exact)), and `W = B::pinv(A, c) · (B V)`; missing
+/// landmarks as `1.0`.
+pub fn landmark_weights<B: PinvOps>(
+    landmark_queries: FloatTensor<B>,
+    landmark_keys: FloatTensor<B>,
+    landmark_values: FloatTensor<B>,
+    missing_queries: FloatTensor<B>,
+    missing_keys: FloatTensor<B>,
+    iterations: usize,
+) -> FloatTensor<B> {
+    let scores = landmark_scores::<B>(landmark_queries, landmark_keys, missing_keys.clone());
+    let [batch, heads, m, _] = dims(&scores);
+    let shape = [batch, heads, m, m];
+    // A row without any landmark key would otherwise be uniform over the missing ones.
+    let a = B::float_mask_fill(
+        B::softmax(scores, 3),
+        flags::<B>(missing_keys, [batch, 1, 1, m], shape),
+        0.0f32.into(),
+    );
+    let a = B::float_mask_fill(
+        a,
+        flags::<B>(missing_queries, [batch, 1, m, 1], shape),
+        0.0f32.into(),
+    );
+    let coefficient = B::float_clamp_min(
+        B::float_max_dim(B::float_sum_dim(a.clone(), 2), 3),
+        MIN_COEFFICIENT.into(),
+    );
+    let coefficient = B::float_reshape(coefficient, Shape::new([batch * heads]));
+    B::float_matmul(B::pinv(a, coefficient, iterations), landmark_values)
 }
 
 pub(super) fn dims(tensor: &impl TensorMetadata) -> [usize; 4] {

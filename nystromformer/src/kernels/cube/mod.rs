@@ -1,6 +1,7 @@
 //! The CubeCL stages (wgpu, Vulkan, Metal, WebGPU): [`LandmarkSoftmaxOps`] (see
 //! [`landmark_values`] and [`landmark_attention`], both over [`online_softmax`]) and [`PinvOps`]
-//! (see [`pinv`]) for burn-cubecl's backend, and for `Autodiff` over it (`autodiff.rs`), whose
+//! (see [`pinv`], and [`landmark_weights`] for `A`, the pseudo-inverse and `W` in one launch) for
+//! burn-cubecl's backend, and for `Autodiff` over it (`autodiff.rs`), whose
 //! forward is these kernels and whose backward is tensor ops from what they keep
 //! ([`backward`]).
 
@@ -10,6 +11,7 @@ mod autodiff;
 mod backward;
 mod landmark_attention;
 mod landmark_values;
+mod landmark_weights;
 mod online_softmax;
 mod pinv;
 mod tiles;
@@ -84,5 +86,23 @@ impl PinvOps for CubeBackend {
         iterations: usize,
     ) -> FloatTensor<Self> {
         pinv::launch(a, coefficient, iterations)
+    }
+
+    fn landmark_weights(
+        landmark_queries: FloatTensor<Self>,
+        landmark_keys: FloatTensor<Self>,
+        landmark_values: FloatTensor<Self>,
+        missing_queries: FloatTensor<Self>,
+        missing_keys: FloatTensor<Self>,
+        iterations: usize,
+    ) -> FloatTensor<Self> {
+        landmark_weights::launch(
+            landmark_queries,
+            landmark_keys,
+            landmark_values,
+            missing_queries,
+            missing_keys,
+            iterations,
+        )
     }
 }

@@ -27,7 +27,7 @@ use cubecl::prelude::*;
 /// Each cube is a 16 × 16 grid of units; unit `(r, c)` computes the entries of every product at
 /// rows `r, r + 16, …` and columns `c, c + 16, …` (4 × 4 of them when m = 64), so each value it
 /// loads serves several multiply-adds and neighbouring units read neighbouring columns.
-const GRID: usize = 16;
+pub const GRID: usize = 16;
 
 /// Launches the kernel; see [`crate::kernels::fused_pinv`] for the contract.
 pub fn launch(a: CubeTensor, coefficient: CubeTensor, iterations: usize) -> CubeTensor {
@@ -64,12 +64,11 @@ pub fn launch(a: CubeTensor, coefficient: CubeTensor, iterations: usize) -> Cube
 
 /// Matrices per cube in the work buffer: A, then Z and its successor (their roles swap every
 /// iteration), P, T and U. Every product reads from this one buffer.
-const WORK_SLOTS: usize = 6;
+pub const WORK_SLOTS: usize = 6;
 
 /// One cube per matrix (`CUBE_POS`); `a` and `z` are contiguous `[batch, heads, m, m]`, `work`
 /// is `[WORK_SLOTS, batch · heads, m, m]`. `m` is a compile-time constant so that each unit's
 /// block of entries lives in registers.
-#[allow(clippy::manual_swap)] // `std::mem::swap` has no kernel expansion
 #[cube(launch)]
 fn pinv_kernel<F: Float>(
     a: &Tensor<F>,
@@ -85,14 +84,13 @@ fn pinv_kernel<F: Float>(
     let base = matrix * size;
     let slot = coefficient.len() * size; // distance between two slots of one matrix
     let a_slot = base;
-    let mut z_slot = base + slot;
-    let mut next_slot = base + 2 * slot;
+    let z_slot = base + slot;
+    let next_slot = base + 2 * slot;
     let p = base + 3 * slot;
     let t = base + 4 * slot;
     let u = base + 5 * slot;
     let unit = UNIT_POS as usize;
-    let grid = comptime![GRID];
-    let (row, col) = (unit / grid, unit % grid);
+    let units = comptime![GRID * GRID];
 
     // A and Z₀ = Aᵀ / c.
     let c = coefficient[matrix];
@@ -101,24 +99,46 @@ fn pinv_kernel<F: Float>(
         let transposed = (entry % m) * m + entry / m;
         work[a_slot + entry] = a[base + entry];
         work[z_slot + entry] = a[base + transposed] / c;
-        entry += grid * grid;
+        entry += units;
     }
     sync_storage();
 
+    let z_slot = iterate(work, a_slot, z_slot, next_slot, p, t, u, iterations, m);
+
+    let mut entry = unit;
+    while entry < size {
+        z[base + entry] = work[z_slot + entry];
+        entry += units;
+    }
+}
+
+/// Runs `iterations` steps on the matrix at `a` in `work`, starting from `Z₀` at `z`, with the
+/// slots `next`, `p`, `t` and `u` as scratch; returns the slot that holds the last `Z` (`z` or
+/// `next`: their roles swap every iteration). Every unit of the cube (a [`GRID`] × [`GRID`]
+/// grid) must call it, after a `sync_storage` that makes `A` and `Z₀` visible.
+#[allow(clippy::manual_swap)] // `std::mem::swap` has no kernel expansion
+#[allow(clippy::too_many_arguments)]
+#[cube]
+pub fn iterate<F: Float>(
+    work: &mut Tensor<F>,
+    a: usize,
+    z: usize,
+    next: usize,
+    p: usize,
+    t: usize,
+    u: usize,
+    iterations: usize,
+    #[comptime] m: usize,
+) -> usize {
+    let grid = comptime![GRID];
+    let unit = UNIT_POS as usize;
+    let (row, col) = (unit / grid, unit % grid);
+    let mut z_slot = z;
+    let mut next_slot = next;
     for _ in 0..iterations {
         // P = A Z
-        let product = product_block(work, a_slot, z_slot, row, col, m);
-        store_block(
-            work,
-            p,
-            F::new(0.0),
-            a_slot,
-            F::new(1.0),
-            &product,
-            row,
-            col,
-            m,
-        );
+        let product = product_block(work, a, z_slot, row, col, m);
+        store_block(work, p, F::new(0.0), a, F::new(1.0), &product, row, col, m);
         sync_storage();
         // T = P (7I − P) = 7P − P P
         let product = product_block(work, p, p, row, col, m);
@@ -156,12 +176,7 @@ fn pinv_kernel<F: Float>(
         z_slot = next_slot;
         next_slot = previous;
     }
-
-    let mut entry = unit;
-    while entry < size {
-        z[base + entry] = work[z_slot + entry];
-        entry += grid * grid;
-    }
+    z_slot
 }
 
 /// The unit's block of the product of the `[m, m]` matrices that start at `lhs` and `rhs` in

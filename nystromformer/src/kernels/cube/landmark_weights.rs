@@ -1,0 +1,193 @@
+//! `W = A⁺ (B V)` from the landmarks in one launch: `A = softmax(Q̃ K̃ᵀ)`, its coefficient `c`,
+//! the whole pseudo-inverse iteration and the product with `B V`, one cube per matrix.
+//!
+//! Between the two softmax products the tensor-op path runs a dozen launches on `m × m`
+//! matrices: the scores' product, the softmax's reductions and masks, the column sums and their
+//! maximum for `c`, the iteration, and the product with `B V`. None of them fills a GPU, so each
+//! costs its launch; here a cube does them all in turn, with the matrices in a global work buffer
+//! (in f32, whatever the input type) and a storage barrier between steps, and the iteration is
+//! the pseudo-inverse kernel's own ([`super::pinv::iterate`]).
+//!
+//! The coefficient is `c = ‖A‖₁` of each matrix ([`PinvInit::Exact`](crate::PinvInit::Exact));
+//! [`PinvInit::Original`](crate::PinvInit::Original) takes its `c` from the whole batch, which
+//! one cube cannot see, and stays on the separate pseudo-inverse kernel.
+
+use burn::backend::cubecl::dtype_to_storage_type;
+use burn::tensor::{DType, Shape};
+use burn_cubecl::kernel::into_contiguous;
+use burn_cubecl::ops::numeric::empty_device_contiguous_dtype;
+use burn_cubecl::tensor::CubeTensor;
+use cubecl::prelude::*;
+
+use super::pinv::{GRID, WORK_SLOTS, iterate};
+use crate::attention::pinv::MIN_COEFFICIENT;
+
+/// Launches the kernel; see [`crate::kernels::fused_landmark_weights`] for the contract.
+pub fn launch(
+    landmark_queries: CubeTensor,
+    landmark_keys: CubeTensor,
+    landmark_values: CubeTensor,
+    missing_queries: CubeTensor,
+    missing_keys: CubeTensor,
+    iterations: usize,
+) -> CubeTensor {
+    let landmark_queries = into_contiguous(landmark_queries);
+    let landmark_keys = into_contiguous(landmark_keys);
+    let landmark_values = into_contiguous(landmark_values);
+    let missing_queries = into_contiguous(missing_queries);
+    let missing_keys = into_contiguous(missing_keys);
+    let [batch, heads, m, head_dim] = landmark_queries.meta.shape().dims::<4>();
+    let value_dim = landmark_values.meta.shape()[3];
+    let matrices = batch * heads;
+
+    let client = landmark_queries.client.clone();
+    let device = landmark_queries.device.clone();
+    let dtype = landmark_queries.dtype;
+    let weights = empty_device_contiguous_dtype(
+        client.clone(),
+        device.clone(),
+        Shape::new([batch, heads, m, value_dim]),
+        dtype,
+    );
+    let work = empty_device_contiguous_dtype(
+        client.clone(),
+        device,
+        Shape::new([matrices, WORK_SLOTS, m, m]),
+        DType::F32,
+    );
+    landmark_weights_kernel::launch(
+        &client,
+        CubeCount::new_1d(matrices as u32),
+        CubeDim::new_1d((GRID * GRID) as u32),
+        landmark_queries.into_tensor_arg(),
+        landmark_keys.into_tensor_arg(),
+        landmark_values.into_tensor_arg(),
+        missing_queries.into_tensor_arg(),
+        missing_keys.into_tensor_arg(),
+        weights.clone().into_tensor_arg(),
+        work.into_tensor_arg(),
+        iterations,
+        m,
+        head_dim,
+        value_dim,
+        dtype_to_storage_type(dtype),
+    );
+    weights
+}
+
+/// One cube per matrix (`CUBE_POS`) of [`GRID`] × [`GRID`] units; every tensor contiguous,
+/// `work` `[batch · heads, WORK_SLOTS, m, m]`. The missing flags are `[batch, m]`, 1.0 where a
+/// segment is not a landmark.
+#[allow(clippy::too_many_arguments)]
+#[cube(launch)]
+fn landmark_weights_kernel<F: Float>(
+    landmark_queries: &Tensor<F>,
+    landmark_keys: &Tensor<F>,
+    landmark_values: &Tensor<F>,
+    missing_queries: &Tensor<F>,
+    missing_keys: &Tensor<F>,
+    weights: &mut Tensor<F>,
+    work: &mut Tensor<f32>,
+    iterations: usize,
+    #[comptime] m: usize,
+    #[comptime] head_dim: usize,
+    #[comptime] value_dim: usize,
+    #[define(F)] _dtype: ElemType,
+) {
+    let matrix = CUBE_POS;
+    let batch = matrix / landmark_queries.shape(1);
+    let size = m * m;
+    let a = matrix * WORK_SLOTS * size;
+    let z = a + size;
+    let next = a + 2 * size;
+    // P's slot holds the column sums until the iteration needs it.
+    let p = a + 3 * size;
+    let t = a + 4 * size;
+    let u = a + 5 * size;
+    let unit = UNIT_POS as usize;
+    let units = comptime![GRID * GRID];
+
+    // A, a row per unit: the scores over the landmark keys that exist, their softmax, and zero
+    // for a missing landmark query or key (a row without any key is zero too).
+    let mut row = unit;
+    while row < m {
+        let query = (matrix * m + row) * head_dim;
+        let mut maximum = f32::new(-1.0e30);
+        for j in 0..m {
+            let mut score = f32::new(0.0);
+            if missing_keys[batch * m + j] == F::new(0.0) {
+                let key = (matrix * m + j) * head_dim;
+                for c in 0..head_dim {
+                    score += f32::cast_from(landmark_queries[query + c])
+                        * f32::cast_from(landmark_keys[key + c]);
+                }
+                if score > maximum {
+                    maximum = score;
+                }
+            }
+            work[a + row * m + j] = score;
+        }
+        let present = missing_queries[batch * m + row] == F::new(0.0);
+        let mut sum = f32::new(0.0);
+        for j in 0..m {
+            let mut weight = f32::new(0.0);
+            if present && missing_keys[batch * m + j] == F::new(0.0) {
+                weight = f32::exp(work[a + row * m + j] - maximum);
+            }
+            work[a + row * m + j] = weight;
+            sum += weight;
+        }
+        let mut inverse = f32::new(0.0);
+        if sum > 0.0f32 {
+            inverse = f32::new(1.0) / sum;
+        }
+        for j in 0..m {
+            work[a + row * m + j] *= inverse;
+        }
+        row += units;
+    }
+    sync_storage();
+
+    // c = the largest column sum (‖A‖₁), at least MIN_COEFFICIENT so that A = 0 (every landmark
+    // missing) inverts to 0.
+    let mut column = unit;
+    while column < m {
+        let mut sum = f32::new(0.0);
+        for i in 0..m {
+            sum += work[a + i * m + column];
+        }
+        work[p + column] = sum;
+        column += units;
+    }
+    sync_storage();
+    let mut c = f32::new(comptime![MIN_COEFFICIENT]);
+    for j in 0..m {
+        let sum = work[p + j];
+        if sum > c {
+            c = sum;
+        }
+    }
+
+    // Z₀ = Aᵀ / c, then the iteration.
+    let mut entry = unit;
+    while entry < size {
+        let transposed = (entry % m) * m + entry / m;
+        work[z + entry] = work[a + transposed] / c;
+        entry += units;
+    }
+    sync_storage();
+    let z = iterate::<f32>(work, a, z, next, p, t, u, iterations, m);
+
+    // W = Z (B V), an entry per unit in turn.
+    let mut entry = unit;
+    while entry < m * value_dim {
+        let (i, column) = (entry / value_dim, entry % value_dim);
+        let mut sum = f32::new(0.0);
+        for k in 0..m {
+            sum += work[z + i * m + k]
+                * f32::cast_from(landmark_values[(matrix * m + k) * value_dim + column]);
+        }
+        weights[matrix * m * value_dim + entry] = F::cast_from(sum);
+        entry += units;
+    }
+}
