@@ -7,11 +7,12 @@ use burn::tensor::activation::softmax;
 use burn::tensor::{Bool, DType, Device, FloatDType, Tensor, TensorData};
 use common::{REQUIRE_WGPU, devices, mask, on, randn, relative_diff, values, wgpu_device};
 use nystromformer::attention::iterative_pinv;
+use nystromformer::attention::landmarks::Segments;
 use nystromformer::attention::mask::MASKED_SCORE;
 use nystromformer::attention::softmax_kernels::{kernel_a, kernel_b, kernel_f};
 use nystromformer::kernels::{
     MAX_KERNEL_HEAD_DIM, MAX_KERNEL_LANDMARKS, custom_kernels_apply, fused_landmark_attention,
-    fused_landmark_values, fused_landmark_weights, fused_pinv,
+    fused_landmark_means, fused_landmark_values, fused_landmark_weights, fused_pinv,
 };
 use nystromformer::{MaskPolicy, NystromHeadsInput, NystromOptions, PinvInit, nystrom_attention};
 
@@ -250,10 +251,77 @@ fn pinv_case(device: &Device) {
 }
 
 #[test]
-fn fused_landmark_weights_match_a_pinv_times_values() {
-    for device in kernel_devices() {
-        landmark_weights_case(&device);
+fn fused_landmark_means_match_the_segment_means() {
+    // The kernel runs on CubeCL devices outside autodiff; flex has its own fused means.
+    let rows = |n, device: &Device| randn([1, 1, n, 2], 1.0, 3, device);
+    for device in [Device::flex(), Device::flex().autodiff()] {
+        let fused = fused_landmark_means(&rows(8, &device), &rows(8, &device), 4, 0.5);
+        assert!(fused.is_none(), "{device:?}");
     }
+    let Some(device) = kernel_device() else {
+        return;
+    };
+    let tracked = rows(8, &device.clone().autodiff());
+    assert!(fused_landmark_means(&tracked, &tracked, 4, 0.5).is_none());
+
+    // Cross-attention lengths (segments of 5 queries and 8 keys), the queries a strided head
+    // split, against the tensor-op means on flex.
+    let flex = Device::flex();
+    let [batch, heads, d, m] = [2, 3, 16, 8];
+    let [n_q, n_k] = [40, 64];
+    let scale = 0.25;
+    let q = head_split([batch, heads, n_q, d], 1.0, 50, &device);
+    let k = randn([batch, heads, n_k, d], 1.0, 51, &device);
+    let means =
+        |x: &Tensor<4>, n| Segments::new(n, m, None, FloatDType::F32, &flex).mean(on(x, &flex));
+    let [landmark_queries, scaled_queries, scaled_keys] =
+        fused_landmark_means(&q, &k, m, scale).expect("the kernel applies");
+    let expected = [
+        means(&q, n_q),
+        means(&q, n_q).mul_scalar(scale),
+        means(&k, n_k).mul_scalar(scale),
+    ];
+    let got = [landmark_queries, scaled_queries, scaled_keys];
+    for (name, (got, expected)) in ["Q̃", "Q̃ · scale", "K̃ · scale"]
+        .iter()
+        .zip(got.iter().zip(&expected))
+    {
+        assert_eq!(got.dims(), [batch, heads, m, d], "{name}");
+        let diff = relative_diff(&on(got, &flex), expected);
+        assert!(diff < 1e-6, "{name}: relative difference {diff}");
+    }
+
+    // f16 in and out, summed in f32.
+    if device.supports_dtype(FloatDType::F16) {
+        let half = |x: &Tensor<4>| x.clone().cast(FloatDType::F16);
+        let [landmark_queries, ..] = fused_landmark_means(&half(&q), &half(&k), m, scale).unwrap();
+        assert_eq!(landmark_queries.dtype(), DType::F16);
+        let diff = relative_diff(
+            &on(&landmark_queries.cast(FloatDType::F32), &flex),
+            &expected[0],
+        );
+        assert!(diff < 2e-3, "f16: relative difference {diff}");
+    }
+}
+
+#[test]
+fn fused_landmark_weights_match_a_pinv_times_values() {
+    // The one kernel runs on CubeCL devices outside autodiff; elsewhere the attention keeps the
+    // separate stages.
+    let square = |device: &Device| randn([1, 1, 4, 4], 1.0, 2, device);
+    for device in [Device::flex(), Device::flex().autodiff()] {
+        let (a, values) = (square(&device), square(&device));
+        let fused = fused_landmark_weights(&a, &a, &values, None, None, 6, PinvInit::Exact);
+        assert!(fused.is_none(), "{device:?}");
+    }
+    let Some(device) = kernel_device() else {
+        return;
+    };
+    let tracked = square(&device.clone().autodiff());
+    let fused =
+        fused_landmark_weights(&tracked, &tracked, &tracked, None, None, 6, PinvInit::Exact);
+    assert!(fused.is_none(), "autodiff keeps the pseudo-inverse stage");
+    landmark_weights_case(&device);
 }
 
 /// `W = A⁺ (B V)` against `kernel_a`, `iterative_pinv` and a product as tensor ops on flex
@@ -448,20 +516,29 @@ fn attention_with_and_without_kernels_agrees_with_flex() {
         let q = randn([batch, heads, n, d], 1.0, 10 + n as u64, &flex);
         let k = randn([batch, heads, n, d], 1.0, 11 + n as u64, &flex);
         let v = randn([batch, heads, n, d], 1.0, 12 + n as u64, &flex);
-        // Sequence 1 padded after its first third.
+        // Sequence 1 padded after its first third, under both policies; and without a mask
+        // where m divides n, so that the equal segments' kernel runs too.
         let padding: Vec<bool> = (0..batch * n).map(|i| i >= n && i % n >= n / 3).collect();
-        for policy in [MaskPolicy::LeakFree, MaskPolicy::HfCompatible] {
+        let mut cases: Vec<_> = [MaskPolicy::LeakFree, MaskPolicy::HfCompatible]
+            .map(|policy| (Some(padding.clone()), policy))
+            .into();
+        if n % m == 0 {
+            cases.push((None, MaskPolicy::LeakFree));
+        }
+        for (padding, policy) in cases {
             let options = NystromOptions::new()
                 .with_num_landmarks(m)
                 .with_mask_policy(policy);
             let run = |device: &Device, kernels: bool| {
-                let mask_pad = mask(padding.clone(), [batch, n], device);
                 let input = NystromHeadsInput::self_attention(
                     on(&q, device),
                     on(&k, device),
                     on(&v, device),
-                )
-                .mask_pad(mask_pad);
+                );
+                let input = match &padding {
+                    Some(padding) => input.mask_pad(mask(padding.clone(), [batch, n], device)),
+                    None => input,
+                };
                 let out = nystrom_attention(input, &options.clone().with_custom_kernels(kernels));
                 on(&out.context, &flex)
             };
@@ -471,7 +548,8 @@ fn attention_with_and_without_kernels_agrees_with_flex() {
                     let diff = relative_diff(&run(&device, kernels), &reference);
                     assert!(
                         diff < 1e-4,
-                        "n = {n}, m = {m}, {policy:?}, {name}, kernels {kernels}: {diff}"
+                        "n = {n}, m = {m}, {policy:?}, mask {}, {name}, kernels {kernels}: {diff}",
+                        padding.is_some()
                     );
                 }
             }

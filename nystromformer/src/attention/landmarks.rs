@@ -130,6 +130,12 @@ impl Segments {
         fused.unwrap_or_else(|| self.mean(x))
     }
 
+    /// Whether every segment is a run of `n / m` tokens (no mask, `m` divides `n`), as
+    /// [`kernels::fused_landmark_means`] takes them.
+    pub fn equal_runs(&self) -> bool {
+        self.weights.is_none()
+    }
+
     /// `[batch, m]`, `true` where a segment holds no valid token; `None` when none can be empty.
     pub fn missing(&self) -> Option<&Tensor<2, Bool>> {
         self.missing.as_ref()

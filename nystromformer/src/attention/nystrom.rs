@@ -226,11 +226,14 @@ pub fn nystrom_attention(
     // Q̃ Kᵀ and Q̃ K̃ᵀ): the [n, d] queries and keys are never rescaled, which saves two full
     // passes over them and their allocations.
     let scale = (d as f64).powf(-0.5);
-    let landmark_queries = query_segments.mean_with_kernels(q.clone(), options.custom_kernels);
-    let scaled_keys = key_segments
-        .mean_with_kernels(k.clone(), options.custom_kernels)
-        .mul_scalar(scale);
-    let scaled_queries = landmark_queries.clone().mul_scalar(scale);
+    let [landmark_queries, scaled_queries, scaled_keys] = scaled_landmarks(
+        &q,
+        &k,
+        [&query_segments, &key_segments],
+        m,
+        scale,
+        options.custom_kernels,
+    );
     let a = || {
         kernel_a(
             landmark_queries.clone(),
@@ -264,7 +267,7 @@ pub fn nystrom_attention(
         )
         .unwrap_or_else(|| {
             let a = a();
-            // The separate pseudo-inverse stage: PinvInit::Original, or past
+            // The separate pseudo-inverse stage: flex, autodiff, PinvInit::Original, or past
             // kernels::MAX_PINV_MATRICES matrices (then as tensor ops).
             let a_pinv = kernels::fused_pinv(&a, iterations, init)
                 .unwrap_or_else(|| iterative_pinv(a, iterations, init));
@@ -301,6 +304,31 @@ pub fn nystrom_attention(
 }
 
 const APPLIES: &str = "custom_kernels_apply was checked";
+
+/// `[Q̃, Q̃ · scale, K̃ · scale]`: the landmark queries, and both landmarks scaled as the softmax
+/// products take them; one kernel where the segments are equal runs and the CubeCL kernels
+/// apply, else the segment means (fused on flex) and two scalings.
+fn scaled_landmarks(
+    q: &Tensor<4>,
+    k: &Tensor<4>,
+    [query_segments, key_segments]: [&Segments; 2],
+    m: usize,
+    scale: f64,
+    custom_kernels: bool,
+) -> [Tensor<4>; 3] {
+    let equal_runs = query_segments.equal_runs() && key_segments.equal_runs();
+    let fused = (custom_kernels && equal_runs)
+        .then(|| kernels::fused_landmark_means(q, k, m, scale))
+        .flatten();
+    fused.unwrap_or_else(|| {
+        let landmark_queries = query_segments.mean_with_kernels(q.clone(), custom_kernels);
+        let scaled_keys = key_segments
+            .mean_with_kernels(k.clone(), custom_kernels)
+            .mul_scalar(scale);
+        let scaled_queries = landmark_queries.clone().mul_scalar(scale);
+        [landmark_queries, scaled_queries, scaled_keys]
+    })
+}
 
 /// `W = A⁺ (B V)`, `[batch, heads, m, d_v]`, with the rows of each sequence of at most `m` valid
 /// keys replaced by its values themselves (their segment means, one key per segment): then

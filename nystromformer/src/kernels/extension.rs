@@ -124,7 +124,6 @@ pub fn depthwise_conv(values: &Tensor<4>, taps: &Tensor<4>) -> Tensor<4> {
 }
 
 /// See [`super::fused_segment_mean`].
-#[cfg(feature = "flex-kernels")]
 pub fn segment_mean(x: &Tensor<4>, m: usize) -> Tensor<4> {
     Tensor::from_dispatch(<Dispatch as SegmentMeanOps>::segment_mean(
         x.clone().into_dispatch(),
@@ -132,10 +131,16 @@ pub fn segment_mean(x: &Tensor<4>, m: usize) -> Tensor<4> {
     ))
 }
 
-/// Only flex has the fused segment means: [`super::fused_segment_mean`] asks for flex first.
-#[cfg(not(feature = "flex-kernels"))]
-pub fn segment_mean(_x: &Tensor<4>, _m: usize) -> Tensor<4> {
-    unreachable!("the fused segment means run on flex only")
+/// See [`super::fused_landmark_means`].
+pub fn landmark_means(q: &Tensor<4>, k: &Tensor<4>, m: usize, scale: f32) -> [Tensor<4>; 3] {
+    let (landmark_queries, scaled_queries, scaled_keys) =
+        <Dispatch as SegmentMeanOps>::landmark_means(
+            q.clone().into_dispatch(),
+            k.clone().into_dispatch(),
+            m,
+            scale,
+        );
+    [landmark_queries, scaled_queries, scaled_keys].map(Tensor::from_dispatch)
 }
 
 /// Only flex has the fused convolution: [`super::fused_depthwise_conv`] asks for flex first.
@@ -316,16 +321,57 @@ pub trait DepthwiseConvOps: Backend {
     fn depthwise_conv(values: FloatTensor<Self>, taps: FloatTensor<Self>) -> FloatTensor<Self>;
 }
 
-/// Landmarks as the means of `m` equal segments along the sequence: x `[batch, heads, n, d]`
-/// with `m` dividing `n`, output `[batch, heads, m, d]`.
-#[cfg(feature = "flex-kernels")]
+/// Landmarks as the means of `m` equal segments along the sequence (no mask, `m` dividing the
+/// length). The default bodies are tensor ops ([`super::reference::segment_mean`]); flex fuses
+/// [`SegmentMeanOps::segment_mean`] forward and backward, CubeCL devices run
+/// [`SegmentMeanOps::landmark_means`] as one kernel.
 #[backend_extension(
+    Cube: cfg(feature = "cube-kernels"),
+    Fusion: cfg(feature = "cube-kernels"),
     Flex: cfg(feature = "flex-kernels"),
     Autodiff: cfg(feature = "autodiff")
 )]
 pub trait SegmentMeanOps: Backend {
-    /// See [`segment_mean`].
-    fn segment_mean(x: FloatTensor<Self>, m: usize) -> FloatTensor<Self>;
+    /// See [`segment_mean`]: x `[batch, heads, n, d]`, output `[batch, heads, m, d]`.
+    #[fusion(default)]
+    fn segment_mean(x: FloatTensor<Self>, m: usize) -> FloatTensor<Self> {
+        super::reference::segment_mean::<Self>(x, m)
+    }
+
+    /// See [`landmark_means`]: `(Q̃, Q̃ · scale, K̃ · scale)`, each `[batch, heads, m, d]`.
+    #[fusion(meta = landmark_means_meta)]
+    fn landmark_means(
+        queries: FloatTensor<Self>,
+        keys: FloatTensor<Self>,
+        m: usize,
+        scale: f32,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        let landmark_queries = Self::segment_mean(queries, m);
+        let scaled_keys = Self::float_mul_scalar(Self::segment_mean(keys, m), scale.into());
+        let scaled_queries = Self::float_mul_scalar(landmark_queries.clone(), scale.into());
+        (landmark_queries, scaled_queries, scaled_keys)
+    }
+}
+
+/// The three `[batch, heads, m, d]` outputs of [`SegmentMeanOps::landmark_means`], in the
+/// queries' type.
+#[cfg(feature = "cube-kernels")]
+fn landmark_means_meta(
+    queries: &burn::backend::fusion::custom::TensorSpec,
+    _keys: &burn::backend::fusion::custom::TensorSpec,
+    m: &usize,
+    _scale: &f32,
+) -> (
+    burn::backend::fusion::custom::TensorSpec,
+    burn::backend::fusion::custom::TensorSpec,
+    burn::backend::fusion::custom::TensorSpec,
+) {
+    let [batch, heads, _, d] = queries.shape.dims::<4>();
+    let landmarks = burn::backend::fusion::custom::TensorSpec::new(
+        Shape::new([batch, heads, *m, d]),
+        queries.dtype,
+    );
+    (landmarks.clone(), landmarks.clone(), landmarks)
 }
 
 /// Elementwise steps of a training step that flex runs slowly: dropout (whose Bernoulli mask

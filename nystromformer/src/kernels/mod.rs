@@ -16,9 +16,10 @@
 //!   coefficient, its iteration and the product with `B V` in one launch, one cube per matrix,
 //!   where the tensor ops take a dozen launches on `m × m` matrices.
 //!
-//! The attention then holds no `n × m` matrix at all. The landmarks stay tensor ops. Under
+//! The landmarks of equal segments are one kernel too (`landmark_means`). The attention then
+//! holds no `n × m` matrix at all. Under
 //! autodiff (feature `autodiff`) the softmax products and the pseudo-inverse run as kernels
-//! forward (`A` and the products around the pseudo-inverse as tensor ops), the softmax
+//! forward (`A` and the product around the pseudo-inverse as tensor ops), the softmax
 //! products also leaving each row's log-sum-exp, and the backward is tensor ops that recompute
 //! each softmax from it (FlashAttention-2's backward, one stage at a time) and replay the
 //! pseudo-inverse iteration: training keeps no `n × m` matrix from forward to backward.
@@ -204,13 +205,14 @@ pub fn fused_pinv(a: &Tensor<4>, iterations: usize, init: PinvInit) -> Option<Te
         })
 }
 
-/// `W = A⁺ (B V)` from the landmarks: `A = softmax(Q̃ K̃ᵀ)` as
+/// `W = A⁺ (B V)` from the landmarks as one CubeCL kernel, one cube per matrix, where the
+/// tensor-op stages take a dozen launches on `m × m` matrices: `A = softmax(Q̃ K̃ᵀ)` as
 /// [`kernel_a`](crate::attention::softmax_kernels::kernel_a) builds it, its pseudo-inverse by
 /// `iterations` steps of [`iterative_pinv`](crate::attention::iterative_pinv) from
-/// [`PinvInit::Exact`], and the product with `B V`. On CubeCL devices outside autodiff it is one
-/// kernel, one cube per matrix (instead of a dozen launches on `m × m` matrices); on flex and
-/// under autodiff it is `A` and `c` as tensor ops around [`fused_pinv`]'s stage. `None` where
-/// [`fused_pinv`] would not apply, and for [`PinvInit::Original`], whose `c` spans the batch.
+/// [`PinvInit::Exact`], and the product with `B V`. `None` where that kernel does not run: off
+/// CubeCL devices, under autodiff (where [`fused_pinv`]'s stage runs between tensor ops, as on
+/// flex), where [`fused_pinv`] would not take the matrices, and for [`PinvInit::Original`],
+/// whose coefficient spans the batch.
 ///
 /// # Shapes
 ///
@@ -253,11 +255,12 @@ pub fn fused_landmark_weights(
             expect_shape(op, name, &missing.dims(), &[batch, m]);
         }
     }
-    let on_cube = extension::on_cube_device(landmark_queries);
     (init == PinvInit::Exact
         && custom_kernels_apply(landmark_queries)
-        && (extension::on_flex_device(landmark_queries)
-            || (on_cube && batch * heads <= MAX_PINV_MATRICES && m <= MAX_KERNEL_LANDMARKS)))
+        && !landmark_queries.is_autodiff()
+        && extension::on_cube_device(landmark_queries)
+        && batch * heads <= MAX_PINV_MATRICES
+        && m <= MAX_KERNEL_LANDMARKS)
         .then(|| {
             extension::landmark_weights(
                 landmark_queries,
@@ -327,6 +330,43 @@ pub fn fused_landmark_attention(
     let [_, _, _, d_v] = weights.dims();
     (custom_kernels_apply(queries) && fits_cube_kernels(queries, [d, d_v]))
         .then(|| extension::landmark_attention(queries, landmark_keys, weights, missing))
+}
+
+/// The landmarks of equal segments (no mask, `m` dividing both lengths) scaled as the later
+/// stages take them: `[Q̃, Q̃ · scale, K̃ · scale]`, as one CubeCL kernel that reads the head
+/// split's strided views in place (where tensor ops take four launches, more if they copy the
+/// views first). `None` where that kernel does not run: off CubeCL devices and under autodiff,
+/// where [`fused_segment_mean`] (flex) or tensor ops take the means.
+///
+/// # Shapes
+///
+/// - q: `[batch, heads, n_q, d]`, k: `[batch, heads, n_k, d]`
+/// - output: three `[batch, heads, m, d]`
+///
+/// # Panics
+///
+/// Panics, naming the argument, if the shapes disagree, and if `m` is 0 or does not divide
+/// `n_q` and `n_k`.
+pub fn fused_landmark_means(
+    q: &Tensor<4>,
+    k: &Tensor<4>,
+    m: usize,
+    scale: f64,
+) -> Option<[Tensor<4>; 3]> {
+    let [batch, heads, n_q, d] = q.dims();
+    let [_, _, n_k, _] = k.dims();
+    expect_shape(
+        "fused_landmark_means",
+        "k",
+        &k.dims(),
+        &[batch, heads, n_k, d],
+    );
+    assert!(
+        m > 0 && n_q.is_multiple_of(m) && n_k.is_multiple_of(m),
+        "fused_landmark_means: m = {m} must divide n_q = {n_q} and n_k = {n_k}"
+    );
+    (custom_kernels_apply(q) && !q.is_autodiff() && extension::on_cube_device(q))
+        .then(|| extension::landmark_means(q, k, m, scale as f32))
 }
 
 /// The skip connection's depthwise convolution along the sequence (one `k`-tap filter per head,
@@ -500,6 +540,15 @@ mod extension {
     }
 
     pub fn segment_mean(_x: &Tensor<4>, _m: usize) -> Tensor<4> {
+        unreachable!("{NOT_COMPILED}")
+    }
+
+    pub fn landmark_means(
+        _q: &Tensor<4>,
+        _k: &Tensor<4>,
+        _m: usize,
+        _scale: f32,
+    ) -> [Tensor<4>; 3] {
         unreachable!("{NOT_COMPILED}")
     }
 

@@ -201,6 +201,17 @@ pub fn landmark_weights<B: PinvOps>(
     B::float_matmul(B::pinv(a, coefficient, iterations), landmark_values)
 }
 
+/// See [`super::fused_segment_mean`]: the `[batch, heads, m, n/m, d]` view's mean over its
+/// fourth dimension.
+pub fn segment_mean<B: Backend>(x: FloatTensor<B>, m: usize) -> FloatTensor<B> {
+    let [batch, heads, n, d] = dims(&x);
+    let segments = B::float_reshape(x, Shape::new([batch, heads, m, n / m, d]));
+    B::float_reshape(
+        B::float_mean_dim(segments, 3),
+        Shape::new([batch, heads, m, d]),
+    )
+}
+
 pub(super) fn dims(tensor: &impl TensorMetadata) -> [usize; 4] {
     let shape = tensor.shape();
     [shape[0], shape[1], shape[2], shape[3]]

@@ -12,7 +12,7 @@ use burn::tensor::Slice;
 use super::backward::{
     SavedAttention, SavedPinv, SavedValues, attention_backward, pinv_backward, values_backward,
 };
-use crate::kernels::extension::{LandmarkSoftmaxOps, PinvOps};
+use crate::kernels::extension::{LandmarkSoftmaxOps, PinvOps, SegmentMeanOps};
 use crate::kernels::recorded::{SavedForward, record};
 use crate::kernels::reference::dims;
 
@@ -148,3 +148,7 @@ impl<C: CheckpointStrategy> PinvOps for Autodiff<Cube, C> {
         })
     }
 }
+
+/// The landmarks as tracked tensor ops (the default bodies): [`crate::kernels::fused_landmark_means`]
+/// takes the kernel outside autodiff only.
+impl<C: CheckpointStrategy> SegmentMeanOps for Autodiff<Cube, C> {}

@@ -1,7 +1,7 @@
 //! The CubeCL stages (wgpu, Vulkan, Metal, WebGPU): [`LandmarkSoftmaxOps`] (see
 //! [`landmark_values`] and [`landmark_attention`], both over [`online_softmax`]) and [`PinvOps`]
-//! (see [`pinv`], and [`landmark_weights`] for `A`, the pseudo-inverse and `W` in one launch) for
-//! burn-cubecl's backend, and for `Autodiff` over it (`autodiff.rs`), whose
+//! (see [`pinv`], and [`landmark_weights`] for `A`, the pseudo-inverse and `W` in one launch) and
+//! [`SegmentMeanOps`] (see [`landmark_means`]) for burn-cubecl's backend, and for `Autodiff` over it (`autodiff.rs`), whose
 //! forward is these kernels and whose backward is tensor ops from what they keep
 //! ([`backward`]).
 
@@ -10,6 +10,7 @@ mod autodiff;
 #[cfg(feature = "autodiff")]
 mod backward;
 mod landmark_attention;
+mod landmark_means;
 mod landmark_values;
 mod landmark_weights;
 mod online_softmax;
@@ -19,7 +20,7 @@ mod tiles;
 use burn::backend::tensor::FloatTensor;
 use burn_cubecl::CubeBackend;
 
-use super::extension::{LandmarkSoftmaxOps, PinvOps};
+use super::extension::{LandmarkSoftmaxOps, PinvOps, SegmentMeanOps};
 
 impl LandmarkSoftmaxOps for CubeBackend {
     fn landmark_values(
@@ -104,5 +105,16 @@ impl PinvOps for CubeBackend {
             missing_keys,
             iterations,
         )
+    }
+}
+
+impl SegmentMeanOps for CubeBackend {
+    fn landmark_means(
+        queries: FloatTensor<Self>,
+        keys: FloatTensor<Self>,
+        m: usize,
+        scale: f32,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        landmark_means::launch(queries, keys, m, scale)
     }
 }
