@@ -1,5 +1,6 @@
 //! Times each stage that a custom kernel replaces, kernel against tensor ops, on one device:
-//! `B · V`, the pseudo-inverse and `F · W`. Medians of `reps` runs with the device synchronised.
+//! the landmarks (segment means, scaled), `B · V`, the pseudo-inverse, `W = A⁺ (B V)` from the
+//! landmarks, and `F · W`. Medians of `reps` runs with the device synchronised.
 //!
 //! `cargo run --release -p nystromformer-bench --example kernel_stages -- wgpu 2048 [reps]`
 //! (shape: batch 4, heads 2, head_dim 32, m 64; `BATCH`, `HEADS`, `HEAD_DIM` override; `DTYPE=f16`
@@ -8,10 +9,12 @@
 use burn::tensor::activation::softmax;
 use burn::tensor::{Device, Distribution, FloatDType, Tensor};
 use nystromformer::attention::iterative_pinv;
+use nystromformer::attention::landmarks::Segments;
 use nystromformer::attention::mask::MASKED_SCORE;
-use nystromformer::attention::softmax_kernels::{kernel_b, kernel_f};
+use nystromformer::attention::softmax_kernels::{kernel_a, kernel_b, kernel_f};
 use nystromformer::kernels::{
-    custom_kernels_apply, fused_landmark_attention, fused_landmark_values, fused_pinv,
+    custom_kernels_apply, fused_landmark_attention, fused_landmark_means, fused_landmark_values,
+    fused_landmark_weights, fused_pinv,
 };
 use nystromformer::{PinvInit, device::choose_device};
 
@@ -47,13 +50,29 @@ fn main() {
         3,
     );
     let weights = random(m, 1.0);
+    let scale = (d as f64).powf(-0.5);
+    let segments = Segments::new(n, m, None, dtype, &device);
     assert!(
         custom_kernels_apply(&q),
         "the custom kernels do not apply on {device:?}"
     );
     println!("{device:?}, {dtype:?}, batch {batch}, heads {heads}, n {n}, d {d}, m {m}: median ms");
 
-    let stages: [Stage; 3] = [
+    let stages: [Stage; 5] = [
+        (
+            "landmarks",
+            Box::new(|| {
+                let [queries, scaled_queries, scaled_keys] =
+                    fused_landmark_means(&q, &k, m, scale).expect("applies");
+                Tensor::cat(vec![queries, scaled_queries, scaled_keys], 2)
+            }),
+            Box::new(|| {
+                let queries = segments.mean(q.clone());
+                let scaled_keys = segments.mean(k.clone()).mul_scalar(scale);
+                let scaled_queries = queries.clone().mul_scalar(scale);
+                Tensor::cat(vec![queries, scaled_queries, scaled_keys], 2)
+            }),
+        ),
         (
             "B · V",
             Box::new(|| {
@@ -75,6 +94,31 @@ fn main() {
             "pinv (6 iterations)",
             Box::new(|| fused_pinv(&a, 6, PinvInit::Exact).expect("applies")),
             Box::new(|| iterative_pinv(a.clone(), 6, PinvInit::Exact)),
+        ),
+        (
+            "W = A⁺ (B V)",
+            Box::new(|| {
+                fused_landmark_weights(
+                    &landmark_queries,
+                    &landmark_keys,
+                    &weights,
+                    None,
+                    None,
+                    6,
+                    PinvInit::Exact,
+                )
+                .expect("applies")
+            }),
+            Box::new(|| {
+                let a = kernel_a(
+                    landmark_queries.clone(),
+                    landmark_keys.clone(),
+                    None,
+                    None,
+                    MASKED_SCORE,
+                );
+                iterative_pinv(a, 6, PinvInit::Exact).matmul(weights.clone())
+            }),
         ),
         (
             "F · W",
