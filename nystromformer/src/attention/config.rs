@@ -1,4 +1,4 @@
-//! Configuration of [`NystromAttention`](super::NystromAttention).
+//! Configuration of [`NystromAttention`].
 
 use burn::config::Config;
 use burn::nn::PaddingConfig2d;
@@ -12,7 +12,7 @@ use super::module::NystromAttention;
 use super::nystrom::NystromOptions;
 use super::pinv::PinvInit;
 
-/// How attention weights are computed by [`NystromAttention`](super::NystromAttention).
+/// How attention weights are computed by [`NystromAttention`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub enum AttentionMode {
     /// Nyström approximation `F · A⁺ · (B · V)`; exact softmax when `n ≤ num_landmarks`.
@@ -38,7 +38,7 @@ pub enum MaskPolicy {
     HfCompatible,
 }
 
-/// Configuration to create a [`NystromAttention`](super::NystromAttention) layer with
+/// Configuration to create a [`NystromAttention`] layer with
 /// [`init`](NystromAttentionConfig::init).
 #[derive(Config, Debug)]
 pub struct NystromAttentionConfig {

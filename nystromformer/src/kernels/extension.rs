@@ -1,10 +1,11 @@
 //! The fused stages as Burn backend extensions, one trait per family: [`LandmarkSoftmaxOps`] (the
 //! two softmax products, on CubeCL devices and on flex), [`PinvOps`] (the pseudo-inverse, on
-//! CubeCL devices and on flex), and on flex `DepthwiseConvOps` (the skip connection's
-//! convolution), `SegmentMeanOps` (the landmarks of equal segments), `ElementwiseOps` (dropout and
-//! GELU) and `LayerNormOps`. Burn routes a call by the device of its tensors: to the CubeCL
-//! backend (through its fusion backend, which runs a custom operation at the next flush) or to
-//! flex. Below them, the tensor-level calls of [`super`]'s public functions.
+//! CubeCL devices and on flex, and `W = A⁺ (B V)` in one kernel on CubeCL devices),
+//! [`SegmentMeanOps`] (the landmarks of equal segments: fused on flex, one kernel with their
+//! scaling on CubeCL devices), and on flex `DepthwiseConvOps` (the skip connection's
+//! convolution), `ElementwiseOps` (dropout and GELU) and `LayerNormOps`. Burn routes a call by
+//! the device of its tensors: to the CubeCL backend (through its fusion backend, which runs a
+//! custom operation at the next flush) or to flex. Below them, the tensor-level calls of [`super`]'s public functions.
 
 // The macro's expansion names `burn::backend::...` paths.
 use burn::backend::{Backend, Dispatch, DispatchDevice, backend_extension, tensor::FloatTensor};
