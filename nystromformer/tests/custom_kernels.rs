@@ -11,9 +11,8 @@ use nystromformer::attention::landmarks::Segments;
 use nystromformer::attention::mask::MASKED_SCORE;
 use nystromformer::attention::softmax_kernels::{kernel_a, kernel_b, kernel_f};
 use nystromformer::kernels::{
-    MAX_KERNEL_HEAD_DIM, MAX_KERNEL_LANDMARKS, MAX_WEIGHTS_KERNEL_ENTRIES, custom_kernels_apply,
-    fused_landmark_attention, fused_landmark_means, fused_landmark_values, fused_landmark_weights,
-    fused_pinv,
+    MAX_KERNEL_HEAD_DIM, MAX_KERNEL_LANDMARKS, custom_kernels_apply, fused_landmark_attention,
+    fused_landmark_means, fused_landmark_values, fused_landmark_weights, fused_pinv,
 };
 use nystromformer::{MaskPolicy, NystromHeadsInput, NystromOptions, PinvInit, nystrom_attention};
 
@@ -225,57 +224,34 @@ fn the_pinv_kernel_takes_its_largest_m() {
     assert!(diff < 1e-4, "m = {m}: relative difference {diff}");
 }
 
-/// `W = A⁺ (B V)` at the largest shapes its kernel takes (m = 256 with head size 100, m = 160
-/// with 128), against the tensor ops on flex; past [`MAX_WEIGHTS_KERNEL_ENTRIES`] (m = 256 with
-/// 128) the kernel declines and the attention's separate stages agree with flex.
+/// `W = A⁺ (B V)` at the largest `m` and head size the kernels take, against the tensor ops on
+/// flex. (With its dot products rolled, this shape ran past llvmpipe's limit of 65 535 loop
+/// iterations per invocation, which silently ends the invocation: the last rows of `W` were
+/// wrong on lavapipe.)
 #[test]
-fn the_weights_kernel_takes_its_largest_shapes() {
+fn the_weights_kernel_takes_its_largest_m_and_head_size() {
     let Some(device) = kernel_device() else {
         return;
     };
     let flex = Device::flex();
-    for (m, d) in [(MAX_KERNEL_LANDMARKS, 100), (160, MAX_KERNEL_HEAD_DIM)] {
-        let queries = randn([1, 1, m, d], 0.3, 60, &flex);
-        let keys = randn([1, 1, m, d], 0.3, 61, &flex);
-        let products = randn([1, 1, m, d], 1.0, 62, &flex);
-        let fused = fused_landmark_weights(
-            &on(&queries, &device),
-            &on(&keys, &device),
-            &on(&products, &device),
-            None,
-            None,
-            6,
-            PinvInit::Exact,
-        )
-        .expect("the kernel applies");
-        let a = kernel_a(queries, keys, None, None, MASKED_SCORE);
-        let reference = iterative_pinv(a, 6, PinvInit::Exact).matmul(products);
-        let diff = relative_diff(&on(&fused, &flex), &reference);
-        assert!(diff < 1e-4, "m = {m}, d = {d}: relative difference {diff}");
-    }
     let [m, d] = [MAX_KERNEL_LANDMARKS, MAX_KERNEL_HEAD_DIM];
-    assert!(m * d >= MAX_WEIGHTS_KERNEL_ENTRIES);
-    let rows = |n| randn([1, 2, n, d], 1.0, 64, &device);
-    assert!(
-        fused_landmark_weights(&rows(m), &rows(m), &rows(m), None, None, 6, PinvInit::Exact)
-            .is_none()
-    );
-    let (q, k, v) = (
-        randn([1, 2, 2 * m, d], 1.0, 65, &flex),
-        randn([1, 2, 2 * m, d], 1.0, 66, &flex),
-        randn([1, 2, 2 * m, d], 1.0, 67, &flex),
-    );
-    let options = NystromOptions::new().with_num_landmarks(m);
-    let run = |device: &Device| {
-        let input =
-            NystromHeadsInput::self_attention(on(&q, device), on(&k, device), on(&v, device));
-        on(&nystrom_attention(input, &options).context, &flex)
-    };
-    let diff = relative_diff(&run(&device), &run(&flex));
-    assert!(
-        diff < 1e-4,
-        "m = {m}, d = {d}, separate stages: relative difference {diff}"
-    );
+    let queries = randn([1, 1, m, d], 0.3, 60, &flex);
+    let keys = randn([1, 1, m, d], 0.3, 61, &flex);
+    let products = randn([1, 1, m, d], 1.0, 62, &flex);
+    let fused = fused_landmark_weights(
+        &on(&queries, &device),
+        &on(&keys, &device),
+        &on(&products, &device),
+        None,
+        None,
+        6,
+        PinvInit::Exact,
+    )
+    .expect("the kernel applies");
+    let a = kernel_a(queries, keys, None, None, MASKED_SCORE);
+    let reference = iterative_pinv(a, 6, PinvInit::Exact).matmul(products);
+    let diff = relative_diff(&on(&fused, &flex), &reference);
+    assert!(diff < 1e-4, "m = {m}, d = {d}: relative difference {diff}");
 }
 
 fn pinv_case(device: &Device) {

@@ -260,8 +260,7 @@ pub fn fused_landmark_weights(
         && !landmark_queries.is_autodiff()
         && extension::on_cube_device(landmark_queries)
         && batch * heads <= MAX_PINV_MATRICES
-        && m <= MAX_KERNEL_LANDMARKS
-        && m * d.max(landmark_values.dims()[3]) < MAX_WEIGHTS_KERNEL_ENTRIES)
+        && m <= MAX_KERNEL_LANDMARKS)
         .then(|| {
             extension::landmark_weights(
                 landmark_queries,
@@ -273,13 +272,6 @@ pub fn fused_landmark_weights(
             )
         })
 }
-
-/// [`fused_landmark_weights`]' kernel takes `m · d` and `m · d_v` below this. At m = 256 with
-/// d = d_v = 128 (2¹⁵ entries) its last 18 rows of `W` came out wrong on lavapipe, whatever the
-/// allocation order or the masks, while m = 256 with d = 100 and m = 160 with d = 128 agreed
-/// with the tensor ops to 10⁻⁶; the cause is not found yet, so those shapes take the separate
-/// stages (the pseudo-inverse kernel and a product), which `tests/custom_kernels.rs` checks.
-pub const MAX_WEIGHTS_KERNEL_ENTRIES: usize = 1 << 15;
 
 /// The largest head size (of queries and keys, and of values) that the CubeCL softmax products
 /// take: each unit holds a row of each in registers, sized at compile time, which larger heads

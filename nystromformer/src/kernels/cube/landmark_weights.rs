@@ -117,6 +117,9 @@ fn landmark_weights_kernel<F: Float>(
             let mut score = f32::new(0.0);
             if missing_keys[batch * m + j] == F::new(0.0) {
                 let key = (matrix * m + j) * head_dim;
+                // Unrolled: llvmpipe (lavapipe) ends an invocation after 65 535 loop iterations
+                // in all, which a rolled loop here reaches at m = 256, d = 128.
+                #[unroll]
                 for c in 0..head_dim {
                     score += f32::cast_from(landmark_queries[query + c])
                         * f32::cast_from(landmark_keys[key + c]);
