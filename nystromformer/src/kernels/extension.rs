@@ -5,7 +5,8 @@
 //! scaling on CubeCL devices), and on flex `DepthwiseConvOps` (the skip connection's
 //! convolution), `ElementwiseOps` (dropout and GELU) and `LayerNormOps`. Burn routes a call by
 //! the device of its tensors: to the CubeCL backend (through its fusion backend, which runs a
-//! custom operation at the next flush) or to flex. Below them, the tensor-level calls of [`super`]'s public functions.
+//! custom operation at the next flush) or to flex. Below them, the tensor-level calls of
+//! [`super`]'s public functions.
 
 // The macro's expansion names `burn::backend::...` paths.
 use burn::backend::{Backend, Dispatch, DispatchDevice, backend_extension, tensor::FloatTensor};

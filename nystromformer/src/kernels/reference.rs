@@ -119,11 +119,16 @@ fn attention_from_scores<B: Backend>(
     weights: FloatTensor<B>,
     missing: FloatTensor<B>,
 ) -> FloatTensor<B> {
-    let [batch, heads, n, m] = dims(&scores);
-    let absent = flags::<B>(missing, [batch, 1, 1, m], [batch, heads, n, m]);
+    B::float_matmul(landmark_softmax::<B>(scores, missing), weights)
+}
+
+/// The softmax of scores over the landmark keys ([`landmark_scores`]), with zero weight on the
+/// missing ones.
+fn landmark_softmax<B: Backend>(scores: FloatTensor<B>, missing: FloatTensor<B>) -> FloatTensor<B> {
+    let shape = dims(&scores);
+    let absent = flags::<B>(missing, [shape[0], 1, 1, shape[3]], shape);
     // A row without any landmark would otherwise spread uniform weight over the missing ones.
-    let kernel = B::float_mask_fill(B::softmax(scores, 3), absent, 0.0f32.into());
-    B::float_matmul(kernel, weights)
+    B::float_mask_fill(B::softmax(scores, 3), absent, 0.0f32.into())
 }
 
 /// `max + ln Σ exp(s − max)` of each row of `scores`, as `[.., rows, 1]`.
@@ -180,16 +185,10 @@ pub fn landmark_weights<B: PinvOps>(
     iterations: usize,
 ) -> FloatTensor<B> {
     let scores = landmark_scores::<B>(landmark_queries, landmark_keys, missing_keys.clone());
-    let [batch, heads, m, _] = dims(&scores);
-    let shape = [batch, heads, m, m];
-    // A row without any landmark key would otherwise be uniform over the missing ones.
+    let shape = dims(&scores);
+    let [batch, heads, m, _] = shape;
     let a = B::float_mask_fill(
-        B::softmax(scores, 3),
-        flags::<B>(missing_keys, [batch, 1, 1, m], shape),
-        0.0f32.into(),
-    );
-    let a = B::float_mask_fill(
-        a,
+        landmark_softmax::<B>(scores, missing_keys),
         flags::<B>(missing_queries, [batch, 1, m, 1], shape),
         0.0f32.into(),
     );
@@ -327,6 +326,38 @@ mod tests {
                 (got - expected).abs() < 1e-5,
                 "row {r}: {got} against {expected}"
             );
+        }
+    }
+
+    #[test]
+    fn the_weights_body_is_a_pinv_times_the_values() {
+        use crate::attention::softmax_kernels::kernel_a;
+        use crate::attention::{PinvInit, iterative_pinv};
+
+        let device = Device::flex();
+        let [m, d] = [5, 4];
+        let random = |seed| {
+            Tensor::<4>::random([2, 1, m, d], Distribution::Normal(0.0, 1.0), &device)
+                .mul_scalar(seed)
+        };
+        let (queries, keys, products) = (random(1.0), random(0.5), random(1.0));
+        // Sequence 1 without its landmarks 1 and 4, on both sides.
+        let flagged = [vec![0.0; m], vec![0.0, 1.0, 0.0, 0.0, 1.0]].concat();
+        let missing = Tensor::<2>::from_data(TensorData::new(flagged, [2, m]), &device);
+        let got = host(Tensor::from_dispatch(landmark_weights::<Dispatch>(
+            queries.clone().into_dispatch(),
+            keys.clone().into_dispatch(),
+            products.clone().into_dispatch(),
+            missing.clone().into_dispatch(),
+            missing.clone().into_dispatch(),
+            6,
+        )));
+        let missing = missing.greater_elem(0.5);
+        let a = kernel_a(queries, keys, Some(&missing), Some(&missing), -1e9);
+        let expected = host(iterative_pinv(a, 6, PinvInit::Exact).matmul(products));
+        let scale = expected.iter().fold(1.0f32, |s, x| s.max(x.abs()));
+        for (i, (g, e)) in got.iter().zip(&expected).enumerate() {
+            assert!((g - e).abs() < 1e-4 * scale, "entry {i}: {g} against {e}");
         }
     }
 }

@@ -6,7 +6,7 @@
 //! maximum for `c`, the iteration, and the product with `B V`. None of them fills a GPU, so each
 //! costs its launch; here a cube does them all in turn, with the matrices in a global work buffer
 //! (in f32, whatever the input type) and a storage barrier between steps, and the iteration is
-//! the pseudo-inverse kernel's own ([`super::pinv::iterate`]).
+//! the pseudo-inverse kernel's own ([`super::pinv::invert`]).
 //!
 //! The coefficient is `c = ‖A‖₁` of each matrix ([`PinvInit::Exact`](crate::PinvInit::Exact));
 //! [`PinvInit::Original`](crate::PinvInit::Original) takes its `c` from the whole batch, which
@@ -19,7 +19,7 @@ use burn_cubecl::ops::numeric::empty_device_contiguous_dtype;
 use burn_cubecl::tensor::CubeTensor;
 use cubecl::prelude::*;
 
-use super::pinv::{GRID, WORK_SLOTS, iterate};
+use super::pinv::{GRID, WORK_SLOTS, invert};
 use crate::attention::pinv::MIN_COEFFICIENT;
 
 /// Launches the kernel; see [`crate::kernels::fused_landmark_weights`] for the contract.
@@ -98,12 +98,8 @@ fn landmark_weights_kernel<F: Float>(
     let batch = matrix / landmark_queries.shape(1);
     let size = m * m;
     let a = matrix * WORK_SLOTS * size;
-    let z = a + size;
-    let next = a + 2 * size;
-    // P's slot holds the column sums until the iteration needs it.
-    let p = a + 3 * size;
-    let t = a + 4 * size;
-    let u = a + 5 * size;
+    // The slot after Z's holds the column sums until the iteration needs it.
+    let sums = a + 2 * size;
     let unit = UNIT_POS as usize;
     let units = comptime![GRID * GRID];
 
@@ -159,27 +155,20 @@ fn landmark_weights_kernel<F: Float>(
         for i in 0..m {
             sum += work[a + i * m + column];
         }
-        work[p + column] = sum;
+        work[sums + column] = sum;
         column += units;
     }
     sync_storage();
     let mut c = f32::new(comptime![MIN_COEFFICIENT]);
     for j in 0..m {
-        let sum = work[p + j];
+        let sum = work[sums + j];
         if sum > c {
             c = sum;
         }
     }
 
-    // Z₀ = Aᵀ / c, then the iteration.
-    let mut entry = unit;
-    while entry < size {
-        let transposed = (entry % m) * m + entry / m;
-        work[z + entry] = work[a + transposed] / c;
-        entry += units;
-    }
-    sync_storage();
-    let z = iterate::<f32>(work, a, z, next, p, t, u, iterations, m);
+    // Every unit has read the sums before `invert` writes over them (after its first barrier).
+    let z = invert::<f32>(work, a, c, iterations, m);
 
     // W = Z (B V), an entry per unit in turn.
     let mut entry = unit;

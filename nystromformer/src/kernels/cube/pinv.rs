@@ -44,7 +44,7 @@ pub fn launch(a: CubeTensor, coefficient: CubeTensor, iterations: usize) -> Cube
     let work = empty_device_contiguous_dtype(
         client.clone(),
         device,
-        Shape::new([WORK_SLOTS, matrices, m, m]),
+        Shape::new([matrices, WORK_SLOTS, m, m]),
         dtype,
     );
     pinv_kernel::launch(
@@ -62,12 +62,12 @@ pub fn launch(a: CubeTensor, coefficient: CubeTensor, iterations: usize) -> Cube
     z
 }
 
-/// Matrices per cube in the work buffer: A, then Z and its successor (their roles swap every
-/// iteration), P, T and U. Every product reads from this one buffer.
+/// Matrices per cube in the work buffer, one after the other: A, then Z and its successor (their
+/// roles swap every iteration), P, T and U. Every product reads from this one buffer.
 pub const WORK_SLOTS: usize = 6;
 
 /// One cube per matrix (`CUBE_POS`); `a` and `z` are contiguous `[batch, heads, m, m]`, `work`
-/// is `[WORK_SLOTS, batch · heads, m, m]`. `m` is a compile-time constant so that each unit's
+/// is `[batch · heads, WORK_SLOTS, m, m]`. `m` is a compile-time constant so that each unit's
 /// block of entries lives in registers.
 #[cube(launch)]
 fn pinv_kernel<F: Float>(
@@ -82,28 +82,18 @@ fn pinv_kernel<F: Float>(
     let matrix = CUBE_POS;
     let size = m * m;
     let base = matrix * size;
-    let slot = coefficient.len() * size; // distance between two slots of one matrix
-    let a_slot = base;
-    let z_slot = base + slot;
-    let next_slot = base + 2 * slot;
-    let p = base + 3 * slot;
-    let t = base + 4 * slot;
-    let u = base + 5 * slot;
+    let a_slot = matrix * WORK_SLOTS * size;
     let unit = UNIT_POS as usize;
     let units = comptime![GRID * GRID];
 
-    // A and Z₀ = Aᵀ / c.
-    let c = coefficient[matrix];
     let mut entry = unit;
     while entry < size {
-        let transposed = (entry % m) * m + entry / m;
         work[a_slot + entry] = a[base + entry];
-        work[z_slot + entry] = a[base + transposed] / c;
         entry += units;
     }
     sync_storage();
 
-    let z_slot = iterate(work, a_slot, z_slot, next_slot, p, t, u, iterations, m);
+    let z_slot = invert(work, a_slot, coefficient[matrix], iterations, m);
 
     let mut entry = unit;
     while entry < size {
@@ -112,14 +102,48 @@ fn pinv_kernel<F: Float>(
     }
 }
 
+/// Inverts the matrix `A` at `a` in `work`, whose next [`WORK_SLOTS`] − 1 slots of `m · m`
+/// entries are its scratch: `Z₀ = Aᵀ / c`, then `iterations` steps. Returns the slot that holds
+/// the last `Z`. Every unit of the cube (a [`GRID`] × [`GRID`] grid) must call it, after a
+/// `sync_storage` that makes `A` visible.
+#[cube]
+pub fn invert<F: Float>(
+    work: &mut Tensor<F>,
+    a: usize,
+    c: F,
+    iterations: usize,
+    #[comptime] m: usize,
+) -> usize {
+    let size = m * m;
+    let z = a + size;
+    let units = comptime![GRID * GRID];
+    let mut entry = UNIT_POS as usize;
+    while entry < size {
+        let transposed = (entry % m) * m + entry / m;
+        work[z + entry] = work[a + transposed] / c;
+        entry += units;
+    }
+    sync_storage();
+    iterate(
+        work,
+        a,
+        z,
+        a + 2 * size,
+        a + 3 * size,
+        a + 4 * size,
+        a + 5 * size,
+        iterations,
+        m,
+    )
+}
+
 /// Runs `iterations` steps on the matrix at `a` in `work`, starting from `Z₀` at `z`, with the
 /// slots `next`, `p`, `t` and `u` as scratch; returns the slot that holds the last `Z` (`z` or
-/// `next`: their roles swap every iteration). Every unit of the cube (a [`GRID`] × [`GRID`]
-/// grid) must call it, after a `sync_storage` that makes `A` and `Z₀` visible.
+/// `next`: their roles swap every iteration).
 #[allow(clippy::manual_swap)] // `std::mem::swap` has no kernel expansion
 #[allow(clippy::too_many_arguments)]
 #[cube]
-pub fn iterate<F: Float>(
+fn iterate<F: Float>(
     work: &mut Tensor<F>,
     a: usize,
     z: usize,
