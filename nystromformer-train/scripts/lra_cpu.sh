@@ -8,11 +8,19 @@
 #
 # BIN: the binary (default target/release/nystromformer-train); ATTENTIONS: which models
 # (default "nystrom softmax"); NICE: scheduling priority (default 19, so builds come first).
+#
+# A checkout without the run in artifacts/ (a fresh clone) starts from the snapshot that
+# lra_snapshot.sh left in nystromformer-train/runs/, if there is one.
 set -u
 BIN=${BIN:-target/release/nystromformer-train}
 mkdir -p artifacts
 for ATTENTION in ${ATTENTIONS:-nystrom softmax}; do
     DIR=artifacts/lra-listops-$ATTENTION
+    SNAPSHOT=nystromformer-train/runs/lra-listops-$ATTENTION
+    if [ ! -f "$DIR/config.json" ] && [ -f "$SNAPSHOT/config.json" ]; then
+        echo "$(date -u +%FT%TZ) $DIR: restoring the snapshot $SNAPSHOT"
+        mkdir -p "$DIR" && cp -r "$SNAPSHOT/." "$DIR/"
+    fi
     if [ -f "$DIR/summary.json" ]; then
         echo "$DIR: finished"
         continue
