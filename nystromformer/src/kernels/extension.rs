@@ -14,6 +14,7 @@ use burn::backend::{Backend, Dispatch, DispatchDevice, backend_extension, tensor
 use burn::tensor::Shape;
 use burn::tensor::{Bool, FloatDType, Tensor};
 
+use super::flags::Flags;
 use crate::attention::PinvInit;
 use crate::attention::pinv::initial_coefficient;
 
@@ -56,14 +57,12 @@ pub fn landmark_values(
     missing: Option<&Tensor<2, Bool>>,
     masked_score: f32,
 ) -> Tensor<4> {
-    let [batch, _, m, _] = landmark_queries.dims();
-    let [_, _, n, _] = keys.dims();
     Tensor::from_dispatch(<Dispatch as LandmarkSoftmaxOps>::landmark_values(
         landmark_queries.clone().into_dispatch(),
         keys.clone().into_dispatch(),
         values.clone().into_dispatch(),
-        flags(mask_pad, [batch, n], keys).into_dispatch(),
-        flags(missing, [batch, m], keys).into_dispatch(),
+        flags(mask_pad, keys),
+        flags(missing, keys),
         masked_score,
     ))
 }
@@ -88,13 +87,12 @@ pub fn landmark_weights(
     missing_keys: Option<&Tensor<2, Bool>>,
     iterations: usize,
 ) -> Tensor<4> {
-    let [batch, _, m, _] = landmark_queries.dims();
     Tensor::from_dispatch(<Dispatch as PinvOps>::landmark_weights(
         landmark_queries.clone().into_dispatch(),
         landmark_keys.clone().into_dispatch(),
         landmark_values.clone().into_dispatch(),
-        flags(missing_queries, [batch, m], landmark_queries).into_dispatch(),
-        flags(missing_keys, [batch, m], landmark_queries).into_dispatch(),
+        flags(missing_queries, landmark_queries),
+        flags(missing_keys, landmark_queries),
         iterations,
     ))
 }
@@ -106,13 +104,11 @@ pub fn landmark_attention(
     weights: &Tensor<4>,
     missing: Option<&Tensor<2, Bool>>,
 ) -> Tensor<4> {
-    let [batch, _, _, _] = queries.dims();
-    let [_, _, m, _] = landmark_keys.dims();
     Tensor::from_dispatch(<Dispatch as LandmarkSoftmaxOps>::landmark_attention(
         queries.clone().into_dispatch(),
         landmark_keys.clone().into_dispatch(),
         weights.clone().into_dispatch(),
-        flags(missing, [batch, m], queries).into_dispatch(),
+        flags(missing, queries),
     ))
 }
 
@@ -206,17 +202,18 @@ pub fn gelu<const D: usize>(_x: Tensor<D>) -> Tensor<D> {
     unreachable!("the fused GELU runs on flex only")
 }
 
-/// A mask as the kernels read it: `1.0` where `true`, `0.0` elsewhere and without a mask, in
-/// the float type of `like` (the kernels read every input as one type).
-fn flags(mask: Option<&Tensor<2, Bool>>, shape: [usize; 2], like: &Tensor<4>) -> Tensor<2> {
-    let flags = match mask {
-        Some(mask) => mask.clone().float(),
-        None => Tensor::zeros(shape, &like.device()),
+/// A mask as the kernels read it: absent, or `1.0` where `true` and `0.0` elsewhere in the float
+/// type of `like` (the kernels read every input as one type).
+fn flags(mask: Option<&Tensor<2, Bool>>, like: &Tensor<4>) -> Flags<Dispatch> {
+    let Some(mask) = mask else {
+        return Flags::Absent;
     };
-    match flags.dtype() == like.dtype() {
+    let flags = mask.clone().float();
+    let flags = match flags.dtype() == like.dtype() {
         true => flags,
         false => flags.cast(FloatDType::from(like.dtype())),
-    }
+    };
+    Flags::Present(flags.into_dispatch())
 }
 
 /// The two softmax products; masks arrive as `1.0` at `true`. The default bodies are the
@@ -237,8 +234,8 @@ pub trait LandmarkSoftmaxOps: Backend {
         landmark_queries: FloatTensor<Self>,
         keys: FloatTensor<Self>,
         values: FloatTensor<Self>,
-        padding: FloatTensor<Self>,
-        missing: FloatTensor<Self>,
+        #[extension_type] padding: Flags<Self>,
+        #[extension_type] missing: Flags<Self>,
         masked_score: f32,
     ) -> FloatTensor<Self> {
         super::reference::landmark_values::<Self>(
@@ -257,7 +254,7 @@ pub trait LandmarkSoftmaxOps: Backend {
         queries: FloatTensor<Self>,
         landmark_keys: FloatTensor<Self>,
         weights: FloatTensor<Self>,
-        missing: FloatTensor<Self>,
+        #[extension_type] missing: Flags<Self>,
     ) -> FloatTensor<Self> {
         super::reference::landmark_attention::<Self>(queries, landmark_keys, weights, missing)
     }
@@ -274,8 +271,8 @@ pub trait LandmarkSoftmaxOps: Backend {
         landmark_queries: FloatTensor<Self>,
         keys: FloatTensor<Self>,
         values: FloatTensor<Self>,
-        padding: FloatTensor<Self>,
-        missing: FloatTensor<Self>,
+        #[extension_type] padding: Flags<Self>,
+        #[extension_type] missing: Flags<Self>,
         masked_score: f32,
     ) -> FloatTensor<Self> {
         super::reference::landmark_values_with_statistics::<Self>(
@@ -300,7 +297,7 @@ pub trait LandmarkSoftmaxOps: Backend {
         queries: FloatTensor<Self>,
         landmark_keys: FloatTensor<Self>,
         weights: FloatTensor<Self>,
-        missing: FloatTensor<Self>,
+        #[extension_type] missing: Flags<Self>,
     ) -> FloatTensor<Self> {
         super::reference::landmark_attention_with_statistics::<Self>(
             queries,
@@ -437,8 +434,8 @@ pub trait PinvOps: Backend {
         landmark_queries: FloatTensor<Self>,
         landmark_keys: FloatTensor<Self>,
         landmark_values: FloatTensor<Self>,
-        missing_queries: FloatTensor<Self>,
-        missing_keys: FloatTensor<Self>,
+        #[extension_type] missing_queries: Flags<Self>,
+        #[extension_type] missing_keys: Flags<Self>,
         iterations: usize,
     ) -> FloatTensor<Self> {
         super::reference::landmark_weights::<Self>(

@@ -55,6 +55,8 @@ use crate::attention::shape_check::expect_shape;
 mod cube;
 #[cfg(any(feature = "cube-kernels", feature = "flex-kernels"))]
 mod extension;
+#[cfg(any(feature = "cube-kernels", feature = "flex-kernels"))]
+mod flags;
 #[cfg(feature = "flex-kernels")]
 mod flex;
 #[cfg(all(

@@ -5,11 +5,12 @@
 //! [`iterative_pinv`](crate::attention::iterative_pinv). A backend without its own
 //! implementation runs these; under autodiff they differentiate through the backend's own ops.
 
-use burn::backend::tensor::{BoolTensor, FloatTensor};
+use burn::backend::tensor::FloatTensor;
 use burn::backend::{Backend, TensorMetadata, get_or_init_device_settings};
 use burn::tensor::Shape;
 
 use super::extension::PinvOps;
+use super::flags::Flags;
 use crate::attention::pinv::MIN_COEFFICIENT;
 
 /// See [`super::fused_landmark_values`]; masks as `1.0` at `true`.
@@ -17,8 +18,8 @@ pub fn landmark_values<B: Backend>(
     landmark_queries: FloatTensor<B>,
     keys: FloatTensor<B>,
     values: FloatTensor<B>,
-    padding: FloatTensor<B>,
-    missing: FloatTensor<B>,
+    padding: Flags<B>,
+    missing: Flags<B>,
     masked_score: f32,
 ) -> FloatTensor<B> {
     let scores = value_scores::<B>(landmark_queries, keys, padding, masked_score);
@@ -30,10 +31,10 @@ pub fn landmark_attention<B: Backend>(
     queries: FloatTensor<B>,
     landmark_keys: FloatTensor<B>,
     weights: FloatTensor<B>,
-    missing: FloatTensor<B>,
+    missing: Flags<B>,
 ) -> FloatTensor<B> {
-    let scores = landmark_scores::<B>(queries, landmark_keys, missing.clone());
-    attention_from_scores::<B>(scores, weights, missing)
+    let scores = landmark_scores::<B>(queries, landmark_keys, &missing);
+    attention_from_scores::<B>(scores, weights, &missing)
 }
 
 /// [`landmark_values`] with each row's log-sum-exp of the masked scores appended as a last
@@ -46,8 +47,8 @@ pub fn landmark_values_with_statistics<B: Backend>(
     landmark_queries: FloatTensor<B>,
     keys: FloatTensor<B>,
     values: FloatTensor<B>,
-    padding: FloatTensor<B>,
-    missing: FloatTensor<B>,
+    padding: Flags<B>,
+    missing: Flags<B>,
     masked_score: f32,
 ) -> FloatTensor<B> {
     let scores = value_scores::<B>(landmark_queries, keys, padding, masked_score);
@@ -67,11 +68,11 @@ pub fn landmark_attention_with_statistics<B: Backend>(
     queries: FloatTensor<B>,
     landmark_keys: FloatTensor<B>,
     weights: FloatTensor<B>,
-    missing: FloatTensor<B>,
+    missing: Flags<B>,
 ) -> FloatTensor<B> {
-    let scores = landmark_scores::<B>(queries, landmark_keys, missing.clone());
+    let scores = landmark_scores::<B>(queries, landmark_keys, &missing);
     let log_sum_exp = log_sum_exp::<B>(scores.clone());
-    let output = attention_from_scores::<B>(scores, weights, missing);
+    let output = attention_from_scores::<B>(scores, weights, &missing);
     B::float_cat(vec![output, log_sum_exp], 3)
 }
 
@@ -79,56 +80,47 @@ pub fn landmark_attention_with_statistics<B: Backend>(
 fn value_scores<B: Backend>(
     landmark_queries: FloatTensor<B>,
     keys: FloatTensor<B>,
-    padding: FloatTensor<B>,
+    padding: Flags<B>,
     masked_score: f32,
 ) -> FloatTensor<B> {
     let scores = B::float_matmul(landmark_queries, B::float_transpose(keys));
-    let [batch, heads, m, n] = dims(&scores);
-    let padded = flags::<B>(padding, [batch, 1, 1, n], [batch, heads, m, n]);
-    B::float_mask_fill(scores, padded, masked_score.into())
+    fill_keys::<B>(scores, &padding, masked_score)
 }
 
 /// `softmax(scores) · V`, with the rows of missing landmarks zero.
 fn values_from_scores<B: Backend>(
     scores: FloatTensor<B>,
     values: FloatTensor<B>,
-    missing: FloatTensor<B>,
+    missing: Flags<B>,
 ) -> FloatTensor<B> {
-    let [batch, heads, m, _] = dims(&scores);
     let context = B::float_matmul(B::softmax(scores, 3), values);
-    let dv = dims(&context)[3];
-    let absent = flags::<B>(missing, [batch, 1, m, 1], [batch, heads, m, dv]);
-    B::float_mask_fill(context, absent, 0.0f32.into())
+    fill_rows::<B>(context, &missing, 0.0)
 }
 
 /// `Q K̃ᵀ` with missing landmarks at `f32::MIN`, `[batch, heads, n, m]`.
 fn landmark_scores<B: Backend>(
     queries: FloatTensor<B>,
     landmark_keys: FloatTensor<B>,
-    missing: FloatTensor<B>,
+    missing: &Flags<B>,
 ) -> FloatTensor<B> {
     let scores = B::float_matmul(queries, B::float_transpose(landmark_keys));
-    let [batch, heads, n, m] = dims(&scores);
-    let absent = flags::<B>(missing, [batch, 1, 1, m], [batch, heads, n, m]);
-    B::float_mask_fill(scores, absent, f32::MIN.into())
+    fill_keys::<B>(scores, missing, f32::MIN)
 }
 
 /// `softmax(scores) · W`, with zero weight on missing landmarks.
 fn attention_from_scores<B: Backend>(
     scores: FloatTensor<B>,
     weights: FloatTensor<B>,
-    missing: FloatTensor<B>,
+    missing: &Flags<B>,
 ) -> FloatTensor<B> {
     B::float_matmul(landmark_softmax::<B>(scores, missing), weights)
 }
 
 /// The softmax of scores over the landmark keys ([`landmark_scores`]), with zero weight on the
 /// missing ones.
-fn landmark_softmax<B: Backend>(scores: FloatTensor<B>, missing: FloatTensor<B>) -> FloatTensor<B> {
-    let shape = dims(&scores);
-    let absent = flags::<B>(missing, [shape[0], 1, 1, shape[3]], shape);
+fn landmark_softmax<B: Backend>(scores: FloatTensor<B>, missing: &Flags<B>) -> FloatTensor<B> {
     // A row without any landmark would otherwise spread uniform weight over the missing ones.
-    B::float_mask_fill(B::softmax(scores, 3), absent, 0.0f32.into())
+    fill_keys::<B>(B::softmax(scores, 3), missing, 0.0)
 }
 
 /// `max + ln Σ exp(s − max)` of each row of `scores`, as `[.., rows, 1]`.
@@ -180,17 +172,16 @@ pub fn landmark_weights<B: PinvOps>(
     landmark_queries: FloatTensor<B>,
     landmark_keys: FloatTensor<B>,
     landmark_values: FloatTensor<B>,
-    missing_queries: FloatTensor<B>,
-    missing_keys: FloatTensor<B>,
+    missing_queries: Flags<B>,
+    missing_keys: Flags<B>,
     iterations: usize,
 ) -> FloatTensor<B> {
-    let scores = landmark_scores::<B>(landmark_queries, landmark_keys, missing_keys.clone());
-    let shape = dims(&scores);
-    let [batch, heads, m, _] = shape;
-    let a = B::float_mask_fill(
-        landmark_softmax::<B>(scores, missing_keys),
-        flags::<B>(missing_queries, [batch, 1, m, 1], shape),
-        0.0f32.into(),
+    let scores = landmark_scores::<B>(landmark_queries, landmark_keys, &missing_keys);
+    let [batch, heads, _, _] = dims(&scores);
+    let a = fill_rows::<B>(
+        landmark_softmax::<B>(scores, &missing_keys),
+        &missing_queries,
+        0.0,
     );
     let coefficient = B::float_clamp_min(
         B::float_max_dim(B::float_sum_dim(a.clone(), 2), 3),
@@ -216,19 +207,47 @@ pub(super) fn dims(tensor: &impl TensorMetadata) -> [usize; 4] {
     [shape[0], shape[1], shape[2], shape[3]]
 }
 
-/// Flags (`1.0` at `true`) as a boolean mask: reshaped to `shape`, then broadcast to `to`.
-pub(super) fn flags<B: Backend>(
-    flags: FloatTensor<B>,
+/// `x` (`[batch, heads, rows, columns]`) with `value` in the columns that `flags` (`[batch,
+/// columns]`) marks; `x` itself when the flags are absent.
+pub(super) fn fill_keys<B: Backend>(
+    x: FloatTensor<B>,
+    flags: &Flags<B>,
+    value: f32,
+) -> FloatTensor<B> {
+    let [batch, _, _, columns] = dims(&x);
+    fill_where::<B>(x, flags, [batch, 1, 1, columns], value)
+}
+
+/// `x` (`[batch, heads, rows, columns]`) with `value` in the rows that `flags` (`[batch, rows]`)
+/// marks; `x` itself when the flags are absent.
+pub(super) fn fill_rows<B: Backend>(
+    x: FloatTensor<B>,
+    flags: &Flags<B>,
+    value: f32,
+) -> FloatTensor<B> {
+    let [batch, _, rows, _] = dims(&x);
+    fill_where::<B>(x, flags, [batch, 1, rows, 1], value)
+}
+
+/// `x` with `value` where `flags` (`1.0` at `true`), reshaped to `shape` and broadcast to `x`'s
+/// shape, are set.
+fn fill_where<B: Backend>(
+    x: FloatTensor<B>,
+    flags: &Flags<B>,
     shape: [usize; 4],
-    to: [usize; 4],
-) -> BoolTensor<B> {
+    value: f32,
+) -> FloatTensor<B> {
+    let Flags::Present(flags) = flags else {
+        return x;
+    };
     let bool_dtype = get_or_init_device_settings::<B>(&flags.device()).bool_dtype;
     let mask = B::float_greater_elem(
-        B::float_reshape(flags, Shape::new(shape)),
+        B::float_reshape(flags.clone(), Shape::new(shape)),
         0.5f32.into(),
         bool_dtype,
     );
-    B::bool_expand(mask, Shape::new(to))
+    let mask = B::bool_expand(mask, Shape::new(dims(&x)));
+    B::float_mask_fill(x, mask, value.into())
 }
 
 #[cfg(test)]
@@ -264,8 +283,8 @@ mod tests {
                 q.clone().into_dispatch(),
                 k.clone().into_dispatch(),
                 v.clone().into_dispatch(),
-                padding.clone().into_dispatch(),
-                missing.clone().into_dispatch(),
+                Flags::Present(padding.clone().into_dispatch()),
+                Flags::Present(missing.clone().into_dispatch()),
             )
         };
         let (q0, k0, v0, p0, m0) = args();
@@ -297,7 +316,7 @@ mod tests {
             k.clone().into_dispatch(),
             q.clone().into_dispatch(),
             v.clone().slice([0..1, 0..1, 0..m, 0..d]).into_dispatch(),
-            missing.clone().into_dispatch(),
+            Flags::Present(missing.clone().into_dispatch()),
         )));
         let both = host(Tensor::from_dispatch(landmark_attention_with_statistics::<
             Dispatch,
@@ -305,7 +324,7 @@ mod tests {
             k.clone().into_dispatch(),
             q.clone().into_dispatch(),
             v.clone().slice([0..1, 0..1, 0..m, 0..d]).into_dispatch(),
-            missing.into_dispatch(),
+            Flags::Present(missing.into_dispatch()),
         )));
         let present = Tensor::cat(
             vec![
@@ -348,8 +367,8 @@ mod tests {
             queries.clone().into_dispatch(),
             keys.clone().into_dispatch(),
             products.clone().into_dispatch(),
-            missing.clone().into_dispatch(),
-            missing.clone().into_dispatch(),
+            Flags::Present(missing.clone().into_dispatch()),
+            Flags::Present(missing.clone().into_dispatch()),
             6,
         )));
         let missing = missing.greater_elem(0.5);

@@ -13,6 +13,7 @@ use super::backward::{
     SavedAttention, SavedPinv, SavedValues, attention_backward, pinv_backward, values_backward,
 };
 use crate::kernels::extension::{LandmarkSoftmaxOps, PinvOps, SegmentMeanOps};
+use crate::kernels::flags::Flags;
 use crate::kernels::recorded::{SavedForward, record};
 use crate::kernels::reference::dims;
 
@@ -57,8 +58,8 @@ impl<C: CheckpointStrategy> LandmarkSoftmaxOps for Autodiff<Cube, C> {
         landmark_queries: FloatTensor<Self>,
         keys: FloatTensor<Self>,
         values: FloatTensor<Self>,
-        padding: FloatTensor<Self>,
-        missing: FloatTensor<Self>,
+        padding: Flags<Self>,
+        missing: Flags<Self>,
         masked_score: f32,
     ) -> FloatTensor<Self> {
         let nodes = [landmark_queries.node(), keys.node(), values.node()];
@@ -67,8 +68,8 @@ impl<C: CheckpointStrategy> LandmarkSoftmaxOps for Autodiff<Cube, C> {
                 landmark_queries.into_primitive(),
                 keys.into_primitive(),
                 values.into_primitive(),
-                padding.into_primitive(),
-                missing.into_primitive(),
+                padding.map(|flags| flags.into_primitive()),
+                missing.map(|flags| flags.into_primitive()),
             );
             let (output, log_sum_exp) = split_statistics::<Cube>(
                 <Cube as LandmarkSoftmaxOps>::landmark_values_with_statistics(
@@ -98,7 +99,7 @@ impl<C: CheckpointStrategy> LandmarkSoftmaxOps for Autodiff<Cube, C> {
         queries: FloatTensor<Self>,
         landmark_keys: FloatTensor<Self>,
         weights: FloatTensor<Self>,
-        missing: FloatTensor<Self>,
+        missing: Flags<Self>,
     ) -> FloatTensor<Self> {
         let nodes = [queries.node(), landmark_keys.node(), weights.node()];
         record::<Cube, C, 3, _>(nodes, || {
@@ -106,7 +107,7 @@ impl<C: CheckpointStrategy> LandmarkSoftmaxOps for Autodiff<Cube, C> {
                 queries.into_primitive(),
                 landmark_keys.into_primitive(),
                 weights.into_primitive(),
-                missing.into_primitive(),
+                missing.map(|flags| flags.into_primitive()),
             );
             let (output, log_sum_exp) = split_statistics::<Cube>(
                 <Cube as LandmarkSoftmaxOps>::landmark_attention_with_statistics(

@@ -19,7 +19,8 @@ use burn::backend::Backend;
 use burn::backend::tensor::FloatTensor;
 use burn::tensor::Shape;
 
-use crate::kernels::reference::{dims, flags};
+use crate::kernels::flags::Flags;
+use crate::kernels::reference::{dims, fill_keys, fill_rows};
 
 /// What the `F · W` stage keeps: its inputs, the missing-landmark flags, its output and each
 /// row's log-sum-exp (`[batch, heads, n, 1]`).
@@ -28,7 +29,7 @@ pub struct SavedAttention<B: Backend> {
     pub queries: FloatTensor<B>,
     pub landmark_keys: FloatTensor<B>,
     pub weights: FloatTensor<B>,
-    pub missing: FloatTensor<B>,
+    pub missing: Flags<B>,
     pub output: FloatTensor<B>,
     pub log_sum_exp: FloatTensor<B>,
 }
@@ -40,8 +41,8 @@ pub struct SavedValues<B: Backend> {
     pub landmark_queries: FloatTensor<B>,
     pub keys: FloatTensor<B>,
     pub values: FloatTensor<B>,
-    pub padding: FloatTensor<B>,
-    pub missing: FloatTensor<B>,
+    pub padding: Flags<B>,
+    pub missing: Flags<B>,
     pub masked_score: f32,
     pub output: FloatTensor<B>,
     pub log_sum_exp: FloatTensor<B>,
@@ -70,12 +71,7 @@ pub fn attention_backward<B: Backend>(
         log_sum_exp,
     } = saved;
     let scores = B::float_matmul(queries.clone(), B::float_transpose(landmark_keys.clone()));
-    let [batch, heads, n, m] = dims(&scores);
-    let probabilities = B::float_mask_fill(
-        softmax_from::<B>(scores, log_sum_exp),
-        flags::<B>(missing, [batch, 1, 1, m], [batch, heads, n, m]),
-        0.0f32.into(),
-    );
+    let probabilities = fill_keys::<B>(softmax_from::<B>(scores, log_sum_exp), &missing, 0.0);
     let [score_grad, weights_grad] =
         softmax_product_backward::<B>(probabilities, weights, output, grad);
     [
@@ -101,22 +97,15 @@ pub fn values_backward<B: Backend>(
         output,
         log_sum_exp,
     } = saved;
-    let [batch, heads, m, value_dim] = dims(&output);
     // A missing landmark's row was zeroed after the softmax: no gradient reaches its scores.
-    let grad = B::float_mask_fill(
-        grad,
-        flags::<B>(missing, [batch, 1, m, 1], [batch, heads, m, value_dim]),
-        0.0f32.into(),
-    );
+    let grad = fill_rows::<B>(grad, &missing, 0.0);
     let scores = B::float_matmul(landmark_queries.clone(), B::float_transpose(keys.clone()));
-    let n = dims(&scores)[3];
-    let padded = || flags::<B>(padding.clone(), [batch, 1, 1, n], [batch, heads, m, n]);
-    let scores = B::float_mask_fill(scores, padded(), masked_score.into());
+    let scores = fill_keys::<B>(scores, &padding, masked_score);
     let probabilities = softmax_from::<B>(scores, log_sum_exp);
     let [score_grad, values_grad] =
         softmax_product_backward::<B>(probabilities, values, output, grad);
     // A padded key's score is the constant masked score.
-    let score_grad = B::float_mask_fill(score_grad, padded(), 0.0f32.into());
+    let score_grad = fill_keys::<B>(score_grad, &padding, 0.0);
     [
         B::float_matmul(score_grad.clone(), keys),
         B::float_matmul(B::float_transpose(score_grad), landmark_queries),

@@ -14,6 +14,7 @@
 
 use burn::backend::cubecl::dtype_to_storage_type;
 use burn::tensor::Shape;
+use burn_cubecl::CubeBackend;
 use burn_cubecl::kernel::into_contiguous;
 use burn_cubecl::ops::numeric::empty_device_contiguous_dtype;
 use burn_cubecl::tensor::CubeTensor;
@@ -21,6 +22,8 @@ use cubecl::prelude::*;
 
 use super::online_softmax::{add, dot, empty_state, load_row, maximum, total};
 use super::tiles::{row_offset, rows_in_place, rows_per_tile, stage_rows};
+use super::{flagged, flags_or};
+use crate::kernels::flags::Flags;
 
 /// Query rows per cube, one per unit.
 const ROWS_PER_CUBE: usize = 64;
@@ -32,13 +35,14 @@ pub fn launch(
     queries: CubeTensor,
     landmark_keys: CubeTensor,
     weights: CubeTensor,
-    missing: CubeTensor,
+    missing: Flags<CubeBackend>,
     with_statistics: bool,
 ) -> CubeTensor {
     let queries = rows_in_place(queries);
     let landmark_keys = into_contiguous(landmark_keys);
     let weights = into_contiguous(weights);
-    let missing = into_contiguous(missing);
+    let any_missing = missing.is_present();
+    let missing = flags_or(missing, &landmark_keys);
     let [batch, heads, n, head_dim] = queries.meta.shape().dims::<4>();
     let value_dim = weights.meta.shape()[3];
     let output_dim = value_dim + usize::from(with_statistics);
@@ -73,6 +77,7 @@ pub fn launch(
         output_dim,
         rows_per_tile(head_dim + value_dim),
         ROWS_PER_CUBE,
+        any_missing,
         dtype_to_storage_type(dtype),
     );
     context
@@ -80,8 +85,9 @@ pub fn launch(
 
 /// One cube per (matrix, tile of `units` query rows), one unit per row; `queries` may be strided
 /// (last dimension contiguous), the other tensors are contiguous. The head sizes are compile-time
-/// constants so that the row's query and accumulator live in registers. Output rows are
-/// `output_dim` long: `value_dim`, or one more for the log-sum-exp.
+/// constants so that the row's query and accumulator live in registers. `missing` is read only
+/// when `any_missing`. Output rows are `output_dim` long: `value_dim`, or one more for the
+/// log-sum-exp.
 #[cube(launch)]
 fn landmark_attention_kernel<F: Float>(
     queries: &Tensor<F>,
@@ -95,6 +101,7 @@ fn landmark_attention_kernel<F: Float>(
     #[comptime] output_dim: usize,
     #[comptime] tile: usize,
     #[comptime] units: usize,
+    #[comptime] any_missing: bool,
     #[define(F)] _dtype: ElemType,
 ) {
     let heads = queries.shape(1);
@@ -152,7 +159,10 @@ fn landmark_attention_kernel<F: Float>(
         if unit < tile {
             let mut skip = f32::new(1.0);
             if unit < available {
-                skip = f32::cast_from(missing[batch * m + first + unit]);
+                skip = f32::new(0.0);
+                if flagged(missing, batch * m + first + unit, any_missing) {
+                    skip = f32::new(1.0);
+                }
             }
             skip_tile[unit] = skip;
         }

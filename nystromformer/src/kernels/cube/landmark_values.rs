@@ -19,6 +19,7 @@
 
 use burn::backend::cubecl::dtype_to_storage_type;
 use burn::tensor::{DType, Shape};
+use burn_cubecl::CubeBackend;
 use burn_cubecl::kernel::into_contiguous;
 use burn_cubecl::ops::numeric::empty_device_contiguous_dtype;
 use burn_cubecl::tensor::CubeTensor;
@@ -26,6 +27,8 @@ use cubecl::prelude::*;
 
 use super::online_softmax::{add, dot, empty_state, load_row, maximum, total};
 use super::tiles::{row_offset, rows_in_place, rows_per_tile, stage_rows};
+use super::{flagged, flags_or};
+use crate::kernels::flags::Flags;
 
 /// Keys per cube in the first kernel.
 const CHUNK: usize = 256;
@@ -43,16 +46,17 @@ pub fn launch(
     landmark_queries: CubeTensor,
     keys: CubeTensor,
     values: CubeTensor,
-    padding: CubeTensor,
-    missing: CubeTensor,
+    padding: Flags<CubeBackend>,
+    missing: Flags<CubeBackend>,
     masked_score: f32,
     with_statistics: bool,
 ) -> CubeTensor {
     let landmark_queries = into_contiguous(landmark_queries);
     let keys = rows_in_place(keys);
     let values = rows_in_place(values);
-    let padding = into_contiguous(padding);
-    let missing = into_contiguous(missing);
+    let (padded, any_missing) = (padding.is_present(), missing.is_present());
+    let padding = flags_or(padding, &landmark_queries);
+    let missing = flags_or(missing, &landmark_queries);
     let [batch, heads, m, head_dim] = landmark_queries.meta.shape().dims::<4>();
     let n = keys.meta.shape()[2];
     let value_dim = values.meta.shape()[3];
@@ -97,6 +101,7 @@ pub fn launch(
         value_dim,
         rows_per_tile(head_dim + value_dim),
         units,
+        padded,
         dtype_to_storage_type(dtype),
     );
     let cube_dim =
@@ -112,6 +117,7 @@ pub fn launch(
         heads,
         value_dim,
         output_dim,
+        any_missing,
         dtype_to_storage_type(dtype),
     );
     output
@@ -119,7 +125,7 @@ pub fn launch(
 
 /// One cube per (matrix, chunk, group of `units` landmarks), one unit per landmark. `keys` and
 /// `values` may be strided (last dimension contiguous); `padding` is `[batch, n]`, 1.0 at padded
-/// keys.
+/// keys, and read only when `padded`.
 #[cube(launch)]
 fn chunk_kernel<F: Float>(
     landmark_queries: &Tensor<F>,
@@ -135,6 +141,7 @@ fn chunk_kernel<F: Float>(
     #[comptime] value_dim: usize,
     #[comptime] tile: usize,
     #[comptime] units: usize,
+    #[comptime] padded: bool,
     #[define(F)] _dtype: ElemType,
 ) {
     let heads = landmark_queries.shape(1);
@@ -201,7 +208,10 @@ fn chunk_kernel<F: Float>(
         if unit < tile {
             let mut kind = f32::new(2.0);
             if unit < available {
-                kind = f32::cast_from(padding[batch * n + first + unit]);
+                kind = f32::new(0.0);
+                if flagged(padding, batch * n + first + unit, padded) {
+                    kind = f32::new(1.0);
+                }
             }
             kind_tile[unit] = kind;
         }
@@ -242,8 +252,9 @@ fn chunk_kernel<F: Float>(
 }
 
 /// One unit per (matrix, landmark): merges the chunks' partial softmax sums. `missing` is
-/// `[batch, m]`, 1.0 where a segment is not a landmark (its row is zero). Output rows are
-/// `output_dim` long: `value_dim`, or one more for the log-sum-exp.
+/// `[batch, m]`, 1.0 where a segment is not a landmark (its row is zero), and read only when
+/// `any_missing`. Output rows are `output_dim` long: `value_dim`, or one more for the
+/// log-sum-exp.
 #[cube(launch)]
 fn merge_kernel<F: Float>(
     statistics: &Tensor<f32>,
@@ -253,6 +264,7 @@ fn merge_kernel<F: Float>(
     heads: usize,
     #[comptime] value_dim: usize,
     #[comptime] output_dim: usize,
+    #[comptime] any_missing: bool,
     #[define(F)] _dtype: ElemType,
 ) {
     let row = ABSOLUTE_POS;
@@ -289,9 +301,9 @@ fn merge_kernel<F: Float>(
         }
     }
 
-    let mut inverse = f32::new(0.0);
-    if missing[batch * m + landmark] == F::new(0.0) {
-        inverse = f32::new(1.0) / total;
+    let mut inverse = f32::new(1.0) / total;
+    if flagged(missing, batch * m + landmark, any_missing) {
+        inverse = f32::new(0.0);
     }
     #[unroll]
     for c in 0..value_dim {

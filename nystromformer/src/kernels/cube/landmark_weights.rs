@@ -14,28 +14,32 @@
 
 use burn::backend::cubecl::dtype_to_storage_type;
 use burn::tensor::{DType, Shape};
+use burn_cubecl::CubeBackend;
 use burn_cubecl::kernel::into_contiguous;
 use burn_cubecl::ops::numeric::empty_device_contiguous_dtype;
 use burn_cubecl::tensor::CubeTensor;
 use cubecl::prelude::*;
 
 use super::pinv::{GRID, WORK_SLOTS, invert};
+use super::{flagged, flags_or};
 use crate::attention::pinv::MIN_COEFFICIENT;
+use crate::kernels::flags::Flags;
 
 /// Launches the kernel; see [`crate::kernels::fused_landmark_weights`] for the contract.
 pub fn launch(
     landmark_queries: CubeTensor,
     landmark_keys: CubeTensor,
     landmark_values: CubeTensor,
-    missing_queries: CubeTensor,
-    missing_keys: CubeTensor,
+    missing_queries: Flags<CubeBackend>,
+    missing_keys: Flags<CubeBackend>,
     iterations: usize,
 ) -> CubeTensor {
     let landmark_queries = into_contiguous(landmark_queries);
     let landmark_keys = into_contiguous(landmark_keys);
     let landmark_values = into_contiguous(landmark_values);
-    let missing_queries = into_contiguous(missing_queries);
-    let missing_keys = into_contiguous(missing_keys);
+    let flagged = [missing_queries.is_present(), missing_keys.is_present()];
+    let missing_queries = flags_or(missing_queries, &landmark_queries);
+    let missing_keys = flags_or(missing_keys, &landmark_queries);
     let [batch, heads, m, head_dim] = landmark_queries.meta.shape().dims::<4>();
     let value_dim = landmark_values.meta.shape()[3];
     let matrices = batch * heads;
@@ -70,6 +74,8 @@ pub fn launch(
         m,
         head_dim,
         value_dim,
+        flagged[0],
+        flagged[1],
         dtype_to_storage_type(dtype),
     );
     weights
@@ -77,7 +83,7 @@ pub fn launch(
 
 /// One cube per matrix (`CUBE_POS`) of [`GRID`] × [`GRID`] units; every tensor contiguous,
 /// `work` `[batch · heads, WORK_SLOTS, m, m]`. The missing flags are `[batch, m]`, 1.0 where a
-/// segment is not a landmark.
+/// segment is not a landmark, each read only when its `any_missing_*` is set.
 #[allow(clippy::too_many_arguments)]
 #[cube(launch)]
 fn landmark_weights_kernel<F: Float>(
@@ -92,6 +98,8 @@ fn landmark_weights_kernel<F: Float>(
     #[comptime] m: usize,
     #[comptime] head_dim: usize,
     #[comptime] value_dim: usize,
+    #[comptime] any_missing_queries: bool,
+    #[comptime] any_missing_keys: bool,
     #[define(F)] _dtype: ElemType,
 ) {
     let matrix = CUBE_POS;
@@ -111,7 +119,7 @@ fn landmark_weights_kernel<F: Float>(
         let mut maximum = f32::new(-1.0e30);
         for j in 0..m {
             let mut score = f32::new(0.0);
-            if missing_keys[batch * m + j] == F::new(0.0) {
+            if !flagged(missing_keys, batch * m + j, any_missing_keys) {
                 let key = (matrix * m + j) * head_dim;
                 // Unrolled: llvmpipe (lavapipe) ends an invocation after 65 535 loop iterations
                 // in all, which a rolled loop here reaches at m = 256, d = 128.
@@ -126,11 +134,11 @@ fn landmark_weights_kernel<F: Float>(
             }
             work[a + row * m + j] = score;
         }
-        let present = missing_queries[batch * m + row] == F::new(0.0);
+        let present = !flagged(missing_queries, batch * m + row, any_missing_queries);
         let mut sum = f32::new(0.0);
         for j in 0..m {
             let mut weight = f32::new(0.0);
-            if present && missing_keys[batch * m + j] == F::new(0.0) {
+            if present && !flagged(missing_keys, batch * m + j, any_missing_keys) {
                 weight = f32::exp(work[a + row * m + j] - maximum);
             }
             work[a + row * m + j] = weight;

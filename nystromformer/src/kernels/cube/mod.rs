@@ -19,16 +19,20 @@ mod tiles;
 
 use burn::backend::tensor::FloatTensor;
 use burn_cubecl::CubeBackend;
+use burn_cubecl::kernel::into_contiguous;
+use burn_cubecl::tensor::CubeTensor;
+use cubecl::prelude::*;
 
 use super::extension::{LandmarkSoftmaxOps, PinvOps, SegmentMeanOps};
+use super::flags::Flags;
 
 impl LandmarkSoftmaxOps for CubeBackend {
     fn landmark_values(
         landmark_queries: FloatTensor<Self>,
         keys: FloatTensor<Self>,
         values: FloatTensor<Self>,
-        padding: FloatTensor<Self>,
-        missing: FloatTensor<Self>,
+        padding: Flags<Self>,
+        missing: Flags<Self>,
         masked_score: f32,
     ) -> FloatTensor<Self> {
         landmark_values::launch(
@@ -46,7 +50,7 @@ impl LandmarkSoftmaxOps for CubeBackend {
         queries: FloatTensor<Self>,
         landmark_keys: FloatTensor<Self>,
         weights: FloatTensor<Self>,
-        missing: FloatTensor<Self>,
+        missing: Flags<Self>,
     ) -> FloatTensor<Self> {
         landmark_attention::launch(queries, landmark_keys, weights, missing, false)
     }
@@ -55,8 +59,8 @@ impl LandmarkSoftmaxOps for CubeBackend {
         landmark_queries: FloatTensor<Self>,
         keys: FloatTensor<Self>,
         values: FloatTensor<Self>,
-        padding: FloatTensor<Self>,
-        missing: FloatTensor<Self>,
+        padding: Flags<Self>,
+        missing: Flags<Self>,
         masked_score: f32,
     ) -> FloatTensor<Self> {
         landmark_values::launch(
@@ -74,7 +78,7 @@ impl LandmarkSoftmaxOps for CubeBackend {
         queries: FloatTensor<Self>,
         landmark_keys: FloatTensor<Self>,
         weights: FloatTensor<Self>,
-        missing: FloatTensor<Self>,
+        missing: Flags<Self>,
     ) -> FloatTensor<Self> {
         landmark_attention::launch(queries, landmark_keys, weights, missing, true)
     }
@@ -93,8 +97,8 @@ impl PinvOps for CubeBackend {
         landmark_queries: FloatTensor<Self>,
         landmark_keys: FloatTensor<Self>,
         landmark_values: FloatTensor<Self>,
-        missing_queries: FloatTensor<Self>,
-        missing_keys: FloatTensor<Self>,
+        missing_queries: Flags<Self>,
+        missing_keys: Flags<Self>,
         iterations: usize,
     ) -> FloatTensor<Self> {
         landmark_weights::launch(
@@ -117,4 +121,25 @@ impl SegmentMeanOps for CubeBackend {
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
         landmark_means::launch(queries, keys, m, scale)
     }
+}
+
+/// The flags' tensor, contiguous, or where they are absent `stand_in` (any tensor of the
+/// kernel's float type), which a kernel compiled without that mask never reads: an absent mask
+/// costs no allocation and no fill.
+fn flags_or(flags: Flags<CubeBackend>, stand_in: &CubeTensor) -> CubeTensor {
+    match flags {
+        Flags::Present(flags) => into_contiguous(flags),
+        Flags::Absent => stand_in.clone(),
+    }
+}
+
+/// Whether `flags[index]` is set; `false` without reading when the kernel was compiled for an
+/// absent mask (`present` false).
+#[cube]
+fn flagged<F: Float>(flags: &Tensor<F>, index: usize, #[comptime] present: bool) -> bool {
+    let mut set = false;
+    if comptime!(present) {
+        set = flags[index] != F::new(0.0);
+    }
+    set
 }

@@ -22,6 +22,7 @@ use super::{
 use crate::kernels::extension::{
     DepthwiseConvOps, ElementwiseOps, LandmarkSoftmaxOps, LayerNormOps, PinvOps, SegmentMeanOps,
 };
+use crate::kernels::flags::Flags;
 use crate::kernels::recorded::{SavedForward, record};
 
 impl SavedForward<Flex, 3> for SavedProduct {
@@ -75,8 +76,8 @@ impl<C: CheckpointStrategy> LandmarkSoftmaxOps for Autodiff<Flex, C> {
         landmark_queries: FloatTensor<Self>,
         keys: FloatTensor<Self>,
         values: FloatTensor<Self>,
-        padding: FloatTensor<Self>,
-        missing: FloatTensor<Self>,
+        padding: Flags<Self>,
+        missing: Flags<Self>,
         masked_score: f32,
     ) -> FloatTensor<Self> {
         let nodes = [landmark_queries.node(), keys.node(), values.node()];
@@ -85,8 +86,8 @@ impl<C: CheckpointStrategy> LandmarkSoftmaxOps for Autodiff<Flex, C> {
                 landmark_queries.into_primitive(),
                 keys.into_primitive(),
                 values.into_primitive(),
-                padding.into_primitive(),
-                missing.into_primitive(),
+                padding.map(|flags| flags.into_primitive()),
+                missing.map(|flags| flags.into_primitive()),
                 masked_score,
             );
             (saved.output.clone(), saved)
@@ -98,7 +99,7 @@ impl<C: CheckpointStrategy> LandmarkSoftmaxOps for Autodiff<Flex, C> {
         queries: FloatTensor<Self>,
         landmark_keys: FloatTensor<Self>,
         weights: FloatTensor<Self>,
-        missing: FloatTensor<Self>,
+        missing: Flags<Self>,
     ) -> FloatTensor<Self> {
         let nodes = [queries.node(), landmark_keys.node(), weights.node()];
         let forward = || {
@@ -106,7 +107,7 @@ impl<C: CheckpointStrategy> LandmarkSoftmaxOps for Autodiff<Flex, C> {
                 queries.into_primitive(),
                 landmark_keys.into_primitive(),
                 weights.into_primitive(),
-                missing.into_primitive(),
+                missing.map(|flags| flags.into_primitive()),
             );
             (saved.output.clone(), saved)
         };

@@ -86,12 +86,22 @@ use self::products::{Dims, RowSoftmax};
 use super::extension::{
     DepthwiseConvOps, ElementwiseOps, LandmarkSoftmaxOps, LayerNormOps, PinvOps, SegmentMeanOps,
 };
+use super::flags::Flags;
 
 /// A tensor's `f32` elements in row-major order (a copy only when it is strided) and its shape.
 fn contiguous(tensor: FlexTensor) -> (FlexTensor, Vec<usize>) {
     let tensor = tensor.to_contiguous();
     let shape = tensor.layout().shape().to_vec();
     (tensor, shape)
+}
+
+/// Flags as the fused products read them, `[batch, len]`: zeros where they are absent (a host
+/// allocation, which costs flex next to nothing).
+fn flag_values(flags: Flags<Flex>, batch: usize, len: usize) -> FlexTensor {
+    match flags {
+        Flags::Present(flags) => contiguous(flags).0,
+        Flags::Absent => output(vec![0.0; batch * len], [batch, len]),
+    }
 }
 
 fn slice(tensor: &FlexTensor) -> &[f32] {
@@ -126,15 +136,13 @@ pub(super) fn values_forward(
     landmark_queries: FlexTensor,
     keys: FlexTensor,
     values: FlexTensor,
-    padding: FlexTensor,
-    missing: FlexTensor,
+    padding: Flags<Flex>,
+    missing: Flags<Flex>,
     masked_score: f32,
 ) -> SavedProduct {
     let (queries, lq_shape) = contiguous(landmark_queries);
     let (keys, k_shape) = contiguous(keys);
     let (values, v_shape) = contiguous(values);
-    let (padding, _) = contiguous(padding);
-    let (missing, _) = contiguous(missing);
     let dims = Dims {
         batch: lq_shape[0],
         heads: lq_shape[1],
@@ -143,6 +151,8 @@ pub(super) fn values_forward(
         d: lq_shape[3],
         dv: v_shape[3],
     };
+    let padding = flag_values(padding, dims.batch, dims.n);
+    let missing = flag_values(missing, dims.batch, dims.m);
     let (out, row_softmax) = products::landmark_values(
         dims,
         slice(&queries),
@@ -170,12 +180,11 @@ pub(super) fn attention_forward(
     queries: FlexTensor,
     landmark_keys: FlexTensor,
     weights: FlexTensor,
-    missing: FlexTensor,
+    missing: Flags<Flex>,
 ) -> SavedProduct {
     let (queries, q_shape) = contiguous(queries);
     let (keys, lk_shape) = contiguous(landmark_keys);
     let (values, w_shape) = contiguous(weights);
-    let (missing, _) = contiguous(missing);
     let dims = Dims {
         batch: q_shape[0],
         heads: q_shape[1],
@@ -184,6 +193,7 @@ pub(super) fn attention_forward(
         d: q_shape[3],
         dv: w_shape[3],
     };
+    let missing = flag_values(missing, dims.batch, dims.m);
     let (out, row_softmax) = products::landmark_attention(
         dims,
         slice(&queries),
@@ -257,8 +267,8 @@ impl LandmarkSoftmaxOps for Flex {
         landmark_queries: FlexTensor,
         keys: FlexTensor,
         values: FlexTensor,
-        padding: FlexTensor,
-        missing: FlexTensor,
+        padding: Flags<Flex>,
+        missing: Flags<Flex>,
         masked_score: f32,
     ) -> FlexTensor {
         values_forward(
@@ -276,7 +286,7 @@ impl LandmarkSoftmaxOps for Flex {
         queries: FlexTensor,
         landmark_keys: FlexTensor,
         weights: FlexTensor,
-        missing: FlexTensor,
+        missing: Flags<Flex>,
     ) -> FlexTensor {
         attention_forward(queries, landmark_keys, weights, missing).output
     }
