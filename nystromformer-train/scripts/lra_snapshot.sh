@@ -8,7 +8,8 @@
 #   nystromformer-train/scripts/lra_snapshot.sh && git add nystromformer-train/runs
 #
 # A running training process is paused (SIGSTOP) during the copy, so no checkpoint changes
-# under it; files still being written (dot-prefixed temporaries) are not copied.
+# under it, and continued afterwards (one that was already stopped stays stopped); files still
+# being written (dot-prefixed temporaries) are not copied.
 set -eu
 RUNS=nystromformer-train/runs
 PATTERN="nystromformer-train .*train listops --preset lra"
@@ -17,11 +18,17 @@ for DIR in artifacts/lra-listops-*; do
     OUT=$RUNS/$(basename "$DIR")
     rm -rf "$OUT.partial"
     mkdir -p "$OUT.partial/checkpoint"
-    pkill -STOP -f "$PATTERN" || true
+    PAUSED=""
+    for PID in $(pgrep -f "$PATTERN" || true); do
+        case "$(ps -o stat= -p "$PID")" in
+            T*) ;;
+            *) kill -STOP "$PID" && PAUSED="$PAUSED $PID" ;;
+        esac
+    done
     cp "$DIR/config.json" "$OUT.partial/"
     if [ -f "$DIR/summary.json" ]; then cp "$DIR/summary.json" "$OUT.partial/"; fi
     cp "$DIR"/checkpoint/* "$OUT.partial/checkpoint/" 2>/dev/null || true
-    pkill -CONT -f "$PATTERN" || true
+    for PID in $PAUSED; do kill -CONT "$PID" || true; done
     rm -rf "$OUT"
     mv "$OUT.partial" "$OUT"
     echo "$OUT: $(ls "$OUT/checkpoint" | grep -c '^state-') checkpoints, $(du -sh "$OUT" | cut -f1)"
