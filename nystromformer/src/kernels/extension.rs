@@ -408,7 +408,7 @@ pub trait LayerNormOps: Backend {
 /// The pseudo-inverse iteration; `c` flattened to `[batch · heads]`. The default body is the
 /// tensor-op iteration ([`super::reference::pinv`]); CubeCL devices run one kernel, flex one
 /// task per matrix, and under autodiff both walk the iterations back (flex fused, CubeCL
-/// devices as tensor ops). With it, `W = A⁺ (B V)` from the landmarks: the default body builds
+/// devices in one kernel, [`PinvOps::pinv_backward`]). With it, `W = A⁺ (B V)` from the landmarks: the default body builds
 /// `A` and `c` as tensor ops around [`PinvOps::pinv`] ([`super::reference::landmark_weights`]),
 /// CubeCL devices outside autodiff run it all as one kernel.
 #[backend_extension(
@@ -426,6 +426,24 @@ pub trait PinvOps: Backend {
         iterations: usize,
     ) -> FloatTensor<Self> {
         super::reference::pinv::<Self>(a, coefficient, iterations)
+    }
+
+    /// The gradients of `A` and `c` (as [`PinvOps::pinv`] takes them) for the gradient `grad` of
+    /// its result: the iteration replayed from `A` and `c` and walked back. The default body is
+    /// tensor ops ([`super::reference::pinv_backward`]); CubeCL devices run one kernel. The
+    /// `Autodiff` implementations call it from their backward.
+    #[cfg_attr(
+        not(all(feature = "autodiff", feature = "cube-kernels")),
+        allow(dead_code)
+    )]
+    #[fusion(meta = pinv_backward_meta)]
+    fn pinv_backward(
+        a: FloatTensor<Self>,
+        coefficient: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        iterations: usize,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        super::reference::pinv_backward::<Self>(a, coefficient, grad, iterations)
     }
 
     /// See [`landmark_weights`]; missing landmarks as `1.0`.
@@ -447,6 +465,24 @@ pub trait PinvOps: Backend {
             iterations,
         )
     }
+}
+
+/// The gradients of [`PinvOps::pinv_backward`]: `A`'s shape and `[batch · heads]`, in `A`'s type.
+#[cfg(feature = "cube-kernels")]
+fn pinv_backward_meta(
+    a: &burn::backend::fusion::custom::TensorSpec,
+    _coefficient: &burn::backend::fusion::custom::TensorSpec,
+    _grad: &burn::backend::fusion::custom::TensorSpec,
+    _iterations: &usize,
+) -> (
+    burn::backend::fusion::custom::TensorSpec,
+    burn::backend::fusion::custom::TensorSpec,
+) {
+    let [batch, heads, _, _] = a.shape.dims::<4>();
+    (
+        a.clone(),
+        burn::backend::fusion::custom::TensorSpec::new(Shape::new([batch * heads]), a.dtype),
+    )
 }
 
 /// `[batch, heads, m, d_v]` from the landmark queries' `[batch, heads, m, d]` and the values'

@@ -164,6 +164,82 @@ pub fn pinv<B: Backend>(
     z
 }
 
+/// See [`PinvOps::pinv_backward`]: the gradients of `A` and `c` of the pseudo-inverse
+/// iteration for the gradient `grad` of its result; the iterates are replayed from
+/// `Z₀ = Aᵀ / c`, then each iteration walked back (`cube/pinv_backward.rs` has the steps).
+pub fn pinv_backward<B: Backend>(
+    a: FloatTensor<B>,
+    coefficient: FloatTensor<B>,
+    grad: FloatTensor<B>,
+    iterations: usize,
+) -> (FloatTensor<B>, FloatTensor<B>) {
+    let [batch, heads, m, _] = dims(&a);
+    let c = B::float_expand(
+        B::float_reshape(coefficient, Shape::new([batch, heads, 1, 1])),
+        Shape::new([batch, heads, m, m]),
+    );
+    let scaled = |x: FloatTensor<B>, factor: f32| B::float_mul_scalar(x, factor.into());
+    let product = |x: &FloatTensor<B>, y: &FloatTensor<B>| B::float_matmul(x.clone(), y.clone());
+    let transpose = |x: &FloatTensor<B>| B::float_transpose(x.clone());
+    // P = A Z, T = 7P − P P, U = 15P − P T of the iteration that starts from `z`.
+    let stages = |z: &FloatTensor<B>| {
+        let p = product(&a, z);
+        let t = B::float_sub(scaled(p.clone(), 7.0), product(&p, &p));
+        let u = B::float_sub(scaled(p.clone(), 15.0), product(&p, &t));
+        (p, t, u)
+    };
+
+    // Each iteration's Z, P, T and U, replayed from Z₀ = Aᵀ / c.
+    let z0 = B::float_div(transpose(&a), c.clone());
+    let mut steps: Vec<[FloatTensor<B>; 4]> = Vec::with_capacity(iterations);
+    for _ in 0..iterations {
+        let z = match steps.last() {
+            None => z0.clone(),
+            Some([z, _, _, u]) => {
+                scaled(B::float_sub(scaled(z.clone(), 13.0), product(z, u)), 0.25)
+            }
+        };
+        let (p, t, u) = stages(&z);
+        steps.push([z, p, t, u]);
+    }
+    // Walked back: `z_grad` becomes the gradient of each earlier Z, down to Z₀.
+    let mut a_grad_terms = Vec::with_capacity(iterations);
+    let mut z_grad = grad;
+    for [z, p, t, u] in steps.iter().rev() {
+        let g = z_grad;
+        // dZ = ¼ (13G − G Uᵀ), dU = −¼ Zᵀ G, dT = −Pᵀ dU
+        let dz = scaled(
+            B::float_sub(scaled(g.clone(), 13.0), product(&g, &transpose(u))),
+            0.25,
+        );
+        let du = scaled(product(&transpose(z), &g), -0.25);
+        let dt = B::float_neg(product(&transpose(p), &du));
+        // dP = 15 dU − dU Tᵀ + 7 dT − dT Pᵀ − Pᵀ dT
+        let dp = B::float_sub(
+            B::float_add(scaled(du.clone(), 15.0), scaled(dt.clone(), 7.0)),
+            B::float_add(
+                B::float_add(product(&du, &transpose(t)), product(&dt, &transpose(p))),
+                product(&transpose(p), &dt),
+            ),
+        );
+        // P = A Z: dA += dP Zᵀ, dZ += Aᵀ dP.
+        a_grad_terms.push(product(&dp, &transpose(z)));
+        z_grad = B::float_add(dz, product(&transpose(&a), &dp));
+    }
+    // Z₀ = Aᵀ / c: dA += dZ₀ᵀ / c, dc = −Σ dZ₀ ∘ Z₀ / c.
+    let a_grad = a_grad_terms
+        .into_iter()
+        .fold(B::float_div(transpose(&z_grad), c.clone()), B::float_add);
+    let c_grad = B::float_neg(B::float_sum_dim(
+        B::float_sum_dim(B::float_div(B::float_mul(z_grad, z0), c), 3),
+        2,
+    ));
+    (
+        a_grad,
+        B::float_reshape(c_grad, Shape::new([batch * heads])),
+    )
+}
+
 /// See [`super::fused_landmark_weights`]: `A = softmax(Q̃ K̃ᵀ)` as
 /// [`kernel_a`](crate::attention::softmax_kernels::kernel_a) builds it, `c = ‖A‖₁` per matrix
 /// ([`PinvInit::Exact`](crate::PinvInit::Exact)), and `W = B::pinv(A, c) · (B V)`; missing

@@ -10,7 +10,7 @@ use burn::backend::{Autodiff, Backend, Cube};
 use burn::tensor::Slice;
 
 use super::backward::{
-    SavedAttention, SavedPinv, SavedValues, attention_backward, pinv_backward, values_backward,
+    SavedAttention, SavedPinv, SavedValues, attention_backward, values_backward,
 };
 use crate::kernels::extension::{LandmarkSoftmaxOps, PinvOps, SegmentMeanOps};
 use crate::kernels::flags::Flags;
@@ -31,7 +31,9 @@ impl SavedForward<Cube, 3> for SavedValues<Cube> {
 
 impl SavedForward<Cube, 2> for SavedPinv<Cube> {
     fn backward(self, grad: FloatTensor<Cube>) -> [FloatTensor<Cube>; 2] {
-        pinv_backward::<Cube>(self, grad)
+        let (a_grad, c_grad) =
+            <Cube as PinvOps>::pinv_backward(self.a, self.coefficient, grad, self.iterations);
+        [a_grad, c_grad]
     }
 }
 

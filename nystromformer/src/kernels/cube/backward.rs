@@ -1,4 +1,4 @@
-//! The backward of the CubeCL stages, as tensor ops of the backend below autodiff: Burn's
+//! The backward of the CubeCL softmax products, as tensor ops of the backend below autodiff: Burn's
 //! autotuned matmul does the products, and its fusion backend merges the elementwise steps.
 //!
 //! The softmax products follow FlashAttention-2's backward. With `P = softmax(S)` recomputed from
@@ -11,9 +11,9 @@
 //! ```
 //!
 //! (`Q` already carries the `1/√d` scale.) `P` exists only inside the backward, one stage at a
-//! time; between forward and backward only the output and `L` are kept. The pseudo-inverse
-//! replays its iteration from `A` and `c` and walks it back, as `kernels/flex/pinv.rs` does
-//! (its module doc has the derivation).
+//! time; between forward and backward only the output and `L` are kept. The pseudo-inverse's
+//! backward is its own kernel ([`super::pinv_backward`]), which replays the iteration from `A`
+//! and `c`.
 
 use burn::backend::Backend;
 use burn::backend::tensor::FloatTensor;
@@ -136,79 +136,4 @@ fn softmax_product_backward<B: Backend>(
         B::float_sub(probability_grad, B::float_expand(row_dot, shape)),
     );
     [score_grad, values_grad]
-}
-
-/// The gradients of `A` and `c` of the pseudo-inverse iteration for the gradient `grad` of its
-/// result: the iterates are replayed from `Z₀ = Aᵀ / c`, then each iteration walked back.
-pub fn pinv_backward<B: Backend>(saved: SavedPinv<B>, grad: FloatTensor<B>) -> [FloatTensor<B>; 2] {
-    let SavedPinv {
-        a,
-        coefficient,
-        iterations,
-    } = saved;
-    let [batch, heads, m, _] = dims(&a);
-    let c = B::float_expand(
-        B::float_reshape(coefficient, Shape::new([batch, heads, 1, 1])),
-        Shape::new([batch, heads, m, m]),
-    );
-    let scaled = |x: FloatTensor<B>, factor: f32| B::float_mul_scalar(x, factor.into());
-    let product = |x: &FloatTensor<B>, y: &FloatTensor<B>| B::float_matmul(x.clone(), y.clone());
-    let transpose = |x: &FloatTensor<B>| B::float_transpose(x.clone());
-    // P = A Z, T = 7P − P P, U = 15P − P T of the iteration that starts from `z`.
-    let stages = |z: &FloatTensor<B>| {
-        let p = product(&a, z);
-        let t = B::float_sub(scaled(p.clone(), 7.0), product(&p, &p));
-        let u = B::float_sub(scaled(p.clone(), 15.0), product(&p, &t));
-        (p, t, u)
-    };
-
-    // Each iteration's Z, P, T and U, replayed from Z₀ = Aᵀ / c.
-    let z0 = B::float_div(transpose(&a), c.clone());
-    let mut steps: Vec<[FloatTensor<B>; 4]> = Vec::with_capacity(iterations);
-    for _ in 0..iterations {
-        let z = match steps.last() {
-            None => z0.clone(),
-            Some([z, _, _, u]) => {
-                scaled(B::float_sub(scaled(z.clone(), 13.0), product(z, u)), 0.25)
-            }
-        };
-        let (p, t, u) = stages(&z);
-        steps.push([z, p, t, u]);
-    }
-    // Walked back: `z_grad` becomes the gradient of each earlier Z, down to Z₀.
-    let mut a_grad_terms = Vec::with_capacity(iterations);
-    let mut z_grad = grad;
-    for [z, p, t, u] in steps.iter().rev() {
-        let g = z_grad;
-        // dZ = ¼ (13G − G Uᵀ), dU = −¼ Zᵀ G, dT = −Pᵀ dU
-        let dz = scaled(
-            B::float_sub(scaled(g.clone(), 13.0), product(&g, &transpose(u))),
-            0.25,
-        );
-        let du = scaled(product(&transpose(z), &g), -0.25);
-        let dt = B::float_neg(product(&transpose(p), &du));
-        // dP = 15 dU − dU Tᵀ + 7 dT − dT Pᵀ − Pᵀ dT
-        let dp = B::float_sub(
-            B::float_add(scaled(du.clone(), 15.0), scaled(dt.clone(), 7.0)),
-            B::float_add(
-                B::float_add(product(&du, &transpose(t)), product(&dt, &transpose(p))),
-                product(&transpose(p), &dt),
-            ),
-        );
-        // P = A Z: dA += dP Zᵀ, dZ += Aᵀ dP.
-        a_grad_terms.push(product(&dp, &transpose(z)));
-        z_grad = B::float_add(dz, product(&transpose(&a), &dp));
-    }
-    // Z₀ = Aᵀ / c: dA += dZ₀ᵀ / c, dc = −Σ dZ₀ ∘ Z₀ / c.
-    let a_grad = a_grad_terms
-        .into_iter()
-        .fold(B::float_div(transpose(&z_grad), c.clone()), B::float_add);
-    let c_grad = B::float_neg(B::float_sum_dim(
-        B::float_sum_dim(B::float_div(B::float_mul(z_grad, z0), c), 3),
-        2,
-    ));
-    [
-        a_grad,
-        B::float_reshape(c_grad, Shape::new([batch * heads])),
-    ]
 }

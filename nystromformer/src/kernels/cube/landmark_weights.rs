@@ -20,7 +20,8 @@ use burn_cubecl::ops::numeric::empty_device_contiguous_dtype;
 use burn_cubecl::tensor::CubeTensor;
 use cubecl::prelude::*;
 
-use super::pinv::{GRID, WORK_SLOTS, invert};
+use super::blocks::GRID;
+use super::pinv::{WORK_SLOTS, invert};
 use super::{flagged, flags_or};
 use crate::attention::pinv::MIN_COEFFICIENT;
 use crate::kernels::flags::Flags;
@@ -37,7 +38,7 @@ pub fn launch(
     let landmark_queries = into_contiguous(landmark_queries);
     let landmark_keys = into_contiguous(landmark_keys);
     let landmark_values = into_contiguous(landmark_values);
-    let flagged = [missing_queries.is_present(), missing_keys.is_present()];
+    let masked = [missing_queries.is_present(), missing_keys.is_present()];
     let missing_queries = flags_or(missing_queries, &landmark_queries);
     let missing_keys = flags_or(missing_keys, &landmark_queries);
     let [batch, heads, m, head_dim] = landmark_queries.meta.shape().dims::<4>();
@@ -74,8 +75,8 @@ pub fn launch(
         m,
         head_dim,
         value_dim,
-        flagged[0],
-        flagged[1],
+        masked[0],
+        masked[1],
         dtype_to_storage_type(dtype),
     );
     weights

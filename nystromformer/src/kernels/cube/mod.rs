@@ -1,20 +1,23 @@
 //! The CubeCL stages (wgpu, Vulkan, Metal, WebGPU): [`LandmarkSoftmaxOps`] (see
-//! [`landmark_values`] and [`landmark_attention`], both over [`online_softmax`]) and [`PinvOps`]
-//! (see [`pinv`], and [`landmark_weights`] for `A`, the pseudo-inverse and `W` in one launch) and
-//! [`SegmentMeanOps`] (see [`landmark_means`]) for burn-cubecl's backend, and for `Autodiff` over it (`autodiff.rs`), whose
-//! forward is these kernels and whose backward is tensor ops from what they keep
-//! ([`backward`]).
+//! [`landmark_values`] and [`landmark_attention`], both over [`online_softmax`]), [`PinvOps`]
+//! (see [`pinv`] and its backward [`pinv_backward`], both over [`blocks`], and
+//! [`landmark_weights`] for `A`, the pseudo-inverse and `W` in one launch) and
+//! [`SegmentMeanOps`] (see [`landmark_means`]) for burn-cubecl's backend, and for `Autodiff`
+//! over it (`autodiff.rs`), whose forward is these kernels and whose backward is the
+//! pseudo-inverse's kernel and tensor ops from what the softmax kernels keep ([`backward`]).
 
 #[cfg(feature = "autodiff")]
 mod autodiff;
 #[cfg(feature = "autodiff")]
 mod backward;
+mod blocks;
 mod landmark_attention;
 mod landmark_means;
 mod landmark_values;
 mod landmark_weights;
 mod online_softmax;
 mod pinv;
+mod pinv_backward;
 mod tiles;
 
 use burn::backend::tensor::FloatTensor;
@@ -91,6 +94,15 @@ impl PinvOps for CubeBackend {
         iterations: usize,
     ) -> FloatTensor<Self> {
         pinv::launch(a, coefficient, iterations)
+    }
+
+    fn pinv_backward(
+        a: FloatTensor<Self>,
+        coefficient: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        iterations: usize,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        pinv_backward::launch(a, coefficient, grad, iterations)
     }
 
     fn landmark_weights(

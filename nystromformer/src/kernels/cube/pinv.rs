@@ -3,7 +3,7 @@
 //! The tensor-op form ([`iterative_pinv`](crate::attention::iterative_pinv)) launches four
 //! matrix products and a handful of elementwise operations per iteration on matrices of
 //! 64 × 64; on a GPU each launch costs more than its arithmetic. Here one cube walks all
-//! iterations of one matrix, its 16 × 16 units sharing every product in blocks of entries, with
+//! iterations of one matrix, its units sharing every product in blocks of entries ([`super::blocks`]), with
 //! the matrices in a global work buffer and a storage barrier between stages. (A 64 × 64 matrix
 //! takes all of the 16 KiB of shared memory a WebGPU device may be limited to, and six are
 //! needed.)
@@ -24,10 +24,7 @@ use burn_cubecl::ops::numeric::empty_device_contiguous_dtype;
 use burn_cubecl::tensor::CubeTensor;
 use cubecl::prelude::*;
 
-/// Each cube is a 16 × 16 grid of units; unit `(r, c)` computes the entries of every product at
-/// rows `r, r + 16, …` and columns `c, c + 16, …` (4 × 4 of them when m = 64), so each value it
-/// loads serves several multiply-adds and neighbouring units read neighbouring columns.
-pub const GRID: usize = 16;
+use super::blocks::{GRID, product_block, store_block};
 
 /// Launches the kernel; see [`crate::kernels::fused_pinv`] for the contract.
 pub fn launch(a: CubeTensor, coefficient: CubeTensor, iterations: usize) -> CubeTensor {
@@ -161,15 +158,15 @@ fn iterate<F: Float>(
     let mut next_slot = next;
     for _ in 0..iterations {
         // P = A Z
-        let product = product_block(work, a, z_slot, row, col, m);
+        let product = product_block(work, a, z_slot, row, col, m, false, false);
         store_block(work, p, F::new(0.0), a, F::new(1.0), &product, row, col, m);
         sync_storage();
         // T = P (7I − P) = 7P − P P
-        let product = product_block(work, p, p, row, col, m);
+        let product = product_block(work, p, p, row, col, m, false, false);
         store_block(work, t, F::new(7.0), p, F::new(-1.0), &product, row, col, m);
         sync_storage();
         // U = P (15I − T) = 15P − P T
-        let product = product_block(work, p, t, row, col, m);
+        let product = product_block(work, p, t, row, col, m, false, false);
         store_block(
             work,
             u,
@@ -183,7 +180,7 @@ fn iterate<F: Float>(
         );
         sync_storage();
         // next Z = ¼ Z (13I − U) = 3.25 Z − ¼ Z U
-        let product = product_block(work, z_slot, u, row, col, m);
+        let product = product_block(work, z_slot, u, row, col, m, false, false);
         store_block(
             work,
             next_slot,
@@ -201,79 +198,4 @@ fn iterate<F: Float>(
         next_slot = previous;
     }
     z_slot
-}
-
-/// The unit's block of the product of the `[m, m]` matrices that start at `lhs` and `rhs` in
-/// `work`: entry `(i, j)` of the block is at row `row + GRID i`, column `col + GRID j` (zero outside
-/// the matrix). `work` is mutable only because the kernel's buffer is.
-#[cube]
-fn product_block<F: Float>(
-    work: &mut Tensor<F>,
-    lhs: usize,
-    rhs: usize,
-    row: usize,
-    col: usize,
-    #[comptime] m: usize,
-) -> Array<F> {
-    let grid = comptime![GRID];
-    let blocks = comptime![m.div_ceil(GRID)];
-    let mut sums = Array::<F>::new(blocks * blocks);
-    #[unroll]
-    for i in 0..blocks * blocks {
-        sums[i] = F::new(0.0);
-    }
-    let mut left = Array::<F>::new(blocks);
-    let mut right = Array::<F>::new(blocks);
-    for k in 0..m {
-        #[unroll]
-        for i in 0..blocks {
-            left[i] = F::new(0.0);
-            if row + grid * i < m {
-                left[i] = work[lhs + (row + grid * i) * m + k];
-            }
-            right[i] = F::new(0.0);
-            if col + grid * i < m {
-                right[i] = work[rhs + k * m + col + grid * i];
-            }
-        }
-        #[unroll]
-        for i in 0..blocks {
-            #[unroll]
-            for j in 0..blocks {
-                sums[i * blocks + j] += left[i] * right[j];
-            }
-        }
-    }
-    sums
-}
-
-/// Writes `alpha · work[source] + beta · product` for the unit's block (see [`product_block`])
-/// into the matrix at `target`.
-#[cube]
-#[allow(clippy::too_many_arguments)]
-fn store_block<F: Float>(
-    work: &mut Tensor<F>,
-    target: usize,
-    alpha: F,
-    source: usize,
-    beta: F,
-    product: &Array<F>,
-    row: usize,
-    col: usize,
-    #[comptime] m: usize,
-) {
-    let grid = comptime![GRID];
-    let blocks = comptime![m.div_ceil(GRID)];
-    #[unroll]
-    for i in 0..blocks {
-        #[unroll]
-        for j in 0..blocks {
-            let (r, c) = (row + grid * i, col + grid * j);
-            if r < m && c < m {
-                let entry = r * m + c;
-                work[target + entry] =
-                    alpha * work[source + entry] + beta * product[i * blocks + j];
-            }
-        }
-    }
 }

@@ -1,0 +1,288 @@
+//! The backward of the pseudo-inverse iteration in one kernel: one cube per `[m, m]` matrix.
+//!
+//! As tensor ops the walk back is seven products and a dozen elementwise operations per
+//! iteration on 64 × 64 matrices, about a hundred launches for six iterations that each leave a
+//! GPU nearly idle. Here one cube replays the iteration from `A` and `c`, keeping every iterate in
+//! its slots of a global work buffer (f32, whatever the input type), and walks it back, with a
+//! storage barrier between stages; the products are [`super::blocks`]'.
+//!
+//! The forward (see [`super::pinv`]) is `Z₀ = Aᵀ / c`, then per iteration `P = A Z`,
+//! `T = 7P − P P`, `U = 15P − P T`, `Z' = ¼ (13Z − Z U)`. With `G` the gradient of `Z'`, one step
+//! back is
+//!
+//! ```text
+//! dU = −¼ Zᵀ G
+//! dT = −Pᵀ dU
+//! dP = 15 dU + 7 dT − dU Tᵀ − dT Pᵀ − Pᵀ dT
+//! dA += dP Zᵀ
+//! G ← ¼ (13G − G Uᵀ) + Aᵀ dP          (the gradient of Z)
+//! ```
+//!
+//! and from the gradient `G` of `Z₀`: `dA += Gᵀ / c`, `dc = −Σ G ∘ Z₀ / c`.
+
+use burn::backend::cubecl::dtype_to_storage_type;
+use burn::tensor::{DType, Shape};
+use burn_cubecl::kernel::into_contiguous;
+use burn_cubecl::ops::numeric::empty_device_contiguous_dtype;
+use burn_cubecl::tensor::CubeTensor;
+use cubecl::prelude::*;
+
+use super::blocks::{GRID, add_block, add_entries, product_block, store_block, store_scaled};
+
+/// Launches the kernel: the gradients of `A` (`[batch, heads, m, m]`) and of `c`
+/// (`[batch · heads]`) of `iterations` steps from `Z₀ = Aᵀ / c`, for the gradient `grad` of the
+/// result; both in the type of `a`.
+pub fn launch(
+    a: CubeTensor,
+    coefficient: CubeTensor,
+    grad: CubeTensor,
+    iterations: usize,
+) -> (CubeTensor, CubeTensor) {
+    let a = into_contiguous(a);
+    let coefficient = into_contiguous(coefficient);
+    let grad = into_contiguous(grad);
+    let shape = a.meta.shape().clone();
+    let [batch, heads, m, _] = shape.dims::<4>();
+    let matrices = batch * heads;
+
+    let client = a.client.clone();
+    let device = a.device.clone();
+    let dtype = a.dtype;
+    let a_grad = empty_device_contiguous_dtype(client.clone(), device.clone(), shape, dtype);
+    let c_grad = empty_device_contiguous_dtype(
+        client.clone(),
+        device.clone(),
+        Shape::new([matrices]),
+        dtype,
+    );
+    let work = empty_device_contiguous_dtype(
+        client.clone(),
+        device,
+        Shape::new([matrices, work_slots(iterations), m, m]),
+        DType::F32,
+    );
+    pinv_backward_kernel::launch(
+        &client,
+        CubeCount::new_1d(matrices as u32),
+        CubeDim::new_1d((GRID * GRID) as u32),
+        a.into_tensor_arg(),
+        coefficient.into_tensor_arg(),
+        grad.into_tensor_arg(),
+        a_grad.clone().into_tensor_arg(),
+        c_grad.clone().into_tensor_arg(),
+        work.into_tensor_arg(),
+        iterations,
+        m,
+        dtype_to_storage_type(dtype),
+    );
+    (a_grad, c_grad)
+}
+
+/// Matrices per cube in the work buffer: `A`; `Z₀ … Z_iterations` (the last unused); `P`, `T`, `U` of each
+/// iteration; then the walk back's `G` and its successor (their roles swap every step), `dU`,
+/// `dT`, `dP` and the sum `dA`.
+fn work_slots(iterations: usize) -> usize {
+    4 * iterations + 8
+}
+
+/// The slot of `Z_k`.
+#[cube]
+fn z_slot(base: usize, k: usize, size: usize) -> usize {
+    base + (1 + k) * size
+}
+
+/// The slot of `P_k`; `T_k` and `U_k` follow it.
+#[cube]
+fn p_slot(base: usize, k: usize, iterations: usize, size: usize) -> usize {
+    base + (iterations + 2 + 3 * k) * size
+}
+
+/// One cube per matrix (`CUBE_POS`) of [`GRID`] × [`GRID`] units; `a`, `grad` and `a_grad`
+/// contiguous `[batch, heads, m, m]`, `coefficient` and `c_grad` `[batch · heads]`, `work`
+/// `[batch · heads, work_slots(iterations), m, m]`.
+#[cube(launch)]
+#[allow(clippy::too_many_arguments)]
+fn pinv_backward_kernel<F: Float>(
+    a: &Tensor<F>,
+    coefficient: &Tensor<F>,
+    grad: &Tensor<F>,
+    a_grad: &mut Tensor<F>,
+    c_grad: &mut Tensor<F>,
+    work: &mut Tensor<f32>,
+    iterations: usize,
+    #[comptime] m: usize,
+    #[define(F)] _dtype: ElemType,
+) {
+    let matrix = CUBE_POS;
+    let size = m * m;
+    let input = matrix * size;
+    let base = matrix * (4 * iterations + 8) * size;
+    let scratch = base + (4 * iterations + 2) * size;
+    let (du, dt, dp, da) = (
+        scratch + 2 * size,
+        scratch + 3 * size,
+        scratch + 4 * size,
+        scratch + 5 * size,
+    );
+    let mut g = scratch;
+    let mut next_g = scratch + size;
+    let c = f32::cast_from(coefficient[matrix]);
+    let unit = UNIT_POS as usize;
+    let units = comptime![GRID * GRID];
+    let grid = comptime![GRID];
+    let (row, col) = (unit / grid, unit % grid);
+
+    // A, the incoming gradient, dA = 0, and Z₀ = Aᵀ / c (read from the input, not the slot).
+    let z0 = z_slot(base, 0, size);
+    let mut entry = unit;
+    while entry < size {
+        let transposed = (entry % m) * m + entry / m;
+        work[base + entry] = f32::cast_from(a[input + entry]);
+        work[g + entry] = f32::cast_from(grad[input + entry]);
+        work[da + entry] = f32::new(0.0);
+        work[z0 + entry] = f32::cast_from(a[input + transposed]) / c;
+        entry += units;
+    }
+    sync_storage();
+
+    // The forward again, every iterate kept.
+    for k in 0..iterations {
+        let (z, p) = (z_slot(base, k, size), p_slot(base, k, iterations, size));
+        let (t, u) = (p + size, p + 2 * size);
+        // P = A Z
+        let block = product_block(work, base, z, row, col, m, false, false);
+        store_scaled(work, p, f32::new(1.0), &block, row, col, m);
+        sync_storage();
+        // T = 7P − P P
+        let block = product_block(work, p, p, row, col, m, false, false);
+        store_block(
+            work,
+            t,
+            f32::new(7.0),
+            p,
+            f32::new(-1.0),
+            &block,
+            row,
+            col,
+            m,
+        );
+        sync_storage();
+        // U = 15P − P T
+        let block = product_block(work, p, t, row, col, m, false, false);
+        store_block(
+            work,
+            u,
+            f32::new(15.0),
+            p,
+            f32::new(-1.0),
+            &block,
+            row,
+            col,
+            m,
+        );
+        sync_storage();
+        // Z' = 3.25 Z − ¼ Z U, but for the last iteration's, which the walk back never reads.
+        if k + 1 < iterations {
+            let block = product_block(work, z, u, row, col, m, false, false);
+            let next = z_slot(base, k + 1, size);
+            store_block(
+                work,
+                next,
+                f32::new(3.25),
+                z,
+                f32::new(-0.25),
+                &block,
+                row,
+                col,
+                m,
+            );
+        }
+        sync_storage();
+    }
+
+    // Walked back, last iteration first; `g` holds the gradient of the iteration's result.
+    for step in 0..iterations {
+        let k = iterations - 1 - step;
+        let (z, p) = (z_slot(base, k, size), p_slot(base, k, iterations, size));
+        let (t, u) = (p + size, p + 2 * size);
+        // dU = −¼ Zᵀ G
+        let block = product_block(work, z, g, row, col, m, true, false);
+        store_scaled(work, du, f32::new(-0.25), &block, row, col, m);
+        sync_storage();
+        // dT = −Pᵀ dU
+        let block = product_block(work, p, du, row, col, m, true, false);
+        store_scaled(work, dt, f32::new(-1.0), &block, row, col, m);
+        sync_storage();
+        // dP = 15 dU + 7 dT − (dU Tᵀ + dT Pᵀ + Pᵀ dT)
+        let mut block = product_block(work, du, t, row, col, m, false, true);
+        let other = product_block(work, dt, p, row, col, m, false, true);
+        add_block(&mut block, &other, f32::new(1.0), m);
+        let other = product_block(work, p, dt, row, col, m, true, false);
+        add_block(&mut block, &other, f32::new(1.0), m);
+        add_entries(&mut block, work, dt, f32::new(-7.0), row, col, m);
+        store_block(
+            work,
+            dp,
+            f32::new(15.0),
+            du,
+            f32::new(-1.0),
+            &block,
+            row,
+            col,
+            m,
+        );
+        sync_storage();
+        // dA += dP Zᵀ
+        let block = product_block(work, dp, z, row, col, m, false, true);
+        store_block(
+            work,
+            da,
+            f32::new(1.0),
+            da,
+            f32::new(1.0),
+            &block,
+            row,
+            col,
+            m,
+        );
+        // The gradient of Z: 3.25 G − ¼ G Uᵀ + Aᵀ dP
+        let mut block = product_block(work, base, dp, row, col, m, true, false);
+        let other = product_block(work, g, u, row, col, m, false, true);
+        add_block(&mut block, &other, f32::new(-0.25), m);
+        store_block(
+            work,
+            next_g,
+            f32::new(3.25),
+            g,
+            f32::new(1.0),
+            &block,
+            row,
+            col,
+            m,
+        );
+        sync_storage();
+        let previous = g;
+        g = next_g;
+        next_g = previous;
+    }
+
+    // From Z₀ = Aᵀ / c: dA += Gᵀ / c, and this unit's share of dc = −Σ G ∘ Z₀ / c.
+    let mut partial = f32::new(0.0);
+    let mut entry = unit;
+    while entry < size {
+        let transposed = (entry % m) * m + entry / m;
+        a_grad[input + entry] = F::cast_from(work[da + entry] + work[g + transposed] / c);
+        partial += work[g + entry] * work[z0 + entry];
+        entry += units;
+    }
+    let mut partials = Shared::<[f32]>::new_slice(units);
+    partials[unit] = partial;
+    sync_cube();
+    if unit == 0 {
+        let mut sum = f32::new(0.0);
+        for i in 0..units {
+            sum += partials[i];
+        }
+        c_grad[matrix] = F::cast_from(-sum / c);
+    }
+}
