@@ -306,6 +306,71 @@ pub trait LandmarkSoftmaxOps: Backend {
             missing,
         )
     }
+
+    /// The gradients of [`LandmarkSoftmaxOps::landmark_values`]' landmark queries, keys and
+    /// values for the gradient `grad` of its output, from what
+    /// [`LandmarkSoftmaxOps::landmark_values_with_statistics`] gave (`output` and
+    /// `log_sum_exp`, `[.., m, 1]`). The default body is tensor ops
+    /// ([`super::backward::landmark_values_backward`]); CubeCL devices run two kernels.
+    #[cfg_attr(
+        not(all(feature = "autodiff", feature = "cube-kernels")),
+        allow(dead_code)
+    )]
+    #[allow(clippy::too_many_arguments)]
+    #[fusion(meta = |landmark_queries, keys, values, _padding, _missing, _masked_score, _output, _log_sum_exp, _grad| (landmark_queries.clone(), keys.clone(), values.clone()))]
+    fn landmark_values_backward(
+        landmark_queries: FloatTensor<Self>,
+        keys: FloatTensor<Self>,
+        values: FloatTensor<Self>,
+        #[extension_type] padding: Flags<Self>,
+        #[extension_type] missing: Flags<Self>,
+        masked_score: f32,
+        output: FloatTensor<Self>,
+        log_sum_exp: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        super::backward::landmark_values_backward::<Self>(
+            landmark_queries,
+            keys,
+            values,
+            padding,
+            missing,
+            masked_score,
+            output,
+            log_sum_exp,
+            grad,
+        )
+    }
+
+    /// The gradients of [`LandmarkSoftmaxOps::landmark_attention`]'s queries, landmark keys and
+    /// weights for the gradient `grad` of its output, from what
+    /// [`LandmarkSoftmaxOps::landmark_attention_with_statistics`] gave (`output` and
+    /// `log_sum_exp`, `[.., n, 1]`). The default body is tensor ops
+    /// ([`super::backward::landmark_attention_backward`]); CubeCL devices run two kernels.
+    #[cfg_attr(
+        not(all(feature = "autodiff", feature = "cube-kernels")),
+        allow(dead_code)
+    )]
+    #[fusion(meta = |queries, landmark_keys, weights, _missing, _output, _log_sum_exp, _grad| (queries.clone(), landmark_keys.clone(), weights.clone()))]
+    fn landmark_attention_backward(
+        queries: FloatTensor<Self>,
+        landmark_keys: FloatTensor<Self>,
+        weights: FloatTensor<Self>,
+        #[extension_type] missing: Flags<Self>,
+        output: FloatTensor<Self>,
+        log_sum_exp: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        super::backward::landmark_attention_backward::<Self>(
+            queries,
+            landmark_keys,
+            weights,
+            missing,
+            output,
+            log_sum_exp,
+            grad,
+        )
+    }
 }
 
 /// The skip connection's depthwise convolution along the sequence: values `[batch, heads, n, d]`,
@@ -430,7 +495,7 @@ pub trait PinvOps: Backend {
 
     /// The gradients of `A` and `c` (as [`PinvOps::pinv`] takes them) for the gradient `grad` of
     /// its result: the iteration replayed from `A` and `c` and walked back. The default body is
-    /// tensor ops ([`super::reference::pinv_backward`]); CubeCL devices run one kernel. The
+    /// tensor ops ([`super::backward::pinv_backward`]); CubeCL devices run one kernel. The
     /// `Autodiff` implementations call it from their backward.
     #[cfg_attr(
         not(all(feature = "autodiff", feature = "cube-kernels")),
@@ -443,7 +508,7 @@ pub trait PinvOps: Backend {
         grad: FloatTensor<Self>,
         iterations: usize,
     ) -> (FloatTensor<Self>, FloatTensor<Self>) {
-        super::reference::pinv_backward::<Self>(a, coefficient, grad, iterations)
+        super::backward::pinv_backward::<Self>(a, coefficient, grad, iterations)
     }
 
     /// See [`landmark_weights`]; missing landmarks as `1.0`.

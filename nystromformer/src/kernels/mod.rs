@@ -20,9 +20,10 @@
 //! holds no `n × m` matrix at all. Under
 //! autodiff (feature `autodiff`) the softmax products and the pseudo-inverse run as kernels
 //! forward (`A` and the product around the pseudo-inverse as tensor ops), the softmax
-//! products also leaving each row's log-sum-exp, and the backward is tensor ops that recompute
-//! each softmax from it (FlashAttention-2's backward, one stage at a time) and replay the
-//! pseudo-inverse iteration: training keeps no `n × m` matrix from forward to backward.
+//! products also leaving each row's log-sum-exp, and the backward is kernels too: two per
+//! softmax product that recompute its softmax from that log-sum-exp (FlashAttention-2's backward,
+//! `cube/softmax_backward.rs`) and one that replays the pseudo-inverse iteration and walks it
+//! back (`cube/pinv_backward.rs`): training keeps no `n × m` matrix from forward to backward.
 //!
 //! On flex (feature `flex-kernels`, on with `flex`), `B · V` and `F · W` run as fused CPU stages
 //! (`kernels/flex/`: gemm blocks, an online softmax with a vectorised `exp`, rayon per head),
@@ -51,6 +52,8 @@ use crate::attention::PinvInit;
 use crate::attention::mask::{MASKED_SCORE, zero_rows};
 use crate::attention::shape_check::expect_shape;
 
+#[cfg(any(feature = "cube-kernels", feature = "flex-kernels"))]
+mod backward;
 #[cfg(feature = "cube-kernels")]
 mod cube;
 #[cfg(any(feature = "cube-kernels", feature = "flex-kernels"))]
@@ -71,7 +74,7 @@ mod reference;
 /// like `x` (and `NystromOptions::custom_kernels` is on): f32 on a CubeCL device or flex, and
 /// f16 on a CubeCL device outside autodiff (the kernels read and write f16 and accumulate in
 /// f32). Under autodiff this needs the `autodiff` feature, which routes tracked tensors too:
-/// flex runs its fused backward, CubeCL devices a tensor-op backward from what the kernels keep.
+/// flex runs its fused backward, CubeCL devices backward kernels from what the forward kernels keep.
 pub fn custom_kernels_apply(x: &Tensor<4>) -> bool {
     (routable(x) && (extension::on_cube_device(x) || extension::on_flex_device(x)))
         || (x.dtype() == DType::F16 && !x.is_autodiff() && extension::on_cube_device(x))
@@ -185,8 +188,8 @@ pub fn fused_softmax_attention(
 /// On flex it is one task per matrix, and under autodiff its backward runs through the saved
 /// iterates (the gradient of `c` flows on into its tensor ops). On CubeCL devices it is one
 /// cube per matrix, `None` when `batch · heads` exceeds [`MAX_PINV_MATRICES`] or `m` exceeds
-/// [`MAX_KERNEL_LANDMARKS`]; under autodiff
-/// the backward replays the iteration as tensor ops and walks it back.
+/// [`MAX_KERNEL_LANDMARKS`]; under autodiff its backward is one kernel too, which replays the
+/// iteration and walks it back.
 ///
 /// # Panics
 ///

@@ -1,31 +1,85 @@
 //! Training through the CubeCL stages: [`LandmarkSoftmaxOps`] and [`PinvOps`] for
 //! `Autodiff<Cube>`. A tracked call runs the kernel forward and keeps its inputs, and for the
 //! softmax products their output and each row's log-sum-exp, which the forward kernel leaves as
-//! an extra column; the backward ([`super::backward`]) recomputes from them, so no `n × m`
-//! matrix is kept from the forward to the backward. Masks are constants.
+//! an extra column; the backward is the extension's `*_backward` operations, kernels too
+//! (`softmax_backward.rs`, `pinv_backward.rs`), which recompute from them, so no `n × m` matrix
+//! is kept from the forward to the backward. Masks are constants.
 
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{Autodiff, Backend, Cube};
 use burn::tensor::Slice;
 
-use super::backward::{
-    SavedAttention, SavedPinv, SavedValues, attention_backward, values_backward,
-};
 use crate::kernels::extension::{LandmarkSoftmaxOps, PinvOps, SegmentMeanOps};
 use crate::kernels::flags::Flags;
 use crate::kernels::recorded::{SavedForward, record};
 use crate::kernels::reference::dims;
 
+/// What the `F · W` stage keeps: its inputs, the missing-landmark flags, its output and each
+/// row's log-sum-exp (`[batch, heads, n, 1]`).
+#[derive(Debug, Clone)]
+struct SavedAttention<B: Backend> {
+    queries: FloatTensor<B>,
+    landmark_keys: FloatTensor<B>,
+    weights: FloatTensor<B>,
+    missing: Flags<B>,
+    output: FloatTensor<B>,
+    log_sum_exp: FloatTensor<B>,
+}
+
+/// What the `B · V` stage keeps: its inputs, both masks' flags, the score of a padded key, its
+/// output and each row's log-sum-exp (`[batch, heads, m, 1]`).
+#[derive(Debug, Clone)]
+struct SavedValues<B: Backend> {
+    landmark_queries: FloatTensor<B>,
+    keys: FloatTensor<B>,
+    values: FloatTensor<B>,
+    padding: Flags<B>,
+    missing: Flags<B>,
+    masked_score: f32,
+    output: FloatTensor<B>,
+    log_sum_exp: FloatTensor<B>,
+}
+
+/// What the pseudo-inverse keeps: `A`, `c` (`[batch · heads]`) and the number of iterations.
+#[derive(Debug, Clone)]
+struct SavedPinv<B: Backend> {
+    a: FloatTensor<B>,
+    coefficient: FloatTensor<B>,
+    iterations: usize,
+}
+
 impl SavedForward<Cube, 3> for SavedAttention<Cube> {
     fn backward(self, grad: FloatTensor<Cube>) -> [FloatTensor<Cube>; 3] {
-        attention_backward::<Cube>(self, grad)
+        let (queries, landmark_keys, weights) =
+            <Cube as LandmarkSoftmaxOps>::landmark_attention_backward(
+                self.queries,
+                self.landmark_keys,
+                self.weights,
+                self.missing,
+                self.output,
+                self.log_sum_exp,
+                grad,
+            );
+        [queries, landmark_keys, weights]
     }
 }
 
 impl SavedForward<Cube, 3> for SavedValues<Cube> {
     fn backward(self, grad: FloatTensor<Cube>) -> [FloatTensor<Cube>; 3] {
-        values_backward::<Cube>(self, grad)
+        let (landmark_queries, keys, values) =
+            <Cube as LandmarkSoftmaxOps>::landmark_values_backward(
+                self.landmark_queries,
+                self.keys,
+                self.values,
+                self.padding,
+                self.missing,
+                self.masked_score,
+                self.output,
+                self.log_sum_exp,
+                grad,
+            );
+        [landmark_queries, keys, values]
     }
 }
 

@@ -3,13 +3,11 @@
 //! (see [`pinv`] and its backward [`pinv_backward`], both over [`blocks`], and
 //! [`landmark_weights`] for `A`, the pseudo-inverse and `W` in one launch) and
 //! [`SegmentMeanOps`] (see [`landmark_means`]) for burn-cubecl's backend, and for `Autodiff`
-//! over it (`autodiff.rs`), whose forward is these kernels and whose backward is the
-//! pseudo-inverse's kernel and tensor ops from what the softmax kernels keep ([`backward`]).
+//! over it (`autodiff.rs`), whose forward is these kernels and whose backward is kernels too:
+//! [`softmax_backward`] for the softmax products, [`pinv_backward`] for the pseudo-inverse.
 
 #[cfg(feature = "autodiff")]
 mod autodiff;
-#[cfg(feature = "autodiff")]
-mod backward;
 mod blocks;
 mod landmark_attention;
 mod landmark_means;
@@ -18,6 +16,7 @@ mod landmark_weights;
 mod online_softmax;
 mod pinv;
 mod pinv_backward;
+mod softmax_backward;
 mod tiles;
 
 use burn::backend::tensor::FloatTensor;
@@ -28,6 +27,7 @@ use cubecl::prelude::*;
 
 use super::extension::{LandmarkSoftmaxOps, PinvOps, SegmentMeanOps};
 use super::flags::Flags;
+use softmax_backward::{FlaggedKeys, ProductBackward};
 
 impl LandmarkSoftmaxOps for CubeBackend {
     fn landmark_values(
@@ -84,6 +84,52 @@ impl LandmarkSoftmaxOps for CubeBackend {
         missing: Flags<Self>,
     ) -> FloatTensor<Self> {
         landmark_attention::launch(queries, landmark_keys, weights, missing, true)
+    }
+
+    fn landmark_values_backward(
+        landmark_queries: FloatTensor<Self>,
+        keys: FloatTensor<Self>,
+        values: FloatTensor<Self>,
+        padding: Flags<Self>,
+        missing: Flags<Self>,
+        masked_score: f32,
+        output: FloatTensor<Self>,
+        log_sum_exp: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        softmax_backward::launch(ProductBackward {
+            queries: landmark_queries,
+            keys,
+            values,
+            output,
+            log_sum_exp,
+            grad,
+            key_flags: padding,
+            flagged_keys: FlaggedKeys::Scored(masked_score),
+            row_flags: missing,
+        })
+    }
+
+    fn landmark_attention_backward(
+        queries: FloatTensor<Self>,
+        landmark_keys: FloatTensor<Self>,
+        weights: FloatTensor<Self>,
+        missing: Flags<Self>,
+        output: FloatTensor<Self>,
+        log_sum_exp: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        softmax_backward::launch(ProductBackward {
+            queries,
+            keys: landmark_keys,
+            values: weights,
+            output,
+            log_sum_exp,
+            grad,
+            key_flags: missing,
+            flagged_keys: FlaggedKeys::Skipped,
+            row_flags: Flags::Absent,
+        })
     }
 }
 

@@ -1,0 +1,182 @@
+//! The tensor-op body of each backward operation of the extension traits
+//! ([`LandmarkSoftmaxOps`](super::extension::LandmarkSoftmaxOps)'s `*_backward`,
+//! [`PinvOps::pinv_backward`]), on backend primitives, from what the forward kept. The
+//! `Autodiff` implementations over a backend with fused kernels call these operations from their
+//! backward; a backend without its own implementation runs these bodies, with Burn's autotuned
+//! matmul for the products and, on fusion backends, the elementwise steps merged.
+//!
+//! The softmax products follow FlashAttention-2's backward. With `P = softmax(S)` recomputed from
+//! the scores and each row's log-sum-exp `L` that the forward left (`P = exp(S − L)`, no
+//! reductions), `O = P V` and `dO` the gradient of `O`:
+//!
+//! ```text
+//! dV = Pᵀ dO,   dP = dO Vᵀ,   D = rowsum(dO ∘ O),   dS = P ∘ (dP − D),
+//! dQ = dS K,    dK = dSᵀ Q
+//! ```
+//!
+//! (`Q` already carries the `1/√d` scale.) `P` exists only inside the backward, one stage at a
+//! time; between forward and backward only the output and `L` are kept. The pseudo-inverse
+//! replays its iteration from `A` and `c` and walks it back.
+
+use burn::backend::Backend;
+use burn::backend::tensor::FloatTensor;
+use burn::tensor::Shape;
+
+#[allow(unused_imports)] // for the docs' links
+use super::extension::{LandmarkSoftmaxOps, PinvOps};
+use super::flags::Flags;
+use super::reference::{dims, fill_keys, fill_rows};
+
+/// See [`LandmarkSoftmaxOps::landmark_attention_backward`]: the gradients of the queries,
+/// landmark keys and weights of `softmax(Q K̃ᵀ) W`, missing landmarks at zero weight.
+pub fn landmark_attention_backward<B: Backend>(
+    queries: FloatTensor<B>,
+    landmark_keys: FloatTensor<B>,
+    weights: FloatTensor<B>,
+    missing: Flags<B>,
+    output: FloatTensor<B>,
+    log_sum_exp: FloatTensor<B>,
+    grad: FloatTensor<B>,
+) -> (FloatTensor<B>, FloatTensor<B>, FloatTensor<B>) {
+    let scores = B::float_matmul(queries.clone(), B::float_transpose(landmark_keys.clone()));
+    let probabilities = fill_keys::<B>(softmax_from::<B>(scores, log_sum_exp), &missing, 0.0);
+    let [score_grad, weights_grad] =
+        softmax_product_backward::<B>(probabilities, weights, output, grad);
+    (
+        B::float_matmul(score_grad.clone(), landmark_keys),
+        B::float_matmul(B::float_transpose(score_grad), queries),
+        weights_grad,
+    )
+}
+
+/// See [`LandmarkSoftmaxOps::landmark_values_backward`]: the gradients of the landmark queries,
+/// keys and values of `softmax(Q̃ Kᵀ) V`, padded keys at the masked score and the rows of missing
+/// landmarks zero.
+#[allow(clippy::too_many_arguments)]
+pub fn landmark_values_backward<B: Backend>(
+    landmark_queries: FloatTensor<B>,
+    keys: FloatTensor<B>,
+    values: FloatTensor<B>,
+    padding: Flags<B>,
+    missing: Flags<B>,
+    masked_score: f32,
+    output: FloatTensor<B>,
+    log_sum_exp: FloatTensor<B>,
+    grad: FloatTensor<B>,
+) -> (FloatTensor<B>, FloatTensor<B>, FloatTensor<B>) {
+    // A missing landmark's row was zeroed after the softmax: no gradient reaches its scores.
+    let grad = fill_rows::<B>(grad, &missing, 0.0);
+    let scores = B::float_matmul(landmark_queries.clone(), B::float_transpose(keys.clone()));
+    let scores = fill_keys::<B>(scores, &padding, masked_score);
+    let probabilities = softmax_from::<B>(scores, log_sum_exp);
+    let [score_grad, values_grad] =
+        softmax_product_backward::<B>(probabilities, values, output, grad);
+    // A padded key's score is the constant masked score.
+    let score_grad = fill_keys::<B>(score_grad, &padding, 0.0);
+    (
+        B::float_matmul(score_grad.clone(), keys),
+        B::float_matmul(B::float_transpose(score_grad), landmark_queries),
+        values_grad,
+    )
+}
+
+/// `exp(S − L)`, the softmax of each row of `scores` from its log-sum-exp `[.., rows, 1]`.
+fn softmax_from<B: Backend>(scores: FloatTensor<B>, log_sum_exp: FloatTensor<B>) -> FloatTensor<B> {
+    let shape = Shape::new(dims(&scores));
+    B::float_exp(B::float_sub(scores, B::float_expand(log_sum_exp, shape)))
+}
+
+/// For `O = P V` with `P` a row softmax of scores `S`: the gradients of `S` and of `V`.
+fn softmax_product_backward<B: Backend>(
+    probabilities: FloatTensor<B>,
+    values: FloatTensor<B>,
+    output: FloatTensor<B>,
+    grad: FloatTensor<B>,
+) -> [FloatTensor<B>; 2] {
+    let values_grad = B::float_matmul(B::float_transpose(probabilities.clone()), grad.clone());
+    let probability_grad = B::float_matmul(grad.clone(), B::float_transpose(values));
+    // D = rowsum(dO ∘ O) = rowsum(P ∘ dP), one per row.
+    let row_dot = B::float_sum_dim(B::float_mul(grad, output), 3);
+    let shape = Shape::new(dims(&probability_grad));
+    let score_grad = B::float_mul(
+        probabilities,
+        B::float_sub(probability_grad, B::float_expand(row_dot, shape)),
+    );
+    [score_grad, values_grad]
+}
+
+/// See [`PinvOps::pinv_backward`]: the gradients of `A` and `c` of the pseudo-inverse
+/// iteration for the gradient `grad` of its result; the iterates are replayed from
+/// `Z₀ = Aᵀ / c`, then each iteration walked back (`cube/pinv_backward.rs` has the steps).
+pub fn pinv_backward<B: Backend>(
+    a: FloatTensor<B>,
+    coefficient: FloatTensor<B>,
+    grad: FloatTensor<B>,
+    iterations: usize,
+) -> (FloatTensor<B>, FloatTensor<B>) {
+    let [batch, heads, m, _] = dims(&a);
+    let c = B::float_expand(
+        B::float_reshape(coefficient, Shape::new([batch, heads, 1, 1])),
+        Shape::new([batch, heads, m, m]),
+    );
+    let scaled = |x: FloatTensor<B>, factor: f32| B::float_mul_scalar(x, factor.into());
+    let product = |x: &FloatTensor<B>, y: &FloatTensor<B>| B::float_matmul(x.clone(), y.clone());
+    let transpose = |x: &FloatTensor<B>| B::float_transpose(x.clone());
+    // P = A Z, T = 7P − P P, U = 15P − P T of the iteration that starts from `z`.
+    let stages = |z: &FloatTensor<B>| {
+        let p = product(&a, z);
+        let t = B::float_sub(scaled(p.clone(), 7.0), product(&p, &p));
+        let u = B::float_sub(scaled(p.clone(), 15.0), product(&p, &t));
+        (p, t, u)
+    };
+
+    // Each iteration's Z, P, T and U, replayed from Z₀ = Aᵀ / c.
+    let z0 = B::float_div(transpose(&a), c.clone());
+    let mut steps: Vec<[FloatTensor<B>; 4]> = Vec::with_capacity(iterations);
+    for _ in 0..iterations {
+        let z = match steps.last() {
+            None => z0.clone(),
+            Some([z, _, _, u]) => {
+                scaled(B::float_sub(scaled(z.clone(), 13.0), product(z, u)), 0.25)
+            }
+        };
+        let (p, t, u) = stages(&z);
+        steps.push([z, p, t, u]);
+    }
+    // Walked back: `z_grad` becomes the gradient of each earlier Z, down to Z₀.
+    let mut a_grad_terms = Vec::with_capacity(iterations);
+    let mut z_grad = grad;
+    for [z, p, t, u] in steps.iter().rev() {
+        let g = z_grad;
+        // dZ = ¼ (13G − G Uᵀ), dU = −¼ Zᵀ G, dT = −Pᵀ dU
+        let dz = scaled(
+            B::float_sub(scaled(g.clone(), 13.0), product(&g, &transpose(u))),
+            0.25,
+        );
+        let du = scaled(product(&transpose(z), &g), -0.25);
+        let dt = B::float_neg(product(&transpose(p), &du));
+        // dP = 15 dU − dU Tᵀ + 7 dT − dT Pᵀ − Pᵀ dT
+        let dp = B::float_sub(
+            B::float_add(scaled(du.clone(), 15.0), scaled(dt.clone(), 7.0)),
+            B::float_add(
+                B::float_add(product(&du, &transpose(t)), product(&dt, &transpose(p))),
+                product(&transpose(p), &dt),
+            ),
+        );
+        // P = A Z: dA += dP Zᵀ, dZ += Aᵀ dP.
+        a_grad_terms.push(product(&dp, &transpose(z)));
+        z_grad = B::float_add(dz, product(&transpose(&a), &dp));
+    }
+    // Z₀ = Aᵀ / c: dA += dZ₀ᵀ / c, dc = −Σ dZ₀ ∘ Z₀ / c.
+    let a_grad = a_grad_terms
+        .into_iter()
+        .fold(B::float_div(transpose(&z_grad), c.clone()), B::float_add);
+    let c_grad = B::float_neg(B::float_sum_dim(
+        B::float_sum_dim(B::float_div(B::float_mul(z_grad, z0), c), 3),
+        2,
+    ));
+    (
+        a_grad,
+        B::float_reshape(c_grad, Shape::new([batch * heads])),
+    )
+}

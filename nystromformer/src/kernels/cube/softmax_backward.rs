@@ -1,0 +1,528 @@
+//! The backward of a softmax product `O = softmax(Q Kᵀ) V` (`F · W` and `B · V`) in two kernels,
+//! FlashAttention-2 style: `P` is recomputed from the scores and each row's log-sum-exp `L` that
+//! the forward kernel left, and never stored. With `D = rowsum(dO ∘ O)`:
+//!
+//! ```text
+//! s = q·k,  p = exp(s − L),  dp = dO·v,  ds = p (dp − D)
+//! dQ = Σ over keys of ds k           (the query kernel: a unit per query row)
+//! dK = Σ over queries of ds q,  dV = Σ over queries of p dO      (the key kernel: a unit per key)
+//! ```
+//!
+//! Each kernel gives a unit one row of its own side and streams the other side's rows past the
+//! cube in tiles staged in shared memory (`super::tiles`), as the forward kernels do. The other
+//! side may be long (the `n` keys of `B · V`, the `n` queries of `F · W`): it is cut into chunks of
+//! [`CHUNK`], one cube per chunk, each leaving a partial sum in f32 that one reduction adds up.
+//!
+//! Masks, as the tensor-op backward (`kernels/backward.rs`) has them: a flagged key is either
+//! skipped (a missing landmark of `F · W`: zero weight) or scored at the constant masked score (a
+//! padded key of `B · V`: it keeps its weight, but its score has no gradient); a flagged query
+//! row (a missing landmark of `B · V`, whose output was zeroed) passes no gradient.
+
+use burn::backend::cubecl::dtype_to_storage_type;
+use burn::backend::tensor::FloatTensor;
+use burn::backend::{Backend, TensorMetadata};
+use burn::tensor::{DType, FloatDType, Shape};
+use burn_cubecl::CubeBackend;
+use burn_cubecl::ops::numeric::empty_device_contiguous_dtype;
+use burn_cubecl::tensor::CubeTensor;
+use cubecl::prelude::*;
+
+use super::online_softmax::{dot, load_row};
+use super::tiles::{row_offset, rows_in_place, rows_per_tile, stage_rows};
+use super::{flagged, flags_or};
+use crate::kernels::flags::Flags;
+
+/// Rows of the other side per cube: past it, a cube's partial sum is written and added later.
+const CHUNK: usize = 256;
+
+/// Rows of a kernel's own side per cube, one per unit.
+const UNITS: usize = 64;
+
+/// What a flagged key means.
+#[derive(Debug, Clone, Copy)]
+pub enum FlaggedKeys {
+    /// Left out of the softmax (missing landmarks).
+    Skipped,
+    /// Scored at this constant (padded keys).
+    Scored(f32),
+}
+
+/// The saved forward of one product and the gradient of its output; every tensor
+/// `[batch, heads, rows, columns]`, any strides with a contiguous last dimension.
+pub struct ProductBackward {
+    /// `Q`, the scale already in it.
+    pub queries: CubeTensor,
+    /// `K`.
+    pub keys: CubeTensor,
+    /// `V`.
+    pub values: CubeTensor,
+    /// `O`.
+    pub output: CubeTensor,
+    /// `L`, `[batch, heads, queries, 1]`.
+    pub log_sum_exp: CubeTensor,
+    /// `dO`.
+    pub grad: CubeTensor,
+    /// `[batch, keys]` flags, and what they mean.
+    pub key_flags: Flags<CubeBackend>,
+    /// See [`FlaggedKeys`].
+    pub flagged_keys: FlaggedKeys,
+    /// `[batch, queries]` flags: rows with no gradient.
+    pub row_flags: Flags<CubeBackend>,
+}
+
+/// Launches both kernels (and the reductions of their chunks): `(dQ, dK, dV)` in the queries'
+/// type.
+pub fn launch(product: ProductBackward) -> (CubeTensor, CubeTensor, CubeTensor) {
+    let ProductBackward {
+        queries,
+        keys,
+        values,
+        output,
+        log_sum_exp,
+        grad,
+        key_flags,
+        flagged_keys,
+        row_flags,
+    } = product;
+    let [queries, keys, values, output, log_sum_exp, grad] =
+        [queries, keys, values, output, log_sum_exp, grad].map(rows_in_place);
+    let (keys_flagged, rows_flagged) = (key_flags.is_present(), row_flags.is_present());
+    let key_flags = flags_or(key_flags, &queries);
+    let row_flags = flags_or(row_flags, &queries);
+    let (skip_flagged, masked_score) = match flagged_keys {
+        FlaggedKeys::Skipped => (true, 0.0),
+        FlaggedKeys::Scored(score) => (false, score),
+    };
+    let [batch, heads, rows, head_dim] = queries.meta.shape().dims::<4>();
+    let columns = keys.meta.shape()[2];
+    let value_dim = values.meta.shape()[3];
+    let matrices = batch * heads;
+
+    let client = queries.client.clone();
+    let device = queries.device.clone();
+    let dtype = queries.dtype;
+    let partial = |chunks: usize, len: usize, width: usize| {
+        empty_device_contiguous_dtype(
+            client.clone(),
+            device.clone(),
+            Shape::new([chunks, matrices, len, width]),
+            DType::F32,
+        )
+    };
+    let cube_dim = CubeDim::new_1d(UNITS as u32);
+    let cube_count =
+        |cubes: usize| cubecl::calculate_cube_count_elemwise(&client, cubes * UNITS, cube_dim);
+
+    let (row_tiles, column_chunks) = (rows.div_ceil(UNITS), columns.div_ceil(CHUNK));
+    let query_grad = partial(column_chunks, rows, head_dim);
+    query_grad_kernel::launch(
+        &client,
+        cube_count(matrices * row_tiles * column_chunks),
+        cube_dim,
+        queries.clone().into_tensor_arg(),
+        keys.clone().into_tensor_arg(),
+        values.clone().into_tensor_arg(),
+        output.clone().into_tensor_arg(),
+        log_sum_exp.clone().into_tensor_arg(),
+        grad.clone().into_tensor_arg(),
+        key_flags.clone().into_tensor_arg(),
+        row_flags.clone().into_tensor_arg(),
+        query_grad.clone().into_tensor_arg(),
+        CHUNK,
+        row_tiles,
+        head_dim,
+        value_dim,
+        rows_per_tile(head_dim + value_dim),
+        UNITS,
+        keys_flagged,
+        rows_flagged,
+        dtype_to_storage_type(dtype),
+    );
+
+    let (column_tiles, row_chunks) = (columns.div_ceil(UNITS), rows.div_ceil(CHUNK));
+    let key_grad = partial(row_chunks, columns, head_dim);
+    let value_grad = partial(row_chunks, columns, value_dim);
+    key_grad_kernel::launch(
+        &client,
+        cube_count(matrices * column_tiles * row_chunks),
+        cube_dim,
+        queries.into_tensor_arg(),
+        keys.into_tensor_arg(),
+        values.into_tensor_arg(),
+        output.into_tensor_arg(),
+        log_sum_exp.into_tensor_arg(),
+        grad.into_tensor_arg(),
+        key_flags.into_tensor_arg(),
+        row_flags.into_tensor_arg(),
+        key_grad.clone().into_tensor_arg(),
+        value_grad.clone().into_tensor_arg(),
+        CHUNK,
+        column_tiles,
+        masked_score,
+        head_dim,
+        value_dim,
+        rows_per_tile(head_dim + value_dim + ROW_STATISTICS),
+        UNITS,
+        keys_flagged,
+        skip_flagged,
+        rows_flagged,
+        dtype_to_storage_type(dtype),
+    );
+
+    let total = |partial: CubeTensor, len: usize, width: usize| {
+        sum_chunks::<CubeBackend>(partial, Shape::new([batch, heads, len, width]), dtype)
+    };
+    (
+        total(query_grad, rows, head_dim),
+        total(key_grad, columns, head_dim),
+        total(value_grad, columns, value_dim),
+    )
+}
+
+/// The sum of `[chunks, matrices, rows, width]` partial results over the chunks, as `shape` in
+/// `dtype`.
+fn sum_chunks<B: Backend>(partial: FloatTensor<B>, shape: Shape, dtype: DType) -> FloatTensor<B> {
+    let summed = match partial.shape()[0] {
+        1 => partial,
+        _ => B::float_sum_dim(partial, 0),
+    };
+    let summed = B::float_reshape(summed, shape);
+    match dtype {
+        DType::F32 => summed,
+        other => B::float_cast(summed, FloatDType::from(other)),
+    }
+}
+
+/// One cube per (matrix, tile of `units` query rows, chunk of `chunk_len` keys), one unit per
+/// query row: its part of `dQ` over the chunk's keys, into `query_grad`
+/// (`[chunks, matrices, rows, head_dim]`). Flagged keys (either meaning) give `dQ` nothing.
+#[allow(clippy::too_many_arguments)]
+#[cube(launch)]
+fn query_grad_kernel<F: Float>(
+    queries: &Tensor<F>,
+    keys: &Tensor<F>,
+    values: &Tensor<F>,
+    output: &Tensor<F>,
+    log_sum_exp: &Tensor<F>,
+    grad: &Tensor<F>,
+    key_flags: &Tensor<F>,
+    row_flags: &Tensor<F>,
+    query_grad: &mut Tensor<f32>,
+    chunk_len: usize,
+    row_tiles: usize,
+    #[comptime] head_dim: usize,
+    #[comptime] value_dim: usize,
+    #[comptime] tile: usize,
+    #[comptime] units: usize,
+    #[comptime] keys_flagged: bool,
+    #[comptime] rows_flagged: bool,
+    #[define(F)] _dtype: ElemType,
+) {
+    let heads = queries.shape(1);
+    let rows = queries.shape(2);
+    let columns = keys.shape(2);
+    let matrices = query_grad.shape(1);
+    let chunks = query_grad.shape(0);
+    let cube = CUBE_POS;
+    // Whole cubes past the end (the cube count is rounded up) leave before any barrier.
+    if cube >= matrices * row_tiles * chunks {
+        terminate!();
+    }
+    let row_tile = cube % row_tiles;
+    let chunk = (cube / row_tiles) % chunks;
+    let matrix = cube / (row_tiles * chunks);
+    let (batch, head) = (matrix / heads, matrix % heads);
+    let row = row_tile * units + UNIT_POS as usize;
+    // Units past the last row, or on a flagged one, still help to stage the tiles.
+    let inside = row < rows;
+    let mut active = false;
+    if inside {
+        active = !flagged(row_flags, batch * rows + row, rows_flagged);
+    }
+
+    let query = load_row::<F, f32>(
+        queries,
+        row_offset(queries, batch, head, row),
+        inside,
+        head_dim,
+    );
+    let row_grad = load_row::<F, f32>(grad, row_offset(grad, batch, head, row), inside, value_dim);
+    let row_output = load_row::<F, f32>(
+        output,
+        row_offset(output, batch, head, row),
+        inside,
+        value_dim,
+    );
+    let mut row_dot = f32::new(0.0);
+    #[unroll]
+    for c in 0..value_dim {
+        row_dot += row_grad[c] * row_output[c];
+    }
+    let mut row_lse = f32::new(0.0);
+    if inside {
+        row_lse = f32::cast_from(log_sum_exp[row_offset(log_sum_exp, batch, head, row)]);
+    }
+    let mut sums = Array::<f32>::new(head_dim);
+    #[unroll]
+    for c in 0..head_dim {
+        sums[c] = f32::new(0.0);
+    }
+
+    let mut key_tile = Shared::<[f32]>::new_slice(tile * head_dim);
+    let mut value_tile = Shared::<[f32]>::new_slice(tile * value_dim);
+    // 1.0 where the tile's key counts, 0.0 where it is flagged or past the chunk.
+    let mut counts_tile = Shared::<[f32]>::new_slice(tile);
+    let start = chunk * chunk_len;
+    let mut end = start + chunk_len;
+    if end > columns {
+        end = columns;
+    }
+    let stages = (end - start).div_ceil(tile);
+    for stage in 0..stages {
+        let first = start + stage * tile;
+        let available = end - first;
+        stage_rows::<F, f32, Shared<[f32]>>(
+            keys,
+            &mut key_tile,
+            row_offset(keys, batch, head, first),
+            keys.stride(2),
+            available,
+            tile,
+            head_dim,
+            units,
+        );
+        stage_rows::<F, f32, Shared<[f32]>>(
+            values,
+            &mut value_tile,
+            row_offset(values, batch, head, first),
+            values.stride(2),
+            available,
+            tile,
+            value_dim,
+            units,
+        );
+        let unit = UNIT_POS as usize;
+        if unit < tile {
+            let mut counts = f32::new(0.0);
+            if unit < available {
+                if !flagged(key_flags, batch * columns + first + unit, keys_flagged) {
+                    counts = f32::new(1.0);
+                }
+            }
+            counts_tile[unit] = counts;
+        }
+        sync_cube();
+        if active {
+            for t in 0..tile {
+                if counts_tile[t] > 0.5f32 {
+                    let score =
+                        dot::<f32, Shared<[f32]>>(&query, &key_tile, t * head_dim, head_dim);
+                    let p = f32::exp(score - row_lse);
+                    let dp =
+                        dot::<f32, Shared<[f32]>>(&row_grad, &value_tile, t * value_dim, value_dim);
+                    let ds = p * (dp - row_dot);
+                    #[unroll]
+                    for c in 0..head_dim {
+                        sums[c] += ds * key_tile[t * head_dim + c];
+                    }
+                }
+            }
+        }
+        // The next stage overwrites the tiles.
+        sync_cube();
+    }
+    if !inside {
+        terminate!();
+    }
+    let target = ((chunk * matrices + matrix) * rows + row) * head_dim;
+    #[unroll]
+    for c in 0..head_dim {
+        query_grad[target + c] = sums[c];
+    }
+}
+
+/// Entries per query row staged beside its query and gradient rows in the key kernel: `L`, `D`,
+/// and 1.0 if the row passes a gradient.
+const ROW_STATISTICS: usize = 3;
+
+/// One cube per (matrix, tile of `units` keys, chunk of `chunk_len` query rows), one unit per
+/// key: its part of `dK` and `dV` over the chunk's rows, into `key_grad` and `value_grad`
+/// (`[chunks, matrices, columns, _]`).
+#[allow(clippy::too_many_arguments)]
+#[cube(launch)]
+fn key_grad_kernel<F: Float>(
+    queries: &Tensor<F>,
+    keys: &Tensor<F>,
+    values: &Tensor<F>,
+    output: &Tensor<F>,
+    log_sum_exp: &Tensor<F>,
+    grad: &Tensor<F>,
+    key_flags: &Tensor<F>,
+    row_flags: &Tensor<F>,
+    key_grad: &mut Tensor<f32>,
+    value_grad: &mut Tensor<f32>,
+    chunk_len: usize,
+    column_tiles: usize,
+    masked_score: f32,
+    #[comptime] head_dim: usize,
+    #[comptime] value_dim: usize,
+    #[comptime] tile: usize,
+    #[comptime] units: usize,
+    #[comptime] keys_flagged: bool,
+    #[comptime] skip_flagged: bool,
+    #[comptime] rows_flagged: bool,
+    #[define(F)] _dtype: ElemType,
+) {
+    let heads = queries.shape(1);
+    let rows = queries.shape(2);
+    let columns = keys.shape(2);
+    let matrices = key_grad.shape(1);
+    let chunks = key_grad.shape(0);
+    let cube = CUBE_POS;
+    if cube >= matrices * column_tiles * chunks {
+        terminate!();
+    }
+    let column_tile = cube % column_tiles;
+    let chunk = (cube / column_tiles) % chunks;
+    let matrix = cube / (column_tiles * chunks);
+    let (batch, head) = (matrix / heads, matrix % heads);
+    let column = column_tile * units + UNIT_POS as usize;
+    let inside = column < columns;
+    let mut key_flagged = false;
+    if inside {
+        key_flagged = flagged(key_flags, batch * columns + column, keys_flagged);
+    }
+    // A skipped key has no weight and no gradient; a scored one keeps its weight only.
+    let mut active = inside;
+    if comptime!(skip_flagged) {
+        active = inside && !key_flagged;
+    }
+
+    let key = load_row::<F, f32>(
+        keys,
+        row_offset(keys, batch, head, column),
+        inside,
+        head_dim,
+    );
+    let value = load_row::<F, f32>(
+        values,
+        row_offset(values, batch, head, column),
+        inside,
+        value_dim,
+    );
+    let mut key_sums = Array::<f32>::new(head_dim);
+    #[unroll]
+    for c in 0..head_dim {
+        key_sums[c] = f32::new(0.0);
+    }
+    let mut value_sums = Array::<f32>::new(value_dim);
+    #[unroll]
+    for c in 0..value_dim {
+        value_sums[c] = f32::new(0.0);
+    }
+
+    let mut query_tile = Shared::<[f32]>::new_slice(tile * head_dim);
+    let mut grad_tile = Shared::<[f32]>::new_slice(tile * value_dim);
+    let mut statistics_tile = Shared::<[f32]>::new_slice(tile * ROW_STATISTICS);
+    let start = chunk * chunk_len;
+    let mut end = start + chunk_len;
+    if end > rows {
+        end = rows;
+    }
+    let stages = (end - start).div_ceil(tile);
+    for stage in 0..stages {
+        let first = start + stage * tile;
+        let available = end - first;
+        stage_rows::<F, f32, Shared<[f32]>>(
+            queries,
+            &mut query_tile,
+            row_offset(queries, batch, head, first),
+            queries.stride(2),
+            available,
+            tile,
+            head_dim,
+            units,
+        );
+        stage_rows::<F, f32, Shared<[f32]>>(
+            grad,
+            &mut grad_tile,
+            row_offset(grad, batch, head, first),
+            grad.stride(2),
+            available,
+            tile,
+            value_dim,
+            units,
+        );
+        let unit = UNIT_POS as usize;
+        if unit < tile {
+            let row = first + unit;
+            let mut statistics = Array::<f32>::new(ROW_STATISTICS);
+            statistics[0] = f32::new(0.0);
+            statistics[1] = f32::new(0.0);
+            statistics[2] = f32::new(0.0);
+            let mut passes = false;
+            if unit < available {
+                passes = !flagged(row_flags, batch * rows + row, rows_flagged);
+            }
+            if passes {
+                let (grad_row, output_row) = (
+                    row_offset(grad, batch, head, row),
+                    row_offset(output, batch, head, row),
+                );
+                let mut row_dot = f32::new(0.0);
+                for c in 0..value_dim {
+                    row_dot +=
+                        f32::cast_from(grad[grad_row + c]) * f32::cast_from(output[output_row + c]);
+                }
+                statistics[0] =
+                    f32::cast_from(log_sum_exp[row_offset(log_sum_exp, batch, head, row)]);
+                statistics[1] = row_dot;
+                statistics[2] = f32::new(1.0);
+            }
+            #[unroll]
+            for s in 0..ROW_STATISTICS {
+                statistics_tile[unit * ROW_STATISTICS + s] = statistics[s];
+            }
+        }
+        sync_cube();
+        if active {
+            for t in 0..tile {
+                let statistics = t * ROW_STATISTICS;
+                if statistics_tile[statistics + 2] > 0.5f32 {
+                    let mut score = masked_score;
+                    if !key_flagged {
+                        score =
+                            dot::<f32, Shared<[f32]>>(&key, &query_tile, t * head_dim, head_dim);
+                    }
+                    let p = f32::exp(score - statistics_tile[statistics]);
+                    #[unroll]
+                    for c in 0..value_dim {
+                        value_sums[c] += p * grad_tile[t * value_dim + c];
+                    }
+                    if !key_flagged {
+                        let dp =
+                            dot::<f32, Shared<[f32]>>(&value, &grad_tile, t * value_dim, value_dim);
+                        let ds = p * (dp - statistics_tile[statistics + 1]);
+                        #[unroll]
+                        for c in 0..head_dim {
+                            key_sums[c] += ds * query_tile[t * head_dim + c];
+                        }
+                    }
+                }
+            }
+        }
+        sync_cube();
+    }
+    if !inside {
+        terminate!();
+    }
+    let target = (chunk * matrices + matrix) * columns + column;
+    #[unroll]
+    for c in 0..head_dim {
+        key_grad[target * head_dim + c] = key_sums[c];
+    }
+    #[unroll]
+    for c in 0..value_dim {
+        value_grad[target * value_dim + c] = value_sums[c];
+    }
+}
