@@ -522,3 +522,46 @@ fn fused_pinv_gradients_match_the_tensor_op_iteration() {
         }
     }
 }
+
+#[test]
+fn fused_landmark_weights_gradients_match_the_tensor_ops() {
+    use nystromformer::PinvInit;
+    use nystromformer::attention::iterative_pinv;
+    use nystromformer::attention::softmax_kernels::kernel_a;
+    use nystromformer::kernels::fused_landmark_weights;
+
+    let flex = Device::flex();
+    let [batch, heads, d, d_v] = [3, 2, 16, 8];
+    // (m, iterations): each size once, as lavapipe emulates the GPU slowly.
+    for (m, iterations) in [(1, 0), (7, 6), (64, 1)] {
+        let inputs = [
+            randn([batch, heads, m, d], 0.7, 30, &flex),
+            randn([batch, heads, m, d], 0.7, 31, &flex),
+            randn([batch, heads, m, d_v], 1.0, 32, &flex),
+        ];
+        let probe = randn([batch, heads, m, d_v], 1.0, 33, &flex);
+        // Sequence 0: every landmark; 1: every third missing; 2: none at all.
+        let missing: Vec<bool> = (0..batch * m)
+            .map(|i| (i / m == 1 && i % m % 3 == 1) || i / m == 2)
+            .collect();
+        // The kernel runs on CubeCL devices only (flex runs the pseudo-inverse stage alone).
+        for (name, device) in tracked_devices().into_iter().filter(|(n, _)| *n != "flex") {
+            let missing = mask(missing.clone(), [batch, m], &device);
+            for missing in [None, Some(&missing)] {
+                let fused = output_and_gradients(&inputs, &probe, &device, |[q, k, v]| {
+                    fused_landmark_weights(q, k, v, missing, missing, iterations, PinvInit::Exact)
+                        .expect("the kernels apply")
+                });
+                let reference = output_and_gradients(&inputs, &probe, &device, |[q, k, v]| {
+                    let a = kernel_a(q.clone(), k.clone(), missing, missing, MASKED_SCORE);
+                    iterative_pinv(a, iterations, PinvInit::Exact).matmul(v.clone())
+                });
+                let what = format!(
+                    "{name}, m = {m}, {iterations} iterations, mask {}",
+                    missing.is_some()
+                );
+                assert_agree(&what, ["Q̃", "K̃", "B V"], &fused, &reference, 1e-3);
+            }
+        }
+    }
+}

@@ -267,7 +267,7 @@ pub fn nystrom_attention(
         )
         .unwrap_or_else(|| {
             let a = a();
-            // The separate pseudo-inverse stage: flex, autodiff, PinvInit::Original, or past
+            // The separate pseudo-inverse stage: flex, PinvInit::Original, or past
             // kernels::MAX_PINV_MATRICES matrices (then as tensor ops).
             let a_pinv = kernels::fused_pinv(&a, iterations, init)
                 .unwrap_or_else(|| iterative_pinv(a, iterations, init));

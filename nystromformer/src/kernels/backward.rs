@@ -16,16 +16,19 @@
 //!
 //! (`Q` already carries the `1/√d` scale.) `P` exists only inside the backward, one stage at a
 //! time; between forward and backward only the output and `L` are kept. The pseudo-inverse
-//! replays its iteration from `A` and `c` and walks it back.
+//! replays its iteration from `A` and `c` and walks it back; `W = A⁺ (B V)` from the landmarks
+//! rebuilds `A` and `c` and chains the pseudo-inverse's backward between those of the product
+//! and of `A`'s softmax.
 
-use burn::backend::Backend;
 use burn::backend::tensor::FloatTensor;
-use burn::tensor::Shape;
+use burn::backend::{Backend, TensorMetadata, get_or_init_device_settings};
+use burn::tensor::{FloatDType, Shape};
 
-#[allow(unused_imports)] // for the docs' links
+#[allow(unused_imports)] // `LandmarkSoftmaxOps` for the docs' links
 use super::extension::{LandmarkSoftmaxOps, PinvOps};
 use super::flags::Flags;
-use super::reference::{dims, fill_keys, fill_rows};
+use super::reference::{dims, fill_keys, fill_rows, landmark_matrix, norm_coefficient};
+use crate::attention::pinv::MIN_COEFFICIENT;
 
 /// See [`LandmarkSoftmaxOps::landmark_attention_backward`]: the gradients of the queries,
 /// landmark keys and weights of `softmax(Q K̃ᵀ) W`, missing landmarks at zero weight.
@@ -179,4 +182,163 @@ pub fn pinv_backward<B: Backend>(
         a_grad,
         B::float_reshape(c_grad, Shape::new([batch * heads])),
     )
+}
+
+/// See [`PinvOps::landmark_weights_backward`]: the gradients of the landmark queries, landmark
+/// keys and `B V` of `W = A⁺ (B V)` for the gradient `grad` of `W`. The coefficient's gradient
+/// reaches `A` through the column that gives `c = ‖A‖₁` (every such column, should two tie),
+/// unless `c` sits at its floor.
+pub fn landmark_weights_backward<B: PinvOps>(
+    landmark_queries: FloatTensor<B>,
+    landmark_keys: FloatTensor<B>,
+    landmark_values: FloatTensor<B>,
+    missing_queries: Flags<B>,
+    missing_keys: Flags<B>,
+    iterations: usize,
+    grad: FloatTensor<B>,
+) -> (FloatTensor<B>, FloatTensor<B>, FloatTensor<B>) {
+    let a = landmark_matrix::<B>(
+        landmark_queries.clone(),
+        landmark_keys.clone(),
+        &missing_queries,
+        &missing_keys,
+    );
+    let [batch, heads, m, _] = dims(&a);
+    let coefficient = norm_coefficient::<B>(&a);
+    let product = |x: FloatTensor<B>, y: FloatTensor<B>| B::float_matmul(x, y);
+    let transpose = |x: FloatTensor<B>| B::float_transpose(x);
+
+    // W = Z (B V)
+    let z = B::pinv(a.clone(), coefficient.clone(), iterations);
+    let values_grad = product(transpose(z), grad.clone());
+    let z_grad = product(grad, transpose(landmark_values));
+    let (a_grad, c_grad) = B::pinv_backward(a.clone(), coefficient, z_grad, iterations);
+
+    // c = max over columns of the column sums, clamped: dc reaches every entry of that column.
+    let device = a.device();
+    let settings = get_or_init_device_settings::<B>(&device);
+    let float = FloatDType::from(a.dtype());
+    let sums = B::float_sum_dim(a.clone(), 2); // [batch, heads, 1, m]
+    let largest = B::float_max_dim(sums.clone(), 3); // [batch, heads, 1, 1]
+    let column = B::bool_into_float(
+        B::float_equal(
+            sums,
+            B::float_expand(largest.clone(), Shape::new([batch, heads, 1, m])),
+            settings.bool_dtype,
+        ),
+        float,
+    );
+    let above_floor = B::bool_into_float(
+        B::float_greater_elem(largest, MIN_COEFFICIENT.into(), settings.bool_dtype),
+        float,
+    );
+    let c_grad = B::float_mul(
+        B::float_reshape(c_grad, Shape::new([batch, heads, 1, 1])),
+        above_floor,
+    );
+    let column_grad = B::float_mul(
+        column,
+        B::float_expand(c_grad, Shape::new([batch, heads, 1, m])),
+    );
+    let a_grad = B::float_add(
+        a_grad,
+        B::float_expand(column_grad, Shape::new([batch, heads, m, m])),
+    );
+
+    // A = softmax(S), masked entries zero in A: dS = A ∘ (dA − rowsum(dA ∘ A)).
+    let row_dot = B::float_sum_dim(B::float_mul(a_grad.clone(), a.clone()), 3);
+    let score_grad = B::float_mul(
+        a.clone(),
+        B::float_sub(
+            a_grad,
+            B::float_expand(row_dot, Shape::new([batch, heads, m, m])),
+        ),
+    );
+    (
+        product(score_grad.clone(), landmark_keys),
+        product(transpose(score_grad), landmark_queries),
+        values_grad,
+    )
+}
+
+#[cfg(all(test, feature = "flex", feature = "autodiff"))]
+mod tests {
+    use burn::backend::Dispatch;
+    use burn::tensor::{Bool, Device, Distribution, Tensor, TensorData};
+
+    use super::*;
+    use crate::PinvInit;
+    use crate::attention::iterative_pinv;
+    use crate::attention::mask::MASKED_SCORE;
+    use crate::attention::softmax_kernels::kernel_a;
+
+    fn host(t: Tensor<4>) -> Vec<f32> {
+        t.into_data().convert::<f32>().try_into_vec().unwrap()
+    }
+
+    /// The largest difference relative to the largest entry of `expected`.
+    fn relative_diff(got: &[f32], expected: &[f32]) -> f32 {
+        let scale = expected.iter().fold(1e-12f32, |s, x| s.max(x.abs()));
+        let diff = got
+            .iter()
+            .zip(expected)
+            .fold(0.0f32, |d, (g, e)| d.max((g - e).abs()));
+        diff / scale
+    }
+
+    /// The tensor-op body of `W`'s backward, which the CubeCL kernel replaces, against autodiff
+    /// through `A`'s masked softmax, the exact coefficient, the iteration and the product.
+    #[test]
+    fn the_weights_backward_body_matches_autodiff_through_the_forward() {
+        let device = Device::flex();
+        let [batch, heads, m, d, d_v] = [2, 2, 6, 4, 3];
+        let random = |columns, std| {
+            Tensor::<4>::random(
+                [batch, heads, m, columns],
+                Distribution::Normal(0.0, std),
+                &device,
+            )
+        };
+        let (q, k, v, probe) = (
+            random(d, 0.8),
+            random(d, 0.8),
+            random(d_v, 1.0),
+            random(d_v, 1.0),
+        );
+        // Sequence 1 misses landmarks 1 and 4.
+        let missing: Vec<bool> = (0..batch * m).map(|i| i / m == 1 && i % 3 == 1).collect();
+        let mask = Tensor::<2, Bool>::from_data(TensorData::new(missing, [batch, m]), &device);
+        for iterations in [0, 2, 6] {
+            let flags = || Flags::Present(mask.clone().float().into_dispatch());
+            let (q_grad, k_grad, v_grad) = landmark_weights_backward::<Dispatch>(
+                q.clone().into_dispatch(),
+                k.clone().into_dispatch(),
+                v.clone().into_dispatch(),
+                flags(),
+                flags(),
+                iterations,
+                probe.clone().into_dispatch(),
+            );
+
+            let tracked = device.clone().autodiff();
+            let on_tracked = |x: &Tensor<4>| Tensor::<4>::from_data(x.to_data(), &tracked);
+            let [tq, tk, tv] = [&q, &k, &v].map(|x| on_tracked(x).require_grad());
+            let tracked_mask = Tensor::<2, Bool>::from_data(mask.to_data(), &tracked);
+            let a = kernel_a(
+                tq.clone(),
+                tk.clone(),
+                Some(&tracked_mask),
+                Some(&tracked_mask),
+                MASKED_SCORE,
+            );
+            let w = iterative_pinv(a, iterations, PinvInit::Exact).matmul(tv.clone());
+            let grads = (w * on_tracked(&probe)).sum().backward();
+            for (name, got, x) in [("Q̃", q_grad, &tq), ("K̃", k_grad, &tk), ("B V", v_grad, &tv)]
+            {
+                let expected = host(x.grad(&grads).unwrap());
+                let diff = relative_diff(&host(Tensor::from_dispatch(got)), &expected);
+                assert!(diff < 1e-4, "{iterations} iterations, {name}: {diff}");
+            }
+        }
+    }
 }

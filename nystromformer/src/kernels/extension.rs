@@ -475,7 +475,7 @@ pub trait LayerNormOps: Backend {
 /// task per matrix, and under autodiff both walk the iterations back (flex fused, CubeCL
 /// devices in one kernel, [`PinvOps::pinv_backward`]). With it, `W = A⁺ (B V)` from the landmarks: the default body builds
 /// `A` and `c` as tensor ops around [`PinvOps::pinv`] ([`super::reference::landmark_weights`]),
-/// CubeCL devices outside autodiff run it all as one kernel.
+/// CubeCL devices run it all as one kernel, and under autodiff its backward as one more.
 #[backend_extension(
     Cube: cfg(feature = "cube-kernels"),
     Fusion: cfg(feature = "cube-kernels"),
@@ -509,6 +509,35 @@ pub trait PinvOps: Backend {
         iterations: usize,
     ) -> (FloatTensor<Self>, FloatTensor<Self>) {
         super::backward::pinv_backward::<Self>(a, coefficient, grad, iterations)
+    }
+
+    /// The gradients of [`PinvOps::landmark_weights`]' landmark queries, landmark keys and
+    /// landmark values (`B V`) for the gradient `grad` of `W`, from its inputs: `A`, `c` and the
+    /// iteration are rebuilt. The default body is tensor ops
+    /// ([`super::backward::landmark_weights_backward`]); CubeCL devices run one kernel.
+    #[cfg_attr(
+        not(all(feature = "autodiff", feature = "cube-kernels")),
+        allow(dead_code)
+    )]
+    #[fusion(meta = |landmark_queries, landmark_keys, landmark_values, _missing_queries, _missing_keys, _iterations, _grad| (landmark_queries.clone(), landmark_keys.clone(), landmark_values.clone()))]
+    fn landmark_weights_backward(
+        landmark_queries: FloatTensor<Self>,
+        landmark_keys: FloatTensor<Self>,
+        landmark_values: FloatTensor<Self>,
+        #[extension_type] missing_queries: Flags<Self>,
+        #[extension_type] missing_keys: Flags<Self>,
+        iterations: usize,
+        grad: FloatTensor<Self>,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        super::backward::landmark_weights_backward::<Self>(
+            landmark_queries,
+            landmark_keys,
+            landmark_values,
+            missing_queries,
+            missing_keys,
+            iterations,
+            grad,
+        )
     }
 
     /// See [`landmark_weights`]; missing landmarks as `1.0`.

@@ -214,10 +214,11 @@ pub fn fused_pinv(a: &Tensor<4>, iterations: usize, init: PinvInit) -> Option<Te
 /// tensor-op stages take a dozen launches on `m × m` matrices: `A = softmax(Q̃ K̃ᵀ)` as
 /// [`kernel_a`](crate::attention::softmax_kernels::kernel_a) builds it, its pseudo-inverse by
 /// `iterations` steps of [`iterative_pinv`](crate::attention::iterative_pinv) from
-/// [`PinvInit::Exact`], and the product with `B V`. `None` where that kernel does not run: off
-/// CubeCL devices, under autodiff (where [`fused_pinv`]'s stage runs between tensor ops, as on
-/// flex), where [`fused_pinv`] would not take the matrices, and for [`PinvInit::Original`],
-/// whose coefficient spans the batch.
+/// [`PinvInit::Exact`], and the product with `B V`; under autodiff its backward is one kernel
+/// too, which rebuilds `A` and `c` and replays the iteration. `None` where that kernel does not
+/// run: off CubeCL devices (on flex [`fused_pinv`]'s stage runs between tensor ops), where
+/// [`fused_pinv`] would not take the matrices, and for [`PinvInit::Original`], whose
+/// coefficient spans the batch.
 ///
 /// # Shapes
 ///
@@ -262,7 +263,6 @@ pub fn fused_landmark_weights(
     }
     (init == PinvInit::Exact
         && custom_kernels_apply(landmark_queries)
-        && !landmark_queries.is_autodiff()
         && extension::on_cube_device(landmark_queries)
         && batch * heads <= MAX_PINV_MATRICES
         && m <= MAX_KERNEL_LANDMARKS)

@@ -176,19 +176,40 @@ pub fn landmark_weights<B: PinvOps>(
     missing_keys: Flags<B>,
     iterations: usize,
 ) -> FloatTensor<B> {
-    let scores = landmark_scores::<B>(landmark_queries, landmark_keys, &missing_keys);
-    let [batch, heads, _, _] = dims(&scores);
-    let a = fill_rows::<B>(
-        landmark_softmax::<B>(scores, &missing_keys),
+    let a = landmark_matrix::<B>(
+        landmark_queries,
+        landmark_keys,
         &missing_queries,
-        0.0,
+        &missing_keys,
     );
+    let coefficient = norm_coefficient::<B>(&a);
+    B::float_matmul(B::pinv(a, coefficient, iterations), landmark_values)
+}
+
+/// `A = softmax(Q̃ K̃ᵀ)` as [`kernel_a`](crate::attention::softmax_kernels::kernel_a) builds it:
+/// missing landmark keys at zero weight, rows of missing landmark queries zero.
+pub(super) fn landmark_matrix<B: Backend>(
+    landmark_queries: FloatTensor<B>,
+    landmark_keys: FloatTensor<B>,
+    missing_queries: &Flags<B>,
+    missing_keys: &Flags<B>,
+) -> FloatTensor<B> {
+    let scores = landmark_scores::<B>(landmark_queries, landmark_keys, missing_keys);
+    fill_rows::<B>(
+        landmark_softmax::<B>(scores, missing_keys),
+        missing_queries,
+        0.0,
+    )
+}
+
+/// `c = ‖A‖₁` of each matrix, at least [`MIN_COEFFICIENT`], as `[batch · heads]`.
+pub(super) fn norm_coefficient<B: Backend>(a: &FloatTensor<B>) -> FloatTensor<B> {
+    let [batch, heads, _, _] = dims(a);
     let coefficient = B::float_clamp_min(
         B::float_max_dim(B::float_sum_dim(a.clone(), 2), 3),
         MIN_COEFFICIENT.into(),
     );
-    let coefficient = B::float_reshape(coefficient, Shape::new([batch * heads]));
-    B::float_matmul(B::pinv(a, coefficient, iterations), landmark_values)
+    B::float_reshape(coefficient, Shape::new([batch * heads]))
 }
 
 /// See [`super::fused_segment_mean`]: the `[batch, heads, m, n/m, d]` view's mean over its

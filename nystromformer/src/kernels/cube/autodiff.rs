@@ -1,5 +1,6 @@
-//! Training through the CubeCL stages: [`LandmarkSoftmaxOps`] and [`PinvOps`] for
-//! `Autodiff<Cube>`. A tracked call runs the kernel forward and keeps its inputs, and for the
+//! Training through the CubeCL stages: [`LandmarkSoftmaxOps`] and [`PinvOps`] (the
+//! pseudo-inverse alone, and `W` from the landmarks) for `Autodiff<Cube>`. A tracked call runs
+//! the kernel forward and keeps its inputs, and for the
 //! softmax products their output and each row's log-sum-exp, which the forward kernel leaves as
 //! an extra column; the backward is the extension's `*_backward` operations, kernels too
 //! (`softmax_backward.rs`, `pinv_backward.rs`), which recompute from them, so no `n × m` matrix
@@ -41,6 +42,18 @@ struct SavedValues<B: Backend> {
     log_sum_exp: FloatTensor<B>,
 }
 
+/// What `W = A⁺ (B V)` from the landmarks keeps: its inputs (`A`, `c` and the iteration are
+/// rebuilt from them).
+#[derive(Debug, Clone)]
+struct SavedWeights<B: Backend> {
+    landmark_queries: FloatTensor<B>,
+    landmark_keys: FloatTensor<B>,
+    landmark_values: FloatTensor<B>,
+    missing_queries: Flags<B>,
+    missing_keys: Flags<B>,
+    iterations: usize,
+}
+
 /// What the pseudo-inverse keeps: `A`, `c` (`[batch · heads]`) and the number of iterations.
 #[derive(Debug, Clone)]
 struct SavedPinv<B: Backend> {
@@ -80,6 +93,22 @@ impl SavedForward<Cube, 3> for SavedValues<Cube> {
                 grad,
             );
         [landmark_queries, keys, values]
+    }
+}
+
+impl SavedForward<Cube, 3> for SavedWeights<Cube> {
+    fn backward(self, grad: FloatTensor<Cube>) -> [FloatTensor<Cube>; 3] {
+        let (landmark_queries, landmark_keys, landmark_values) =
+            <Cube as PinvOps>::landmark_weights_backward(
+                self.landmark_queries,
+                self.landmark_keys,
+                self.landmark_values,
+                self.missing_queries,
+                self.missing_keys,
+                self.iterations,
+                grad,
+            );
+        [landmark_queries, landmark_keys, landmark_values]
     }
 }
 
@@ -201,6 +230,40 @@ impl<C: CheckpointStrategy> PinvOps for Autodiff<Cube, C> {
                 coefficient,
                 iterations,
             };
+            (output, saved)
+        })
+    }
+
+    fn landmark_weights(
+        landmark_queries: FloatTensor<Self>,
+        landmark_keys: FloatTensor<Self>,
+        landmark_values: FloatTensor<Self>,
+        missing_queries: Flags<Self>,
+        missing_keys: Flags<Self>,
+        iterations: usize,
+    ) -> FloatTensor<Self> {
+        let nodes = [
+            landmark_queries.node(),
+            landmark_keys.node(),
+            landmark_values.node(),
+        ];
+        record::<Cube, C, 3, _>(nodes, || {
+            let saved = SavedWeights::<Cube> {
+                landmark_queries: landmark_queries.into_primitive(),
+                landmark_keys: landmark_keys.into_primitive(),
+                landmark_values: landmark_values.into_primitive(),
+                missing_queries: missing_queries.map(|flags| flags.into_primitive()),
+                missing_keys: missing_keys.map(|flags| flags.into_primitive()),
+                iterations,
+            };
+            let output = <Cube as PinvOps>::landmark_weights(
+                saved.landmark_queries.clone(),
+                saved.landmark_keys.clone(),
+                saved.landmark_values.clone(),
+                saved.missing_queries.clone(),
+                saved.missing_keys.clone(),
+                iterations,
+            );
             (output, saved)
         })
     }

@@ -112,9 +112,62 @@ fn landmark_weights_kernel<F: Float>(
     let unit = UNIT_POS as usize;
     let units = comptime![GRID * GRID];
 
-    // A, a row per unit: the scores over the landmark keys that exist, their softmax, and zero
-    // for a missing landmark query or key (a row without any key is zero too).
-    let mut row = unit;
+    landmark_softmax(
+        landmark_queries,
+        landmark_keys,
+        missing_queries,
+        missing_keys,
+        work,
+        a,
+        matrix,
+        batch,
+        m,
+        head_dim,
+        any_missing_queries,
+        any_missing_keys,
+    );
+    sync_storage();
+    let c = norm_coefficient(work, a, sums, m);
+
+    // Every unit has read the sums before `invert` writes over them (after its first barrier).
+    let z = invert::<f32>(work, a, c, iterations, m);
+
+    // W = Z (B V), an entry per unit in turn.
+    let mut entry = unit;
+    while entry < m * value_dim {
+        let (i, column) = (entry / value_dim, entry % value_dim);
+        let mut sum = f32::new(0.0);
+        for k in 0..m {
+            sum += work[z + i * m + k]
+                * f32::cast_from(landmark_values[(matrix * m + k) * value_dim + column]);
+        }
+        weights[matrix * m * value_dim + entry] = F::cast_from(sum);
+        entry += units;
+    }
+}
+
+/// Writes `A = softmax(Q̃ K̃ᵀ)` of matrix `matrix` (in batch `batch`) into the slot `a` of
+/// `work`, a row per unit: the scores over the landmark keys that exist, their softmax, and zero
+/// for a missing landmark query or key (a row without any key is zero too). The flags are read
+/// only when their `any_missing_*` is set. A `sync_storage` must follow before `A` is read.
+#[allow(clippy::too_many_arguments)]
+#[cube]
+pub fn landmark_softmax<F: Float>(
+    landmark_queries: &Tensor<F>,
+    landmark_keys: &Tensor<F>,
+    missing_queries: &Tensor<F>,
+    missing_keys: &Tensor<F>,
+    work: &mut Tensor<f32>,
+    a: usize,
+    matrix: usize,
+    batch: usize,
+    #[comptime] m: usize,
+    #[comptime] head_dim: usize,
+    #[comptime] any_missing_queries: bool,
+    #[comptime] any_missing_keys: bool,
+) {
+    let units = comptime![GRID * GRID];
+    let mut row = UNIT_POS as usize;
     while row < m {
         let query = (matrix * m + row) * head_dim;
         let mut maximum = f32::new(-1.0e30);
@@ -154,11 +207,21 @@ fn landmark_weights_kernel<F: Float>(
         }
         row += units;
     }
-    sync_storage();
+}
 
-    // c = the largest column sum (‖A‖₁), at least MIN_COEFFICIENT so that A = 0 (every landmark
-    // missing) inverts to 0.
-    let mut column = unit;
+/// `c = ‖A‖₁`, the largest column sum of the `A` at `a` in `work`, at least
+/// [`MIN_COEFFICIENT`] so that `A = 0` (every landmark missing) inverts to 0; the column sums
+/// are left in the slot `sums`. Every unit of the cube must call it, after a `sync_storage` that
+/// makes `A` visible; every unit gets `c`.
+#[cube]
+pub fn norm_coefficient(
+    work: &mut Tensor<f32>,
+    a: usize,
+    sums: usize,
+    #[comptime] m: usize,
+) -> f32 {
+    let units = comptime![GRID * GRID];
+    let mut column = UNIT_POS as usize;
     while column < m {
         let mut sum = f32::new(0.0);
         for i in 0..m {
@@ -175,20 +238,5 @@ fn landmark_weights_kernel<F: Float>(
             c = sum;
         }
     }
-
-    // Every unit has read the sums before `invert` writes over them (after its first barrier).
-    let z = invert::<f32>(work, a, c, iterations, m);
-
-    // W = Z (B V), an entry per unit in turn.
-    let mut entry = unit;
-    while entry < m * value_dim {
-        let (i, column) = (entry / value_dim, entry % value_dim);
-        let mut sum = f32::new(0.0);
-        for k in 0..m {
-            sum += work[z + i * m + k]
-                * f32::cast_from(landmark_values[(matrix * m + k) * value_dim + column]);
-        }
-        weights[matrix * m * value_dim + entry] = F::cast_from(sum);
-        entry += units;
-    }
+    c
 }

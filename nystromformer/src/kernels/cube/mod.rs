@@ -1,7 +1,8 @@
 //! The CubeCL stages (wgpu, Vulkan, Metal, WebGPU): [`LandmarkSoftmaxOps`] (see
 //! [`landmark_values`] and [`landmark_attention`], both over [`online_softmax`]), [`PinvOps`]
 //! (see [`pinv`] and its backward [`pinv_backward`], both over [`blocks`], and
-//! [`landmark_weights`] for `A`, the pseudo-inverse and `W` in one launch) and
+//! [`landmark_weights`] for `A`, the pseudo-inverse and `W` in one launch, with its backward
+//! [`landmark_weights_backward`]) and
 //! [`SegmentMeanOps`] (see [`landmark_means`]) for burn-cubecl's backend, and for `Autodiff`
 //! over it (`autodiff.rs`), whose forward is these kernels and whose backward is kernels too:
 //! [`softmax_backward`] for the softmax products, [`pinv_backward`] for the pseudo-inverse.
@@ -13,6 +14,7 @@ mod landmark_attention;
 mod landmark_means;
 mod landmark_values;
 mod landmark_weights;
+mod landmark_weights_backward;
 mod online_softmax;
 mod pinv;
 mod pinv_backward;
@@ -166,6 +168,26 @@ impl PinvOps for CubeBackend {
             missing_queries,
             missing_keys,
             iterations,
+        )
+    }
+
+    fn landmark_weights_backward(
+        landmark_queries: FloatTensor<Self>,
+        landmark_keys: FloatTensor<Self>,
+        landmark_values: FloatTensor<Self>,
+        missing_queries: Flags<Self>,
+        missing_keys: Flags<Self>,
+        iterations: usize,
+        grad: FloatTensor<Self>,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        landmark_weights_backward::launch(
+            landmark_queries,
+            landmark_keys,
+            landmark_values,
+            missing_queries,
+            missing_keys,
+            iterations,
+            grad,
         )
     }
 }

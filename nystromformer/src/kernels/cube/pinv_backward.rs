@@ -78,16 +78,16 @@ pub fn launch(
     (a_grad, c_grad)
 }
 
-/// Matrices per cube in the work buffer: `A`; `Z₀ … Z_iterations` (the last unused); `P`, `T`, `U` of each
+/// Matrices per cube in the work buffer: `A`; `Z₀ … Z_iterations`; `P`, `T`, `U` of each
 /// iteration; then the walk back's `G` and its successor (their roles swap every step), `dU`,
 /// `dT`, `dP` and the sum `dA`.
-fn work_slots(iterations: usize) -> usize {
+pub fn work_slots(iterations: usize) -> usize {
     4 * iterations + 8
 }
 
 /// The slot of `Z_k`.
 #[cube]
-fn z_slot(base: usize, k: usize, size: usize) -> usize {
+pub fn z_slot(base: usize, k: usize, size: usize) -> usize {
     base + (1 + k) * size
 }
 
@@ -117,35 +117,75 @@ fn pinv_backward_kernel<F: Float>(
     let size = m * m;
     let input = matrix * size;
     let base = matrix * (4 * iterations + 8) * size;
-    let scratch = base + (4 * iterations + 2) * size;
-    let (du, dt, dp, da) = (
-        scratch + 2 * size,
-        scratch + 3 * size,
-        scratch + 4 * size,
-        scratch + 5 * size,
-    );
-    let mut g = scratch;
-    let mut next_g = scratch + size;
     let c = f32::cast_from(coefficient[matrix]);
     let unit = UNIT_POS as usize;
     let units = comptime![GRID * GRID];
-    let grid = comptime![GRID];
-    let (row, col) = (unit / grid, unit % grid);
 
-    // A, the incoming gradient, dA = 0, and Z₀ = Aᵀ / c (read from the input, not the slot).
+    // A and the incoming gradient.
+    let g = gradient_slot(base, iterations, size);
+    let mut entry = unit;
+    while entry < size {
+        work[base + entry] = f32::cast_from(a[input + entry]);
+        work[g + entry] = f32::cast_from(grad[input + entry]);
+        entry += units;
+    }
+    sync_storage();
+    replay(work, base, c, iterations, false, m);
+    let g = walk_back(work, base, iterations, m);
+
+    // From Z₀ = Aᵀ / c: dA += Gᵀ / c, and dc = −Σ G ∘ Z₀ / c.
+    let (z0, da) = (z_slot(base, 0, size), sum_slot(base, iterations, size));
+    let mut partial = f32::new(0.0);
+    let mut entry = unit;
+    while entry < size {
+        let transposed = (entry % m) * m + entry / m;
+        a_grad[input + entry] = F::cast_from(work[da + entry] + work[g + transposed] / c);
+        partial += work[g + entry] * work[z0 + entry];
+        entry += units;
+    }
+    let total = cube_sum(partial);
+    if unit == 0 {
+        c_grad[matrix] = F::cast_from(-total / c);
+    }
+}
+
+/// The slot where the walk back starts: the gradient of the last `Z` goes there.
+#[cube]
+pub fn gradient_slot(base: usize, iterations: usize, size: usize) -> usize {
+    base + (4 * iterations + 2) * size
+}
+
+/// The slot of the sum `dA` of the walk back.
+#[cube]
+pub fn sum_slot(base: usize, iterations: usize, size: usize) -> usize {
+    base + (4 * iterations + 7) * size
+}
+
+/// Replays the iteration on the matrix `A` at `base` in `work` from `Z₀ = Aᵀ / c`, keeping
+/// every `Z` (the last one only `with_last`), `P`, `T` and `U` in their slots. Every unit of
+/// the cube must call it, after a `sync_storage` that makes `A` visible.
+#[cube]
+pub fn replay(
+    work: &mut Tensor<f32>,
+    base: usize,
+    c: f32,
+    iterations: usize,
+    #[comptime] with_last: bool,
+    #[comptime] m: usize,
+) {
+    let size = m * m;
+    let units = comptime![GRID * GRID];
+    let grid = comptime![GRID];
+    let unit = UNIT_POS as usize;
+    let (row, col) = (unit / grid, unit % grid);
     let z0 = z_slot(base, 0, size);
     let mut entry = unit;
     while entry < size {
         let transposed = (entry % m) * m + entry / m;
-        work[base + entry] = f32::cast_from(a[input + entry]);
-        work[g + entry] = f32::cast_from(grad[input + entry]);
-        work[da + entry] = f32::new(0.0);
-        work[z0 + entry] = f32::cast_from(a[input + transposed]) / c;
+        work[z0 + entry] = work[base + transposed] / c;
         entry += units;
     }
     sync_storage();
-
-    // The forward again, every iterate kept.
     for k in 0..iterations {
         let (z, p) = (z_slot(base, k, size), p_slot(base, k, iterations, size));
         let (t, u) = (p + size, p + 2 * size);
@@ -181,8 +221,12 @@ fn pinv_backward_kernel<F: Float>(
             m,
         );
         sync_storage();
-        // Z' = 3.25 Z − ¼ Z U, but for the last iteration's, which the walk back never reads.
-        if k + 1 < iterations {
+        // Z' = 3.25 Z − ¼ Z U; the walk back never reads the last one.
+        let mut needed = k + 1 < iterations;
+        if comptime!(with_last) {
+            needed = true;
+        }
+        if needed {
             let block = product_block(work, z, u, row, col, m, false, false);
             let next = z_slot(base, k + 1, size);
             store_block(
@@ -199,8 +243,33 @@ fn pinv_backward_kernel<F: Float>(
         }
         sync_storage();
     }
+}
 
-    // Walked back, last iteration first; `g` holds the gradient of the iteration's result.
+/// Walks the replayed iteration at `base` back from the gradient of its result (in
+/// [`gradient_slot`]), last iteration first: returns the slot that holds the gradient of `Z₀`,
+/// with the products' part of `dA` in [`sum_slot`]. Every unit of the cube must call it, after
+/// a `sync_storage` that makes the gradient visible.
+#[cube]
+pub fn walk_back(
+    work: &mut Tensor<f32>,
+    base: usize,
+    iterations: usize,
+    #[comptime] m: usize,
+) -> usize {
+    let size = m * m;
+    let units = comptime![GRID * GRID];
+    let grid = comptime![GRID];
+    let unit = UNIT_POS as usize;
+    let (row, col) = (unit / grid, unit % grid);
+    let mut g = gradient_slot(base, iterations, size);
+    let mut next_g = g + size;
+    let (du, dt, dp) = (g + 2 * size, g + 3 * size, g + 4 * size);
+    let da = sum_slot(base, iterations, size);
+    let mut entry = unit;
+    while entry < size {
+        work[da + entry] = f32::new(0.0);
+        entry += units;
+    }
     for step in 0..iterations {
         let k = iterations - 1 - step;
         let (z, p) = (z_slot(base, k, size), p_slot(base, k, iterations, size));
@@ -265,24 +334,20 @@ fn pinv_backward_kernel<F: Float>(
         g = next_g;
         next_g = previous;
     }
+    g
+}
 
-    // From Z₀ = Aᵀ / c: dA += Gᵀ / c, and this unit's share of dc = −Σ G ∘ Z₀ / c.
-    let mut partial = f32::new(0.0);
-    let mut entry = unit;
-    while entry < size {
-        let transposed = (entry % m) * m + entry / m;
-        a_grad[input + entry] = F::cast_from(work[da + entry] + work[g + transposed] / c);
-        partial += work[g + entry] * work[z0 + entry];
-        entry += units;
-    }
+/// The sum of every unit's `partial` over the cube, returned to every unit. Every unit of the
+/// cube must call it.
+#[cube]
+pub fn cube_sum(partial: f32) -> f32 {
+    let units = comptime![GRID * GRID];
     let mut partials = Shared::<[f32]>::new_slice(units);
-    partials[unit] = partial;
+    partials[UNIT_POS as usize] = partial;
     sync_cube();
-    if unit == 0 {
-        let mut sum = f32::new(0.0);
-        for i in 0..units {
-            sum += partials[i];
-        }
-        c_grad[matrix] = F::cast_from(-sum / c);
+    let mut sum = f32::new(0.0);
+    for i in 0..units {
+        sum += partials[i];
     }
+    sum
 }
