@@ -532,7 +532,8 @@ fn fused_landmark_weights_gradients_match_the_tensor_ops() {
 
     let flex = Device::flex();
     let [batch, heads, d, d_v] = [3, 2, 16, 8];
-    // (m, iterations): each size once, as lavapipe emulates the GPU slowly.
+    // (m, iterations): each size once, as lavapipe emulates the GPU slowly (there m = 256 ran
+    // for over a quarter of an hour without finishing).
     for (m, iterations) in [(1, 0), (7, 6), (64, 1)] {
         let inputs = [
             randn([batch, heads, m, d], 0.7, 30, &flex),

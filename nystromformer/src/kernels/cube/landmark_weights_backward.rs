@@ -158,6 +158,9 @@ fn landmark_weights_backward_kernel<F: Float>(
     while entry < m * value_dim {
         let (i, column) = (entry / value_dim, entry % value_dim);
         let mut sum = f32::new(0.0);
+        // Unrolled, as the two products below: llvmpipe (lavapipe) ends an invocation after
+        // 65 535 loop iterations in all, which rolled loops over m reach at m = 256.
+        #[unroll]
         for k in 0..m {
             sum += work[z + k * m + i] * f32::cast_from(grad[values + k * value_dim + column]);
         }
@@ -223,6 +226,7 @@ fn landmark_weights_backward_kernel<F: Float>(
         let (i, column) = (entry / head_dim, entry % head_dim);
         let mut queries = f32::new(0.0);
         let mut keys = f32::new(0.0);
+        #[unroll]
         for k in 0..m {
             queries += work[extra + i * m + k]
                 * f32::cast_from(landmark_keys[landmarks + k * head_dim + column]);
