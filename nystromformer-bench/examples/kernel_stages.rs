@@ -4,7 +4,8 @@
 //!
 //! `cargo run --release -p nystromformer-bench --example kernel_stages -- wgpu 2048 [reps]`
 //! (shape: batch 4, heads 2, head_dim 32, m 64; `BATCH`, `HEADS`, `HEAD_DIM` override; `DTYPE=f16`
-//! times half precision, where the kernels keep their sums in f32).
+//! times half precision, where the kernels keep their sums in f32; `BACKWARD=1` times forward +
+//! backward of each stage on tracked f32 inputs, where the landmarks stay tensor ops).
 
 use burn::tensor::activation::softmax;
 use burn::tensor::{Device, Distribution, FloatDType, Tensor};
@@ -22,6 +23,8 @@ fn main() {
     let mut args = std::env::args().skip(1);
     let device = choose_device(&args.next().unwrap_or_else(|| "wgpu".into()))
         .unwrap_or_else(|e| panic!("{e}"));
+    let backward = std::env::var("BACKWARD").is_ok_and(|v| v == "1");
+    let device = if backward { device.autodiff() } else { device };
     let n: usize = args.next().map_or(2048, |a| a.parse().expect("n"));
     let reps: usize = args.next().map_or(10, |a| a.parse().expect("repetitions"));
     let size = |name: &str, default: usize| {
@@ -34,12 +37,13 @@ fn main() {
         Ok(other) => panic!("DTYPE must be f32 or f16, got {other}"),
     };
     let random = |rows: usize, std: f64| {
-        Tensor::<4>::random(
+        let x = Tensor::<4>::random(
             [batch, heads, rows, d],
             Distribution::Normal(0.0, std),
             &device,
         )
-        .cast(dtype)
+        .cast(dtype);
+        if backward { x.require_grad() } else { x }
     };
     let (q, k, v) = (random(n, 1.0), random(n, 1.0), random(n, 1.0));
     let (landmark_queries, landmark_keys) = (random(m, 0.2), random(m, 0.2));
@@ -49,6 +53,8 @@ fn main() {
             .matmul(landmark_keys.clone().transpose()),
         3,
     );
+    // A leaf of its own: each run's backward consumes the graph it was built on.
+    let a = if backward { a.detach().require_grad() } else { a };
     let weights = random(m, 1.0);
     let scale = (d as f64).powf(-0.5);
     let segments = Segments::new(n, m, None, dtype, &device);
@@ -56,7 +62,14 @@ fn main() {
         custom_kernels_apply(&q),
         "the custom kernels do not apply on {device:?}"
     );
-    println!("{device:?}, {dtype:?}, batch {batch}, heads {heads}, n {n}, d {d}, m {m}: median ms");
+    let pass = if backward {
+        "forward + backward"
+    } else {
+        "forward"
+    };
+    println!(
+        "{device:?}, {dtype:?}, batch {batch}, heads {heads}, n {n}, d {d}, m {m}, {pass}: median ms"
+    );
 
     let stages: [Stage; 5] = [
         (
@@ -132,8 +145,13 @@ fn main() {
         ),
     ];
     for (name, kernel, tensor_ops) in &stages {
-        let kernel_ms = median_ms(&device, reps, kernel);
-        let tensor_ops_ms = median_ms(&device, reps, tensor_ops);
+        // Under autodiff the landmark means have no kernel (the attention runs them as tensor
+        // ops there).
+        if backward && *name == "landmarks" {
+            continue;
+        }
+        let kernel_ms = median_ms(&device, reps, backward, kernel);
+        let tensor_ops_ms = median_ms(&device, reps, backward, tensor_ops);
         println!("{name:>20}: kernel {kernel_ms:8.3}   tensor ops {tensor_ops_ms:8.3}");
     }
 }
@@ -145,16 +163,23 @@ type Stage<'a> = (
     Box<dyn Fn() -> Tensor<4> + 'a>,
 );
 
-/// Median over `reps` timed runs after two untimed ones (compilation, autotuning).
-fn median_ms(device: &Device, reps: usize, run: &dyn Fn() -> Tensor<4>) -> f64 {
+/// Median over `reps` timed runs after two untimed ones (compilation, autotuning); with
+/// `backward`, each run takes the gradients of the output's sum too.
+fn median_ms(device: &Device, reps: usize, backward: bool, run: &dyn Fn() -> Tensor<4>) -> f64 {
+    let pass = || {
+        let output = run();
+        if backward {
+            output.sum().backward();
+        }
+    };
     for _ in 0..2 {
-        run();
+        pass();
         device.sync().expect("device sync");
     }
     let mut times: Vec<f64> = (0..reps)
         .map(|_| {
             let started = std::time::Instant::now();
-            run();
+            pass();
             device.sync().expect("device sync");
             started.elapsed().as_secs_f64() * 1e3
         })
