@@ -54,7 +54,11 @@ fn main() {
         3,
     );
     // A leaf of its own: each run's backward consumes the graph it was built on.
-    let a = if backward { a.detach().require_grad() } else { a };
+    let a = if backward {
+        a.detach().require_grad()
+    } else {
+        a
+    };
     let weights = random(m, 1.0);
     let scale = (d as f64).powf(-0.5);
     let segments = Segments::new(n, m, None, dtype, &device);

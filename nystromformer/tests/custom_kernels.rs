@@ -75,7 +75,7 @@ fn kernels_apply_on_cube_devices_and_flex_and_under_autodiff_with_its_feature() 
     assert_eq!(
         fused_pinv(&tracked_square, 2, PinvInit::Exact).is_some(),
         cfg!(feature = "autodiff"),
-        "the pseudo-inverse kernel runs under autodiff, with a tensor-op backward"
+        "the pseudo-inverse kernel runs under autodiff, with its backward kernel"
     );
     // Beyond the kernels' shapes, tensor ops: head sizes above 128, more than 256 landmarks.
     let [m, d] = [4, MAX_KERNEL_HEAD_DIM];
@@ -336,8 +336,8 @@ fn fused_landmark_means_match_the_segment_means() {
 
 #[test]
 fn fused_landmark_weights_match_a_pinv_times_values() {
-    // The one kernel runs on CubeCL devices outside autodiff; elsewhere the attention keeps the
-    // separate stages.
+    // The one kernel runs on CubeCL devices, under autodiff too (its backward is one more);
+    // elsewhere the attention keeps the separate stages.
     let square = |device: &Device| randn([1, 1, 4, 4], 1.0, 2, device);
     for device in [Device::flex(), Device::flex().autodiff()] {
         let (a, values) = (square(&device), square(&device));
@@ -350,7 +350,7 @@ fn fused_landmark_weights_match_a_pinv_times_values() {
     let tracked = square(&device.clone().autodiff());
     let fused =
         fused_landmark_weights(&tracked, &tracked, &tracked, None, None, 6, PinvInit::Exact);
-    assert!(fused.is_none(), "autodiff keeps the pseudo-inverse stage");
+    assert!(fused.is_some(), "autodiff takes the kernel");
     landmark_weights_case(&device);
 }
 

@@ -1,6 +1,6 @@
 //! Training through the custom kernels: a few AdamW steps of a small classifier from the same
 //! weights on the same batches, with and without the kernels, on every device that has them
-//! (flex's fused stages; on wgpu the CubeCL kernels forward and their tensor-op backward), give
+//! (flex's fused stages; on wgpu the CubeCL kernels forward and backward), give
 //! the same losses step by step.
 
 mod common;

@@ -249,6 +249,7 @@ pub fn replay(
 /// [`gradient_slot`]), last iteration first: returns the slot that holds the gradient of `Z₀`,
 /// with the products' part of `dA` in [`sum_slot`]. Every unit of the cube must call it, after
 /// a `sync_storage` that makes the gradient visible.
+#[allow(clippy::manual_swap)] // `std::mem::swap` has no kernel expansion
 #[cube]
 pub fn walk_back(
     work: &mut Tensor<f32>,

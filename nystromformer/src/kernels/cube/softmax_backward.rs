@@ -304,8 +304,10 @@ fn query_grad_kernel<F: Float>(
         let unit = UNIT_POS as usize;
         if unit < tile {
             let mut counts = f32::new(0.0);
+            // Nested, so that a key past the chunk never reads its flag.
             if unit < available {
-                if !flagged(key_flags, batch * columns + first + unit, keys_flagged) {
+                let skipped = flagged(key_flags, batch * columns + first + unit, keys_flagged);
+                if !skipped {
                     counts = f32::new(1.0);
                 }
             }
