@@ -21,6 +21,7 @@ pub enum Flags<B: Backend> {
 
 impl<B: Backend> Flags<B> {
     /// The flags with their tensor mapped (to the backend below autodiff, for instance).
+    #[cfg_attr(not(feature = "autodiff"), allow(dead_code))]
     pub fn map<C: Backend>(self, f: impl FnOnce(FloatTensor<B>) -> FloatTensor<C>) -> Flags<C> {
         match self {
             Flags::Absent => Flags::Absent,
