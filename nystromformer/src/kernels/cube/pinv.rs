@@ -24,7 +24,7 @@ use burn_cubecl::ops::numeric::empty_device_contiguous_dtype;
 use burn_cubecl::tensor::CubeTensor;
 use cubecl::prelude::*;
 
-use super::blocks::{GRID, product_block, store_block};
+use super::blocks::{GRID, product_block, store_block, store_scaled};
 
 /// Launches the kernel; see [`crate::kernels::fused_pinv`] for the contract.
 pub fn launch(a: CubeTensor, coefficient: CubeTensor, iterations: usize) -> CubeTensor {
@@ -151,51 +151,63 @@ fn iterate<F: Float>(
     iterations: usize,
     #[comptime] m: usize,
 ) -> usize {
-    let grid = comptime![GRID];
-    let unit = UNIT_POS as usize;
-    let (row, col) = (unit / grid, unit % grid);
     let mut z_slot = z;
     let mut next_slot = next;
     for _ in 0..iterations {
-        // P = A Z
-        let product = product_block(work, a, z_slot, row, col, m, false, false);
-        store_block(work, p, F::new(0.0), a, F::new(1.0), &product, row, col, m);
-        sync_storage();
-        // T = P (7I − P) = 7P − P P
-        let product = product_block(work, p, p, row, col, m, false, false);
-        store_block(work, t, F::new(7.0), p, F::new(-1.0), &product, row, col, m);
-        sync_storage();
-        // U = P (15I − T) = 15P − P T
-        let product = product_block(work, p, t, row, col, m, false, false);
-        store_block(
-            work,
-            u,
-            F::new(15.0),
-            p,
-            F::new(-1.0),
-            &product,
-            row,
-            col,
-            m,
-        );
-        sync_storage();
-        // next Z = ¼ Z (13I − U) = 3.25 Z − ¼ Z U
-        let product = product_block(work, z_slot, u, row, col, m, false, false);
-        store_block(
-            work,
-            next_slot,
-            F::new(3.25),
-            z_slot,
-            F::new(-0.25),
-            &product,
-            row,
-            col,
-            m,
-        );
-        sync_storage();
+        step(work, a, z_slot, next_slot, p, t, u, true, m);
         let previous = z_slot;
         z_slot = next_slot;
         next_slot = previous;
     }
     z_slot
+}
+
+/// One step of the iteration on the matrix `A` at `a` in `work`, from the `Z` at `z`: writes
+/// `P = A Z`, `T = 7P − P P` and `U = 15P − P T` into their slots and, `with_next`, the next
+/// `Z = ¼ (13Z − Z U)` into `next`. Every unit of the cube must call it; it ends on a storage
+/// barrier.
+#[allow(clippy::too_many_arguments)]
+#[cube]
+pub fn step<F: Float>(
+    work: &mut Tensor<F>,
+    a: usize,
+    z: usize,
+    next: usize,
+    p: usize,
+    t: usize,
+    u: usize,
+    with_next: bool,
+    #[comptime] m: usize,
+) {
+    let grid = comptime![GRID];
+    let unit = UNIT_POS as usize;
+    let (row, col) = (unit / grid, unit % grid);
+    // P = A Z
+    let block = product_block(work, a, z, row, col, m, false, false);
+    store_scaled(work, p, F::new(1.0), &block, row, col, m);
+    sync_storage();
+    // T = P (7I − P) = 7P − P P
+    let block = product_block(work, p, p, row, col, m, false, false);
+    store_block(work, t, F::new(7.0), p, F::new(-1.0), &block, row, col, m);
+    sync_storage();
+    // U = P (15I − T) = 15P − P T
+    let block = product_block(work, p, t, row, col, m, false, false);
+    store_block(work, u, F::new(15.0), p, F::new(-1.0), &block, row, col, m);
+    sync_storage();
+    // next Z = ¼ Z (13I − U) = 3.25 Z − ¼ Z U
+    if with_next {
+        let block = product_block(work, z, u, row, col, m, false, false);
+        store_block(
+            work,
+            next,
+            F::new(3.25),
+            z,
+            F::new(-0.25),
+            &block,
+            row,
+            col,
+            m,
+        );
+    }
+    sync_storage();
 }

@@ -28,6 +28,7 @@ use burn_cubecl::tensor::CubeTensor;
 use cubecl::prelude::*;
 
 use super::blocks::{GRID, add_block, add_entries, product_block, store_block, store_scaled};
+use super::pinv::step;
 
 /// Launches the kernel: the gradients of `A` (`[batch, heads, m, m]`) and of `c`
 /// (`[batch · heads]`) of `iterations` steps from `Z₀ = Aᵀ / c`, for the gradient `grad` of the
@@ -175,11 +176,8 @@ pub fn replay(
 ) {
     let size = m * m;
     let units = comptime![GRID * GRID];
-    let grid = comptime![GRID];
-    let unit = UNIT_POS as usize;
-    let (row, col) = (unit / grid, unit % grid);
     let z0 = z_slot(base, 0, size);
-    let mut entry = unit;
+    let mut entry = UNIT_POS as usize;
     while entry < size {
         let transposed = (entry % m) * m + entry / m;
         work[z0 + entry] = work[base + transposed] / c;
@@ -187,61 +185,14 @@ pub fn replay(
     }
     sync_storage();
     for k in 0..iterations {
-        let (z, p) = (z_slot(base, k, size), p_slot(base, k, iterations, size));
-        let (t, u) = (p + size, p + 2 * size);
-        // P = A Z
-        let block = product_block(work, base, z, row, col, m, false, false);
-        store_scaled(work, p, f32::new(1.0), &block, row, col, m);
-        sync_storage();
-        // T = 7P − P P
-        let block = product_block(work, p, p, row, col, m, false, false);
-        store_block(
-            work,
-            t,
-            f32::new(7.0),
-            p,
-            f32::new(-1.0),
-            &block,
-            row,
-            col,
-            m,
-        );
-        sync_storage();
-        // U = 15P − P T
-        let block = product_block(work, p, t, row, col, m, false, false);
-        store_block(
-            work,
-            u,
-            f32::new(15.0),
-            p,
-            f32::new(-1.0),
-            &block,
-            row,
-            col,
-            m,
-        );
-        sync_storage();
-        // Z' = 3.25 Z − ¼ Z U; the walk back never reads the last one.
-        let mut needed = k + 1 < iterations;
+        let p = p_slot(base, k, iterations, size);
+        // The walk back never reads the last Z.
+        let mut with_next = k + 1 < iterations;
         if comptime!(with_last) {
-            needed = true;
+            with_next = true;
         }
-        if needed {
-            let block = product_block(work, z, u, row, col, m, false, false);
-            let next = z_slot(base, k + 1, size);
-            store_block(
-                work,
-                next,
-                f32::new(3.25),
-                z,
-                f32::new(-0.25),
-                &block,
-                row,
-                col,
-                m,
-            );
-        }
-        sync_storage();
+        let (z, next) = (z_slot(base, k, size), z_slot(base, k + 1, size));
+        step(work, base, z, next, p, p + size, p + 2 * size, with_next, m);
     }
 }
 
