@@ -24,14 +24,16 @@ use burn::backend::tensor::FloatTensor;
 use burn::backend::{Backend, TensorMetadata, get_or_init_device_settings};
 use burn::tensor::{FloatDType, Shape};
 
-#[allow(unused_imports)] // `LandmarkSoftmaxOps` for the docs' links
-use super::extension::{LandmarkSoftmaxOps, PinvOps};
+use super::extension::PinvOps;
 use super::flags::Flags;
 use super::reference::{dims, fill_keys, fill_rows, landmark_matrix, norm_coefficient};
 use crate::attention::pinv::MIN_COEFFICIENT;
 
-/// See [`LandmarkSoftmaxOps::landmark_attention_backward`]: the gradients of the queries,
-/// landmark keys and weights of `softmax(Q K̃ᵀ) W`, missing landmarks at zero weight.
+/// See [`LandmarkSoftmaxOps::landmark_attention_backward`][attention_backward]: the gradients
+/// of the queries, landmark keys and weights of `softmax(Q K̃ᵀ) W`, missing landmarks at zero
+/// weight.
+///
+/// [attention_backward]: super::extension::LandmarkSoftmaxOps::landmark_attention_backward
 pub fn landmark_attention_backward<B: Backend>(
     queries: FloatTensor<B>,
     landmark_keys: FloatTensor<B>,
@@ -52,9 +54,11 @@ pub fn landmark_attention_backward<B: Backend>(
     )
 }
 
-/// See [`LandmarkSoftmaxOps::landmark_values_backward`]: the gradients of the landmark queries,
-/// keys and values of `softmax(Q̃ Kᵀ) V`, padded keys at the masked score and the rows of missing
-/// landmarks zero.
+/// See [`LandmarkSoftmaxOps::landmark_values_backward`][values_backward]: the gradients of the
+/// landmark queries, keys and values of `softmax(Q̃ Kᵀ) V`, padded keys at the masked score and
+/// the rows of missing landmarks zero.
+///
+/// [values_backward]: super::extension::LandmarkSoftmaxOps::landmark_values_backward
 #[allow(clippy::too_many_arguments)]
 pub fn landmark_values_backward<B: Backend>(
     landmark_queries: FloatTensor<B>,

@@ -27,7 +27,7 @@ use super::blocks::GRID;
 use super::flags_or;
 use super::landmark_weights::{landmark_softmax, norm_coefficient};
 use super::pinv_backward::{
-    cube_sum, gradient_slot, replay, sum_slot, walk_back, work_slots, z_slot,
+    close_walk, gradient_slot, replay, sum_slot, walk_back, work_slots, z_slot,
 };
 use crate::attention::pinv::MIN_COEFFICIENT;
 use crate::kernels::flags::Flags;
@@ -183,23 +183,15 @@ fn landmark_weights_backward_kernel<F: Float>(
     sync_storage();
     let g = walk_back(work, base, iterations, m);
 
-    // dA in the sum's slot: the walk back's part, Gᵀ / c, and dc in column j*.
-    let (z0, da) = (z_slot(base, 0, size), sum_slot(base, iterations, size));
-    let mut partial = f32::new(0.0);
+    // dA in the sum's slot: the walk back's part, Gᵀ / c, and dc in column j* (the entries
+    // `close_walk` gave this unit, so no barrier between).
+    let c_grad = close_walk(work, base, g, c, iterations, m);
+    let da = sum_slot(base, iterations, size);
     let mut entry = unit;
     while entry < size {
-        partial += work[g + entry] * work[z0 + entry];
-        entry += units;
-    }
-    let c_grad = -cube_sum(partial) / c;
-    let mut entry = unit;
-    while entry < size {
-        let transposed = (entry % m) * m + entry / m;
-        let mut total = work[da + entry] + work[g + transposed] / c;
         if entry % m == largest {
-            total += c_grad;
+            work[da + entry] += c_grad;
         }
-        work[da + entry] = total;
         entry += units;
     }
     sync_storage();

@@ -134,20 +134,44 @@ fn pinv_backward_kernel<F: Float>(
     replay(work, base, c, iterations, false, m);
     let g = walk_back(work, base, iterations, m);
 
-    // From Z₀ = Aᵀ / c: dA += Gᵀ / c, and dc = −Σ G ∘ Z₀ / c.
-    let (z0, da) = (z_slot(base, 0, size), sum_slot(base, iterations, size));
-    let mut partial = f32::new(0.0);
+    let coefficient_grad = close_walk(work, base, g, c, iterations, m);
+    // The same entries as `close_walk` wrote, unit by unit: no barrier needed.
+    let da = sum_slot(base, iterations, size);
     let mut entry = unit;
     while entry < size {
+        a_grad[input + entry] = F::cast_from(work[da + entry]);
+        entry += units;
+    }
+    if unit == 0 {
+        c_grad[matrix] = F::cast_from(coefficient_grad);
+    }
+}
+
+/// Closes the walk back at `Z₀ = Aᵀ / c`, from the gradient `G` of `Z₀` in the slot `g`: adds
+/// `Gᵀ / c` to `dA` in [`sum_slot`] and returns `dc = −Σ G ∘ Z₀ / c` to every unit. Every unit
+/// of the cube must call it after [`walk_back`]; unit `u` writes the entries `u, u + units, …`
+/// of `dA`, and a `sync_storage` must follow before other units read them.
+#[cube]
+pub fn close_walk(
+    work: &mut Tensor<f32>,
+    base: usize,
+    g: usize,
+    c: f32,
+    iterations: usize,
+    #[comptime] m: usize,
+) -> f32 {
+    let size = m * m;
+    let units = comptime![GRID * GRID];
+    let (z0, da) = (z_slot(base, 0, size), sum_slot(base, iterations, size));
+    let mut partial = f32::new(0.0);
+    let mut entry = UNIT_POS as usize;
+    while entry < size {
         let transposed = (entry % m) * m + entry / m;
-        a_grad[input + entry] = F::cast_from(work[da + entry] + work[g + transposed] / c);
+        work[da + entry] += work[g + transposed] / c;
         partial += work[g + entry] * work[z0 + entry];
         entry += units;
     }
-    let total = cube_sum(partial);
-    if unit == 0 {
-        c_grad[matrix] = F::cast_from(-total / c);
-    }
+    -cube_sum(partial) / c
 }
 
 /// The slot where the walk back starts: the gradient of the last `Z` goes there.
@@ -292,7 +316,7 @@ pub fn walk_back(
 /// The sum of every unit's `partial` over the cube, returned to every unit. Every unit of the
 /// cube must call it.
 #[cube]
-pub fn cube_sum(partial: f32) -> f32 {
+fn cube_sum(partial: f32) -> f32 {
     let units = comptime![GRID * GRID];
     let mut partials = Shared::<[f32]>::new_slice(units);
     partials[UNIT_POS as usize] = partial;
