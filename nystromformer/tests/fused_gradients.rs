@@ -566,3 +566,98 @@ fn fused_landmark_weights_gradients_match_the_tensor_ops() {
         }
     }
 }
+
+/// Training in f16 on a CubeCL device runs the kernels forward and backward, and their
+/// gradients are at least as close to the f32 result as the f16 tensor ops' are: the kernels keep the
+/// softmax statistics (the log-sum-exp that the backward recomputes the softmax from), the
+/// partial gradients and the pseudo-inverse in f32, and round only what they read and write.
+#[test]
+fn f16_training_runs_the_kernels_as_accurately_as_the_tensor_ops() {
+    use burn::tensor::{DType, FloatDType};
+
+    let flex = Device::flex();
+    // n > 256: the backward's chunks of keys and of queries; padding and a missing landmark.
+    let [batch, heads, n, d, m] = [2, 2, 300, 32, 16];
+    let inputs = [
+        randn([batch, heads, n, d], 1.0, 50, &flex),
+        randn([batch, heads, n, d], 1.0, 51, &flex),
+        randn([batch, heads, n, d], 1.0, 52, &flex),
+    ];
+    let probe = randn([batch, heads, n, d], 1.0, 53, &flex);
+    let padding: Vec<bool> = (0..batch * n).map(|i| i >= n && i % n >= 280).collect();
+    for (name, device) in tracked_devices().into_iter().filter(|(n, _)| *n != "flex") {
+        if !device.supports_dtype(FloatDType::F16) {
+            eprintln!("SKIPPED f16 training: {name} has no f16");
+            continue;
+        }
+        let half = randn([1, 1, 4, 2], 1.0, 1, &device).cast(FloatDType::F16);
+        assert!(
+            custom_kernels_apply(&half),
+            "{name}: tracked f16 takes the kernels"
+        );
+
+        // Output and input gradients, computed in `dtype` and brought back as f32 on flex.
+        let run = |dtype: FloatDType, kernels: bool| {
+            let tracked = inputs
+                .each_ref()
+                .map(|x| on(x, &device).cast(dtype).require_grad());
+            let input = NystromHeadsInput::self_attention(
+                tracked[0].clone(),
+                tracked[1].clone(),
+                tracked[2].clone(),
+            )
+            .mask_pad(mask(padding.clone(), [batch, n], &device));
+            let options = NystromOptions::new()
+                .with_num_landmarks(m)
+                .with_custom_kernels(kernels);
+            let context = nystrom_attention(input, &options).context;
+            assert_eq!(context.dtype(), DType::from(dtype));
+            let loss = (context.clone() * on(&probe, &device).cast(dtype)).sum();
+            let grads = loss.backward();
+            let back = |x: Tensor<4>| on(&x.cast(FloatDType::F32), &flex);
+            let gradients = tracked.map(|x| {
+                let grad = x.grad(&grads).expect("every input is tracked and used");
+                assert_eq!(grad.dtype(), DType::from(dtype));
+                back(grad)
+            });
+            (back(context.inner()), gradients)
+        };
+        let reference = run(FloatDType::F32, false);
+        let (kernels, tensor_ops) = (run(FloatDType::F16, true), run(FloatDType::F16, false));
+        let names = ["output", "dQ", "dK", "dV"];
+        let results = |r: &(Tensor<4>, [Tensor<4>; 3])| {
+            let [q, k, v] = r.1.clone();
+            [r.0.clone(), q, k, v]
+        };
+        for ((name_of, (kernel, ops)), expected) in names
+            .iter()
+            .zip(results(&kernels).iter().zip(&results(&tensor_ops)))
+            .zip(&results(&reference))
+        {
+            let (error, ops_error) = (
+                relative_diff(kernel, expected),
+                relative_diff(ops, expected),
+            );
+            eprintln!(
+                "{name}: f16 {name_of} against f32: kernels {error:e}, tensor ops {ops_error:e}"
+            );
+            assert!(
+                error < 2e-2,
+                "{name}: f16 {name_of} with kernels differs by {error}"
+            );
+            // Kept in f32, the statistics make the kernels the closer of the two (here 0.4–0.65
+            // of the tensor ops' difference; a log-sum-exp rounded to f16 took `dV` to 1.2).
+            assert!(
+                error <= ops_error,
+                "{name}: f16 {name_of} with kernels ({error:e}) is less accurate than with tensor \
+                 ops ({ops_error:e})"
+            );
+            // Both round to f16 but sum differently: equal would mean the kernels did not run.
+            assert_ne!(
+                values(kernel),
+                values(ops),
+                "{name}: {name_of} took the tensor ops"
+            );
+        }
+    }
+}

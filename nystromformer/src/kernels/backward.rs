@@ -22,7 +22,7 @@
 
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{Backend, TensorMetadata, get_or_init_device_settings};
-use burn::tensor::{FloatDType, Shape};
+use burn::tensor::{DType, FloatDType, Shape};
 
 use super::extension::PinvOps;
 use super::flags::Flags;
@@ -87,9 +87,14 @@ pub fn landmark_values_backward<B: Backend>(
     )
 }
 
-/// `exp(S − L)`, the softmax of each row of `scores` from its log-sum-exp `[.., rows, 1]`.
+/// `exp(S − L)`, the softmax of each row of `scores` from its log-sum-exp `[.., rows, 1]` (f32,
+/// cast to the scores' type).
 fn softmax_from<B: Backend>(scores: FloatTensor<B>, log_sum_exp: FloatTensor<B>) -> FloatTensor<B> {
     let shape = Shape::new(dims(&scores));
+    let log_sum_exp = match scores.dtype() {
+        DType::F32 => log_sum_exp,
+        dtype => B::float_cast(log_sum_exp, FloatDType::from(dtype)),
+    };
     B::float_exp(B::float_sub(scores, B::float_expand(log_sum_exp, shape)))
 }
 

@@ -259,14 +259,15 @@ pub trait LandmarkSoftmaxOps: Backend {
         super::reference::landmark_attention::<Self>(queries, landmark_keys, weights, missing)
     }
 
-    /// [`landmark_values`] with each row's log-sum-exp appended as a last column, for a
-    /// backward that recomputes the softmax (`kernels/cube/backward.rs`).
+    /// [`landmark_values`] and each row's log-sum-exp (`[batch, heads, m, 1]`, f32 whatever the
+    /// input type), for a backward that recomputes the softmax
+    /// ([`LandmarkSoftmaxOps::landmark_values_backward`]).
     // Only the CubeCL devices' autodiff implementation calls it.
     #[cfg_attr(
         not(all(feature = "autodiff", feature = "cube-kernels")),
         allow(dead_code)
     )]
-    #[fusion(dtype = landmark_queries, shape = with_statistics(values_shape(landmark_queries, values)))]
+    #[fusion(meta = |landmark_queries, _keys, values, _padding, _missing, _masked_score| with_statistics(landmark_queries, values_shape(&landmark_queries.shape, &values.shape)))]
     fn landmark_values_with_statistics(
         landmark_queries: FloatTensor<Self>,
         keys: FloatTensor<Self>,
@@ -274,7 +275,7 @@ pub trait LandmarkSoftmaxOps: Backend {
         #[extension_type] padding: Flags<Self>,
         #[extension_type] missing: Flags<Self>,
         masked_score: f32,
-    ) -> FloatTensor<Self> {
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
         super::reference::landmark_values_with_statistics::<Self>(
             landmark_queries,
             keys,
@@ -285,20 +286,21 @@ pub trait LandmarkSoftmaxOps: Backend {
         )
     }
 
-    /// [`landmark_attention`] with each row's log-sum-exp appended as a last column, for a
-    /// backward that recomputes the softmax (`kernels/cube/backward.rs`).
+    /// [`landmark_attention`] and each row's log-sum-exp (`[batch, heads, n, 1]`, f32 whatever
+    /// the input type), for a backward that recomputes the softmax
+    /// ([`LandmarkSoftmaxOps::landmark_attention_backward`]).
     // Only the CubeCL devices' autodiff implementation calls it.
     #[cfg_attr(
         not(all(feature = "autodiff", feature = "cube-kernels")),
         allow(dead_code)
     )]
-    #[fusion(dtype = queries, shape = with_statistics(context_shape(queries, weights)))]
+    #[fusion(meta = |queries, _landmark_keys, weights, _missing| with_statistics(queries, context_shape(&queries.shape, &weights.shape)))]
     fn landmark_attention_with_statistics(
         queries: FloatTensor<Self>,
         landmark_keys: FloatTensor<Self>,
         weights: FloatTensor<Self>,
         #[extension_type] missing: Flags<Self>,
-    ) -> FloatTensor<Self> {
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
         super::reference::landmark_attention_with_statistics::<Self>(
             queries,
             landmark_keys,
@@ -309,8 +311,8 @@ pub trait LandmarkSoftmaxOps: Backend {
 
     /// The gradients of [`LandmarkSoftmaxOps::landmark_values`]' landmark queries, keys and
     /// values for the gradient `grad` of its output, from what
-    /// [`LandmarkSoftmaxOps::landmark_values_with_statistics`] gave (`output` and
-    /// `log_sum_exp`, `[.., m, 1]`). The default body is tensor ops
+    /// [`LandmarkSoftmaxOps::landmark_values_with_statistics`] gave (`output`, and
+    /// `log_sum_exp`, `[.., m, 1]` in f32). The default body is tensor ops
     /// ([`super::backward::landmark_values_backward`]); CubeCL devices run two kernels.
     #[cfg_attr(
         not(all(feature = "autodiff", feature = "cube-kernels")),
@@ -344,8 +346,8 @@ pub trait LandmarkSoftmaxOps: Backend {
 
     /// The gradients of [`LandmarkSoftmaxOps::landmark_attention`]'s queries, landmark keys and
     /// weights for the gradient `grad` of its output, from what
-    /// [`LandmarkSoftmaxOps::landmark_attention_with_statistics`] gave (`output` and
-    /// `log_sum_exp`, `[.., n, 1]`). The default body is tensor ops
+    /// [`LandmarkSoftmaxOps::landmark_attention_with_statistics`] gave (`output`, and
+    /// `log_sum_exp`, `[.., n, 1]` in f32). The default body is tensor ops
     /// ([`super::backward::landmark_attention_backward`]); CubeCL devices run two kernels.
     #[cfg_attr(
         not(all(feature = "autodiff", feature = "cube-kernels")),
@@ -598,13 +600,26 @@ fn context_shape(queries: &Shape, weights: &Shape) -> Shape {
     Shape::new([queries[0], queries[1], queries[2], weights[3]])
 }
 
-/// `shape` with one more column, for each row's log-sum-exp.
+/// The output of a softmax product (`shape`, in `input`'s type) and its log-sum-exp per row
+/// (`[batch, heads, rows, 1]`, f32).
 #[cfg(feature = "cube-kernels")]
 #[cfg_attr(
     not(all(feature = "autodiff", feature = "cube-kernels")),
     allow(dead_code)
 )]
-fn with_statistics(shape: Shape) -> Shape {
-    let [batch, heads, rows, columns] = shape.dims::<4>();
-    Shape::new([batch, heads, rows, columns + 1])
+fn with_statistics(
+    input: &burn::backend::fusion::custom::TensorSpec,
+    shape: Shape,
+) -> (
+    burn::backend::fusion::custom::TensorSpec,
+    burn::backend::fusion::custom::TensorSpec,
+) {
+    let [batch, heads, rows, _] = shape.dims::<4>();
+    (
+        burn::backend::fusion::custom::TensorSpec::new(shape, input.dtype),
+        burn::backend::fusion::custom::TensorSpec::new(
+            Shape::new([batch, heads, rows, 1]),
+            burn::tensor::DType::F32,
+        ),
+    )
 }

@@ -38,9 +38,9 @@
 //! and the training step's dropout, exact GELU and LayerNorm
 //! ([`dropout`], [`gelu`], [`layer_norm`]), which flex runs element by element on one core.
 //!
-//! The CubeCL kernels also take f16 outside autodiff: they read and write f16, keep their softmax
-//! state and tiles in f32 and run the pseudo-inverse in f32. Everywhere else (ndarray, bf16, f16
-//! on flex or under autodiff) the tensor-op stages run; all paths compute the same maths and
+//! The CubeCL kernels also take f16, forward and backward: they read and write f16, keep their
+//! softmax state, tiles, log-sum-exp and partial gradients in f32 and run the pseudo-inverse in
+//! f32. Everywhere else (ndarray, bf16, f16 on flex) the tensor-op stages run; all paths compute the same maths and
 //! agree to float rounding (`tests/custom_kernels.rs`, gradients included). The CubeCL kernels
 //! only compile with a GPU backend feature (`cube-kernels`); both families reach Burn through its
 //! backend-extension machinery, which routes a call by the device of its tensors.
@@ -72,18 +72,28 @@ mod reference;
 
 /// Whether [`nystrom_attention`](crate::nystrom_attention) runs its custom kernels for inputs
 /// like `x` (and `NystromOptions::custom_kernels` is on): f32 on a CubeCL device or flex, and
-/// f16 on a CubeCL device outside autodiff (the kernels read and write f16 and accumulate in
-/// f32). Under autodiff this needs the `autodiff` feature, which routes tracked tensors too:
-/// flex runs its fused backward, CubeCL devices backward kernels from what the forward kernels keep.
+/// f16 on a CubeCL device (the kernels read and write f16 and accumulate in f32). Under autodiff
+/// this needs the `autodiff` feature, which routes tracked tensors too: flex runs its fused
+/// backward, CubeCL devices backward kernels from what the forward kernels keep.
 pub fn custom_kernels_apply(x: &Tensor<4>) -> bool {
-    (routable(x) && (extension::on_cube_device(x) || extension::on_flex_device(x)))
-        || (x.dtype() == DType::F16 && !x.is_autodiff() && extension::on_cube_device(x))
+    trackable(x)
+        && match x.dtype() {
+            DType::F32 => extension::on_cube_device(x) || extension::on_flex_device(x),
+            DType::F16 => extension::on_cube_device(x),
+            _ => false,
+        }
 }
 
 /// Whether the extension can take `x` at all: f32, and tracked only with the `autodiff`
 /// feature (which compiles the extension's autodiff routes).
 fn routable<const D: usize>(x: &Tensor<D>) -> bool {
-    x.dtype() == DType::F32 && (!x.is_autodiff() || cfg!(feature = "autodiff"))
+    x.dtype() == DType::F32 && trackable(x)
+}
+
+/// Untracked, or tracked with the `autodiff` feature (which compiles the extension's autodiff
+/// routes).
+fn trackable<const D: usize>(x: &Tensor<D>) -> bool {
+    !x.is_autodiff() || cfg!(feature = "autodiff")
 }
 
 /// Whether the fused flex stages take `x`: [`routable`], on flex.

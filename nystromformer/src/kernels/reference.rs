@@ -7,7 +7,7 @@
 
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{Backend, TensorMetadata, get_or_init_device_settings};
-use burn::tensor::Shape;
+use burn::tensor::{DType, FloatDType, Shape};
 
 use super::extension::PinvOps;
 use super::flags::Flags;
@@ -37,8 +37,8 @@ pub fn landmark_attention<B: Backend>(
     attention_from_scores::<B>(scores, weights, &missing)
 }
 
-/// [`landmark_values`] with each row's log-sum-exp of the masked scores appended as a last
-/// column (`[batch, heads, m, d_v + 1]`), what the backward recomputes the softmax from.
+/// [`landmark_values`] and each row's log-sum-exp of the masked scores (`[batch, heads, m, 1]`,
+/// f32), what the backward recomputes the softmax from.
 #[cfg_attr(
     not(all(feature = "autodiff", feature = "cube-kernels")),
     allow(dead_code)
@@ -50,16 +50,15 @@ pub fn landmark_values_with_statistics<B: Backend>(
     padding: Flags<B>,
     missing: Flags<B>,
     masked_score: f32,
-) -> FloatTensor<B> {
+) -> (FloatTensor<B>, FloatTensor<B>) {
     let scores = value_scores::<B>(landmark_queries, keys, padding, masked_score);
     let log_sum_exp = log_sum_exp::<B>(scores.clone());
     let output = values_from_scores::<B>(scores, values, missing);
-    B::float_cat(vec![output, log_sum_exp], 3)
+    (output, in_f32::<B>(log_sum_exp))
 }
 
-/// [`landmark_attention`] with each row's log-sum-exp over its landmarks appended as a last
-/// column (`[batch, heads, n, d_v + 1]`; any finite value for a row without landmarks, whose
-/// weights the backward zeroes).
+/// [`landmark_attention`] and each row's log-sum-exp over its landmarks (`[batch, heads, n, 1]`,
+/// f32; any finite value for a row without landmarks, whose weights the backward zeroes).
 #[cfg_attr(
     not(all(feature = "autodiff", feature = "cube-kernels")),
     allow(dead_code)
@@ -69,11 +68,11 @@ pub fn landmark_attention_with_statistics<B: Backend>(
     landmark_keys: FloatTensor<B>,
     weights: FloatTensor<B>,
     missing: Flags<B>,
-) -> FloatTensor<B> {
+) -> (FloatTensor<B>, FloatTensor<B>) {
     let scores = landmark_scores::<B>(queries, landmark_keys, &missing);
     let log_sum_exp = log_sum_exp::<B>(scores.clone());
     let output = attention_from_scores::<B>(scores, weights, &missing);
-    B::float_cat(vec![output, log_sum_exp], 3)
+    (output, in_f32::<B>(log_sum_exp))
 }
 
 /// `Q̃ Kᵀ` with padded keys at `masked_score`, `[batch, heads, m, n]`.
@@ -128,6 +127,18 @@ fn landmark_softmax<B: Backend>(scores: FloatTensor<B>, missing: &Flags<B>) -> F
     not(all(feature = "autodiff", feature = "cube-kernels")),
     allow(dead_code)
 )]
+/// `x` in f32, the type the softmax statistics are kept in.
+#[cfg_attr(
+    not(all(feature = "autodiff", feature = "cube-kernels")),
+    allow(dead_code)
+)]
+fn in_f32<B: Backend>(x: FloatTensor<B>) -> FloatTensor<B> {
+    match x.dtype() {
+        DType::F32 => x,
+        _ => B::float_cast(x, FloatDType::F32),
+    }
+}
+
 fn log_sum_exp<B: Backend>(scores: FloatTensor<B>) -> FloatTensor<B> {
     let maximum = B::float_max_dim(scores.clone(), 3);
     let shape = Shape::new(dims(&scores));
@@ -290,7 +301,7 @@ mod tests {
     }
 
     #[test]
-    fn the_statistics_bodies_append_each_rows_log_sum_exp_to_the_plain_result() {
+    fn the_statistics_bodies_give_the_plain_result_and_each_rows_log_sum_exp() {
         let device = Device::flex();
         let [m, n, d] = [3, 7, 4];
         let random =
@@ -313,19 +324,22 @@ mod tests {
             q0, k0, v0, p0, m0, -1e9,
         )));
         let (q1, k1, v1, p1, m1) = args();
-        let both = host(Tensor::from_dispatch(landmark_values_with_statistics::<
-            Dispatch,
-        >(q1, k1, v1, p1, m1, -1e9)));
+        let (output, statistics) =
+            landmark_values_with_statistics::<Dispatch>(q1, k1, v1, p1, m1, -1e9);
+        let (output, statistics) = (
+            host(Tensor::from_dispatch(output)),
+            Tensor::<4>::from_dispatch(statistics),
+        );
+        assert_eq!(statistics.dims(), [1, 1, m, 1]);
+        assert_eq!(statistics.dtype(), DType::F32);
+        let statistics = host(statistics);
+        assert_eq!(output, plain);
         // Scores over the valid keys only: the padded ones weigh e^(-1e9) = 0.
         let valid_keys = k.clone().slice([0..1, 0..1, 0..5, 0..d]);
         let scores = host(q.clone().matmul(valid_keys.transpose()));
         for r in 0..m {
-            assert_eq!(
-                &both[r * (d + 1)..r * (d + 1) + d],
-                &plain[r * d..(r + 1) * d]
-            );
             let expected = log_sum_exp_of(&scores, 5, r);
-            let got = both[r * (d + 1) + d];
+            let got = statistics[r];
             assert!(
                 (got - expected).abs() < 1e-5,
                 "row {r}: {got} against {expected}"
@@ -339,14 +353,17 @@ mod tests {
             v.clone().slice([0..1, 0..1, 0..m, 0..d]).into_dispatch(),
             Flags::Present(missing.clone().into_dispatch()),
         )));
-        let both = host(Tensor::from_dispatch(landmark_attention_with_statistics::<
-            Dispatch,
-        >(
+        let (output, statistics) = landmark_attention_with_statistics::<Dispatch>(
             k.clone().into_dispatch(),
             q.clone().into_dispatch(),
             v.clone().slice([0..1, 0..1, 0..m, 0..d]).into_dispatch(),
             Flags::Present(missing.into_dispatch()),
-        )));
+        );
+        let (output, statistics) = (
+            host(Tensor::from_dispatch(output)),
+            host(Tensor::from_dispatch(statistics)),
+        );
+        assert_eq!(output, plain);
         let present = Tensor::cat(
             vec![
                 q.clone().slice([0..1, 0..1, 0..1, 0..d]),
@@ -356,12 +373,8 @@ mod tests {
         );
         let scores = host(k.matmul(present.transpose()));
         for r in 0..n {
-            assert_eq!(
-                &both[r * (d + 1)..r * (d + 1) + d],
-                &plain[r * d..(r + 1) * d]
-            );
             let expected = log_sum_exp_of(&scores, 2, r);
-            let got = both[r * (d + 1) + d];
+            let got = statistics[r];
             assert!(
                 (got - expected).abs() < 1e-5,
                 "row {r}: {got} against {expected}"

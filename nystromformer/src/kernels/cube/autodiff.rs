@@ -1,23 +1,21 @@
 //! Training through the CubeCL stages: [`LandmarkSoftmaxOps`] and [`PinvOps`] (the
 //! pseudo-inverse alone, and `W` from the landmarks) for `Autodiff<Cube>`. A tracked call runs
 //! the kernel forward and keeps its inputs, and for the
-//! softmax products their output and each row's log-sum-exp, which the forward kernel leaves as
-//! an extra column; the backward is the extension's `*_backward` operations, kernels too
+//! softmax products their output and each row's log-sum-exp, which the forward kernel leaves in
+//! f32; the backward is the extension's `*_backward` operations, kernels too
 //! (`softmax_backward.rs`, `pinv_backward.rs`), which recompute from them, so no `n × m` matrix
 //! is kept from the forward to the backward. Masks are constants.
 
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{Autodiff, Backend, Cube};
-use burn::tensor::Slice;
 
 use crate::kernels::extension::{LandmarkSoftmaxOps, PinvOps, SegmentMeanOps};
 use crate::kernels::flags::Flags;
 use crate::kernels::recorded::{SavedForward, record};
-use crate::kernels::reference::dims;
 
 /// What the `F · W` stage keeps: its inputs, the missing-landmark flags, its output and each
-/// row's log-sum-exp (`[batch, heads, n, 1]`).
+/// row's log-sum-exp (`[batch, heads, n, 1]`, f32).
 #[derive(Debug, Clone)]
 struct SavedAttention<B: Backend> {
     queries: FloatTensor<B>,
@@ -29,7 +27,7 @@ struct SavedAttention<B: Backend> {
 }
 
 /// What the `B · V` stage keeps: its inputs, both masks' flags, the score of a padded key, its
-/// output and each row's log-sum-exp (`[batch, heads, m, 1]`).
+/// output and each row's log-sum-exp (`[batch, heads, m, 1]`, f32).
 #[derive(Debug, Clone)]
 struct SavedValues<B: Backend> {
     landmark_queries: FloatTensor<B>,
@@ -120,24 +118,6 @@ impl SavedForward<Cube, 2> for SavedPinv<Cube> {
     }
 }
 
-/// A kernel's output with the log-sum-exp column split off: `(output, log_sum_exp)`, the second
-/// `[.., rows, 1]`.
-fn split_statistics<B: Backend>(packed: FloatTensor<B>) -> (FloatTensor<B>, FloatTensor<B>) {
-    let [batch, heads, rows, columns] = dims(&packed);
-    let columns_to = |range: std::ops::Range<usize>| {
-        [
-            Slice::from(0..batch),
-            Slice::from(0..heads),
-            Slice::from(0..rows),
-            Slice::from(range),
-        ]
-    };
-    (
-        B::float_slice(packed.clone(), &columns_to(0..columns - 1)),
-        B::float_slice(packed, &columns_to(columns - 1..columns)),
-    )
-}
-
 impl<C: CheckpointStrategy> LandmarkSoftmaxOps for Autodiff<Cube, C> {
     fn landmark_values(
         landmark_queries: FloatTensor<Self>,
@@ -156,7 +136,7 @@ impl<C: CheckpointStrategy> LandmarkSoftmaxOps for Autodiff<Cube, C> {
                 padding.map(|flags| flags.into_primitive()),
                 missing.map(|flags| flags.into_primitive()),
             );
-            let (output, log_sum_exp) = split_statistics::<Cube>(
+            let (output, log_sum_exp) =
                 <Cube as LandmarkSoftmaxOps>::landmark_values_with_statistics(
                     landmark_queries.clone(),
                     keys.clone(),
@@ -164,8 +144,7 @@ impl<C: CheckpointStrategy> LandmarkSoftmaxOps for Autodiff<Cube, C> {
                     padding.clone(),
                     missing.clone(),
                     masked_score,
-                ),
-            );
+                );
             let saved = SavedValues {
                 landmark_queries,
                 keys,
@@ -194,14 +173,13 @@ impl<C: CheckpointStrategy> LandmarkSoftmaxOps for Autodiff<Cube, C> {
                 weights.into_primitive(),
                 missing.map(|flags| flags.into_primitive()),
             );
-            let (output, log_sum_exp) = split_statistics::<Cube>(
+            let (output, log_sum_exp) =
                 <Cube as LandmarkSoftmaxOps>::landmark_attention_with_statistics(
                     queries.clone(),
                     landmark_keys.clone(),
                     weights.clone(),
                     missing.clone(),
-                ),
-            );
+                );
             let saved = SavedAttention {
                 queries,
                 landmark_keys,

@@ -8,12 +8,12 @@
 //! tiles staged in shared memory (`super::tiles`), each loaded once per cube rather than once per
 //! query. The queries are read in place from the head split's strided view.
 //!
-//! For training, the kernel can also leave each row's log-sum-exp over its landmarks as a last
-//! column of the output (`with_statistics`): the backward (`super::backward`) recomputes `F`
-//! from it without the softmax's reductions.
+//! For training, the kernel can also leave each row's log-sum-exp over its landmarks
+//! (`with_statistics`), in f32 whatever the input type: the backward
+//! (`super::softmax_backward`) recomputes `F` from it without the softmax's reductions.
 
 use burn::backend::cubecl::dtype_to_storage_type;
-use burn::tensor::Shape;
+use burn::tensor::{DType, Shape};
 use burn_cubecl::CubeBackend;
 use burn_cubecl::kernel::into_contiguous;
 use burn_cubecl::ops::numeric::empty_device_contiguous_dtype;
@@ -22,22 +22,22 @@ use cubecl::prelude::*;
 
 use super::online_softmax::{add, dot, empty_state, load_row, maximum, total};
 use super::tiles::{row_offset, rows_in_place, rows_per_tile, stage_rows};
-use super::{flagged, flags_or};
+use super::{flagged, flags_or, statistics_shape};
 use crate::kernels::flags::Flags;
 
 /// Query rows per cube, one per unit.
 const ROWS_PER_CUBE: usize = 64;
 
-/// Launches the kernel; see [`crate::kernels::fused_landmark_attention`] for the contract. With
-/// `with_statistics` the output is `[batch, heads, n, d_v + 1]`, its last column each row's
-/// log-sum-exp (0 for a row without landmarks).
+/// Launches the kernel; see [`crate::kernels::fused_landmark_attention`] for the contract.
+/// Returns the output and, with `with_statistics`, each row's log-sum-exp (`[batch, heads, n,
+/// 1]`, f32; 0 for a row without landmarks).
 pub fn launch(
     queries: CubeTensor,
     landmark_keys: CubeTensor,
     weights: CubeTensor,
     missing: Flags<CubeBackend>,
     with_statistics: bool,
-) -> CubeTensor {
+) -> (CubeTensor, Option<CubeTensor>) {
     let queries = rows_in_place(queries);
     let landmark_keys = into_contiguous(landmark_keys);
     let weights = into_contiguous(weights);
@@ -45,15 +45,20 @@ pub fn launch(
     let missing = flags_or(missing, &landmark_keys);
     let [batch, heads, n, head_dim] = queries.meta.shape().dims::<4>();
     let value_dim = weights.meta.shape()[3];
-    let output_dim = value_dim + usize::from(with_statistics);
 
     let client = queries.client.clone();
     let dtype = queries.dtype;
     let context = empty_device_contiguous_dtype(
         client.clone(),
         queries.device.clone(),
-        Shape::new([batch, heads, n, output_dim]),
+        Shape::new([batch, heads, n, value_dim]),
         dtype,
+    );
+    let log_sum_exp = empty_device_contiguous_dtype(
+        client.clone(),
+        queries.device.clone(),
+        statistics_shape([batch, heads, n], with_statistics),
+        DType::F32,
     );
     let row_tiles = n.div_ceil(ROWS_PER_CUBE);
     let cube_dim = CubeDim::new_1d(ROWS_PER_CUBE as u32);
@@ -71,23 +76,25 @@ pub fn launch(
         weights.into_tensor_arg(),
         missing.into_tensor_arg(),
         context.clone().into_tensor_arg(),
+        log_sum_exp.clone().into_tensor_arg(),
         row_tiles,
         head_dim,
         value_dim,
-        output_dim,
+        with_statistics,
         rows_per_tile(head_dim + value_dim),
         ROWS_PER_CUBE,
         any_missing,
         dtype_to_storage_type(dtype),
     );
-    context
+    (context, with_statistics.then_some(log_sum_exp))
 }
 
 /// One cube per (matrix, tile of `units` query rows), one unit per row; `queries` may be strided
 /// (last dimension contiguous), the other tensors are contiguous. The head sizes are compile-time
 /// constants so that the row's query and accumulator live in registers. `missing` is read only
-/// when `any_missing`. Output rows are `output_dim` long: `value_dim`, or one more for the
-/// log-sum-exp.
+/// when `any_missing`. `log_sum_exp` gets each row's log-sum-exp when `with_statistics` (else it
+/// is a placeholder).
+#[allow(clippy::too_many_arguments)]
 #[cube(launch)]
 fn landmark_attention_kernel<F: Float>(
     queries: &Tensor<F>,
@@ -95,10 +102,11 @@ fn landmark_attention_kernel<F: Float>(
     weights: &Tensor<F>,
     missing: &Tensor<F>,
     context: &mut Tensor<F>,
+    log_sum_exp: &mut Tensor<f32>,
     row_tiles: usize,
     #[comptime] head_dim: usize,
     #[comptime] value_dim: usize,
-    #[comptime] output_dim: usize,
+    #[comptime] with_statistics: bool,
     #[comptime] tile: usize,
     #[comptime] units: usize,
     #[comptime] any_missing: bool,
@@ -198,14 +206,14 @@ fn landmark_attention_kernel<F: Float>(
     }
     #[unroll]
     for c in 0..value_dim {
-        context[row * output_dim + c] = F::cast_from(state[c] * inverse);
+        context[row * value_dim + c] = F::cast_from(state[c] * inverse);
     }
     // Only the training forward pays for the logarithm.
-    if comptime!(output_dim > value_dim) {
-        let mut log_sum_exp = f32::new(0.0);
+    if comptime!(with_statistics) {
+        let mut statistic = f32::new(0.0);
         if sum > 0.0f32 {
-            log_sum_exp = maximum(&state, value_dim) + f32::ln(sum);
+            statistic = maximum(&state, value_dim) + f32::ln(sum);
         }
-        context[row * output_dim + value_dim] = F::cast_from(log_sum_exp);
+        log_sum_exp[row] = statistic;
     }
 }

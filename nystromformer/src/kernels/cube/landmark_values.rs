@@ -9,9 +9,9 @@
 //! each landmark, rescaling each partial sum to the landmark's overall maximum. The `[m, n]`
 //! kernel `B` is never written; the partial results take `d_v / CHUNK` of its size.
 //!
-//! For training, the merge can also leave each landmark's log-sum-exp over the keys as a last
-//! column of the output (`with_statistics`), from which the backward (`super::backward`)
-//! recomputes `B`.
+//! For training, the merge can also leave each landmark's log-sum-exp over the keys
+//! (`with_statistics`), in f32 whatever the input type, from which the backward
+//! (`super::softmax_backward`) recomputes `B`.
 //!
 //! Padded keys get the tensor-op path's finite masked score (`min_float`, in f32) rather than
 //! being skipped, so that a row whose every key is padded gets the same uniform weights there and
@@ -27,7 +27,7 @@ use cubecl::prelude::*;
 
 use super::online_softmax::{add, dot, empty_state, load_row, maximum, total};
 use super::tiles::{row_offset, rows_in_place, rows_per_tile, stage_rows};
-use super::{flagged, flags_or};
+use super::{flagged, flags_or, statistics_shape};
 use crate::kernels::flags::Flags;
 
 /// Keys per cube in the first kernel.
@@ -39,9 +39,8 @@ const MAX_LANDMARKS_PER_CUBE: usize = 128;
 /// Units per cube of the merge kernel.
 const MERGE_UNITS_PER_CUBE: u32 = 128;
 
-/// Launches both kernels; see [`crate::kernels::fused_landmark_values`] for the contract. With
-/// `with_statistics` the output is `[batch, heads, m, d_v + 1]`, its last column each row's
-/// log-sum-exp.
+/// Launches both kernels; see [`crate::kernels::fused_landmark_values`] for the contract. Returns
+/// the output and, with `with_statistics`, each row's log-sum-exp (`[batch, heads, m, 1]`, f32).
 pub fn launch(
     landmark_queries: CubeTensor,
     keys: CubeTensor,
@@ -50,7 +49,7 @@ pub fn launch(
     missing: Flags<CubeBackend>,
     masked_score: f32,
     with_statistics: bool,
-) -> CubeTensor {
+) -> (CubeTensor, Option<CubeTensor>) {
     let landmark_queries = into_contiguous(landmark_queries);
     let keys = rows_in_place(keys);
     let values = rows_in_place(values);
@@ -73,8 +72,11 @@ pub fn launch(
     // f32 whatever the input type.
     let statistics = empty(Shape::new([matrices, chunks, m, 2]), DType::F32);
     let partial_values = empty(Shape::new([matrices, chunks, m, value_dim]), DType::F32);
-    let output_dim = value_dim + usize::from(with_statistics);
-    let output = empty(Shape::new([batch, heads, m, output_dim]), dtype);
+    let output = empty(Shape::new([batch, heads, m, value_dim]), dtype);
+    let log_sum_exp = empty(
+        statistics_shape([batch, heads, m], with_statistics),
+        DType::F32,
+    );
 
     // At least a warp's worth of units, so that small m still loads its tiles quickly.
     let units = m.next_power_of_two().clamp(32, MAX_LANDMARKS_PER_CUBE);
@@ -114,13 +116,14 @@ pub fn launch(
         partial_values.into_tensor_arg(),
         missing.into_tensor_arg(),
         output.clone().into_tensor_arg(),
+        log_sum_exp.clone().into_tensor_arg(),
         heads,
         value_dim,
-        output_dim,
+        with_statistics,
         any_missing,
         dtype_to_storage_type(dtype),
     );
-    output
+    (output, with_statistics.then_some(log_sum_exp))
 }
 
 /// One cube per (matrix, chunk, group of `units` landmarks), one unit per landmark. `keys` and
@@ -253,22 +256,24 @@ fn chunk_kernel<F: Float>(
 
 /// One unit per (matrix, landmark): merges the chunks' partial softmax sums. `missing` is
 /// `[batch, m]`, 1.0 where a segment is not a landmark (its row is zero), and read only when
-/// `any_missing`. Output rows are `output_dim` long: `value_dim`, or one more for the
-/// log-sum-exp.
+/// `any_missing`. `log_sum_exp` gets each row's log-sum-exp when `with_statistics` (else it is a
+/// placeholder).
+#[allow(clippy::too_many_arguments)]
 #[cube(launch)]
 fn merge_kernel<F: Float>(
     statistics: &Tensor<f32>,
     partial_values: &Tensor<f32>,
     missing: &Tensor<F>,
     output: &mut Tensor<F>,
+    log_sum_exp: &mut Tensor<f32>,
     heads: usize,
     #[comptime] value_dim: usize,
-    #[comptime] output_dim: usize,
+    #[comptime] with_statistics: bool,
     #[comptime] any_missing: bool,
     #[define(F)] _dtype: ElemType,
 ) {
     let row = ABSOLUTE_POS;
-    if row >= output.len() / output_dim {
+    if row >= output.len() / value_dim {
         terminate!();
     }
     let chunks = statistics.shape(1);
@@ -307,9 +312,9 @@ fn merge_kernel<F: Float>(
     }
     #[unroll]
     for c in 0..value_dim {
-        output[row * output_dim + c] = F::cast_from(accumulator[c] * inverse);
+        output[row * value_dim + c] = F::cast_from(accumulator[c] * inverse);
     }
-    if comptime!(output_dim > value_dim) {
-        output[row * output_dim + value_dim] = F::cast_from(overall_max + f32::ln(total));
+    if comptime!(with_statistics) {
+        log_sum_exp[row] = overall_max + f32::ln(total);
     }
 }

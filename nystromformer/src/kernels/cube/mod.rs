@@ -22,6 +22,7 @@ mod softmax_backward;
 mod tiles;
 
 use burn::backend::tensor::FloatTensor;
+use burn::tensor::Shape;
 use burn_cubecl::CubeBackend;
 use burn_cubecl::kernel::into_contiguous;
 use burn_cubecl::tensor::CubeTensor;
@@ -49,6 +50,7 @@ impl LandmarkSoftmaxOps for CubeBackend {
             masked_score,
             false,
         )
+        .0
     }
 
     fn landmark_attention(
@@ -57,7 +59,7 @@ impl LandmarkSoftmaxOps for CubeBackend {
         weights: FloatTensor<Self>,
         missing: Flags<Self>,
     ) -> FloatTensor<Self> {
-        landmark_attention::launch(queries, landmark_keys, weights, missing, false)
+        landmark_attention::launch(queries, landmark_keys, weights, missing, false).0
     }
 
     fn landmark_values_with_statistics(
@@ -67,8 +69,8 @@ impl LandmarkSoftmaxOps for CubeBackend {
         padding: Flags<Self>,
         missing: Flags<Self>,
         masked_score: f32,
-    ) -> FloatTensor<Self> {
-        landmark_values::launch(
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        let (output, log_sum_exp) = landmark_values::launch(
             landmark_queries,
             keys,
             values,
@@ -76,7 +78,8 @@ impl LandmarkSoftmaxOps for CubeBackend {
             missing,
             masked_score,
             true,
-        )
+        );
+        (output, log_sum_exp.expect("asked for the statistics"))
     }
 
     fn landmark_attention_with_statistics(
@@ -84,8 +87,10 @@ impl LandmarkSoftmaxOps for CubeBackend {
         landmark_keys: FloatTensor<Self>,
         weights: FloatTensor<Self>,
         missing: Flags<Self>,
-    ) -> FloatTensor<Self> {
-        landmark_attention::launch(queries, landmark_keys, weights, missing, true)
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        let (output, log_sum_exp) =
+            landmark_attention::launch(queries, landmark_keys, weights, missing, true);
+        (output, log_sum_exp.expect("asked for the statistics"))
     }
 
     fn landmark_values_backward(
@@ -210,6 +215,16 @@ fn flags_or(flags: Flags<CubeBackend>, stand_in: &CubeTensor) -> CubeTensor {
     match flags {
         Flags::Present(flags) => into_contiguous(flags),
         Flags::Absent => stand_in.clone(),
+    }
+}
+
+/// The shape of a softmax product's log-sum-exp per row, `[batch, heads, rows, 1]`; without
+/// `with_statistics` one entry, a placeholder that the kernel compiled without statistics never
+/// writes.
+fn statistics_shape([batch, heads, rows]: [usize; 3], with_statistics: bool) -> Shape {
+    match with_statistics {
+        true => Shape::new([batch, heads, rows, 1]),
+        false => Shape::new([1]),
     }
 }
 

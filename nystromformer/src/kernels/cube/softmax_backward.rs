@@ -58,7 +58,7 @@ pub struct ProductBackward {
     pub values: CubeTensor,
     /// `O`.
     pub output: CubeTensor,
-    /// `L`, `[batch, heads, queries, 1]`.
+    /// `L`, `[batch, heads, queries, 1]`, f32.
     pub log_sum_exp: CubeTensor,
     /// `dO`.
     pub grad: CubeTensor,
@@ -203,7 +203,7 @@ fn query_grad_kernel<F: Float>(
     keys: &Tensor<F>,
     values: &Tensor<F>,
     output: &Tensor<F>,
-    log_sum_exp: &Tensor<F>,
+    log_sum_exp: &Tensor<f32>,
     grad: &Tensor<F>,
     key_flags: &Tensor<F>,
     row_flags: &Tensor<F>,
@@ -260,7 +260,7 @@ fn query_grad_kernel<F: Float>(
     }
     let mut row_lse = f32::new(0.0);
     if inside {
-        row_lse = f32::cast_from(log_sum_exp[row_offset(log_sum_exp, batch, head, row)]);
+        row_lse = log_sum_exp[row_offset(log_sum_exp, batch, head, row)];
     }
     let mut sums = Array::<f32>::new(head_dim);
     #[unroll]
@@ -357,7 +357,7 @@ fn key_grad_kernel<F: Float>(
     keys: &Tensor<F>,
     values: &Tensor<F>,
     output: &Tensor<F>,
-    log_sum_exp: &Tensor<F>,
+    log_sum_exp: &Tensor<f32>,
     grad: &Tensor<F>,
     key_flags: &Tensor<F>,
     row_flags: &Tensor<F>,
@@ -476,8 +476,7 @@ fn key_grad_kernel<F: Float>(
                     row_dot +=
                         f32::cast_from(grad[grad_row + c]) * f32::cast_from(output[output_row + c]);
                 }
-                statistics[0] =
-                    f32::cast_from(log_sum_exp[row_offset(log_sum_exp, batch, head, row)]);
+                statistics[0] = log_sum_exp[row_offset(log_sum_exp, batch, head, row)];
                 statistics[1] = row_dot;
                 statistics[2] = f32::new(1.0);
             }
