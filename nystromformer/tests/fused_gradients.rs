@@ -469,6 +469,7 @@ fn fused_segment_means_match_the_tensor_ops_with_gradients() {
         );
     }
     // Unmasked, with m dividing n, the whole attention takes them: same output and gradients.
+    // (On CubeCL devices `fused_landmark_means_match_the_tensor_ops_with_gradients` covers it.)
     for policy in [MaskPolicy::LeakFree, MaskPolicy::HfCompatible] {
         let run = |kernels: bool| {
             let inputs = [0, 1, 2].map(|i| randn([2, 2, 192, 16], 1.0, 40 + i, &flex));
@@ -484,6 +485,47 @@ fn fused_segment_means_match_the_tensor_ops_with_gradients() {
         };
         let what = format!("attention, {policy:?}");
         assert_agree(&what, ["q", "k", "v"], &run(true), &run(false), 1e-4);
+    }
+}
+
+/// The landmarks of equal segments as one kernel on CubeCL devices, `[Q̃, Q̃ · scale, K̃ · scale]`,
+/// with the gradients of both inputs against the tensor-op means; cross-attention lengths, the
+/// queries' gradient the sum over two outputs.
+#[test]
+fn fused_landmark_means_match_the_tensor_ops_with_gradients() {
+    use nystromformer::attention::landmarks::Segments;
+    use nystromformer::kernels::fused_landmark_means;
+
+    let flex = Device::flex();
+    let [batch, heads, d, m] = [2, 3, 16, 8];
+    let [n_q, n_k] = [40, 64];
+    let scale = 0.25;
+    let inputs = [
+        randn([batch, heads, n_q, d], 1.0, 60, &flex),
+        randn([batch, heads, n_k, d], 1.0, 61, &flex),
+    ];
+    // The three outputs side by side along the landmarks.
+    let probe = randn([batch, heads, 3 * m, d], 1.0, 62, &flex);
+    for (name, device) in tracked_devices().into_iter().filter(|(n, _)| *n != "flex") {
+        let fused = output_and_gradients(&inputs, &probe, &device, |[q, k]| {
+            let means = fused_landmark_means(q, k, m, scale as f64).expect("the kernel applies");
+            Tensor::cat(means.to_vec(), 2)
+        });
+        let reference = output_and_gradients(&inputs, &probe, &device, |[q, k]| {
+            let means = |x: &Tensor<4>, n| {
+                Segments::new(n, m, None, burn::tensor::FloatDType::F32, &device).mean(x.clone())
+            };
+            let landmark_queries = means(q, n_q);
+            let scaled = [
+                landmark_queries.clone().mul_scalar(scale),
+                means(k, n_k).mul_scalar(scale),
+            ];
+            Tensor::cat(
+                vec![landmark_queries, scaled[0].clone(), scaled[1].clone()],
+                2,
+            )
+        });
+        assert_agree(name, ["q", "k"], &fused, &reference, 1e-5);
     }
 }
 

@@ -404,6 +404,20 @@ pub trait SegmentMeanOps: Backend {
         super::reference::segment_mean::<Self>(x, m)
     }
 
+    /// The gradient of a segment mean's input (`[batch, heads, n, d]`) for the gradient `grad`
+    /// (`[batch, heads, m, d]`) of `factor · segment_mean(x, m)`: each row gets its segment's
+    /// gradient times `factor / (n / m)`. The default body is tensor ops
+    /// ([`super::reference::segment_spread`]).
+    // Only the CubeCL devices' autodiff implementation calls it (flex fuses its own).
+    #[cfg_attr(
+        not(all(feature = "autodiff", feature = "cube-kernels")),
+        allow(dead_code)
+    )]
+    #[fusion(default)]
+    fn segment_mean_backward(grad: FloatTensor<Self>, n: usize, factor: f32) -> FloatTensor<Self> {
+        super::reference::segment_spread::<Self>(grad, n, factor)
+    }
+
     /// See [`landmark_means`]: `(Q̃, Q̃ · scale, K̃ · scale)`, each `[batch, heads, m, d]`.
     #[fusion(meta = landmark_means_meta)]
     fn landmark_means(

@@ -17,13 +17,14 @@
 //!   where the tensor ops take a dozen launches on `m × m` matrices.
 //!
 //! The landmarks of equal segments are one kernel too (`landmark_means`). The attention then
-//! holds no `n × m` matrix at all. Under
-//! autodiff (feature `autodiff`) the softmax products and the pseudo-inverse run as kernels
-//! forward (`A` and the product around the pseudo-inverse as tensor ops), the softmax
-//! products also leaving each row's log-sum-exp, and the backward is kernels too: two per
-//! softmax product that recompute its softmax from that log-sum-exp (FlashAttention-2's backward,
-//! `cube/softmax_backward.rs`) and one that replays the pseudo-inverse iteration and walks it
-//! back (`cube/pinv_backward.rs`): training keeps no `n × m` matrix from forward to backward.
+//! holds no `n × m` matrix at all. Under autodiff (feature `autodiff`) the same kernels run
+//! forward, the softmax products also leaving each row's log-sum-exp, and the backward is
+//! kernels too: two per softmax product that recompute its softmax from that log-sum-exp
+//! (FlashAttention-2's backward, `cube/softmax_backward.rs`), one that replays the
+//! pseudo-inverse iteration and walks it back (`cube/pinv_backward.rs`, and
+//! `cube/landmark_weights_backward.rs` for `W`, which also goes back through `A`), and the
+//! landmarks' spread over their segments: training keeps no `n × m` matrix from forward to
+//! backward.
 //!
 //! On flex (feature `flex-kernels`, on with `flex`), `B · V` and `F · W` run as fused CPU stages
 //! (`kernels/flex/`: gemm blocks, an online softmax with a vectorised `exp`, rayon per head),
@@ -350,8 +351,9 @@ pub fn fused_landmark_attention(
 /// The landmarks of equal segments (no mask, `m` dividing both lengths) scaled as the later
 /// stages take them: `[Q̃, Q̃ · scale, K̃ · scale]`, as one CubeCL kernel that reads the head
 /// split's strided views in place (where tensor ops take four launches, more if they copy the
-/// views first). `None` where that kernel does not run: off CubeCL devices and under autodiff,
-/// where [`fused_segment_mean`] (flex) or tensor ops take the means.
+/// views first); under autodiff each mean's backward spreads its gradient over the segment.
+/// `None` where that kernel does not run: off CubeCL devices, where [`fused_segment_mean`]
+/// (flex) or tensor ops take the means.
 ///
 /// # Shapes
 ///
@@ -380,7 +382,7 @@ pub fn fused_landmark_means(
         m > 0 && n_q.is_multiple_of(m) && n_k.is_multiple_of(m),
         "fused_landmark_means: m = {m} must divide n_q = {n_q} and n_k = {n_k}"
     );
-    (custom_kernels_apply(q) && !q.is_autodiff() && extension::on_cube_device(q))
+    (custom_kernels_apply(q) && extension::on_cube_device(q))
         .then(|| extension::landmark_means(q, k, m, scale as f32))
 }
 

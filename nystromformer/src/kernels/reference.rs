@@ -234,6 +234,21 @@ pub fn segment_mean<B: Backend>(x: FloatTensor<B>, m: usize) -> FloatTensor<B> {
     )
 }
 
+/// See [`super::extension::SegmentMeanOps::segment_mean_backward`]: `grad`'s `[batch, heads, m,
+/// 1, d]` view expanded over each segment's `n / m` rows, times `factor / (n / m)`.
+#[cfg_attr(
+    not(all(feature = "autodiff", feature = "cube-kernels")),
+    allow(dead_code)
+)]
+pub fn segment_spread<B: Backend>(grad: FloatTensor<B>, n: usize, factor: f32) -> FloatTensor<B> {
+    let [batch, heads, m, d] = dims(&grad);
+    let len = n / m;
+    let rows = B::float_reshape(grad, Shape::new([batch, heads, m, 1, d]));
+    let spread = B::float_expand(rows, Shape::new([batch, heads, m, len, d]));
+    let spread = B::float_reshape(spread, Shape::new([batch, heads, n, d]));
+    B::float_mul_scalar(spread, (factor / len as f32).into())
+}
+
 pub(super) fn dims(tensor: &impl TensorMetadata) -> [usize; 4] {
     let shape = tensor.shape();
     [shape[0], shape[1], shape[2], shape[3]]

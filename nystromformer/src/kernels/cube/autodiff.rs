@@ -8,7 +8,7 @@
 
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::tensor::FloatTensor;
-use burn::backend::{Autodiff, Backend, Cube};
+use burn::backend::{Autodiff, Backend, Cube, TensorMetadata};
 
 use crate::kernels::extension::{LandmarkSoftmaxOps, PinvOps, SegmentMeanOps};
 use crate::kernels::flags::Flags;
@@ -58,6 +58,23 @@ struct SavedPinv<B: Backend> {
     a: FloatTensor<B>,
     coefficient: FloatTensor<B>,
     iterations: usize,
+}
+
+/// What a landmark mean `factor · segment_mean(x, m)` keeps: `x`'s length and the factor.
+#[derive(Debug, Clone)]
+struct SavedSegmentMean {
+    n: usize,
+    factor: f32,
+}
+
+impl SavedForward<Cube, 1> for SavedSegmentMean {
+    fn backward(self, grad: FloatTensor<Cube>) -> [FloatTensor<Cube>; 1] {
+        [<Cube as SegmentMeanOps>::segment_mean_backward(
+            grad,
+            self.n,
+            self.factor,
+        )]
+    }
 }
 
 impl SavedForward<Cube, 3> for SavedAttention<Cube> {
@@ -247,6 +264,33 @@ impl<C: CheckpointStrategy> PinvOps for Autodiff<Cube, C> {
     }
 }
 
-/// The landmarks as tracked tensor ops (the default bodies): [`crate::kernels::fused_landmark_means`]
-/// takes the kernel outside autodiff only.
-impl<C: CheckpointStrategy> SegmentMeanOps for Autodiff<Cube, C> {}
+/// The landmarks of equal segments: the forward kernel once for all three, each recorded as
+/// its own operation (the autodiff graph has one output per operation), whose backward spreads
+/// its gradient over the segment's rows. The two from the queries add up in the graph.
+impl<C: CheckpointStrategy> SegmentMeanOps for Autodiff<Cube, C> {
+    fn landmark_means(
+        queries: FloatTensor<Self>,
+        keys: FloatTensor<Self>,
+        m: usize,
+        scale: f32,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        let (n_q, n_k) = (queries.shape()[2], keys.shape()[2]);
+        let nodes = [queries.node(), queries.node(), keys.node()];
+        let (landmark_queries, scaled_queries, scaled_keys) =
+            <Cube as SegmentMeanOps>::landmark_means(
+                queries.into_primitive(),
+                keys.into_primitive(),
+                m,
+                scale,
+            );
+        let [query_node, scaled_query_node, key_node] = nodes;
+        let mean = |node, output, n, factor| {
+            record::<Cube, C, 1, _>([node], || (output, SavedSegmentMean { n, factor }))
+        };
+        (
+            mean(query_node, landmark_queries, n_q, 1.0),
+            mean(scaled_query_node, scaled_queries, n_q, scale),
+            mean(key_node, scaled_keys, n_k, scale),
+        )
+    }
+}
