@@ -5,7 +5,7 @@
 //! `cargo run --release -p nystromformer-bench --example kernel_stages -- wgpu 2048 [reps]`
 //! (shape: batch 4, heads 2, head_dim 32, m 64; `BATCH`, `HEADS`, `HEAD_DIM` override; `DTYPE=f16`
 //! times half precision, where the kernels keep their sums in f32; `BACKWARD=1` times forward +
-//! backward of each stage on tracked f32 inputs, where the landmarks stay tensor ops).
+//! backward of each stage on tracked inputs).
 
 use burn::tensor::activation::softmax;
 use burn::tensor::{Device, Distribution, FloatDType, Tensor};
@@ -149,11 +149,6 @@ fn main() {
         ),
     ];
     for (name, kernel, tensor_ops) in &stages {
-        // Under autodiff the landmark means have no kernel (the attention runs them as tensor
-        // ops there).
-        if backward && *name == "landmarks" {
-            continue;
-        }
         let kernel_ms = median_ms(&device, reps, backward, kernel);
         let tensor_ops_ms = median_ms(&device, reps, backward, tensor_ops);
         println!("{name:>20}: kernel {kernel_ms:8.3}   tensor ops {tensor_ops_ms:8.3}");

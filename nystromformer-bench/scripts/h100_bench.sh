@@ -7,7 +7,7 @@
 #      (`nystrom`), the tensor-op stages, Burn's `attention`;
 #   2. peak memory of the kernels' forward to 262 144 tokens;
 #   3. each kernel against the tensor ops it replaces, at 4 096 and 16 384, f32 and f16
-#      (`kernel_stages`), and forward + backward at 16 384;
+#      (`kernel_stages`), and forward + backward at 16 384, f32 and f16;
 #   4. LRA ListOps training steps per second, kernels and tensor ops;
 #   5. the PyTorch peers (attention sweep and training steps).
 set -u
@@ -28,9 +28,11 @@ for N in 4096 16384; do
             timeout 30 kernel_stages wgpu $N 20 > "$R/kernel-stages-$DTYPE-n$N.txt" 2>&1
     done
 done
-# The backward kernels against the tensor-op backward, stage by stage.
-command -v kernel_stages > /dev/null && BACKWARD=1 BATCH=1 HEADS=8 HEAD_DIM=64 \
-    timeout 40 kernel_stages wgpu 16384 20 > "$R/kernel-stages-f32-n16384-backward.txt" 2>&1
+# The backward kernels against the tensor-op backward, stage by stage, f32 and f16.
+for DTYPE in f32 f16; do
+    command -v kernel_stages > /dev/null && DTYPE=$DTYPE BACKWARD=1 BATCH=1 HEADS=8 HEAD_DIM=64 \
+        timeout 40 kernel_stages wgpu 16384 20 > "$R/kernel-stages-$DTYPE-n16384-backward.txt" 2>&1
+done
 for FLAG in "" --tensor-ops; do
     timeout 60 nystromformer-bench train-steps --device wgpu --warmup 2 --steps 10 $FLAG \
         --out "$R/train-steps" 2>&1 | grep steps/s
