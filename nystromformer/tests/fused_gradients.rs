@@ -508,7 +508,7 @@ fn fused_landmark_means_match_the_tensor_ops_with_gradients() {
     let probe = randn([batch, heads, 3 * m, d], 1.0, 62, &flex);
     for (name, device) in tracked_devices().into_iter().filter(|(n, _)| *n != "flex") {
         let fused = output_and_gradients(&inputs, &probe, &device, |[q, k]| {
-            let means = fused_landmark_means(q, k, m, scale as f64).expect("the kernel applies");
+            let means = fused_landmark_means(q, k, m, scale).expect("the kernel applies");
             Tensor::cat(means.to_vec(), 2)
         });
         let reference = output_and_gradients(&inputs, &probe, &device, |[q, k]| {

@@ -352,9 +352,9 @@ mod tests {
         // Scores over the valid keys only: the padded ones weigh e^(-1e9) = 0.
         let valid_keys = k.clone().slice([0..1, 0..1, 0..5, 0..d]);
         let scores = host(q.clone().matmul(valid_keys.transpose()));
-        for r in 0..m {
+        assert_eq!(statistics.len(), m);
+        for (r, &got) in statistics.iter().enumerate() {
             let expected = log_sum_exp_of(&scores, 5, r);
-            let got = statistics[r];
             assert!(
                 (got - expected).abs() < 1e-5,
                 "row {r}: {got} against {expected}"
@@ -387,9 +387,9 @@ mod tests {
             2,
         );
         let scores = host(k.matmul(present.transpose()));
-        for r in 0..n {
+        assert_eq!(statistics.len(), n);
+        for (r, &got) in statistics.iter().enumerate() {
             let expected = log_sum_exp_of(&scores, 2, r);
-            let got = statistics[r];
             assert!(
                 (got - expected).abs() < 1e-5,
                 "row {r}: {got} against {expected}"
