@@ -1,6 +1,7 @@
 //! Times each stage that a custom kernel replaces, kernel against tensor ops, on one device:
 //! the landmarks (segment means, scaled), `B · V`, the pseudo-inverse, `W = A⁺ (B V)` from the
-//! landmarks, and `F · W`. Medians of `reps` runs with the device synchronised.
+//! landmarks, and `F · W`, that one against Burn's fused `attention` too. Medians of `reps` runs
+//! with the device synchronised.
 //!
 //! `cargo run --release -p nystromformer-bench --example kernel_stages -- wgpu 2048 [reps]`
 //! (shape: batch 4, heads 2, head_dim 32, m 64; `BATCH`, `HEADS`, `HEAD_DIM` override; `DTYPE=f16`
@@ -8,6 +9,8 @@
 //! backward of each stage on tracked inputs).
 
 use burn::tensor::activation::softmax;
+use burn::tensor::module::attention;
+use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Device, Distribution, FloatDType, Tensor};
 use nystromformer::attention::iterative_pinv;
 use nystromformer::attention::landmarks::Segments;
@@ -153,6 +156,34 @@ fn main() {
         let tensor_ops_ms = median_ms(&device, reps, backward, tensor_ops);
         println!("{name:>20}: kernel {kernel_ms:8.3}   tensor ops {tensor_ops_ms:8.3}");
     }
+
+    // Burn's own fused attention as the `F · W` stage (issue 10 asks which is faster): the
+    // landmark keys come scaled, so its scale is 1.
+    let burn_attention = || {
+        let options = AttentionModuleOptions {
+            scale: Some(1.0),
+            ..Default::default()
+        };
+        attention(
+            q.clone(),
+            landmark_keys.clone(),
+            weights.clone(),
+            None,
+            None,
+            options,
+        )
+    };
+    let ours = fused_landmark_attention(&q, &landmark_keys, &weights, None).expect("applies");
+    let difference = (burn_attention() - ours)
+        .abs()
+        .max()
+        .cast(FloatDType::F32)
+        .into_scalar::<f32>();
+    let burn_ms = median_ms(&device, reps, backward, &burn_attention);
+    println!(
+        "{:>20}: Burn's attention {burn_ms:8.3}   (largest difference from the kernel {difference:.1e})",
+        "F · W"
+    );
 }
 
 /// A stage's name, its kernel and its tensor ops.
