@@ -115,8 +115,12 @@ fn the_cube_kernels_take_f16_and_keep_their_sums_in_f32() {
         return;
     }
     assert!(custom_kernels_apply(&half(&device)));
-    // Tracked f16 takes them too: `fused_gradients.rs` checks its gradients.
-    assert!(custom_kernels_apply(&half(&device.clone().autodiff())));
+    // Tracked f16 takes them too, with the `autodiff` feature: `fused_gradients.rs` checks its
+    // gradients.
+    assert_eq!(
+        custom_kernels_apply(&half(&device.clone().autodiff())),
+        cfg!(feature = "autodiff")
+    );
 
     // Each stage against its f32 tensor ops: the f16 inputs and output each round to 2⁻¹¹
     // relative; sums kept in f16 over the 1 000 keys would add several times that.
@@ -291,7 +295,10 @@ fn fused_landmark_means_match_the_segment_means() {
         return;
     };
     let tracked = rows(8, &device.clone().autodiff());
-    assert!(fused_landmark_means(&tracked, &tracked, 4, 0.5).is_some());
+    assert_eq!(
+        fused_landmark_means(&tracked, &tracked, 4, 0.5).is_some(),
+        cfg!(feature = "autodiff")
+    );
 
     // Cross-attention lengths (segments of 5 queries and 8 keys), the queries a strided head
     // split, against the tensor-op means on flex.
@@ -529,6 +536,51 @@ fn landmark_values_case(device: &Device) {
                 diff < 1e-5,
                 "{device:?}, n = {n}, m = {m}, strided {strided}, masks {}: relative difference {diff}",
                 mask_pad.is_some()
+            );
+        }
+    }
+}
+
+/// Past `MAX_KERNEL_HEAD_DIM` the softmax products fall back to tensor ops on CubeCL devices,
+/// in inference and training, with the same result as with the kernels off (it panicked there
+/// before).
+#[test]
+fn head_sizes_past_the_kernels_fall_back_to_the_tensor_ops() {
+    let Some(device) = kernel_device() else {
+        return;
+    };
+    let flex = Device::flex();
+    let [batch, heads, n, d, m] = [1, 1, 40, MAX_KERNEL_HEAD_DIM + 32, 8];
+    let [q, k, v] = [70, 71, 72].map(|seed| randn([batch, heads, n, d], 1.0, seed, &flex));
+    for device in [device.clone(), device.autodiff()] {
+        let run = |kernels: bool| {
+            let track = |x: &Tensor<4>| match device.is_autodiff() {
+                true => on(x, &device).require_grad(),
+                false => on(x, &device),
+            };
+            let [q, k, v] = [&q, &k, &v].map(track);
+            let input = NystromHeadsInput::self_attention(q.clone(), k, v);
+            let options = NystromOptions::new()
+                .with_num_landmarks(m)
+                .with_custom_kernels(kernels);
+            let context = nystrom_attention(input, &options).context;
+            let grad = device.is_autodiff().then(|| {
+                let grads = context.clone().sum().backward();
+                on(&q.grad(&grads).expect("q is tracked"), &flex)
+            });
+            (on(&context.inner(), &flex), grad)
+        };
+        let ((fused, fused_grad), (reference, reference_grad)) = (run(true), run(false));
+        let diff = relative_diff(&fused, &reference);
+        assert!(
+            diff < 1e-5,
+            "{device:?}: d = {d}: relative difference {diff}"
+        );
+        if let (Some(fused), Some(reference)) = (fused_grad, reference_grad) {
+            let diff = relative_diff(&fused, &reference);
+            assert!(
+                diff < 1e-4,
+                "{device:?}: d = {d}: gradient differs by {diff}"
             );
         }
     }

@@ -468,9 +468,16 @@ fn fused_segment_means_match_the_tensor_ops_with_gradients() {
             1e-6,
         );
     }
-    // Unmasked, with m dividing n, the whole attention takes them: same output and gradients.
-    // (On CubeCL devices `fused_landmark_means_match_the_tensor_ops_with_gradients` covers it.)
-    for policy in [MaskPolicy::LeakFree, MaskPolicy::HfCompatible] {
+    // Unmasked, with m dividing n, the whole attention takes them (on CubeCL devices the
+    // landmarks' kernel, `fused_landmark_means`): same output and gradients. Lavapipe runs one
+    // policy.
+    let cases = tracked_devices().into_iter().flat_map(|(name, device)| {
+        [MaskPolicy::LeakFree, MaskPolicy::HfCompatible]
+            .into_iter()
+            .filter(move |policy| name == "flex" || *policy == MaskPolicy::LeakFree)
+            .map(move |policy| (name, device.clone(), policy))
+    });
+    for (name, device, policy) in cases {
         let run = |kernels: bool| {
             let inputs = [0, 1, 2].map(|i| randn([2, 2, 192, 16], 1.0, 40 + i, &flex));
             let probe = randn([2, 2, 192, 16], 1.0, 43, &flex);
@@ -483,7 +490,7 @@ fn fused_segment_means_match_the_tensor_ops_with_gradients() {
                 nystrom_attention(input, &options).context
             })
         };
-        let what = format!("attention, {policy:?}");
+        let what = format!("{name}: attention, {policy:?}");
         assert_agree(&what, ["q", "k", "v"], &run(true), &run(false), 1e-4);
     }
 }
@@ -618,16 +625,18 @@ fn f16_training_runs_the_kernels_as_accurately_as_the_tensor_ops() {
     use burn::tensor::{DType, FloatDType};
 
     let flex = Device::flex();
-    // n > 256: the backward's chunks of keys and of queries; padding and a missing landmark.
-    let [batch, heads, n, d, m] = [2, 2, 300, 32, 16];
-    let inputs = [
-        randn([batch, heads, n, d], 1.0, 50, &flex),
-        randn([batch, heads, n, d], 1.0, 51, &flex),
-        randn([batch, heads, n, d], 1.0, 52, &flex),
-    ];
-    let probe = randn([batch, heads, n, d], 1.0, 53, &flex);
-    let padding: Vec<bool> = (0..batch * n).map(|i| i >= n && i % n >= 280).collect();
-    for (name, device) in tracked_devices().into_iter().filter(|(n, _)| *n != "flex") {
+    // n > 256: the backward's chunks of keys and of queries. With padding (weighted segments),
+    // and without a mask at a length that m divides, where the landmarks' kernel runs too.
+    let [batch, heads, d, m] = [2, 2, 32, 16];
+    let cases = [(300, Some(280)), (320, None)];
+    for ((name, device), (n, valid)) in tracked_devices()
+        .into_iter()
+        .filter(|(n, _)| *n != "flex")
+        .flat_map(|device| cases.map(|case| (device.clone(), case)))
+    {
+        let inputs = [50, 51, 52].map(|seed| randn([batch, heads, n, d], 1.0, seed, &flex));
+        let probe = randn([batch, heads, n, d], 1.0, 53, &flex);
+        let name = format!("{name}, n = {n}, valid {valid:?}");
         if !device.supports_dtype(FloatDType::F16) {
             eprintln!("SKIPPED f16 training: {name} has no f16");
             continue;
@@ -647,8 +656,15 @@ fn f16_training_runs_the_kernels_as_accurately_as_the_tensor_ops() {
                 tracked[0].clone(),
                 tracked[1].clone(),
                 tracked[2].clone(),
-            )
-            .mask_pad(mask(padding.clone(), [batch, n], &device));
+            );
+            // The second sequence padded past `valid`.
+            let input = match valid {
+                Some(valid) => {
+                    let padding = (0..batch * n).map(|i| i >= n && i % n >= valid).collect();
+                    input.mask_pad(mask(padding, [batch, n], &device))
+                }
+                None => input,
+            };
             let options = NystromOptions::new()
                 .with_num_landmarks(m)
                 .with_custom_kernels(kernels);

@@ -245,16 +245,21 @@ pub fn nystrom_attention(
     };
 
     // Returning the kernels needs `F` and `B` themselves, which the custom kernels never form.
-    if options.custom_kernels && !return_kernels && kernels::custom_kernels_apply(&q) {
-        let values = kernels::fused_landmark_values(
-            &scaled_queries,
-            &k,
-            &v,
-            mask_keys.as_ref(),
-            missing_queries,
-            min_float as f32,
-        )
-        .expect(APPLIES);
+    // `None` where they do not apply: another backend or dtype, or head sizes past
+    // `kernels::MAX_KERNEL_HEAD_DIM` on a CubeCL device (then `F · W` does not apply either).
+    let fused_values = (options.custom_kernels && !return_kernels)
+        .then(|| {
+            kernels::fused_landmark_values(
+                &scaled_queries,
+                &k,
+                &v,
+                mask_keys.as_ref(),
+                missing_queries,
+                min_float as f32,
+            )
+        })
+        .flatten();
+    if let Some(values) = fused_values {
         let (iterations, init) = (options.pinv_iterations, options.pinv_init);
         let weights = kernels::fused_landmark_weights(
             &landmark_queries,
@@ -303,7 +308,7 @@ pub fn nystrom_attention(
     }
 }
 
-const APPLIES: &str = "custom_kernels_apply was checked";
+const APPLIES: &str = "F · W takes what B · V took: the same device, dtype and head sizes";
 
 /// `[Q̃, Q̃ · scale, K̃ · scale]`: the landmark queries, and both landmarks scaled as the softmax
 /// products take them; one kernel where the segments are equal runs and the CubeCL kernels

@@ -390,7 +390,8 @@ pub trait DepthwiseConvOps: Backend {
 /// Landmarks as the means of `m` equal segments along the sequence (no mask, `m` dividing the
 /// length). The default bodies are tensor ops ([`super::reference::segment_mean`]); flex fuses
 /// [`SegmentMeanOps::segment_mean`] forward and backward, CubeCL devices run
-/// [`SegmentMeanOps::landmark_means`] as one kernel.
+/// [`SegmentMeanOps::landmark_means`] as one kernel, under autodiff too, with
+/// [`SegmentMeanOps::segment_mean_backward`] as its backward.
 #[backend_extension(
     Cube: cfg(feature = "cube-kernels"),
     Fusion: cfg(feature = "cube-kernels"),

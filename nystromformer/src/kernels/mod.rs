@@ -41,8 +41,9 @@
 //!
 //! The CubeCL kernels also take f16, forward and backward: they read and write f16, keep their
 //! softmax state, tiles, log-sum-exp and partial gradients in f32 and run the pseudo-inverse in
-//! f32. Everywhere else (ndarray, bf16, f16 on flex) the tensor-op stages run; all paths compute the same maths and
-//! agree to float rounding (`tests/custom_kernels.rs`, gradients included). The CubeCL kernels
+//! f32. Everywhere else (ndarray, bf16, f16 on flex, tracked tensors without the `autodiff`
+//! feature) the tensor-op stages run; all paths compute the same maths and agree to float
+//! rounding (`tests/custom_kernels.rs`, gradients included). The CubeCL kernels
 //! only compile with a GPU backend feature (`cube-kernels`); both families reach Burn through its
 //! backend-extension machinery, which routes a call by the device of its tensors.
 
@@ -85,21 +86,15 @@ pub fn custom_kernels_apply(x: &Tensor<4>) -> bool {
         }
 }
 
-/// Whether the extension can take `x` at all: f32, and tracked only with the `autodiff`
-/// feature (which compiles the extension's autodiff routes).
-fn routable<const D: usize>(x: &Tensor<D>) -> bool {
-    x.dtype() == DType::F32 && trackable(x)
-}
-
 /// Untracked, or tracked with the `autodiff` feature (which compiles the extension's autodiff
 /// routes).
 fn trackable<const D: usize>(x: &Tensor<D>) -> bool {
     !x.is_autodiff() || cfg!(feature = "autodiff")
 }
 
-/// Whether the fused flex stages take `x`: [`routable`], on flex.
+/// Whether the fused flex stages take `x`: f32 on flex, [`trackable`].
 fn on_flex<const D: usize>(x: &Tensor<D>) -> bool {
-    routable(x) && extension::on_flex_device(x)
+    x.dtype() == DType::F32 && trackable(x) && extension::on_flex_device(x)
 }
 
 /// `softmax(Q̃ Kᵀ) · V` for the landmark queries without the `[m, n]` softmax in memory, as two
@@ -352,8 +347,8 @@ pub fn fused_landmark_attention(
 /// stages take them: `[Q̃, Q̃ · scale, K̃ · scale]`, as one CubeCL kernel that reads the head
 /// split's strided views in place (where tensor ops take four launches, more if they copy the
 /// views first); under autodiff each mean's backward spreads its gradient over the segment.
-/// `None` where that kernel does not run: off CubeCL devices, where [`fused_segment_mean`]
-/// (flex) or tensor ops take the means.
+/// `None` where that kernel does not run (see [`custom_kernels_apply`]; off CubeCL devices,
+/// [`fused_segment_mean`] (flex) or tensor ops take the means).
 ///
 /// # Shapes
 ///

@@ -122,23 +122,19 @@ fn landmark_softmax<B: Backend>(scores: FloatTensor<B>, missing: &Flags<B>) -> F
     fill_keys::<B>(B::softmax(scores, 3), missing, 0.0)
 }
 
-/// `max + ln Σ exp(s − max)` of each row of `scores`, as `[.., rows, 1]`.
-#[cfg_attr(
-    not(all(feature = "autodiff", feature = "cube-kernels")),
-    allow(dead_code)
-)]
 /// `x` in f32, the type the softmax statistics are kept in.
-#[cfg_attr(
-    not(all(feature = "autodiff", feature = "cube-kernels")),
-    allow(dead_code)
-)]
-fn in_f32<B: Backend>(x: FloatTensor<B>) -> FloatTensor<B> {
+pub(super) fn in_f32<B: Backend>(x: FloatTensor<B>) -> FloatTensor<B> {
     match x.dtype() {
         DType::F32 => x,
         _ => B::float_cast(x, FloatDType::F32),
     }
 }
 
+/// `max + ln Σ exp(s − max)` of each row of `scores`, as `[.., rows, 1]`.
+#[cfg_attr(
+    not(all(feature = "autodiff", feature = "cube-kernels")),
+    allow(dead_code)
+)]
 fn log_sum_exp<B: Backend>(scores: FloatTensor<B>) -> FloatTensor<B> {
     let maximum = B::float_max_dim(scores.clone(), 3);
     let shape = Shape::new(dims(&scores));
@@ -243,10 +239,11 @@ pub fn segment_mean<B: Backend>(x: FloatTensor<B>, m: usize) -> FloatTensor<B> {
 pub fn segment_spread<B: Backend>(grad: FloatTensor<B>, n: usize, factor: f32) -> FloatTensor<B> {
     let [batch, heads, m, d] = dims(&grad);
     let len = n / m;
+    // Scaled on the small side, before the spread.
+    let grad = B::float_mul_scalar(grad, (factor / len as f32).into());
     let rows = B::float_reshape(grad, Shape::new([batch, heads, m, 1, d]));
     let spread = B::float_expand(rows, Shape::new([batch, heads, m, len, d]));
-    let spread = B::float_reshape(spread, Shape::new([batch, heads, n, d]));
-    B::float_mul_scalar(spread, (factor / len as f32).into())
+    B::float_reshape(spread, Shape::new([batch, heads, n, d]))
 }
 
 pub(super) fn dims(tensor: &impl TensorMetadata) -> [usize; 4] {

@@ -5,7 +5,10 @@
 //! [`landmark_weights_backward`]) and
 //! [`SegmentMeanOps`] (see [`landmark_means`]) for burn-cubecl's backend, and for `Autodiff`
 //! over it (`autodiff.rs`), whose forward is these kernels and whose backward is kernels too:
-//! [`softmax_backward`] for the softmax products, [`pinv_backward`] for the pseudo-inverse.
+//! [`softmax_backward`] for the softmax products, [`pinv_backward`] for the pseudo-inverse,
+//! [`landmark_weights_backward`] for `W`; the landmarks' backward
+//! ([`SegmentMeanOps::segment_mean_backward`]) spreads each gradient over its segment as tensor
+//! ops.
 
 #[cfg(feature = "autodiff")]
 mod autodiff;
