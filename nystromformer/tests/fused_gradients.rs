@@ -533,6 +533,19 @@ fn fused_landmark_means_match_the_tensor_ops_with_gradients() {
             )
         });
         assert_agree(name, ["q", "k"], &fused, &reference, 1e-5);
+
+        // Only the queries tracked: the keys' mean is a constant of the graph.
+        let keys = on(&inputs[1], &device);
+        let [q] = tracked(&[inputs[0].clone()], &device);
+        let means = fused_landmark_means(&q, &keys, m, scale).expect("the kernel applies");
+        let out = Tensor::cat(means.to_vec(), 2);
+        let grads = (out * on(&probe, &device)).sum().backward();
+        let grad = on(&q.grad(&grads).expect("q is tracked"), &flex);
+        let diff = relative_diff(&grad, &reference.1[0]);
+        assert!(
+            diff < 1e-5,
+            "{name}, keys untracked: gradient of q differs by {diff}"
+        );
     }
 }
 
