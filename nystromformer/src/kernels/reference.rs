@@ -239,11 +239,13 @@ pub fn segment_mean<B: Backend>(x: FloatTensor<B>, m: usize) -> FloatTensor<B> {
 pub fn segment_spread<B: Backend>(grad: FloatTensor<B>, n: usize, factor: f32) -> FloatTensor<B> {
     let [batch, heads, m, d] = dims(&grad);
     let len = n / m;
-    // Scaled on the small side, before the spread.
-    let grad = B::float_mul_scalar(grad, (factor / len as f32).into());
     let rows = B::float_reshape(grad, Shape::new([batch, heads, m, 1, d]));
     let spread = B::float_expand(rows, Shape::new([batch, heads, m, len, d]));
-    B::float_reshape(spread, Shape::new([batch, heads, n, d]))
+    let spread = B::float_reshape(spread, Shape::new([batch, heads, n, d]));
+    // Scaled after the spread, where fusion folds the product into the elementwise op that
+    // reads the spread next (scaled before it, the product took a launch of its own: 26
+    // launches per forward + backward at the bench shape instead of 24).
+    B::float_mul_scalar(spread, (factor / len as f32).into())
 }
 
 pub(super) fn dims(tensor: &impl TensorMetadata) -> [usize; 4] {
