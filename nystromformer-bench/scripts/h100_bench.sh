@@ -14,27 +14,41 @@ set -u
 . nystromformer-bench/scripts/h100_env.sh
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader > "$R/gpu.txt"
 DEVICES=${DEVICES:-wgpu}
+# `run` stops a command at 600 s. What is under $OUT then still comes back, but the reports at
+# the end would not be written; so every step is cut to what is left of BUDGET seconds, and
+# skipped when little is.
+BUDGET=${BUDGET:-550}
+within() { # SECONDS COMMAND...: `timeout SECONDS COMMAND...`, within the budget
+    local limit=$1 left=$((BUDGET - SECONDS))
+    shift
+    if [ "$left" -lt "$limit" ]; then limit=$left; fi
+    if [ "$left" -le 5 ]; then
+        echo "skipped, over the ${BUDGET} s budget: $*" >&2
+        return 124
+    fi
+    timeout "$limit" "$@"
+}
 sweep() { # TIMEOUT LENGTHS PASS IMPLEMENTATIONS
-    timeout "$1" nystromformer-bench sweep --devices "$DEVICES" --lengths "$2" --pass "$3" \
+    within "$1" nystromformer-bench sweep --devices "$DEVICES" --lengths "$2" --pass "$3" \
         --implementations "$4" --max-intermediate-gib 16 --out "$R/$3" 2>&1 | grep -v '^\s*$' | tail -3
 }
 sweep 150 4096,16384,65536 forward nystrom,nystrom-tensor-ops,burn-attention
 sweep 100 4096,16384 both nystrom,nystrom-tensor-ops,burn-attention
-timeout 60 nystromformer-bench sweep --devices wgpu --lengths 131072,262144 --pass forward \
+within 60 nystromformer-bench sweep --devices wgpu --lengths 131072,262144 --pass forward \
     --implementations nystrom --max-intermediate-gib 64 --out "$R/memory" 2>&1 | tail -3
 for N in 4096 16384; do
     for DTYPE in f32 f16; do
-        command -v kernel_stages > /dev/null && DTYPE=$DTYPE BATCH=1 HEADS=8 HEAD_DIM=64 \
-            timeout 30 kernel_stages wgpu $N 20 > "$R/kernel-stages-$DTYPE-n$N.txt" 2>&1
+        command -v kernel_stages > /dev/null && within 30 env DTYPE=$DTYPE BATCH=1 HEADS=8 \
+            HEAD_DIM=64 kernel_stages wgpu $N 20 > "$R/kernel-stages-$DTYPE-n$N.txt" 2>&1
     done
 done
 # The backward kernels against the tensor-op backward, stage by stage, f32 and f16.
 for DTYPE in f32 f16; do
-    command -v kernel_stages > /dev/null && DTYPE=$DTYPE BACKWARD=1 BATCH=1 HEADS=8 HEAD_DIM=64 \
-        timeout 40 kernel_stages wgpu 16384 20 > "$R/kernel-stages-$DTYPE-n16384-backward.txt" 2>&1
+    command -v kernel_stages > /dev/null && within 40 env DTYPE=$DTYPE BACKWARD=1 BATCH=1 \
+        HEADS=8 HEAD_DIM=64 kernel_stages wgpu 16384 20 > "$R/kernel-stages-$DTYPE-n16384-backward.txt" 2>&1
 done
 for FLAG in "" --tensor-ops; do
-    timeout 60 nystromformer-bench train-steps --device wgpu --warmup 2 --steps 10 $FLAG \
+    within 60 nystromformer-bench train-steps --device wgpu --warmup 2 --steps 10 $FLAG \
         --out "$R/train-steps" 2>&1 | grep steps/s
 done
 if [ -d .whl ]; then
@@ -42,9 +56,9 @@ if [ -d .whl ]; then
     export PYTHONPATH=/tmp/site
 fi
 if python3 -c "import torch" 2> /dev/null; then
-    timeout 90 python3 nystromformer-bench/peers/torch_peers.py --device cuda \
+    within 90 python3 nystromformer-bench/peers/torch_peers.py --device cuda \
         --lengths 4096,16384,65536 --max-intermediate-gib 16 --out "$R/forward" 2>&1 | tail -5
-    timeout 60 python3 nystromformer-bench/peers/torch_train_steps.py --device cuda --warmup 2 \
+    within 60 python3 nystromformer-bench/peers/torch_train_steps.py --device cuda --warmup 2 \
         --steps 10 --out "$R/train-steps" 2>&1 | grep -i steps/s
 fi
 for D in forward both memory; do
