@@ -26,7 +26,7 @@ use burn::tensor::{DType, FloatDType, Shape};
 
 use super::extension::PinvOps;
 use super::flags::Flags;
-use super::reference::{dims, fill_keys, fill_rows, in_f32, landmark_matrix, norm_coefficient};
+use super::reference::{cast_to, dims, fill_keys, fill_rows, landmark_matrix, norm_coefficient};
 use crate::attention::pinv::MIN_COEFFICIENT;
 
 /// See [`LandmarkSoftmaxOps::landmark_attention_backward`][attention_backward]: the gradients
@@ -91,12 +91,9 @@ pub fn landmark_values_backward<B: Backend>(
 /// in f32, as the kernels compute it, and returned in the scores' type.
 fn softmax_from<B: Backend>(scores: FloatTensor<B>, log_sum_exp: FloatTensor<B>) -> FloatTensor<B> {
     let (shape, dtype) = (Shape::new(dims(&scores)), scores.dtype());
-    let scores = in_f32::<B>(scores);
+    let scores = cast_to::<B>(scores, DType::F32);
     let probabilities = B::float_exp(B::float_sub(scores, B::float_expand(log_sum_exp, shape)));
-    match dtype {
-        DType::F32 => probabilities,
-        dtype => B::float_cast(probabilities, FloatDType::from(dtype)),
-    }
+    cast_to::<B>(probabilities, dtype)
 }
 
 /// For `O = P V` with `P` a row softmax of scores `S`: the gradients of `S` and of `V`.

@@ -54,7 +54,7 @@ pub fn landmark_values_with_statistics<B: Backend>(
     let scores = value_scores::<B>(landmark_queries, keys, padding, masked_score);
     let log_sum_exp = log_sum_exp::<B>(scores.clone());
     let output = values_from_scores::<B>(scores, values, missing);
-    (output, in_f32::<B>(log_sum_exp))
+    (output, cast_to::<B>(log_sum_exp, DType::F32))
 }
 
 /// [`landmark_attention`] and each row's log-sum-exp over its landmarks (`[batch, heads, n, 1]`,
@@ -72,7 +72,7 @@ pub fn landmark_attention_with_statistics<B: Backend>(
     let scores = landmark_scores::<B>(queries, landmark_keys, &missing);
     let log_sum_exp = log_sum_exp::<B>(scores.clone());
     let output = attention_from_scores::<B>(scores, weights, &missing);
-    (output, in_f32::<B>(log_sum_exp))
+    (output, cast_to::<B>(log_sum_exp, DType::F32))
 }
 
 /// `Q̃ Kᵀ` with padded keys at `masked_score`, `[batch, heads, m, n]`.
@@ -122,11 +122,12 @@ fn landmark_softmax<B: Backend>(scores: FloatTensor<B>, missing: &Flags<B>) -> F
     fill_keys::<B>(B::softmax(scores, 3), missing, 0.0)
 }
 
-/// `x` in f32, the type the softmax statistics are kept in.
-pub(super) fn in_f32<B: Backend>(x: FloatTensor<B>) -> FloatTensor<B> {
-    match x.dtype() {
-        DType::F32 => x,
-        _ => B::float_cast(x, FloatDType::F32),
+/// `x` in `dtype`, and `x` itself when it is already of that type (autodiff would record even a
+/// cast to the same type as an operation).
+pub(super) fn cast_to<B: Backend>(x: FloatTensor<B>, dtype: DType) -> FloatTensor<B> {
+    match x.dtype() == dtype {
+        true => x,
+        false => B::float_cast(x, FloatDType::from(dtype)),
     }
 }
 

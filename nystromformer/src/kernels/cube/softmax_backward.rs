@@ -21,7 +21,7 @@
 use burn::backend::cubecl::dtype_to_storage_type;
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{Backend, TensorMetadata};
-use burn::tensor::{DType, FloatDType, Shape};
+use burn::tensor::{DType, Shape};
 use burn_cubecl::CubeBackend;
 use burn_cubecl::ops::numeric::empty_device_contiguous_dtype;
 use burn_cubecl::tensor::CubeTensor;
@@ -31,6 +31,7 @@ use super::online_softmax::{dot, load_row};
 use super::tiles::{row_offset, rows_in_place, rows_per_tile, stage_rows};
 use super::{flagged, flags_or};
 use crate::kernels::flags::Flags;
+use crate::kernels::reference::cast_to;
 
 /// Rows of the other side per cube: past it, a cube's partial sum is written and added later.
 const CHUNK: usize = 256;
@@ -186,11 +187,7 @@ fn sum_chunks<B: Backend>(partial: FloatTensor<B>, shape: Shape, dtype: DType) -
         1 => partial,
         _ => B::float_sum_dim(partial, 0),
     };
-    let summed = B::float_reshape(summed, shape);
-    match dtype {
-        DType::F32 => summed,
-        other => B::float_cast(summed, FloatDType::from(other)),
-    }
+    cast_to::<B>(B::float_reshape(summed, shape), dtype)
 }
 
 /// One cube per (matrix, tile of `units` query rows, chunk of `chunk_len` keys), one unit per
