@@ -254,8 +254,8 @@ fn attention_gradients_with_and_without_kernels_agree() {
 
 /// The kernels' range: head sizes 32 to 128 (`MAX_KERNEL_HEAD_DIM`) and 16 to 256 landmarks
 /// (`MAX_KERNEL_LANDMARKS`), each once, forward and gradients. Lavapipe autotunes every new
-/// matmul shape for a minute or more: it runs the largest head size there
-/// (`custom_kernels.rs` runs the pseudo-inverse kernel at m = 256 forward).
+/// matmul shape for a minute or more: it runs the largest head size there (the stages alone
+/// run at m = 256 below, and forward in `custom_kernels.rs`).
 #[test]
 fn attention_gradients_agree_over_the_kernels_head_sizes_and_landmarks() {
     for (name, device) in tracked_devices() {
@@ -594,8 +594,8 @@ fn fused_landmark_weights_gradients_match_the_tensor_ops() {
 
     let flex = Device::flex();
     let [batch, heads, d, d_v] = [3, 2, 16, 8];
-    // (m, iterations): each size once, as lavapipe emulates the GPU slowly (there m = 256 ran
-    // for over a quarter of an hour without finishing).
+    // (m, iterations): each size once, as lavapipe emulates the GPU slowly (m = 256 is
+    // `the_weights_backward_kernel_takes_its_largest_landmark_count`, ignored by default).
     for (m, iterations) in [(1, 0), (7, 6), (64, 1)] {
         let inputs = [
             randn([batch, heads, m, d], 0.7, 30, &flex),
@@ -730,5 +730,83 @@ fn f16_training_runs_the_kernels_as_accurately_as_the_tensor_ops() {
                 "{name}: {name_of} took the tensor ops"
             );
         }
+    }
+}
+
+/// The backward kernels of `B · V` and `F · W` at the most landmarks they take
+/// (`MAX_KERNEL_LANDMARKS`), over two chunks of rows, against the tensor ops on flex (lavapipe
+/// autotunes every new matmul shape of the tensor ops for minutes).
+#[test]
+fn the_softmax_backward_kernels_take_their_largest_landmark_count() {
+    use nystromformer::kernels::MAX_KERNEL_LANDMARKS;
+
+    let flex = Device::flex().autodiff();
+    let [m, n, d] = [MAX_KERNEL_LANDMARKS, 300, 32];
+    let landmarks = randn([1, 1, m, d], 0.5, 70, &flex);
+    let rows = randn([1, 1, n, d], 1.0, 71, &flex);
+    for (name, device) in tracked_devices().into_iter().filter(|(n, _)| *n != "flex") {
+        let inputs = [
+            landmarks.clone(),
+            rows.clone(),
+            randn([1, 1, n, d], 1.0, 72, &flex),
+        ];
+        let probe = randn([1, 1, m, d], 1.0, 73, &flex);
+        let fused = output_and_gradients(&inputs, &probe, &device, |[q, k, v]| {
+            fused_landmark_values(q, k, v, None, None, MASKED_SCORE as f32).expect("applies")
+        });
+        let reference = output_and_gradients(&inputs, &probe, &flex, |[q, k, v]| {
+            kernel_b(q.clone(), k.clone(), None, None, MASKED_SCORE).matmul(v.clone())
+        });
+        let what = format!("{name}, B · V, m = {m}");
+        assert_agree(&what, ["Q̃", "K", "V"], &fused, &reference, 1e-4);
+
+        let inputs = [
+            rows.clone(),
+            landmarks.clone(),
+            randn([1, 1, m, d], 1.0, 74, &flex),
+        ];
+        let probe = randn([1, 1, n, d], 1.0, 75, &flex);
+        let fused = output_and_gradients(&inputs, &probe, &device, |[q, k, w]| {
+            fused_landmark_attention(q, k, w, None).expect("applies")
+        });
+        let reference = output_and_gradients(&inputs, &probe, &flex, |[q, k, w]| {
+            kernel_f(q.clone(), k.clone(), None, MASKED_SCORE).matmul(w.clone())
+        });
+        let what = format!("{name}, F · W, m = {m}");
+        assert_agree(&what, ["Q", "K̃", "W"], &fused, &reference, 1e-4);
+    }
+}
+
+/// The backward kernel of `W = A⁺ (B V)` at the most landmarks it takes, through six
+/// iterations, against the tensor ops on flex. Ignored by default: one cube replays and walks
+/// back the iteration, about 80 products of `256 × 256` matrices, and lavapipe runs a cube on one
+/// CPU thread with slow barriers: it took 16 minutes there (passed 2026-11-30). Run it with
+/// `cargo test --release --workspace --test fused_gradients -- --ignored`.
+#[test]
+#[ignore = "16 minutes on lavapipe; run with --ignored"]
+fn the_weights_backward_kernel_takes_its_largest_landmark_count() {
+    use nystromformer::PinvInit;
+    use nystromformer::attention::iterative_pinv;
+    use nystromformer::attention::softmax_kernels::kernel_a;
+    use nystromformer::kernels::{MAX_KERNEL_LANDMARKS, fused_landmark_weights};
+
+    let flex = Device::flex().autodiff();
+    let [m, d] = [MAX_KERNEL_LANDMARKS, 32];
+    let inputs = [
+        randn([1, 1, m, d], 0.5, 76, &flex),
+        randn([1, 1, m, d], 0.5, 77, &flex),
+        randn([1, 1, m, d], 1.0, 78, &flex),
+    ];
+    let probe = randn([1, 1, m, d], 1.0, 79, &flex);
+    let reference = output_and_gradients(&inputs, &probe, &flex, |[q, k, v]| {
+        let a = kernel_a(q.clone(), k.clone(), None, None, MASKED_SCORE);
+        iterative_pinv(a, 6, PinvInit::Exact).matmul(v.clone())
+    });
+    for (name, device) in tracked_devices().into_iter().filter(|(n, _)| *n != "flex") {
+        let fused = output_and_gradients(&inputs, &probe, &device, |[q, k, v]| {
+            fused_landmark_weights(q, k, v, None, None, 6, PinvInit::Exact).expect("applies")
+        });
+        let what = format!("{name}, W, m = {m}");
+        assert_agree(&what, ["Q̃", "K̃", "B V"], &fused, &reference, 1e-3);
     }
 }
