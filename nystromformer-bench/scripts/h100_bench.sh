@@ -9,7 +9,8 @@
 #   3. each kernel against the tensor ops it replaces, at 4 096 and 16 384, f32 and f16
 #      (`kernel_stages`), and forward + backward at 16 384, f32 and f16;
 #   4. LRA ListOps training steps per second, kernels and tensor ops;
-#   5. the PyTorch peers (attention sweep and training steps).
+#   5. the PyTorch peers (attention sweep and training steps);
+#   6. each stage's forward + backward at m = 256, the most landmarks the kernels take.
 set -u
 . nystromformer-bench/scripts/h100_env.sh
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader > "$R/gpu.txt"
@@ -61,6 +62,10 @@ if python3 -c "import torch" 2> /dev/null; then
     within 60 python3 nystromformer-bench/peers/torch_train_steps.py --device cuda --warmup 2 \
         --steps 10 --out "$R/train-steps" 2>&1 | grep -i steps/s
 fi
+# At the most landmarks the kernels take: one cube walks each 256 × 256 pseudo-inverse back
+# (72 products of 256 × 256 per matrix), which may lose to the tensor ops' batched products.
+command -v kernel_stages > /dev/null && within 40 env BACKWARD=1 BATCH=1 HEADS=8 HEAD_DIM=64 \
+    LANDMARKS=256 kernel_stages wgpu 4096 10 > "$R/kernel-stages-f32-n4096-m256-backward.txt" 2>&1
 for D in forward both memory; do
     nystromformer-bench report --dir "$R/$D" > /dev/null && mv "$R/$D/results.md" "$R/results-$D.md"
 done
