@@ -10,7 +10,8 @@ use burn::tensor::{Bool, Device, Distribution, Tensor, TensorData};
 use nystromformer_train::config::{ExperimentConfig, Preset, Task};
 use nystromformer_train::data::batcher::{ClassificationBatch, PAD};
 use nystromformer_train::model::Classifier;
-use nystromformer_train::training::adamw;
+use nystromformer_train::training::optimizer::optimizer;
+use nystromformer_train::training::schedule::OneCycleLr;
 use serde::Serialize;
 
 /// One measurement, written as `train-steps-burn-DEVICE.json`.
@@ -54,7 +55,12 @@ pub fn measure(
         config.pooling(),
         &device,
     );
-    let mut optimizer = adamw(&config).init();
+    let schedule = OneCycleLr::new(
+        config.learning_rate,
+        config.warmup_steps,
+        config.total_steps,
+    );
+    let mut optimizer = optimizer(&config, &schedule);
     let vocab = config.model_config().vocab_size;
     let inputs = ClassificationBatch {
         // Ids past PAD, so that no position is padding.

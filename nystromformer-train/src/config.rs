@@ -141,6 +141,12 @@ pub struct ExperimentConfig {
     /// trained on.
     #[serde(default = "ListopsTokens::bracketed")]
     pub listops_tokens: ListopsTokens,
+    /// AdamW's β₁ follows the one-cycle schedule as PyTorch's `OneCycleLR` sets it by default
+    /// (`cycle_momentum`, which LRA's `run_tasks.py` keeps): 0.95 down to 0.85 over the warm-up,
+    /// back to 0.95 at the last step. `false`: β₁ = 0.9 throughout.
+    /// Configurations written before this field existed read as `false`, what they trained.
+    #[serde(default)]
+    pub cycle_momentum: bool,
 }
 
 /// The layout of the encoder and its head (`architecture`).
@@ -267,6 +273,7 @@ impl ExperimentConfig {
                 pad_to_multiple: None,
                 architecture: Architecture::Hf,
                 listops_tokens: ListopsTokens::Bracketed,
+                cycle_momentum: false,
             },
             Preset::Lra => Self {
                 task: Task::Listops,
@@ -301,6 +308,7 @@ impl ExperimentConfig {
                 pad_to_multiple: None,
                 architecture: Architecture::Lra,
                 listops_tokens: ListopsTokens::Lra,
+                cycle_momentum: true,
             },
         }
     }

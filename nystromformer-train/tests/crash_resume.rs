@@ -36,6 +36,9 @@ fn run_of(steps: usize, eval_frequency: usize, dir: &Path, extra: &[&str]) -> Co
         .args(tiny_run(steps, eval_frequency))
         .args(small_listops())
         .args(["--set", "num_workers=2"])
+        // The `lra` presets' optimizer (β₁ read from the schedule at each step, so it must
+        // resume from the step count in the optimizer's records).
+        .args(["--set", "cycle_momentum=true"])
         .args(extra)
         .stdin(Stdio::null());
     command

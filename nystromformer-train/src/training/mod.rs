@@ -22,14 +22,13 @@
 pub mod checkpoint;
 pub mod evaluated;
 pub mod fault;
+pub mod optimizer;
 pub mod schedule;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use burn::grad_clipping::GradientClippingConfig;
-use burn::optim::AdamWConfig;
 use burn::tensor::Device;
 use burn::train::metric::{AccuracyMetric, IterationSpeedMetric, LearningRateMetric, LossMetric};
 use burn::train::{Learner, SupervisedTraining, TrainingStrategy};
@@ -48,23 +47,6 @@ use crate::task::{DocumentMatching, MODEL_FILE, MaskedLm, SequenceClassification
 
 /// The summary file of a finished run.
 pub const SUMMARY_FILE: &str = "summary.json";
-
-/// AdamW's β₁, β₂ and ε as in LRA's `run_tasks.py`.
-pub const ADAM_BETAS: (f32, f32) = (0.9, 0.999);
-/// AdamW's ε as in LRA's `run_tasks.py`.
-pub const ADAM_EPSILON: f32 = 1e-6;
-
-/// The optimizer of a run: AdamW with LRA's betas and ε, the configuration's weight decay and
-/// gradient clipping.
-pub fn adamw(config: &ExperimentConfig) -> AdamWConfig {
-    let (beta_1, beta_2) = ADAM_BETAS;
-    AdamWConfig::new()
-        .with_beta_1(beta_1)
-        .with_beta_2(beta_2)
-        .with_epsilon(ADAM_EPSILON)
-        .with_weight_decay(config.weight_decay)
-        .with_grad_clipping(config.grad_clip_norm.map(GradientClippingConfig::Norm))
-}
 
 /// What a finished run reports (also `summary.json`).
 #[derive(Debug, Clone, Serialize)]
@@ -300,12 +282,12 @@ fn train_task<T: TaskSpec + 'static>(
     let training_device = devices[0].clone();
     training_device.seed(config.seed);
     let model = T::model(config, &training_device);
-    let optimizer = adamw(config).init();
     let scheduler = OneCycleLr::new(
         config.learning_rate,
         config.warmup_steps,
         config.total_steps,
     );
+    let optimizer = optimizer::optimizer(config, &scheduler);
 
     let (resume_epoch, state) = match start {
         Some((epoch, state)) => (Some(epoch), state),
