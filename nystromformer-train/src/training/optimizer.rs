@@ -6,6 +6,7 @@
 //! β₁ for the whole run, so [`CycledAdamW`] is AdamW with β₁ read from the schedule at each
 //! step. It keeps burn's `AdamWState`, so its checkpoints have the same records as `AdamW`'s.
 
+use burn::grad_clipping::GradientClippingConfig;
 use burn::optim::{
     AdamWConfig, AdamWState, AdaptiveMomentumState, LearningRate, ModuleOptimizer, Optimizer,
 };
@@ -13,7 +14,6 @@ use burn::tensor::{Device, Tensor};
 
 use super::schedule::OneCycleLr;
 use crate::config::ExperimentConfig;
-use burn::grad_clipping::GradientClippingConfig;
 
 /// AdamW's β₁ and β₂ as in LRA's `run_tasks.py` (β₁ when it is not cycled).
 pub const ADAM_BETAS: (f32, f32) = (0.9, 0.999);
