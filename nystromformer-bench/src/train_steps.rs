@@ -11,7 +11,6 @@ use nystromformer_train::config::{ExperimentConfig, Preset, Task};
 use nystromformer_train::data::batcher::{ClassificationBatch, PAD};
 use nystromformer_train::model::Classifier;
 use nystromformer_train::training::optimizer::optimizer;
-use nystromformer_train::training::schedule::OneCycleLr;
 use serde::Serialize;
 
 /// One measurement, written as `train-steps-burn-DEVICE.json`.
@@ -55,12 +54,7 @@ pub fn measure(
         config.pooling(),
         &device,
     );
-    let schedule = OneCycleLr::new(
-        config.learning_rate,
-        config.warmup_steps,
-        config.total_steps,
-    );
-    let mut optimizer = optimizer(&config, &schedule);
+    let mut optimizer = optimizer(&config);
     let vocab = config.model_config().vocab_size;
     let inputs = ClassificationBatch {
         // Ids past PAD, so that no position is padding.

@@ -282,12 +282,8 @@ fn train_task<T: TaskSpec + 'static>(
     let training_device = devices[0].clone();
     training_device.seed(config.seed);
     let model = T::model(config, &training_device);
-    let scheduler = OneCycleLr::new(
-        config.learning_rate,
-        config.warmup_steps,
-        config.total_steps,
-    );
-    let optimizer = optimizer::optimizer(config, &scheduler);
+    let scheduler = OneCycleLr::of_run(config);
+    let optimizer = optimizer::optimizer(config);
 
     let (resume_epoch, state) = match start {
         Some((epoch, state)) => (Some(epoch), state),

@@ -21,13 +21,13 @@ pub const ADAM_BETAS: (f32, f32) = (0.9, 0.999);
 pub const ADAM_EPSILON: f32 = 1e-6;
 
 /// The optimizer of a run: AdamW with LRA's β₂ and ε, the configuration's weight decay and
-/// gradient clipping, and β₁ cycled with `schedule` when the configuration's
+/// gradient clipping, and β₁ cycled with the run's schedule when the configuration's
 /// `cycle_momentum` is set (else 0.9).
-pub fn optimizer(config: &ExperimentConfig, schedule: &OneCycleLr) -> ModuleOptimizer {
+pub fn optimizer(config: &ExperimentConfig) -> ModuleOptimizer {
     let (beta_1, beta_2) = ADAM_BETAS;
     let optimizer = match config.cycle_momentum {
         true => ModuleOptimizer::from(CycledAdamW {
-            schedule: schedule.clone(),
+            schedule: OneCycleLr::of_run(config),
             beta_2,
             epsilon: ADAM_EPSILON,
             weight_decay: config.weight_decay,

@@ -10,6 +10,8 @@
 use burn::lr_scheduler::{LrScheduler, LrSchedulerRecord};
 use burn::optim::LearningRate;
 
+use crate::config::ExperimentConfig;
+
 /// `max_lr / DIV_FACTOR` is the first learning rate.
 pub const DIV_FACTOR: f64 = 25.0;
 /// The last learning rate is the first divided by this.
@@ -38,6 +40,15 @@ impl OneCycleLr {
             total_steps,
             step: 0,
         }
+    }
+
+    /// The schedule of a run: its peak rate, warm-up and total steps.
+    pub fn of_run(config: &ExperimentConfig) -> Self {
+        Self::new(
+            config.learning_rate,
+            config.warmup_steps,
+            config.total_steps,
+        )
     }
 
     /// The learning rate of optimizer step `step` (0-based), as PyTorch computes it.
