@@ -89,7 +89,7 @@ fn main() {
             "landmarks",
             Box::new(|| {
                 let [queries, scaled_queries, scaled_keys] =
-                    fused_landmark_means(&q, &k, m, scale)?;
+                    fused_landmark_means(&q, &k, [&segments, &segments], scale)?;
                 Some(Tensor::cat(vec![queries, scaled_queries, scaled_keys], 2))
             }),
             Box::new(|| {

@@ -287,16 +287,24 @@ fn fused_landmark_means_match_the_segment_means() {
     // The kernel runs on CubeCL devices, under autodiff too (`fused_gradients.rs` checks its
     // gradients); flex has its own fused means.
     let rows = |n, device: &Device| randn([1, 1, n, 2], 1.0, 3, device);
+    let equal = |device: &Device| Segments::new(8, 4, None, FloatDType::F32, device);
     for device in [Device::flex(), Device::flex().autodiff()] {
-        let fused = fused_landmark_means(&rows(8, &device), &rows(8, &device), 4, 0.5);
+        let segments = equal(&device);
+        let fused = fused_landmark_means(
+            &rows(8, &device),
+            &rows(8, &device),
+            [&segments, &segments],
+            0.5,
+        );
         assert!(fused.is_none(), "{device:?}");
     }
     let Some(device) = kernel_device() else {
         return;
     };
     let tracked = rows(8, &device.clone().autodiff());
+    let segments = equal(&tracked.device());
     assert_eq!(
-        fused_landmark_means(&tracked, &tracked, 4, 0.5).is_some(),
+        fused_landmark_means(&tracked, &tracked, [&segments, &segments], 0.5).is_some(),
         cfg!(feature = "autodiff")
     );
 
@@ -310,8 +318,10 @@ fn fused_landmark_means_match_the_segment_means() {
     let k = randn([batch, heads, n_k, d], 1.0, 51, &device);
     let means =
         |x: &Tensor<4>, n| Segments::new(n, m, None, FloatDType::F32, &flex).mean(on(x, &flex));
+    let segments = [n_q, n_k].map(|n| Segments::new(n, m, None, FloatDType::F32, &device));
     let [landmark_queries, scaled_queries, scaled_keys] =
-        fused_landmark_means(&q, &k, m, scale).expect("the kernel applies");
+        fused_landmark_means(&q, &k, [&segments[0], &segments[1]], scale)
+            .expect("the kernel applies");
     let expected = [
         means(&q, n_q),
         means(&q, n_q).mul_scalar(scale),
@@ -330,7 +340,9 @@ fn fused_landmark_means_match_the_segment_means() {
     // f16 in and out, summed in f32.
     if device.supports_dtype(FloatDType::F16) {
         let half = |x: &Tensor<4>| x.clone().cast(FloatDType::F16);
-        let [landmark_queries, ..] = fused_landmark_means(&half(&q), &half(&k), m, scale).unwrap();
+        let [landmark_queries, ..] =
+            fused_landmark_means(&half(&q), &half(&k), [&segments[0], &segments[1]], scale)
+                .unwrap();
         assert_eq!(landmark_queries.dtype(), DType::F16);
         let diff = relative_diff(
             &on(&landmark_queries.cast(FloatDType::F32), &flex),

@@ -454,10 +454,10 @@ fn fused_segment_means_match_the_tensor_ops_with_gradients() {
     for (n, m) in [(64, 64), (96, 8), (300, 3)] {
         let inputs = [randn([2, 3, n, 5], 1.0, n as u64, &flex)];
         let probe = randn([2, 3, m, 5], 1.0, m as u64, &flex);
-        let fused = output_and_gradients(&inputs, &probe, &device, |[x]| {
-            fused_segment_mean(x, m).expect("flex runs the fused means")
-        });
         let segments = Segments::new(n, m, None, burn::tensor::FloatDType::F32, &device);
+        let fused = output_and_gradients(&inputs, &probe, &device, |[x]| {
+            fused_segment_mean(x, &segments).expect("flex runs the fused means")
+        });
         let reference =
             output_and_gradients(&inputs, &probe, &device, |[x]| segments.mean(x.clone()));
         assert_agree(
@@ -514,8 +514,11 @@ fn fused_landmark_means_match_the_tensor_ops_with_gradients() {
     // The three outputs side by side along the landmarks.
     let probe = randn([batch, heads, 3 * m, d], 1.0, 62, &flex);
     for (name, device) in tracked_devices().into_iter().filter(|(n, _)| *n != "flex") {
+        let segments =
+            [n_q, n_k].map(|n| Segments::new(n, m, None, burn::tensor::FloatDType::F32, &device));
+        let segments = [&segments[0], &segments[1]];
         let fused = output_and_gradients(&inputs, &probe, &device, |[q, k]| {
-            let means = fused_landmark_means(q, k, m, scale).expect("the kernel applies");
+            let means = fused_landmark_means(q, k, segments, scale).expect("the kernel applies");
             Tensor::cat(means.to_vec(), 2)
         });
         let reference = output_and_gradients(&inputs, &probe, &device, |[q, k]| {
@@ -537,7 +540,7 @@ fn fused_landmark_means_match_the_tensor_ops_with_gradients() {
         // Only the queries tracked: the keys' mean is a constant of the graph.
         let keys = on(&inputs[1], &device);
         let [q] = tracked(&[inputs[0].clone()], &device);
-        let means = fused_landmark_means(&q, &keys, m, scale).expect("the kernel applies");
+        let means = fused_landmark_means(&q, &keys, segments, scale).expect("the kernel applies");
         let out = Tensor::cat(means.to_vec(), 2);
         let grads = (out * on(&probe, &device)).sum().backward();
         let grad = on(&q.grad(&grads).expect("q is tracked"), &flex);
@@ -545,6 +548,99 @@ fn fused_landmark_means_match_the_tensor_ops_with_gradients() {
         assert!(
             diff < 1e-5,
             "{name}, keys untracked: gradient of q differs by {diff}"
+        );
+    }
+}
+
+/// The landmarks of ranked segments (a padding mask, or `m` not dividing the length) as one
+/// pass on flex and one kernel on CubeCL devices, forward and backward, against the tensor-op
+/// means (`Segments::mean`, a weight matrix): holes, left and right padding, a sequence shorter
+/// than `m` (empty segments, zero means), a fully padded one, unmasked lengths that `m` does not
+/// divide (one row of ranks for the batch), and on CubeCL devices queries and keys cut
+/// differently, the queries a strided head split.
+#[test]
+fn ranked_segment_means_match_the_tensor_ops_with_gradients() {
+    use burn::tensor::FloatDType;
+    use nystromformer::attention::landmarks::Segments;
+    use nystromformer::kernels::{fused_landmark_means, fused_segment_mean};
+
+    let flex = Device::flex();
+    let [batch, heads, d, m] = [5, 2, 8, 6];
+    let n = 23;
+    // Valid lengths 23, 17 (a hole), 4 (< m), 0 and 12 (left padded).
+    let padded = |b: usize, j: usize| match b {
+        0 => false,
+        1 => (5..11).contains(&j),
+        2 => j >= 4,
+        3 => true,
+        _ => j < 11,
+    };
+    let padding = (0..batch * n)
+        .map(|i| padded(i / n, i % n))
+        .collect::<Vec<_>>();
+    let inputs = [
+        randn([batch, heads, n, d], 1.0, 70, &flex),
+        randn([batch, heads, 31, d], 1.0, 71, &flex),
+    ];
+    let probe = randn([batch, heads, m, d], 1.0, 72, &flex);
+    for (name, device) in tracked_devices() {
+        let mask_pad = mask(padding.clone(), [batch, n], &device);
+        let cases = [
+            (
+                "masked",
+                Segments::new(n, m, Some(&mask_pad), FloatDType::F32, &device),
+            ),
+            (
+                "m does not divide n",
+                Segments::new(n, m, None, FloatDType::F32, &device),
+            ),
+        ];
+        for (case, segments) in &cases {
+            assert!(segments.ranks().is_some(), "{case}: ranked segments");
+            let fused = output_and_gradients(&[inputs[0].clone()], &probe, &device, |[x]| {
+                fused_segment_mean(x, segments).expect("the fused means apply")
+            });
+            let reference = output_and_gradients(&[inputs[0].clone()], &probe, &device, |[x]| {
+                segments.mean(x.clone())
+            });
+            assert_agree(&format!("{name}, {case}"), ["x"], &fused, &reference, 1e-5);
+        }
+        if name == "flex" {
+            continue;
+        }
+        // The queries (a strided head split) masked, the keys (31 of them) unmasked.
+        let [q_rows, k] = [inputs[0].clone(), inputs[1].clone()];
+        // `[batch, n, heads, d]`, whose head view below is strided.
+        let split = |x: &Tensor<4>| x.clone().swap_dims(1, 2);
+        let key_segments = Segments::new(31, m, None, FloatDType::F32, &device);
+        let segments = [&cases[0].1, &key_segments];
+        let scale = 0.5;
+        let probe = randn([batch, heads, 3 * m, d], 1.0, 73, &flex);
+        let run = |fused: bool| {
+            output_and_gradients(&[split(&q_rows), k.clone()], &probe, &device, |[q, k]| {
+                let q = q.clone().swap_dims(1, 2);
+                let means = match fused {
+                    true => fused_landmark_means(&q, k, segments, scale)
+                        .expect("the kernel applies")
+                        .to_vec(),
+                    false => {
+                        let queries = segments[0].mean(q.clone());
+                        vec![
+                            queries.clone(),
+                            queries.mul_scalar(scale),
+                            segments[1].mean(k.clone()).mul_scalar(scale),
+                        ]
+                    }
+                };
+                Tensor::cat(means, 2)
+            })
+        };
+        assert_agree(
+            &format!("{name}, landmarks"),
+            ["q", "k"],
+            &run(true),
+            &run(false),
+            1e-5,
         );
     }
 }

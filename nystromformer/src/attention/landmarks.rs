@@ -12,7 +12,9 @@
 //! its own landmark (`⌊r·m/L⌋` is distinct for distinct `r`), which the attention uses to return
 //! exact softmax attention for such a sequence, as it does when `n ≤ m`.
 
-use burn::tensor::{Bool, Device, FloatDType, Int, Tensor};
+use std::cell::OnceCell;
+
+use burn::tensor::{Bool, Device, FloatDType, IndexingUpdateOp, Int, Tensor};
 
 use crate::kernels;
 
@@ -32,12 +34,30 @@ pub struct Landmarks {
 /// `[batch, heads, n, d]` tensor over them.
 #[derive(Debug, Clone)]
 pub struct Segments {
+    n: usize,
     m: usize,
-    /// Averaging weights `[batch or 1, 1, m, n]`, `1/count` where a token lies in a segment;
-    /// `None` when `m` divides `n` and there is no mask: a reshape and a mean, no weight matrix.
-    weights: Option<Tensor<4>>,
+    dtype: FloatDType,
+    /// `None` when `m` divides `n` and there is no mask: `m` equal runs of `n / m` tokens.
+    ranks: Option<SegmentRanks>,
+    /// The tensor-op mean's averaging weights `[batch or 1, 1, m, n]`, `1/count` where a token
+    /// lies in a segment: built on the first [`mean`](Self::mean) of ranked segments (the
+    /// custom kernels read the ranks instead).
+    weights: OnceCell<Tensor<4>>,
     missing: Option<Tensor<2, Bool>>,
     short: Option<Tensor<1, Bool>>,
+}
+
+/// Segments cut over each sequence's valid tokens in order: the valid token of rank `r` among
+/// `L` lies in segment `⌊r·m/L⌋`. A batch dimension of 1 (no mask) serves every sequence.
+#[derive(Debug, Clone)]
+pub struct SegmentRanks {
+    /// `[batch or 1, n]`: the position of the valid token of each rank; entries from the
+    /// sequence's length on are 0 and mean nothing.
+    pub order: Tensor<2, Int>,
+    /// `[batch or 1, n]`: each position's rank among the valid tokens, `n` for padding.
+    pub rank: Tensor<2, Int>,
+    /// `[batch or 1]`: the number of valid tokens `L`.
+    pub lengths: Tensor<1, Int>,
 }
 
 impl Segments {
@@ -60,57 +80,69 @@ impl Segments {
         device: &Device,
     ) -> Self {
         assert!(m > 0, "Segments needs at least one landmark (m = 0)");
+        let segments = |ranks, missing, short| Self {
+            n,
+            m,
+            dtype,
+            ranks,
+            weights: OnceCell::new(),
+            missing,
+            short,
+        };
         let Some(mask_pad) = mask_pad else {
             if n.is_multiple_of(m) {
-                return Self {
-                    m,
-                    weights: None,
-                    missing: None,
-                    short: None,
-                };
+                return segments(None, None, None);
             }
             let position = Tensor::<1, Int>::arange(0..n as i64, device).reshape([1, n]);
-            let length = Tensor::<2, Int>::full([1, 1], n as i64, device);
-            let membership = one_hot_segments(segment_index(position, length, m), m).float();
-            let counts = membership.clone().sum_dim(2); // [1, m, 1]
-            let weights = (membership / counts).cast(dtype).reshape([1, 1, m, n]);
-            return Self {
-                m,
-                weights: Some(weights),
-                missing: None,
-                short: None,
+            let ranks = SegmentRanks {
+                order: position.clone(),
+                rank: position,
+                lengths: Tensor::<1, Int>::full([1], n as i64, device),
             };
+            return segments(Some(ranks), None, None);
         };
         let [batch, _] = mask_pad.dims();
-        let valid = mask_pad.clone().bool_not(); // [batch, n]
-        let ones = valid.clone().int();
+        let ones = mask_pad.clone().bool_not().int(); // [batch, n]
         let length = ones.clone().sum_dim(1); // [batch, 1]
-        let rank = ones.clone().cumsum(1) - ones; // valid tokens before each token
-        let membership = one_hot_segments(segment_index(rank, length.clone(), m), m)
-            .bool_and(valid.reshape([batch, 1, n]).expand([batch, m, n]))
-            .float(); // [batch, m, n]
-        let counts = membership.clone().sum_dim(2); // [batch, m, 1]
-        let missing = counts.clone().equal_elem(0.0).reshape([batch, m]);
-        let weights = (membership / counts.clamp_min(1.0))
-            .cast(dtype)
-            .reshape([batch, 1, m, n]);
-        Self {
-            m,
-            weights: Some(weights),
-            missing: Some(missing),
-            short: Some(length.lower_equal_elem(m as i64).reshape([batch])),
-        }
+        let rank = ones.clone().cumsum(1) - ones.clone(); // valid tokens before each token
+        // Each valid token's position goes to its rank's slot; a padded token adds 0 to the slot
+        // of the next valid token (its rank is below n, since L < n when anything is padded).
+        let position = Tensor::<1, Int>::arange(0..n as i64, device)
+            .reshape([1, n])
+            .expand([batch, n]);
+        let order = Tensor::<2, Int>::zeros([batch, n], device).scatter(
+            1,
+            rank.clone(),
+            position * ones,
+            IndexingUpdateOp::Add,
+        );
+        let starts = segment_starts(length.clone(), m); // [batch, m + 1]
+        let missing = starts
+            .clone()
+            .slice([0..batch, 1..m + 1])
+            .equal(starts.slice([0..batch, 0..m]));
+        let ranks = SegmentRanks {
+            order,
+            rank: rank.mask_fill(mask_pad.clone(), n as i64),
+            lengths: length.clone().reshape([batch]),
+        };
+        let short = length.lower_equal_elem(m as i64).reshape([batch]);
+        segments(Some(ranks), Some(missing), Some(short))
     }
 
-    /// Segment means of `x` over valid tokens (zero for a missing segment).
+    /// Segment means of `x` over valid tokens (zero for a missing segment), as tensor ops.
     ///
     /// # Shapes
     ///
     /// - x: `[batch, heads, n, d]`
     /// - output: `[batch, heads, m, d]`
     pub fn mean(&self, x: Tensor<4>) -> Tensor<4> {
-        match &self.weights {
-            Some(weights) => weights.clone().matmul(x),
+        match &self.ranks {
+            Some(ranks) => self
+                .weights
+                .get_or_init(|| averaging_weights(ranks, self.m, self.dtype))
+                .clone()
+                .matmul(x),
             None => {
                 let [batch, heads, n, d] = x.dims();
                 let m = self.m;
@@ -121,19 +153,29 @@ impl Segments {
         }
     }
 
-    /// [`mean`](Self::mean), as one parallel pass on flex when `custom_kernels` is set and the
-    /// segments are equal (no mask, `m` divides `n`): see [`kernels::fused_segment_mean`].
+    /// [`mean`](Self::mean), as one parallel pass where `custom_kernels` is set and
+    /// [`kernels::fused_segment_mean`] applies.
     pub fn mean_with_kernels(&self, x: Tensor<4>, custom_kernels: bool) -> Tensor<4> {
-        let fused = (custom_kernels && self.weights.is_none())
-            .then(|| kernels::fused_segment_mean(&x, self.m))
+        let fused = custom_kernels
+            .then(|| kernels::fused_segment_mean(&x, self))
             .flatten();
         fused.unwrap_or_else(|| self.mean(x))
     }
 
-    /// Whether every segment is a run of `n / m` tokens (no mask, `m` divides `n`), as
-    /// [`kernels::fused_landmark_means`] takes them.
-    pub fn equal_runs(&self) -> bool {
-        self.weights.is_none()
+    /// The number of tokens `n` the segments cut.
+    pub fn num_tokens(&self) -> usize {
+        self.n
+    }
+
+    /// The number of segments `m`.
+    pub fn num_segments(&self) -> usize {
+        self.m
+    }
+
+    /// The ranks the segments are cut over; `None` when every segment is a run of `n / m`
+    /// tokens (no mask, `m` divides `n`).
+    pub fn ranks(&self) -> Option<&SegmentRanks> {
+        self.ranks.as_ref()
     }
 
     /// `[batch, m]`, `true` where a segment holds no valid token; `None` when none can be empty.
@@ -146,6 +188,33 @@ impl Segments {
     pub fn short(&self) -> Option<&Tensor<1, Bool>> {
         self.short.as_ref()
     }
+}
+
+/// `[batch or 1, 1, m, n]`: `1/count` where position `j` lies in segment `i`, else 0.
+fn averaging_weights(ranks: &SegmentRanks, m: usize, dtype: FloatDType) -> Tensor<4> {
+    let [batch, n] = ranks.rank.dims();
+    let length = ranks.lengths.clone().reshape([batch, 1]);
+    let valid = ranks.rank.clone().lower(length.clone().expand([batch, n]));
+    let membership = one_hot_segments(segment_index(ranks.rank.clone(), length, m), m)
+        .bool_and(valid.reshape([batch, 1, n]).expand([batch, m, n]))
+        .float(); // [batch, m, n]
+    let counts = membership.clone().sum_dim(2); // [batch, m, 1]
+    (membership / counts.clamp_min(1.0))
+        .cast(dtype)
+        .reshape([batch, 1, m, n])
+}
+
+/// `[batch, m + 1]`: the first rank of each segment, `start(s) = ⌈s·L/m⌉ = s·⌊L/m⌋ +
+/// ⌈s·(L mod m)/m⌉` (products below `L` and `m²`), and `L` itself last.
+fn segment_starts(length: Tensor<2, Int>, m: usize) -> Tensor<2, Int> {
+    let [batch, _] = length.dims();
+    let s = Tensor::<1, Int>::arange(0..m as i64 + 1, &length.device())
+        .reshape([1, m + 1])
+        .expand([batch, m + 1]);
+    let length = length.expand([batch, m + 1]);
+    let blocks = length.clone().div_scalar(m as i64);
+    let rest = length - blocks.clone().mul_scalar(m as i64);
+    s.clone() * blocks + (s * rest).add_scalar(m as i64 - 1).div_scalar(m as i64)
 }
 
 /// The segment of each token: `⌊rank·m/length⌋` for `rank < length`, without forming
@@ -276,7 +345,8 @@ mod tests {
         );
         let m = 4;
         let segments = Segments::new(10, m, Some(&mask), FloatDType::F32, &device);
-        let weights = segments.weights.as_ref().expect("a mask needs weights");
+        let ranks = segments.ranks().expect("a mask cuts ranked segments");
+        let weights = averaging_weights(ranks, m, FloatDType::F32);
         let weights: Vec<f32> = weights
             .clone()
             .into_data()
@@ -307,5 +377,62 @@ mod tests {
             .try_to_vec::<bool>()
             .unwrap();
         assert_eq!(short, vec![false, false, false]);
+    }
+
+    #[test]
+    fn ranks_list_each_sequences_valid_tokens_in_order() {
+        let device = Device::flex();
+        let (t, f) = (true, false);
+        // Valid lengths 5 (a hole, right padding) and 2 (left padding), n = 10, m = 4.
+        let mask = Tensor::<2, Bool>::from_bool(
+            burn::tensor::TensorData::new(
+                vec![
+                    f, f, t, f, f, f, t, t, t, t, //
+                    t, t, t, t, t, t, t, t, f, f,
+                ],
+                [2, 10],
+            ),
+            &device,
+        );
+        let segments = Segments::new(10, 4, Some(&mask), FloatDType::F32, &device);
+        let ranks = segments.ranks().expect("a mask cuts ranked segments");
+        let order = host_ints(ranks.order.clone());
+        assert_eq!(&order[..5], &[0, 1, 3, 4, 5]);
+        assert_eq!(&order[10..12], &[8, 9]);
+        assert_eq!(
+            host_ints(ranks.rank.clone()),
+            [
+                [0, 1, 10, 2, 3, 4, 10, 10, 10, 10],
+                [10, 10, 10, 10, 10, 10, 10, 10, 0, 1]
+            ]
+            .concat()
+        );
+        let lengths = ranks.lengths.clone().reshape([2, 1]);
+        assert_eq!(host_ints(lengths), vec![5, 2]);
+        // Two tokens over four segments: ranks 0 and 1 go to segments 0 and 2. The missing
+        // segments are those the averaging weights give no token.
+        let missing: Vec<bool> = segments
+            .missing()
+            .unwrap()
+            .clone()
+            .into_data()
+            .try_to_vec::<bool>()
+            .unwrap();
+        assert_eq!(missing, vec![f, f, f, f, f, t, f, t]);
+        let weights = averaging_weights(ranks, 4, FloatDType::F32);
+        let empty: Vec<bool> = (weights.sum_dim(3).reshape([2, 4]).equal_elem(0.0))
+            .into_data()
+            .try_to_vec::<bool>()
+            .unwrap();
+        assert_eq!(empty, missing);
+        // Without a mask and m not dividing n: one row of ranks, the positions themselves.
+        let unmasked = Segments::new(10, 4, None, FloatDType::F32, &device);
+        let ranks = unmasked.ranks().expect("4 does not divide 10");
+        assert_eq!(host_ints(ranks.order.clone()), (0..10).collect::<Vec<_>>());
+        assert!(
+            Segments::new(12, 4, None, FloatDType::F32, &device)
+                .ranks()
+                .is_none()
+        );
     }
 }

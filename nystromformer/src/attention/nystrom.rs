@@ -230,7 +230,6 @@ pub fn nystrom_attention(
         &q,
         &k,
         [&query_segments, &key_segments],
-        m,
         scale,
         options.custom_kernels,
     );
@@ -278,7 +277,7 @@ pub fn nystrom_attention(
                 .unwrap_or_else(|| iterative_pinv(a, iterations, init));
             a_pinv.matmul(values)
         });
-        let weights = exact_for_short(weights, &key_segments, &v);
+        let weights = exact_for_short(weights, &key_segments, &v, options.custom_kernels);
         let context = kernels::fused_landmark_attention(&q, &scaled_keys, &weights, missing_keys)
             .expect(APPLIES);
         return NystromAttentionOutput {
@@ -301,6 +300,7 @@ pub fn nystrom_attention(
         a_pinv.clone().matmul(b.clone().matmul(v.clone())),
         &key_segments,
         &v,
+        options.custom_kernels,
     );
     NystromAttentionOutput {
         context: f.clone().matmul(weights),
@@ -311,19 +311,17 @@ pub fn nystrom_attention(
 const APPLIES: &str = "F · W takes what B · V took: the same device, dtype and head sizes";
 
 /// `[Q̃, Q̃ · scale, K̃ · scale]`: the landmark queries, and both landmarks scaled as the softmax
-/// products take them; one kernel where the segments are equal runs and the CubeCL kernels
-/// apply, else the segment means (fused on flex) and two scalings.
+/// products take them; one kernel where the CubeCL kernels apply, else the segment means (fused
+/// on flex) and two scalings.
 fn scaled_landmarks(
     q: &Tensor<4>,
     k: &Tensor<4>,
     [query_segments, key_segments]: [&Segments; 2],
-    m: usize,
     scale: f64,
     custom_kernels: bool,
 ) -> [Tensor<4>; 3] {
-    let equal_runs = query_segments.equal_runs() && key_segments.equal_runs();
-    let fused = (custom_kernels && equal_runs)
-        .then(|| kernels::fused_landmark_means(q, k, m, scale))
+    let fused = custom_kernels
+        .then(|| kernels::fused_landmark_means(q, k, [query_segments, key_segments], scale))
         .flatten();
     fused.unwrap_or_else(|| {
         let landmark_queries = query_segments.mean_with_kernels(q.clone(), custom_kernels);
@@ -339,12 +337,20 @@ fn scaled_landmarks(
 /// keys replaced by its values themselves (their segment means, one key per segment): then
 /// `F · W = softmax(Q Kᵀ/√d) V` exactly, as for that sequence alone, where `n_k ≤ m` takes the
 /// exact path.
-fn exact_for_short(weights: Tensor<4>, key_segments: &Segments, v: &Tensor<4>) -> Tensor<4> {
+fn exact_for_short(
+    weights: Tensor<4>,
+    key_segments: &Segments,
+    v: &Tensor<4>,
+    custom_kernels: bool,
+) -> Tensor<4> {
     match key_segments.short() {
         Some(short) => {
             let dims = weights.dims();
             let short = short.clone().reshape([dims[0], 1, 1, 1]).expand(dims);
-            weights.mask_where(short, key_segments.mean(v.clone()))
+            weights.mask_where(
+                short,
+                key_segments.mean_with_kernels(v.clone(), custom_kernels),
+            )
         }
         None => weights,
     }

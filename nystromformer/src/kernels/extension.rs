@@ -1,21 +1,26 @@
 //! The fused stages as Burn backend extensions, one trait per family: [`LandmarkSoftmaxOps`] (the
 //! two softmax products, on CubeCL devices and on flex), [`PinvOps`] (the pseudo-inverse, on
 //! CubeCL devices and on flex, and `W = A⁺ (B V)` in one kernel on CubeCL devices),
-//! [`SegmentMeanOps`] (the landmarks of equal segments: fused on flex, one kernel with their
-//! scaling on CubeCL devices), and on flex `DepthwiseConvOps` (the skip connection's
+//! [`SegmentMeanOps`] (the landmarks, of equal or ranked segments: fused on flex, one kernel
+//! with their scaling on CubeCL devices), and on flex `DepthwiseConvOps` (the skip connection's
 //! convolution), `ElementwiseOps` (dropout and GELU) and `LayerNormOps`. Burn routes a call by
 //! the device of its tensors: to the CubeCL backend (through its fusion backend, which runs a
 //! custom operation at the next flush) or to flex. Below them, the tensor-level calls of
 //! [`super`]'s public functions.
 
 // The macro's expansion names `burn::backend::...` paths.
-use burn::backend::{Backend, Dispatch, DispatchDevice, backend_extension, tensor::FloatTensor};
+use burn::backend::{
+    Backend, Dispatch, DispatchDevice, backend_extension,
+    tensor::{FloatTensor, IntTensor},
+};
 #[cfg(feature = "cube-kernels")]
 use burn::tensor::Shape;
 use burn::tensor::{Bool, FloatDType, Tensor};
 
 use super::flags::Flags;
+use super::segment_rows::SegmentRows;
 use crate::attention::PinvInit;
+use crate::attention::landmarks::SegmentRanks;
 use crate::attention::pinv::initial_coefficient;
 
 /// The device of `x` without its autodiff wrapper.
@@ -122,23 +127,45 @@ pub fn depthwise_conv(values: &Tensor<4>, taps: &Tensor<4>) -> Tensor<4> {
 }
 
 /// See [`super::fused_segment_mean`].
-pub fn segment_mean(x: &Tensor<4>, m: usize) -> Tensor<4> {
+pub fn segment_mean(x: &Tensor<4>, ranks: Option<&SegmentRanks>, m: usize) -> Tensor<4> {
     Tensor::from_dispatch(<Dispatch as SegmentMeanOps>::segment_mean(
         x.clone().into_dispatch(),
+        segment_rows(ranks),
         m,
     ))
 }
 
 /// See [`super::fused_landmark_means`].
-pub fn landmark_means(q: &Tensor<4>, k: &Tensor<4>, m: usize, scale: f32) -> [Tensor<4>; 3] {
+pub fn landmark_means(
+    q: &Tensor<4>,
+    k: &Tensor<4>,
+    query_ranks: Option<&SegmentRanks>,
+    key_ranks: Option<&SegmentRanks>,
+    m: usize,
+    scale: f32,
+) -> [Tensor<4>; 3] {
     let (landmark_queries, scaled_queries, scaled_keys) =
         <Dispatch as SegmentMeanOps>::landmark_means(
             q.clone().into_dispatch(),
             k.clone().into_dispatch(),
+            segment_rows(query_ranks),
+            segment_rows(key_ranks),
             m,
             scale,
         );
     [landmark_queries, scaled_queries, scaled_keys].map(Tensor::from_dispatch)
+}
+
+/// The segments' rows as the fused stages take them: equal runs, or the ranks.
+fn segment_rows(ranks: Option<&SegmentRanks>) -> SegmentRows<Dispatch> {
+    match ranks {
+        None => SegmentRows::Equal,
+        Some(ranks) => SegmentRows::Ranked {
+            order: ranks.order.clone().into_dispatch(),
+            rank: ranks.rank.clone().into_dispatch(),
+            lengths: ranks.lengths.clone().into_dispatch(),
+        },
+    }
 }
 
 /// Only flex has the fused convolution: [`super::fused_depthwise_conv`] asks for flex first.
@@ -387,11 +414,13 @@ pub trait DepthwiseConvOps: Backend {
     fn depthwise_conv(values: FloatTensor<Self>, taps: FloatTensor<Self>) -> FloatTensor<Self>;
 }
 
-/// Landmarks as the means of `m` equal segments along the sequence (no mask, `m` dividing the
-/// length). The default bodies are tensor ops ([`super::reference::segment_mean`]); flex fuses
-/// [`SegmentMeanOps::segment_mean`] forward and backward, CubeCL devices run
-/// [`SegmentMeanOps::landmark_means`] as one kernel, under autodiff too, with
-/// [`SegmentMeanOps::segment_mean_backward`] as its backward.
+/// Landmarks as segment means along the sequence: `m` equal runs (no mask, `m` dividing the
+/// length) or runs over each sequence's valid rows in order ([`SegmentRows`]). The default
+/// bodies are tensor ops ([`super::reference::segment_mean`],
+/// [`super::reference::ranked_segment_mean`]); flex fuses [`SegmentMeanOps::segment_mean`]
+/// forward and backward, CubeCL devices run it and [`SegmentMeanOps::landmark_means`] as one
+/// kernel each, under autodiff too, with [`SegmentMeanOps::segment_mean_backward`] and
+/// [`SegmentMeanOps::ranked_segment_mean_backward`] as their backward.
 #[backend_extension(
     Cube: cfg(feature = "cube-kernels"),
     Fusion: cfg(feature = "cube-kernels"),
@@ -400,15 +429,24 @@ pub trait DepthwiseConvOps: Backend {
 )]
 pub trait SegmentMeanOps: Backend {
     /// See [`segment_mean`]: x `[batch, heads, n, d]`, output `[batch, heads, m, d]`.
-    #[fusion(default)]
-    fn segment_mean(x: FloatTensor<Self>, m: usize) -> FloatTensor<Self> {
-        super::reference::segment_mean::<Self>(x, m)
+    #[fusion(meta = |x, _rows, m| segment_means_spec(x, *m))]
+    fn segment_mean(
+        x: FloatTensor<Self>,
+        #[extension_type] rows: SegmentRows<Self>,
+        m: usize,
+    ) -> FloatTensor<Self> {
+        match rows {
+            SegmentRows::Equal => super::reference::segment_mean::<Self>(x, m),
+            SegmentRows::Ranked { rank, lengths, .. } => {
+                super::reference::ranked_segment_mean::<Self>(x, rank, lengths, m)
+            }
+        }
     }
 
-    /// The gradient of a segment mean's input (`[batch, heads, n, d]`) for the gradient `grad`
-    /// (`[batch, heads, m, d]`) of `factor · segment_mean(x, m)`: each row gets its segment's
-    /// gradient times `factor / (n / m)`. The default body is tensor ops
-    /// ([`super::reference::segment_spread`]).
+    /// The gradient of a mean of equal segments' input (`[batch, heads, n, d]`) for the
+    /// gradient `grad` (`[batch, heads, m, d]`) of `factor · segment_mean(x, m)`: each row gets
+    /// its segment's gradient times `factor / (n / m)`. The default body is tensor ops
+    /// ([`super::reference::segment_spread`]), which fusion folds into what reads it.
     // Only the CubeCL devices' autodiff implementation calls it (flex fuses its own).
     #[cfg_attr(
         not(all(feature = "autodiff", feature = "cube-kernels")),
@@ -419,40 +457,69 @@ pub trait SegmentMeanOps: Backend {
         super::reference::segment_spread::<Self>(grad, n, factor)
     }
 
+    /// [`SegmentMeanOps::segment_mean_backward`] for ranked segments (`rank` and `lengths` as in
+    /// [`SegmentRows::Ranked`]): each valid row gets its segment's gradient times
+    /// `factor / count`, padding zero. The default body is tensor ops
+    /// ([`super::reference::ranked_segment_spread`]); CubeCL devices run one kernel.
+    #[cfg_attr(
+        not(all(feature = "autodiff", feature = "cube-kernels")),
+        allow(dead_code)
+    )]
+    #[fusion(meta = |grad, rank, _lengths, _factor| spread_spec(grad, rank))]
+    fn ranked_segment_mean_backward(
+        grad: FloatTensor<Self>,
+        rank: IntTensor<Self>,
+        lengths: IntTensor<Self>,
+        factor: f32,
+    ) -> FloatTensor<Self> {
+        super::reference::ranked_segment_spread::<Self>(grad, rank, lengths, factor)
+    }
+
     /// See [`landmark_means`]: `(Q̃, Q̃ · scale, K̃ · scale)`, each `[batch, heads, m, d]`.
-    #[fusion(meta = landmark_means_meta)]
+    #[fusion(meta = |queries, _keys, _query_rows, _key_rows, m, _scale| {
+        let landmarks = segment_means_spec(queries, *m);
+        (landmarks.clone(), landmarks.clone(), landmarks)
+    })]
     fn landmark_means(
         queries: FloatTensor<Self>,
         keys: FloatTensor<Self>,
+        #[extension_type] query_rows: SegmentRows<Self>,
+        #[extension_type] key_rows: SegmentRows<Self>,
         m: usize,
         scale: f32,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
-        let landmark_queries = Self::segment_mean(queries, m);
-        let scaled_keys = Self::float_mul_scalar(Self::segment_mean(keys, m), scale.into());
+        let landmark_queries = Self::segment_mean(queries, query_rows, m);
+        let scaled_keys =
+            Self::float_mul_scalar(Self::segment_mean(keys, key_rows, m), scale.into());
         let scaled_queries = Self::float_mul_scalar(landmark_queries.clone(), scale.into());
         (landmark_queries, scaled_queries, scaled_keys)
     }
 }
 
-/// The three `[batch, heads, m, d]` outputs of [`SegmentMeanOps::landmark_means`], in the
-/// queries' type.
+/// The `[batch, heads, m, d]` means of `x`'s `[batch, heads, n, d]`, in `x`'s type.
 #[cfg(feature = "cube-kernels")]
-fn landmark_means_meta(
-    queries: &burn::backend::fusion::custom::TensorSpec,
-    _keys: &burn::backend::fusion::custom::TensorSpec,
-    m: &usize,
-    _scale: &f32,
-) -> (
-    burn::backend::fusion::custom::TensorSpec,
-    burn::backend::fusion::custom::TensorSpec,
-    burn::backend::fusion::custom::TensorSpec,
-) {
-    let [batch, heads, _, d] = queries.shape.dims::<4>();
-    let landmarks = burn::backend::fusion::custom::TensorSpec::new(
-        Shape::new([batch, heads, *m, d]),
-        queries.dtype,
-    );
-    (landmarks.clone(), landmarks.clone(), landmarks)
+fn segment_means_spec(
+    x: &burn::backend::fusion::custom::TensorSpec,
+    m: usize,
+) -> burn::backend::fusion::custom::TensorSpec {
+    let [batch, heads, _, d] = x.shape.dims::<4>();
+    burn::backend::fusion::custom::TensorSpec::new(Shape::new([batch, heads, m, d]), x.dtype)
+}
+
+/// The `[batch, heads, n, d]` gradient of a segment mean's input from its output's gradient
+/// (`[batch, heads, m, d]`) and the `[batch or 1, n]` ranks.
+#[cfg(feature = "cube-kernels")]
+#[cfg_attr(
+    not(all(feature = "autodiff", feature = "cube-kernels")),
+    allow(dead_code)
+)]
+fn spread_spec(
+    grad: &burn::backend::fusion::custom::TensorSpec,
+    rank: &burn::backend::fusion::custom::TensorSpec,
+) -> burn::backend::fusion::custom::TensorSpec {
+    let [batch, heads, _, d] = grad.shape.dims::<4>();
+    let n = rank.shape[1];
+    burn::backend::fusion::custom::TensorSpec::new(Shape::new([batch, heads, n, d]), grad.dtype)
 }
 
 /// Elementwise steps of a training step that flex runs slowly: dropout (whose Bernoulli mask

@@ -16,8 +16,10 @@
 //!   coefficient, its iteration and the product with `B V` in one launch, one cube per matrix,
 //!   where the tensor ops take a dozen launches on `m × m` matrices.
 //!
-//! The landmarks of equal segments are one kernel too (`landmark_means`). The attention then
-//! holds no `n × m` matrix at all. Under autodiff (feature `autodiff`) the same kernels run
+//! The landmarks are one kernel too (`landmark_means`), for equal segments and for ranked ones
+//! (a padding mask, or `m` not dividing the length: each segment's rows found through its
+//! ranks, where the tensor ops multiply a `[batch, m, n]` weight matrix with every head). The
+//! attention then holds no `n × m` matrix at all. Under autodiff (feature `autodiff`) the same kernels run
 //! forward, the softmax products also leaving each row's log-sum-exp, and the backward is
 //! kernels too: two per softmax product that recompute its softmax from that log-sum-exp
 //! (FlashAttention-2's backward, `cube/softmax_backward.rs`), one that replays the
@@ -35,7 +37,7 @@
 //! exact attention ([`fused_softmax_attention`]), which the softmax baseline runs on flex: flex's
 //! own `attention` differentiates as tensor ops over the whole `[n, n]` scores. The skip
 //! connection's depthwise convolution is fused on flex as well, forward and backward
-//! ([`fused_depthwise_conv`]), as are the landmarks of equal segments ([`fused_segment_mean`])
+//! ([`fused_depthwise_conv`]), as are the landmarks, equal or ranked ([`fused_segment_mean`])
 //! and the training step's dropout, exact GELU and LayerNorm
 //! ([`dropout`], [`gelu`], [`layer_norm`]), which flex runs element by element on one core.
 //!
@@ -51,6 +53,7 @@ use burn::nn::{Dropout, LayerNorm};
 use burn::tensor::{Bool, DType, FloatDType, Tensor, activation};
 
 use crate::attention::PinvInit;
+use crate::attention::landmarks::Segments;
 use crate::attention::mask::{MASKED_SCORE, zero_rows};
 use crate::attention::shape_check::expect_shape;
 
@@ -71,6 +74,8 @@ mod flex;
 mod recorded;
 #[cfg(any(feature = "cube-kernels", feature = "flex-kernels"))]
 mod reference;
+#[cfg(any(feature = "cube-kernels", feature = "flex-kernels"))]
+mod segment_rows;
 
 /// Whether [`nystrom_attention`](crate::nystrom_attention) runs its custom kernels for inputs
 /// like `x` (and `NystromOptions::custom_kernels` is on): f32 on a CubeCL device or flex, and
@@ -343,42 +348,91 @@ pub fn fused_landmark_attention(
         .then(|| extension::landmark_attention(queries, landmark_keys, weights, missing))
 }
 
-/// The landmarks of equal segments (no mask, `m` dividing both lengths) scaled as the later
-/// stages take them: `[Q̃, Q̃ · scale, K̃ · scale]`, as one CubeCL kernel that reads the head
-/// split's strided views in place (where tensor ops take four launches, more if they copy the
-/// views first); under autodiff each mean's backward spreads its gradient over the segment.
-/// `None` where that kernel does not run (see [`custom_kernels_apply`]; off CubeCL devices,
-/// [`fused_segment_mean`] (flex) or tensor ops take the means).
+/// The landmarks scaled as the later stages take them, `[Q̃, Q̃ · scale, K̃ · scale]`, as one
+/// CubeCL kernel that reads the head split's strided views in place (where tensor ops take four
+/// launches for equal segments, and for ranked ones, a padding mask or `m` not dividing the
+/// length, a `[batch, m, n]` weight matrix multiplied with every head); under autodiff each
+/// mean's backward gives every row its segment's gradient. `None` where that kernel does not
+/// run (see [`custom_kernels_apply`]; off CubeCL devices, [`fused_segment_mean`] (flex) or
+/// tensor ops take the means).
 ///
 /// # Shapes
 ///
 /// - q: `[batch, heads, n_q, d]`, k: `[batch, heads, n_k, d]`
+/// - segments: of `n_q` and of `n_k` tokens, both into `m` segments
 /// - output: three `[batch, heads, m, d]`
 ///
 /// # Panics
 ///
-/// Panics, naming the argument, if the shapes disagree, and if `m` is 0 or does not divide
-/// `n_q` and `n_k`.
+/// Panics, naming the argument, if the shapes disagree.
 pub fn fused_landmark_means(
     q: &Tensor<4>,
     k: &Tensor<4>,
-    m: usize,
+    [query_segments, key_segments]: [&Segments; 2],
     scale: f64,
 ) -> Option<[Tensor<4>; 3]> {
     let [batch, heads, n_q, d] = q.dims();
     let [_, _, n_k, _] = k.dims();
-    expect_shape(
-        "fused_landmark_means",
-        "k",
-        &k.dims(),
-        &[batch, heads, n_k, d],
+    let op = "fused_landmark_means";
+    expect_shape(op, "k", &k.dims(), &[batch, heads, n_k, d]);
+    check_segments(op, "query_segments", query_segments, batch, n_q);
+    check_segments(op, "key_segments", key_segments, batch, n_k);
+    let m = query_segments.num_segments();
+    assert_eq!(
+        key_segments.num_segments(),
+        m,
+        "{op}: query_segments and key_segments cut different numbers of segments"
     );
-    assert!(
-        m > 0 && n_q.is_multiple_of(m) && n_k.is_multiple_of(m),
-        "fused_landmark_means: m = {m} must divide n_q = {n_q} and n_k = {n_k}"
+    (custom_kernels_apply(q) && extension::on_cube_device(q)).then(|| {
+        extension::landmark_means(
+            q,
+            k,
+            query_segments.ranks(),
+            key_segments.ranks(),
+            m,
+            scale as f32,
+        )
+    })
+}
+
+/// The segment means of `x` (the landmarks) as one parallel pass forward and backward; `None`
+/// where it does not apply: f32 on flex, or f32 and f16 on a CubeCL device (one kernel, as in
+/// [`fused_landmark_means`]); tracked tensors only with the `autodiff` feature. Flex reduces
+/// equal segments' `[batch, heads, m, n/m, d]` view on one core and multiplies ranked segments'
+/// `[batch, m, n]` weight matrix with every head.
+///
+/// # Shapes
+///
+/// - x: `[batch, heads, n, d]`
+/// - segments: of `n` tokens into `m` segments
+/// - output: `[batch, heads, m, d]`
+///
+/// # Panics
+///
+/// Panics, naming the argument, if the shapes disagree.
+pub fn fused_segment_mean(x: &Tensor<4>, segments: &Segments) -> Option<Tensor<4>> {
+    let [batch, _, n, _] = x.dims();
+    check_segments("fused_segment_mean", "segments", segments, batch, n);
+    let applies = on_flex(x) || (custom_kernels_apply(x) && extension::on_cube_device(x));
+    applies.then(|| extension::segment_mean(x, segments.ranks(), segments.num_segments()))
+}
+
+/// Panics, naming `name`, unless `segments` cut `n` tokens of (each of, or all) `batch`
+/// sequences.
+fn check_segments(op: &str, name: &str, segments: &Segments, batch: usize, n: usize) {
+    assert_eq!(
+        segments.num_tokens(),
+        n,
+        "{op}: {name} cut {} tokens, the tensor has {n}",
+        segments.num_tokens()
     );
-    (custom_kernels_apply(q) && extension::on_cube_device(q))
-        .then(|| extension::landmark_means(q, k, m, scale as f32))
+    if let Some(ranks) = segments.ranks() {
+        let [rows, _] = ranks.rank.dims();
+        assert!(
+            rows == batch || rows == 1,
+            "{op}: {name} are for {rows} sequences, the tensor has {batch}"
+        );
+    }
 }
 
 /// The skip connection's depthwise convolution along the sequence (one `k`-tap filter per head,
@@ -406,28 +460,6 @@ pub fn fused_depthwise_conv(values: &Tensor<4>, taps: &Tensor<4>) -> Option<Tens
     );
     assert!(k % 2 == 1, "fused_depthwise_conv: k must be odd, got {k}");
     on_flex(values).then(|| extension::depthwise_conv(values, taps))
-}
-
-/// The means of `m` equal segments along the sequence (the landmarks without a mask, `m`
-/// dividing `n`) as one parallel pass forward and backward; `None` where it does not apply: f32
-/// on flex, tracked tensors only with the `autodiff` feature. Flex reduces the
-/// `[batch, heads, m, n/m, d]` view this replaces on one core.
-///
-/// # Shapes
-///
-/// - x: `[batch, heads, n, d]`
-/// - output: `[batch, heads, m, d]`
-///
-/// # Panics
-///
-/// Panics if `m` is 0 or does not divide `n`.
-pub fn fused_segment_mean(x: &Tensor<4>, m: usize) -> Option<Tensor<4>> {
-    let [_, _, n, _] = x.dims();
-    assert!(
-        m > 0 && n.is_multiple_of(m),
-        "fused_segment_mean: m = {m} must divide n = {n}"
-    );
-    on_flex(x).then(|| extension::segment_mean(x, m))
 }
 
 /// `layer.forward(x)`, which on flex (f32, with `custom_kernels`) runs as one fused pass forward
@@ -493,6 +525,7 @@ pub fn layer_norm<const D: usize>(
 #[cfg(not(any(feature = "cube-kernels", feature = "flex-kernels")))]
 mod extension {
     use super::{Bool, PinvInit, Tensor};
+    use crate::attention::landmarks::SegmentRanks;
 
     const NOT_COMPILED: &str = "custom kernels are not compiled in (no GPU backend feature)";
 
@@ -551,13 +584,15 @@ mod extension {
         unreachable!("{NOT_COMPILED}")
     }
 
-    pub fn segment_mean(_x: &Tensor<4>, _m: usize) -> Tensor<4> {
+    pub fn segment_mean(_x: &Tensor<4>, _ranks: Option<&SegmentRanks>, _m: usize) -> Tensor<4> {
         unreachable!("{NOT_COMPILED}")
     }
 
     pub fn landmark_means(
         _q: &Tensor<4>,
         _k: &Tensor<4>,
+        _query_ranks: Option<&SegmentRanks>,
+        _key_ranks: Option<&SegmentRanks>,
         _m: usize,
         _scale: f32,
     ) -> [Tensor<4>; 3] {

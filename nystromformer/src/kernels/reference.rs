@@ -5,7 +5,7 @@
 //! [`iterative_pinv`](crate::attention::iterative_pinv). A backend without its own
 //! implementation runs these; under autodiff they differentiate through the backend's own ops.
 
-use burn::backend::tensor::FloatTensor;
+use burn::backend::tensor::{FloatTensor, IntTensor};
 use burn::backend::{Backend, TensorMetadata, get_or_init_device_settings};
 use burn::tensor::{DType, FloatDType, Shape};
 
@@ -247,6 +247,82 @@ pub fn segment_spread<B: Backend>(grad: FloatTensor<B>, n: usize, factor: f32) -
     // reads the spread next (scaled before it, the product took a launch of its own: 26
     // launches per forward + backward at the bench shape instead of 24).
     B::float_mul_scalar(spread, (factor / len as f32).into())
+}
+
+/// See [`super::fused_segment_mean`] with ranked segments ([`SegmentRows::Ranked`](super::segment_rows::SegmentRows::Ranked)): the
+/// `[batch, 1, m, n]` averaging weights of [`ranked_weights`] times `x`.
+pub fn ranked_segment_mean<B: Backend>(
+    x: FloatTensor<B>,
+    rank: IntTensor<B>,
+    lengths: IntTensor<B>,
+    m: usize,
+) -> FloatTensor<B> {
+    let [batch, heads, n, _] = dims(&x);
+    let weights = ranked_weights::<B>(rank, lengths, m, x.dtype().into());
+    let weights = B::float_expand(weights, Shape::new([batch, heads, m, n]));
+    B::float_matmul(weights, x)
+}
+
+/// See [`super::extension::SegmentMeanOps::ranked_segment_mean_backward`]: `factor` times the
+/// transposed averaging weights of [`ranked_weights`] times `grad`.
+#[cfg_attr(
+    not(all(feature = "autodiff", feature = "cube-kernels")),
+    allow(dead_code)
+)]
+pub fn ranked_segment_spread<B: Backend>(
+    grad: FloatTensor<B>,
+    rank: IntTensor<B>,
+    lengths: IntTensor<B>,
+    factor: f32,
+) -> FloatTensor<B> {
+    let [batch, heads, m, _] = dims(&grad);
+    let n = rank.shape()[1];
+    let weights = ranked_weights::<B>(rank, lengths, m, grad.dtype().into());
+    let weights = B::float_expand(weights, Shape::new([batch, heads, m, n]));
+    let spread = B::float_matmul(B::float_swap_dims(weights, 2, 3), grad);
+    B::float_mul_scalar(spread, factor.into())
+}
+
+/// `[batch or 1, 1, m, n]`, `1/count` where position `j` lies in segment `i`: the valid position
+/// of rank `r < L` in segment `⌊r·m/L⌋`, padding (rank `n`) in none. (`r·m` is formed, which
+/// needs `n·m < 2³¹`; [`crate::attention::landmarks::segment_index`] avoids it.)
+fn ranked_weights<B: Backend>(
+    rank: IntTensor<B>,
+    lengths: IntTensor<B>,
+    m: usize,
+    dtype: FloatDType,
+) -> FloatTensor<B> {
+    let (rows, n) = (rank.shape()[0], rank.shape()[1]);
+    let device = rank.device();
+    let settings = get_or_init_device_settings::<B>(&device);
+    let int_dtype = rank.dtype().into();
+    let length = B::int_expand(
+        B::int_reshape(lengths, Shape::new([rows, 1])),
+        Shape::new([rows, n]),
+    );
+    let valid = B::int_lower(rank.clone(), length.clone(), settings.bool_dtype);
+    let segment = B::int_div(
+        B::int_mul_scalar(rank, (m as i64).into()),
+        B::int_clamp_min(length, 1i64.into()),
+    );
+    let by_segment = Shape::new([rows, m, n]);
+    let segment = B::int_expand(
+        B::int_reshape(segment, Shape::new([rows, 1, n])),
+        by_segment.clone(),
+    );
+    let ids = B::int_arange(0..m as i64, &device, int_dtype);
+    let ids = B::int_expand(
+        B::int_reshape(ids, Shape::new([1, m, 1])),
+        by_segment.clone(),
+    );
+    let valid = B::bool_expand(B::bool_reshape(valid, Shape::new([rows, 1, n])), by_segment);
+    let membership = B::bool_and(B::int_equal(segment, ids, settings.bool_dtype), valid);
+    let membership = B::bool_into_float(membership, dtype);
+    let counts = B::float_clamp_min(B::float_sum_dim(membership.clone(), 2), 1.0f32.into());
+    B::float_reshape(
+        B::float_div(membership, counts),
+        Shape::new([rows, 1, m, n]),
+    )
 }
 
 pub(super) fn dims(tensor: &impl TensorMetadata) -> [usize; 4] {

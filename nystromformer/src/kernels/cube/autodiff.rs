@@ -15,6 +15,7 @@ use burn::backend::{Autodiff, Backend, Cube, TensorMetadata};
 use crate::kernels::extension::{LandmarkSoftmaxOps, PinvOps, SegmentMeanOps};
 use crate::kernels::flags::Flags;
 use crate::kernels::recorded::{SavedForward, record};
+use crate::kernels::segment_rows::SegmentRows;
 
 /// What the `F · W` stage keeps: its inputs, the missing-landmark flags, its output and each
 /// row's log-sum-exp (`[batch, heads, n, 1]`, f32).
@@ -62,20 +63,30 @@ struct SavedPinv<B: Backend> {
     iterations: usize,
 }
 
-/// What a landmark mean `factor · segment_mean(x, m)` keeps: `x`'s length and the factor.
+/// What a landmark mean `factor · segment_mean(x, m)` keeps: `x`'s length, the factor, and
+/// for ranked segments the ranks.
 #[derive(Debug, Clone)]
 struct SavedSegmentMean {
     n: usize,
     factor: f32,
+    rows: SegmentRows<Cube>,
 }
 
 impl SavedForward<Cube, 1> for SavedSegmentMean {
     fn backward(self, grad: FloatTensor<Cube>) -> [FloatTensor<Cube>; 1] {
-        [<Cube as SegmentMeanOps>::segment_mean_backward(
-            grad,
-            self.n,
-            self.factor,
-        )]
+        [match self.rows {
+            SegmentRows::Equal => {
+                <Cube as SegmentMeanOps>::segment_mean_backward(grad, self.n, self.factor)
+            }
+            SegmentRows::Ranked { rank, lengths, .. } => {
+                <Cube as SegmentMeanOps>::ranked_segment_mean_backward(
+                    grad,
+                    rank,
+                    lengths,
+                    self.factor,
+                )
+            }
+        }]
     }
 }
 
@@ -266,33 +277,56 @@ impl<C: CheckpointStrategy> PinvOps for Autodiff<Cube, C> {
     }
 }
 
-/// The landmarks of equal segments: the forward kernel once for all three, each recorded as
-/// its own operation (the autodiff graph has one output per operation), whose backward spreads
-/// its gradient over the segment's rows. The two from the queries add up in the graph.
+/// The landmarks: the forward kernel once for all three, each recorded as its own operation
+/// (the autodiff graph has one output per operation), whose backward spreads its gradient over
+/// the segment's rows. The two from the queries add up in the graph.
 impl<C: CheckpointStrategy> SegmentMeanOps for Autodiff<Cube, C> {
+    fn segment_mean(x: FloatTensor<Self>, rows: SegmentRows<Self>, m: usize) -> FloatTensor<Self> {
+        let n = x.shape()[2];
+        let rows = rows.cast::<Cube>();
+        let nodes = [x.node()];
+        record::<Cube, C, 1, _>(nodes, || {
+            let output =
+                <Cube as SegmentMeanOps>::segment_mean(x.into_primitive(), rows.clone(), m);
+            (
+                output,
+                SavedSegmentMean {
+                    n,
+                    factor: 1.0,
+                    rows,
+                },
+            )
+        })
+    }
+
     fn landmark_means(
         queries: FloatTensor<Self>,
         keys: FloatTensor<Self>,
+        query_rows: SegmentRows<Self>,
+        key_rows: SegmentRows<Self>,
         m: usize,
         scale: f32,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
         let (n_q, n_k) = (queries.shape()[2], keys.shape()[2]);
+        let (query_rows, key_rows) = (query_rows.cast::<Cube>(), key_rows.cast::<Cube>());
         let nodes = [queries.node(), queries.node(), keys.node()];
         let (landmark_queries, scaled_queries, scaled_keys) =
             <Cube as SegmentMeanOps>::landmark_means(
                 queries.into_primitive(),
                 keys.into_primitive(),
+                query_rows.clone(),
+                key_rows.clone(),
                 m,
                 scale,
             );
         let [query_node, scaled_query_node, key_node] = nodes;
-        let mean = |node, output, n, factor| {
-            record::<Cube, C, 1, _>([node], || (output, SavedSegmentMean { n, factor }))
+        let mean = |node, output, n, factor, rows| {
+            record::<Cube, C, 1, _>([node], || (output, SavedSegmentMean { n, factor, rows }))
         };
         (
-            mean(query_node, landmark_queries, n_q, 1.0),
-            mean(scaled_query_node, scaled_queries, n_q, scale),
-            mean(key_node, scaled_keys, n_k, scale),
+            mean(query_node, landmark_queries, n_q, 1.0, query_rows.clone()),
+            mean(scaled_query_node, scaled_queries, n_q, scale, query_rows),
+            mean(key_node, scaled_keys, n_k, scale, key_rows),
         )
     }
 }

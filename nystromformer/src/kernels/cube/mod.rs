@@ -6,9 +6,10 @@
 //! [`SegmentMeanOps`] (see [`landmark_means`]) for burn-cubecl's backend, and for `Autodiff`
 //! over it (`autodiff.rs`), whose forward is these kernels and whose backward is kernels too:
 //! [`softmax_backward`] for the softmax products, [`pinv_backward`] for the pseudo-inverse,
-//! [`landmark_weights_backward`] for `W`; the landmarks' backward
-//! ([`SegmentMeanOps::segment_mean_backward`]) spreads each gradient over its segment as tensor
-//! ops.
+//! [`landmark_weights_backward`] for `W`; the landmarks' backward spreads each gradient over
+//! its segment, as tensor ops for equal segments ([`SegmentMeanOps::segment_mean_backward`],
+//! which fusion folds into what reads it) and as one kernel for ranked ones
+//! ([`SegmentMeanOps::ranked_segment_mean_backward`], in [`landmark_means`]).
 
 #[cfg(feature = "autodiff")]
 mod autodiff;
@@ -33,6 +34,7 @@ use cubecl::prelude::*;
 
 use super::extension::{LandmarkSoftmaxOps, PinvOps, SegmentMeanOps};
 use super::flags::Flags;
+use super::segment_rows::SegmentRows;
 use softmax_backward::{FlaggedKeys, ProductBackward};
 
 impl LandmarkSoftmaxOps for CubeBackend {
@@ -201,13 +203,31 @@ impl PinvOps for CubeBackend {
 }
 
 impl SegmentMeanOps for CubeBackend {
+    fn segment_mean(x: CubeTensor, rows: SegmentRows<Self>, m: usize) -> CubeTensor {
+        landmark_means::launch(x, None, rows, m, 1.0).0
+    }
+
+    fn ranked_segment_mean_backward(
+        grad: CubeTensor,
+        rank: CubeTensor,
+        lengths: CubeTensor,
+        factor: f32,
+    ) -> CubeTensor {
+        landmark_means::launch_backward(grad, rank, lengths, factor)
+    }
+
     fn landmark_means(
-        queries: FloatTensor<Self>,
-        keys: FloatTensor<Self>,
+        queries: CubeTensor,
+        keys: CubeTensor,
+        query_rows: SegmentRows<Self>,
+        key_rows: SegmentRows<Self>,
         m: usize,
         scale: f32,
-    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
-        landmark_means::launch(queries, keys, m, scale)
+    ) -> (CubeTensor, CubeTensor, CubeTensor) {
+        let (landmark_queries, scaled) =
+            landmark_means::launch(queries, Some((keys, key_rows)), query_rows, m, scale);
+        let (scaled_queries, scaled_keys) = scaled.expect("with keys, all three landmarks");
+        (landmark_queries, scaled_queries, scaled_keys)
     }
 }
 

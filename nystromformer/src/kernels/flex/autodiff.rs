@@ -24,6 +24,7 @@ use crate::kernels::extension::{
 };
 use crate::kernels::flags::Flags;
 use crate::kernels::recorded::{SavedForward, record};
+use crate::kernels::segment_rows::SegmentRows;
 
 impl SavedForward<Flex, 3> for SavedProduct {
     fn backward(self, grad: FlexTensor) -> [FlexTensor; 3] {
@@ -143,9 +144,11 @@ impl<C: CheckpointStrategy> PinvOps for Autodiff<Flex, C> {
 }
 
 impl<C: CheckpointStrategy> SegmentMeanOps for Autodiff<Flex, C> {
-    fn segment_mean(x: FloatTensor<Self>, m: usize) -> FloatTensor<Self> {
+    fn segment_mean(x: FloatTensor<Self>, rows: SegmentRows<Self>, m: usize) -> FloatTensor<Self> {
         let nodes = [x.node()];
-        record::<Flex, C, 1, _>(nodes, || segment_mean_forward(x.into_primitive(), m))
+        record::<Flex, C, 1, _>(nodes, || {
+            segment_mean_forward(x.into_primitive(), rows.cast(), m)
+        })
     }
 }
 

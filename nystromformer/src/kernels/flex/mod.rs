@@ -83,10 +83,12 @@ use self::depthwise::ConvDims;
 use self::dropout::DropoutMask;
 use self::layer_norm::RowStats;
 use self::products::{Dims, RowSoftmax};
+use self::segment_mean::Ranks;
 use super::extension::{
     DepthwiseConvOps, ElementwiseOps, LandmarkSoftmaxOps, LayerNormOps, PinvOps, SegmentMeanOps,
 };
 use super::flags::Flags;
+use super::segment_rows::SegmentRows;
 
 /// A tensor's `f32` elements in row-major order (a copy only when it is strided) and its shape.
 fn contiguous(tensor: FlexTensor) -> (FlexTensor, Vec<usize>) {
@@ -396,42 +398,72 @@ impl PinvOps for Flex {
     }
 }
 
-/// The landmarks of one call as their backward needs them: the shape of the input.
+/// The landmarks of one call as their backward needs them: the shape of the input, and for
+/// ranked segments the ranks.
 #[derive(Debug, Clone)]
 #[cfg_attr(not(feature = "autodiff"), allow(dead_code))]
 pub(super) struct SavedSegmentMean {
-    /// `[batch, heads, n, d]`.
     shape: Vec<usize>,
     m: usize,
+    ranks: Option<Ranks>,
 }
 
-/// The means of `m` equal segments (see [`segment_mean::forward`]).
-pub(super) fn segment_mean_forward(x: FlexTensor, m: usize) -> (FlexTensor, SavedSegmentMean) {
+/// The segment means of `x` (see [`segment_mean::forward`], [`segment_mean::ranked_forward`]).
+pub(super) fn segment_mean_forward(
+    x: FlexTensor,
+    rows: SegmentRows<Flex>,
+    m: usize,
+) -> (FlexTensor, SavedSegmentMean) {
     let (x, shape) = contiguous(x);
     let [batch, heads, n, d] = shape[..] else {
         unreachable!("segment means take [batch, heads, n, d]")
     };
-    let out = segment_mean::forward(slice(&x), n, d, m);
+    let ranks = match rows {
+        SegmentRows::Equal => None,
+        SegmentRows::Ranked {
+            order,
+            rank,
+            lengths,
+        } => Some(Ranks {
+            order: int_values(order),
+            rank: int_values(rank),
+            lengths: int_values(lengths),
+        }),
+    };
+    let out = match &ranks {
+        None => segment_mean::forward(slice(&x), n, d, m),
+        Some(ranks) => segment_mean::ranked_forward(slice(&x), [heads, n, d, m], ranks),
+    };
     let out = output(out, [batch, heads, m, d]);
-    (out, SavedSegmentMean { shape, m })
+    (out, SavedSegmentMean { shape, m, ranks })
+}
+
+/// An integer tensor's elements in row-major order.
+fn int_values(tensor: FlexTensor) -> Vec<i64> {
+    tensor
+        .into_data()
+        .convert::<i64>()
+        .try_into_vec::<i64>()
+        .expect("integer elements")
 }
 
 /// The gradient of the segment means' input for their output gradient `grad`.
 #[cfg(feature = "autodiff")]
 pub(super) fn segment_mean_backward(saved: SavedSegmentMean, grad: FlexTensor) -> FlexTensor {
     let (grad, _) = contiguous(grad);
-    let [_, _, n, d] = saved.shape[..] else {
+    let [_, heads, n, d] = saved.shape[..] else {
         unreachable!("segment means take [batch, heads, n, d]")
     };
-    output(
-        segment_mean::backward(slice(&grad), n, d, saved.m),
-        saved.shape,
-    )
+    let dx = match &saved.ranks {
+        None => segment_mean::backward(slice(&grad), n, d, saved.m),
+        Some(ranks) => segment_mean::ranked_backward(slice(&grad), [heads, n, d, saved.m], ranks),
+    };
+    output(dx, saved.shape)
 }
 
 impl SegmentMeanOps for Flex {
-    fn segment_mean(x: FlexTensor, m: usize) -> FlexTensor {
-        segment_mean_forward(x, m).0
+    fn segment_mean(x: FlexTensor, rows: SegmentRows<Flex>, m: usize) -> FlexTensor {
+        segment_mean_forward(x, rows, m).0
     }
 }
 
