@@ -1,6 +1,6 @@
 //! The attention implementations being measured, on `[batch, heads, n, head_dim]` inputs.
 
-use burn::tensor::Tensor;
+use burn::tensor::{Bool, Tensor};
 use nystromformer::attention::{explicit_softmax_attention, softmax_attention};
 use nystromformer::{NystromHeadsInput, NystromOptions, nystrom_attention};
 
@@ -52,17 +52,30 @@ impl Implementation {
         (batch * heads * per_matrix * 4) as u64
     }
 
-    /// Runs the attention.
-    pub fn run(self, q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, m: usize) -> Tensor<4> {
+    /// Runs the attention, with the keys that `mask_pad` (`[batch, n]`, `true` = padding) marks
+    /// left out.
+    pub fn run(
+        self,
+        q: Tensor<4>,
+        k: Tensor<4>,
+        v: Tensor<4>,
+        m: usize,
+        mask_pad: Option<&Tensor<2, Bool>>,
+    ) -> Tensor<4> {
         match self {
             Implementation::Nystrom | Implementation::NystromTensorOps => {
                 let options = NystromOptions::new()
                     .with_num_landmarks(m)
                     .with_custom_kernels(self == Implementation::Nystrom);
-                nystrom_attention(NystromHeadsInput::self_attention(q, k, v), &options).context
+                let input = NystromHeadsInput::self_attention(q, k, v);
+                let input = match mask_pad {
+                    Some(mask) => input.mask_pad(mask.clone()),
+                    None => input,
+                };
+                nystrom_attention(input, &options).context
             }
-            Implementation::BurnAttention => softmax_attention(q, k, v, None),
-            Implementation::NaiveSoftmax => explicit_softmax_attention(q, k, v, None).0,
+            Implementation::BurnAttention => softmax_attention(q, k, v, mask_pad),
+            Implementation::NaiveSoftmax => explicit_softmax_attention(q, k, v, mask_pad).0,
         }
     }
 }

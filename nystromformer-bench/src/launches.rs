@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
-use burn::tensor::{Device, Distribution, Tensor};
+use burn::tensor::{Device, Distribution, Int, Tensor};
 use cubecl::logging::{LaunchObservation, LaunchObserver};
 
 use crate::implementations::Implementation;
@@ -24,11 +24,13 @@ impl LaunchObserver for Counter {
 }
 
 /// The launches of one pass of `implementation` at `shape` (forward, or forward + backward of
-/// the output's sum), per kernel name.
+/// the output's sum), per kernel name; with `padded`, the last tenth of each sequence is
+/// padding (a mask, which the landmarks and `B · V` then take).
 pub fn count(
     implementation: Implementation,
     shape: Shape,
     backward: bool,
+    padded: bool,
     device: &Device,
 ) -> BTreeMap<&'static str, usize> {
     let device = if backward {
@@ -42,9 +44,22 @@ pub fn count(
         if backward { t.require_grad() } else { t }
     };
     let (q, k, v) = (input(), input(), input());
+    let n = shape.n;
+    let mask_pad = padded.then(|| {
+        Tensor::<1, Int>::arange(0..n as i64, &device)
+            .greater_equal_elem((n - n / 10) as i64)
+            .reshape([1, n])
+            .expand([shape.batch, n])
+    });
     device.sync().expect("device sync");
     let pass = || {
-        let out = implementation.run(q.clone(), k.clone(), v.clone(), shape.landmarks);
+        let out = implementation.run(
+            q.clone(),
+            k.clone(),
+            v.clone(),
+            shape.landmarks,
+            mask_pad.as_ref(),
+        );
         if backward {
             let _grads = out.sum().backward();
         }

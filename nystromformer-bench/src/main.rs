@@ -177,6 +177,10 @@ enum Cmd {
         /// Sequence length.
         #[arg(long, default_value_t = 4096)]
         n: usize,
+        /// Pad the last tenth of the sequence (a padding mask; written as
+        /// `launches-DEVICE-nN-padded.md`).
+        #[arg(long)]
+        padded: bool,
         /// Implementations (comma-separated).
         #[arg(
             long,
@@ -208,6 +212,7 @@ enum Cmd {
 fn launch_counts(
     device: &str,
     n: usize,
+    padded: bool,
     implementations: &[Implementation],
     out: &Path,
 ) -> Result<(), String> {
@@ -224,7 +229,10 @@ fn launch_counts(
         landmarks: 64,
     };
     let mut lines = vec![
-        format!("# Kernel launches per call, {device}, b 1, h 8, n {n}, d 64, m 64"),
+        format!(
+            "# Kernel launches per call, {device}, b 1, h 8, n {n}, d 64, m 64{}",
+            if padded { ", last tenth padded" } else { "" }
+        ),
         String::new(),
         format!("Commit {}, {}.", commit(), machine()),
         String::new(),
@@ -233,7 +241,7 @@ fn launch_counts(
     ];
     for &implementation in implementations {
         for (backward, pass) in [(false, "forward"), (true, "forward + backward")] {
-            let counts = launches::count(implementation, shape, backward, &dev);
+            let counts = launches::count(implementation, shape, backward, padded, &dev);
             let total: usize = counts.values().sum();
             let by_kernel: Vec<String> = counts
                 .iter()
@@ -248,7 +256,11 @@ fn launch_counts(
         }
     }
     std::fs::create_dir_all(out).map_err(|err| format!("{}: {err}", out.display()))?;
-    write_lines(&out.join(format!("launches-{device}-n{n}.md")), &lines)
+    let suffix = if padded { "-padded" } else { "" };
+    write_lines(
+        &out.join(format!("launches-{device}-n{n}{suffix}.md")),
+        &lines,
+    )
 }
 
 /// Without a CubeCL backend there is nothing to count.
@@ -258,20 +270,22 @@ fn launch_counts(
     feature = "metal",
     feature = "webgpu"
 )))]
-fn launch_counts(device: &str, _: usize, _: &[Implementation], _: &Path) -> Result<(), String> {
+fn launch_counts(
+    device: &str,
+    _: usize,
+    _: bool,
+    _: &[Implementation],
+    _: &Path,
+) -> Result<(), String> {
     Err(format!(
         "launches: {device}: built without a CubeCL backend feature"
     ))
 }
 
+/// The commit the binary was built from (see `build.rs`): with uncommitted changes, the last
+/// commit before them.
 fn commit() -> String {
-    Command::new("git")
-        .args(["rev-parse", "--short", "HEAD"])
-        .output()
-        .ok()
-        .filter(|o| o.status.success())
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_else(|| "unknown".into())
+    env!("NYSTROMFORMER_BENCH_COMMIT").to_string()
 }
 
 fn machine() -> String {
@@ -530,9 +544,10 @@ fn run(cli: Cli) -> Result<(), String> {
         Cmd::Launches {
             device,
             n,
+            padded,
             implementations,
             out,
-        } => launch_counts(&device, n, &implementations, &out),
+        } => launch_counts(&device, n, padded, &implementations, &out),
         Cmd::Report { dir } => {
             let records = report::read_records(&dir)?;
             if records.is_empty() {

@@ -95,7 +95,7 @@ pub fn measure(
         };
         let (q, k, v) = (input(), input(), input());
         let timing = time_ms(&device, settings.warmup, settings.reps, || {
-            let out = implementation.run(q.clone(), k.clone(), v.clone(), shape.landmarks);
+            let out = implementation.run(q.clone(), k.clone(), v.clone(), shape.landmarks, None);
             if backward {
                 let _grads = out.sum().backward();
             } else {
@@ -106,7 +106,7 @@ pub fn measure(
         // A backend that cannot run a shape may return garbage instead of failing (wgpu above its
         // largest buffer binding): a result with no signal or a non-finite value is no result.
         let magnitude: f32 = implementation
-            .run(q, k, v, shape.landmarks)
+            .run(q, k, v, shape.landmarks, None)
             .abs()
             .sum()
             .into_scalar();

@@ -1,0 +1,25 @@
+//! Records the commit the bench is built from as `NYSTROMFORMER_BENCH_COMMIT`, so that a record
+//! names the code that ran rather than the checkout it runs in (a binary carried to another
+//! machine, or an older build run in a newer checkout).
+
+use std::process::Command;
+
+fn git(args: &[&str]) -> Option<String> {
+    Command::new("git")
+        .args(args)
+        .output()
+        .ok()
+        .filter(|out| out.status.success())
+        .map(|out| String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+fn main() {
+    let commit = git(&["rev-parse", "--short", "HEAD"]).unwrap_or_else(|| "unknown".into());
+    println!("cargo:rustc-env=NYSTROMFORMER_BENCH_COMMIT={commit}");
+    // A new commit moves HEAD or the branch it names (a directory is scanned for any change).
+    if let Some(git_dir) = git(&["rev-parse", "--absolute-git-dir"]) {
+        for path in ["HEAD", "refs/heads", "packed-refs"] {
+            println!("cargo:rerun-if-changed={git_dir}/{path}");
+        }
+    }
+}
