@@ -345,7 +345,7 @@ fn sequence_of<I: Int>(ranks: &Tensor<I>, batch: usize) -> usize {
 /// long sequences.
 #[cube]
 fn segment_start(s: usize, length: usize, m: usize) -> usize {
-    s * (length / m) + (s * (length % m) + m - 1) / m
+    s * (length / m) + (s * (length % m)).div_ceil(m)
 }
 
 /// The segment of rank `r < length`, `⌊r·m/L⌋`: an f32 estimate (within one of it) corrected
