@@ -9,7 +9,10 @@ the length to be a multiple of the landmarks: 1984 (= 31 * 64, just under LRA's 
 are the neighbours.
 
   GLIBC_TUNABLES=... python peers/torch_train_steps.py --lengths 1984,2048 --out DIR
-  python peers/torch_train_steps.py --device cuda --out DIR
+  python peers/torch_train_steps.py --device cuda --kernels --out DIR
+
+--kernels (CUDA) also counts the GPU kernels (and memory copies and fills) of one more step with
+torch.profiler, the peer of the Burn side's `--launches`.
 """
 
 import argparse
@@ -23,7 +26,7 @@ import torch
 from transformers import NystromformerConfig, NystromformerForSequenceClassification
 
 
-def measure(device, batch, length, warmup, steps, vocab=16, classes=10):
+def measure(device, batch, length, warmup, steps, kernels=False, vocab=16, classes=10):
     config = NystromformerConfig(
         vocab_size=vocab,
         hidden_size=64,
@@ -44,19 +47,37 @@ def measure(device, batch, length, warmup, steps, vocab=16, classes=10):
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.999), eps=1e-6, weight_decay=0.01)
     tokens = torch.randint(1, vocab, (batch, length), device=device)
     labels = torch.randint(0, classes, (batch,), device=device)
-    seconds = []
-    for step in range(warmup + steps):
-        started = time.perf_counter()
+
+    def step():
         optimizer.zero_grad(set_to_none=True)
         loss = model(input_ids=tokens, labels=labels).loss
         loss.backward()
         optimizer.step()
         if device.startswith("cuda"):
             torch.cuda.synchronize()
-        if step >= warmup:
+
+    seconds = []
+    for i in range(warmup + steps):
+        started = time.perf_counter()
+        step()
+        if i >= warmup:
             seconds.append(time.perf_counter() - started)
-        print(f"length {length}: step {step + 1}/{warmup + steps}", flush=True)
-    return steps / sum(seconds), seconds
+        print(f"length {length}: step {i + 1}/{warmup + steps}", flush=True)
+    count = count_gpu_kernels(step) if kernels else None
+    return steps / sum(seconds), seconds, count
+
+
+def count_gpu_kernels(step):
+    """The GPU-side events (kernels, memory copies and fills) of one call of `step`, or the error
+    that kept the profiler from counting them (a missing CUPTI, say), as a string."""
+    try:
+        from torch.profiler import ProfilerActivity, profile
+
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            step()
+        return sum(1 for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA)
+    except Exception as err:  # the timing must survive a profiler that cannot run
+        return f"not counted: {err}"
 
 
 def main():
@@ -66,17 +87,24 @@ def main():
     p.add_argument("--lengths", default="1984,2048")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--kernels", action="store_true", help="count the GPU kernels of one more step (CUDA)")
     p.add_argument("--out", required=True, help="output directory (train-steps-torch-DEVICE.json goes there)")
     args = p.parse_args()
+    if args.kernels and not args.device.startswith("cuda"):
+        p.error("--kernels counts GPU kernels: it needs --device cuda")
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip() or "unknown"
     machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads"
     records = []
     for length in [int(x) for x in args.lengths.split(",")]:
-        rate, seconds = measure(args.device, args.batch, length, args.warmup, args.steps)
+        rate, seconds, kernels = measure(args.device, args.batch, length, args.warmup, args.steps, args.kernels)
         print(f"length {length}: {rate:.3f} steps/s", flush=True)
-        records.append(dict(implementation="transformers NystromformerForSequenceClassification", backend=f"torch-{args.device}",
-                            batch=args.batch, length=length, steps=args.steps, steps_per_second=rate,
-                            step_seconds=seconds, commit=commit, machine=machine))
+        record = dict(implementation="transformers NystromformerForSequenceClassification", backend=f"torch-{args.device}",
+                      batch=args.batch, length=length, steps=args.steps, steps_per_second=rate,
+                      step_seconds=seconds, commit=commit, machine=machine)
+        if kernels is not None:
+            print(f"length {length}: {kernels} GPU kernels per step", flush=True)
+            record["kernels_per_step"] = kernels
+        records.append(record)
     os.makedirs(args.out, exist_ok=True)
     path = os.path.join(args.out, f"train-steps-torch-{args.device}.json")
     with open(path + ".tmp", "w") as f:

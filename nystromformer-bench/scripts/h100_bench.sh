@@ -8,7 +8,8 @@
 #   2. peak memory of the kernels' forward to 262 144 tokens;
 #   3. each kernel against the tensor ops it replaces, at 4 096 and 16 384, f32 and f16
 #      (`kernel_stages`), and forward + backward at 16 384, f32 and f16;
-#   4. LRA ListOps training steps per second, kernels and tensor ops;
+#   4. LRA ListOps training steps per second and kernel launches per step, kernels and tensor
+#      ops;
 #   5. the PyTorch peers (attention sweep and training steps);
 #   6. each stage's forward + backward at m = 256, the most landmarks the kernels take.
 set -u
@@ -49,8 +50,8 @@ for DTYPE in f32 f16; do
         HEADS=8 HEAD_DIM=64 kernel_stages wgpu 16384 20 > "$R/kernel-stages-$DTYPE-n16384-backward.txt" 2>&1
 done
 for FLAG in "" --tensor-ops; do
-    within 60 nystromformer-bench train-steps --device wgpu --warmup 2 --steps 10 $FLAG \
-        --out "$R/train-steps" 2>&1 | grep steps/s
+    within 60 nystromformer-bench train-steps --device wgpu --warmup 2 --steps 10 --launches $FLAG \
+        --out "$R/train-steps" 2>&1 | grep -E "steps/s|launches per step"
 done
 if [ -d .whl ]; then
     python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl
@@ -60,7 +61,7 @@ if python3 -c "import torch" 2> /dev/null; then
     within 90 python3 nystromformer-bench/peers/torch_peers.py --device cuda \
         --lengths 4096,16384,65536 --max-intermediate-gib 16 --out "$R/forward" 2>&1 | tail -5
     within 60 python3 nystromformer-bench/peers/torch_train_steps.py --device cuda --warmup 2 \
-        --steps 10 --out "$R/train-steps" 2>&1 | grep -i steps/s
+        --steps 10 --kernels --out "$R/train-steps" 2>&1 | grep -iE "steps/s|kernels per step"
 fi
 # At the most landmarks the kernels take: one cube walks each 256 × 256 pseudo-inverse back
 # (72 products of 256 × 256 per matrix), which may lose to the tensor ops' batched products.

@@ -66,10 +66,16 @@ pub fn count(
         device.sync().expect("device sync");
     };
     pass();
+    observe(pass).1
+}
+
+/// Runs `f` (which must finish its device work before it returns) and counts the kernels it
+/// launches, per kernel name.
+pub fn observe<R>(f: impl FnOnce() -> R) -> (R, BTreeMap<&'static str, usize>) {
     let counter = Arc::new(Counter::default());
     let watching = LaunchObservation::new(counter.clone());
-    pass();
+    let result = f();
     drop(watching);
     let counter = Arc::into_inner(counter).expect("the observation is dropped");
-    counter.0.into_inner().expect("counter")
+    (result, counter.0.into_inner().expect("counter"))
 }

@@ -163,6 +163,10 @@ enum Cmd {
         /// `train-steps-burn-DEVICE-tensor-ops.json`).
         #[arg(long)]
         tensor_ops: bool,
+        /// Count the kernel launches of one more step (CubeCL devices): the total goes into the
+        /// record, the kernels by name into `train-steps-launches-burn-DEVICE.md`.
+        #[arg(long)]
+        launches: bool,
         /// Output directory (`train-steps-burn-DEVICE.json` goes there).
         #[arg(long, default_value = "nystromformer-bench/results/latest")]
         out: PathBuf,
@@ -280,6 +284,32 @@ fn launch_counts(
     Err(format!(
         "launches: {device}: built without a CubeCL backend feature"
     ))
+}
+
+/// The kernel launches of one more training step, per kernel name.
+#[cfg(any(
+    feature = "wgpu",
+    feature = "vulkan",
+    feature = "metal",
+    feature = "webgpu"
+))]
+fn step_launches(
+    step: train_steps::TrainStep,
+) -> Result<std::collections::BTreeMap<&'static str, usize>, String> {
+    Ok(launches::observe(|| step.run()).1)
+}
+
+/// Without a CubeCL backend there is nothing to count.
+#[cfg(not(any(
+    feature = "wgpu",
+    feature = "vulkan",
+    feature = "metal",
+    feature = "webgpu"
+)))]
+fn step_launches(
+    _: train_steps::TrainStep,
+) -> Result<std::collections::BTreeMap<&'static str, usize>, String> {
+    Err("train-steps --launches: built without a CubeCL backend feature".into())
 }
 
 /// The commit the binary was built from (see `build.rs`): with uncommitted changes, the last
@@ -408,14 +438,20 @@ fn run(cli: Cli) -> Result<(), String> {
             warmup,
             steps,
             tensor_ops,
+            launches,
             out,
         } => {
             if batch == 0 || length == 0 || steps == 0 {
                 return Err("train-steps: --batch, --length and --steps must be at least 1".into());
             }
+            if launches && !matches!(device.as_str(), "wgpu" | "vulkan" | "metal" | "webgpu") {
+                return Err(format!(
+                    "train-steps --launches: {device} is not a CubeCL device"
+                ));
+            }
             let dev = choose_device(&device)?;
-            let (steps_per_second, step_seconds) =
-                train_steps::measure(&dev, batch, length, warmup, steps, !tensor_ops);
+            let step = train_steps::TrainStep::new(&dev, batch, length, !tensor_ops);
+            let (step, steps_per_second, step_seconds) = train_steps::measure(step, warmup, steps);
             let backend = match tensor_ops {
                 true => format!("burn-{device}-tensor-ops"),
                 false => format!("burn-{device}"),
@@ -423,6 +459,38 @@ fn run(cli: Cli) -> Result<(), String> {
             println!(
                 "{steps_per_second:.3} steps/s ({steps} steps of {batch} × {length} on {backend})"
             );
+            let launches_per_step = match launches {
+                true => {
+                    let counts = step_launches(step)?;
+                    let total = counts.values().sum::<usize>();
+                    println!("{total} kernel launches per step");
+                    let mut lines = vec![
+                        format!(
+                            "# Kernel launches of one LRA ListOps training step, {backend}, {batch} × {length}"
+                        ),
+                        String::new(),
+                        format!("Commit {}, {}. {total} launches.", commit(), machine()),
+                        String::new(),
+                        "| launches | kernel |".into(),
+                        "|---|---|".into(),
+                    ];
+                    let mut by_count: Vec<_> = counts.into_iter().collect();
+                    by_count.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+                    lines.extend(
+                        by_count
+                            .iter()
+                            .map(|(kernel, n)| format!("| {n} | `{kernel}` |")),
+                    );
+                    std::fs::create_dir_all(&out)
+                        .map_err(|err| format!("{}: {err}", out.display()))?;
+                    write_lines(
+                        &out.join(format!("train-steps-launches-{backend}.md")),
+                        &lines,
+                    )?;
+                    Some(total)
+                }
+                false => None,
+            };
             train_steps::write(
                 &out,
                 &train_steps::TrainStepRecord {
@@ -433,6 +501,7 @@ fn run(cli: Cli) -> Result<(), String> {
                     steps,
                     steps_per_second,
                     step_seconds,
+                    launches_per_step,
                     commit: commit(),
                     machine: machine(),
                 },

@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::time::Instant;
 
-use burn::optim::GradientsParams;
+use burn::optim::{GradientsParams, ModuleOptimizer};
 use burn::tensor::{Bool, Device, Distribution, Tensor, TensorData};
 use nystromformer_train::config::{ExperimentConfig, Preset, Task};
 use nystromformer_train::data::batcher::{ClassificationBatch, PAD};
@@ -30,65 +30,104 @@ pub struct TrainStepRecord {
     pub steps_per_second: f64,
     /// Seconds of each timed step.
     pub step_seconds: Vec<f64>,
+    /// Kernel launches of one more step after the timed ones, on a CubeCL device with
+    /// `--launches` (its kernels by name go to `train-steps-launches-BACKEND.md`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub launches_per_step: Option<usize>,
     /// Commit of the binary.
     pub commit: String,
     /// CPU and cores.
     pub machine: String,
 }
 
-/// Times `steps` training steps after `warmup` untimed ones, with the library's custom kernels
-/// or its tensor-op stages.
-pub fn measure(
-    device: &Device,
-    batch: usize,
-    length: usize,
-    warmup: usize,
-    steps: usize,
-    custom_kernels: bool,
-) -> (f64, Vec<f64>) {
-    let device = device.clone().autodiff();
-    let config = ExperimentConfig::preset(Task::Listops, Preset::Lra);
-    let mut model = Classifier::new(
-        &config.model_config().with_custom_kernels(custom_kernels),
-        config.head(config.hidden_size, &device),
-        config.pooling(),
-        &device,
-    );
-    let mut optimizer = optimizer(&config);
-    let vocab = config.model_config().vocab_size;
-    let inputs = ClassificationBatch {
-        // Ids past PAD, so that no position is padding.
-        tokens: Tensor::<2>::random(
-            [batch, length],
-            Distribution::Uniform(PAD as f64 + 1.0, vocab as f64),
+/// One training step of the `lra` ListOps model on a fixed batch: the model, its optimizer and
+/// the batch, on an autodiff device.
+pub struct TrainStep {
+    model: Classifier,
+    optimizer: ModuleOptimizer,
+    inputs: ClassificationBatch,
+    learning_rate: f64,
+    device: Device,
+}
+
+impl TrainStep {
+    /// The model (with the library's custom kernels or its tensor-op stages) and a random
+    /// batch of `batch` sequences of `length` tokens, none of them padding.
+    pub fn new(device: &Device, batch: usize, length: usize, custom_kernels: bool) -> Self {
+        let device = device.clone().autodiff();
+        let config = ExperimentConfig::preset(Task::Listops, Preset::Lra);
+        let model = Classifier::new(
+            &config.model_config().with_custom_kernels(custom_kernels),
+            config.head(config.hidden_size, &device),
+            config.pooling(),
             &device,
-        )
-        .int(),
-        mask_pad: Tensor::<2, Bool>::from_data(
-            TensorData::new(vec![false; batch * length], [batch, length]),
-            &device,
-        ),
-        labels: Tensor::<1>::random(
-            [batch],
-            Distribution::Uniform(0.0, config.num_classes() as f64),
-            &device,
-        )
-        .int(),
-    };
-    let mut seconds = Vec::new();
-    for step in 0..warmup + steps {
-        let started = Instant::now();
+        );
+        let vocab = config.model_config().vocab_size;
+        let inputs = ClassificationBatch {
+            // Ids past PAD, so that no position is padding.
+            tokens: Tensor::<2>::random(
+                [batch, length],
+                Distribution::Uniform(PAD as f64 + 1.0, vocab as f64),
+                &device,
+            )
+            .int(),
+            mask_pad: Tensor::<2, Bool>::from_data(
+                TensorData::new(vec![false; batch * length], [batch, length]),
+                &device,
+            ),
+            labels: Tensor::<1>::random(
+                [batch],
+                Distribution::Uniform(0.0, config.num_classes() as f64),
+                &device,
+            )
+            .int(),
+        };
+        Self {
+            model,
+            optimizer: optimizer(&config),
+            inputs,
+            learning_rate: config.learning_rate,
+            device,
+        }
+    }
+
+    /// Forward, backward and the optimizer's step, waiting for the device to finish.
+    pub fn run(self) -> Self {
+        let Self {
+            model,
+            mut optimizer,
+            inputs,
+            learning_rate,
+            device,
+        } = self;
         let output = model.forward_classification(inputs.clone());
         let grads = GradientsParams::from_grads(output.loss.backward(), &model);
-        model = optimizer.step(config.learning_rate, model, grads);
+        let model = optimizer.step(learning_rate, model, grads);
         device.sync().expect("device sync");
-        if step >= warmup {
+        Self {
+            model,
+            optimizer,
+            inputs,
+            learning_rate,
+            device,
+        }
+    }
+}
+
+/// Times `steps` training steps after `warmup` untimed ones; returns the step and the steps per
+/// second with each timed step's seconds.
+pub fn measure(mut step: TrainStep, warmup: usize, steps: usize) -> (TrainStep, f64, Vec<f64>) {
+    let mut seconds = Vec::new();
+    for i in 0..warmup + steps {
+        let started = Instant::now();
+        step = step.run();
+        if i >= warmup {
             seconds.push(started.elapsed().as_secs_f64());
         }
-        eprintln!("step {}/{}", step + 1, warmup + steps);
+        eprintln!("step {}/{}", i + 1, warmup + steps);
     }
     let total: f64 = seconds.iter().sum();
-    (steps as f64 / total, seconds)
+    (step, steps as f64 / total, seconds)
 }
 
 /// Writes `record` as `DIR/train-steps-BACKEND.json` (atomically).
