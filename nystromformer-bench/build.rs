@@ -16,10 +16,14 @@ fn git(args: &[&str]) -> Option<String> {
 fn main() {
     let commit = git(&["rev-parse", "--short", "HEAD"]).unwrap_or_else(|| "unknown".into());
     println!("cargo:rustc-env=NYSTROMFORMER_BENCH_COMMIT={commit}");
-    // A new commit moves HEAD or the branch it names (a directory is scanned for any change).
+    // A new commit moves HEAD (in the worktree's git directory) or the branch it names (in the
+    // common one, which a worktree shares); a directory is scanned for any change.
     if let Some(git_dir) = git(&["rev-parse", "--absolute-git-dir"]) {
-        for path in ["HEAD", "refs/heads", "packed-refs"] {
-            println!("cargo:rerun-if-changed={git_dir}/{path}");
+        println!("cargo:rerun-if-changed={git_dir}/HEAD");
+    }
+    if let Some(common) = git(&["rev-parse", "--path-format=absolute", "--git-common-dir"]) {
+        for path in ["refs/heads", "packed-refs"] {
+            println!("cargo:rerun-if-changed={common}/{path}");
         }
     }
 }

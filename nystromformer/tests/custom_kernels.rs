@@ -349,6 +349,26 @@ fn fused_landmark_means_match_the_segment_means() {
             &expected[0],
         );
         assert!(diff < 2e-3, "f16: relative difference {diff}");
+
+        // Ranked segments (padding: the last 7 queries of the second sequence) in f16.
+        let padded: Vec<bool> = (0..batch * n_q).map(|i| i >= 2 * n_q - 7).collect();
+        let ranked = |device: &Device| {
+            let mask = mask(padded.clone(), [batch, n_q], device);
+            Segments::new(n_q, m, Some(&mask), FloatDType::F32, device)
+        };
+        let [landmark_queries, ..] = fused_landmark_means(
+            &half(&q),
+            &half(&k),
+            [&ranked(&device), &segments[1]],
+            scale,
+        )
+        .unwrap();
+        let expected = ranked(&flex).mean(on(&q, &flex));
+        let diff = relative_diff(
+            &on(&landmark_queries.cast(FloatDType::F32), &flex),
+            &expected,
+        );
+        assert!(diff < 2e-3, "f16, ranked: relative difference {diff}");
     }
 }
 

@@ -645,6 +645,72 @@ fn ranked_segment_means_match_the_tensor_ops_with_gradients() {
     }
 }
 
+/// Segment boundaries at a million tokens, where `r·m/L` in f32 lands on the wrong side of an
+/// integer for some ranks (the kernels correct the estimate against the exact segment starts),
+/// and past the 65 535 entries where CubeCL's cumulative sum (which Burn's `arange` uses too)
+/// stops being right on lavapipe: every row's segment, read off the means of `x = its segment`
+/// and off the gradient, is exact. Unmasked with `m = 63` (not dividing `n`), and with every
+/// seventh token padded (padded rows hold 10⁶, which no mean may see).
+#[test]
+fn ranked_segments_of_a_million_tokens_have_exact_boundaries() {
+    use burn::tensor::{FloatDType, TensorData};
+    use nystromformer::attention::landmarks::Segments;
+    use nystromformer::kernels::fused_segment_mean;
+
+    let flex = Device::flex();
+    let n = 1_000_003usize;
+    for (m, padded) in [(63usize, false), (64, true)] {
+        let is_padded = |j: usize| padded && j % 7 == 3;
+        let length = (0..n).filter(|j| !is_padded(*j)).count() as u64;
+        // Each row's segment (None for padding), from its rank among the valid rows.
+        let mut segment_of = Vec::with_capacity(n);
+        let mut rank = 0u64;
+        for j in 0..n {
+            match is_padded(j) {
+                true => segment_of.push(None),
+                false => {
+                    segment_of.push(Some((rank * m as u64 / length) as usize));
+                    rank += 1;
+                }
+            }
+        }
+        let mut count = vec![0usize; m];
+        segment_of.iter().flatten().for_each(|s| count[*s] += 1);
+        let x: Vec<f32> = segment_of
+            .iter()
+            .map(|s| s.map_or(1e6, |s| s as f32))
+            .collect();
+        let x = Tensor::<4>::from_data(TensorData::new(x, [1, 1, n, 1]), &flex);
+        // The gradient of Σ_s (s + 1) · mean_s: each valid row gets (s + 1) / count_s.
+        let probe: Vec<f32> = (0..m).map(|s| s as f32 + 1.0).collect();
+        let probe = Tensor::<4>::from_data(TensorData::new(probe, [1, 1, m, 1]), &flex);
+        let mask_values: Vec<bool> = (0..n).map(is_padded).collect();
+        for (name, device) in tracked_devices() {
+            let mask_pad = padded.then(|| mask(mask_values.clone(), [1, n], &device));
+            let segments = Segments::new(n, m, mask_pad.as_ref(), FloatDType::F32, &device);
+            let (means, [grad]) =
+                output_and_gradients(std::array::from_ref(&x), &probe, &device, |[x]| {
+                    fused_segment_mean(x, &segments).expect("the fused means apply")
+                });
+            // One row in the wrong segment moves a mean by 1/count ≈ 6e-5; rounding (flex
+            // multiplies by 1/count) by at most a few units in the last place of s ≤ 63.
+            for (s, mean) in values(&means).iter().enumerate() {
+                assert!(
+                    (mean - s as f32).abs() < 3e-5,
+                    "{name}, m = {m}, padded {padded}: segment {s}'s mean is {mean}"
+                );
+            }
+            for (j, g) in values(&grad).iter().enumerate() {
+                let expected = segment_of[j].map_or(0.0, |s| (s as f32 + 1.0) / count[s] as f32);
+                assert!(
+                    (g - expected).abs() <= 1e-6 * expected,
+                    "{name}, m = {m}, padded {padded}: row {j} got {g}, expected {expected}"
+                );
+            }
+        }
+    }
+}
+
 #[test]
 fn fused_pinv_gradients_match_the_tensor_op_iteration() {
     use nystromformer::PinvInit;

@@ -12,9 +12,9 @@
 //! its own landmark (`⌊r·m/L⌋` is distinct for distinct `r`), which the attention uses to return
 //! exact softmax attention for such a sequence, as it does when `n ≤ m`.
 
-use std::cell::OnceCell;
+use std::sync::{Arc, OnceLock};
 
-use burn::tensor::{Bool, Device, FloatDType, IndexingUpdateOp, Int, Tensor};
+use burn::tensor::{Bool, Device, FloatDType, IndexingUpdateOp, Int, Tensor, TensorData};
 
 use crate::kernels;
 
@@ -41,8 +41,9 @@ pub struct Segments {
     ranks: Option<SegmentRanks>,
     /// The tensor-op mean's averaging weights `[batch or 1, 1, m, n]`, `1/count` where a token
     /// lies in a segment: built on the first [`mean`](Self::mean) of ranked segments (the
-    /// custom kernels read the ranks instead).
-    weights: OnceCell<Tensor<4>>,
+    /// custom kernels read the ranks instead), and shared by the clones (self-attention's query
+    /// and key segments are one).
+    weights: Arc<OnceLock<Tensor<4>>>,
     missing: Option<Tensor<2, Bool>>,
     short: Option<Tensor<1, Bool>>,
 }
@@ -85,7 +86,7 @@ impl Segments {
             m,
             dtype,
             ranks,
-            weights: OnceCell::new(),
+            weights: Arc::new(OnceLock::new()),
             missing,
             short,
         };
@@ -93,7 +94,7 @@ impl Segments {
             if n.is_multiple_of(m) {
                 return segments(None, None, None);
             }
-            let position = Tensor::<1, Int>::arange(0..n as i64, device).reshape([1, n]);
+            let position = positions(n, device);
             let ranks = SegmentRanks {
                 order: position.clone(),
                 rank: position,
@@ -103,13 +104,14 @@ impl Segments {
         };
         let [batch, _] = mask_pad.dims();
         let ones = mask_pad.clone().bool_not().int(); // [batch, n]
-        let length = ones.clone().sum_dim(1); // [batch, 1]
-        let rank = ones.clone().cumsum(1) - ones.clone(); // valid tokens before each token
+        let valid_so_far = prefix_sums(ones.clone());
+        // The last prefix sum, not a `sum_dim`: CubeCL reduces a row of n in one loop, which
+        // llvmpipe ends after 65 535 entries.
+        let length = valid_so_far.clone().slice([0..batch, n - 1..n]); // [batch, 1]
+        let rank = valid_so_far - ones.clone(); // valid tokens before each token
         // Each valid token's position goes to its rank's slot; a padded token adds 0 to the slot
         // of the next valid token (its rank is below n, since L < n when anything is padded).
-        let position = Tensor::<1, Int>::arange(0..n as i64, device)
-            .reshape([1, n])
-            .expand([batch, n]);
+        let position = positions(n, device).expand([batch, n]);
         let order = Tensor::<2, Int>::zeros([batch, n], device).scatter(
             1,
             rank.clone(),
@@ -188,6 +190,46 @@ impl Segments {
     pub fn short(&self) -> Option<&Tensor<1, Bool>> {
         self.short.as_ref()
     }
+}
+
+/// `[1, n]`: `0, 1, …, n − 1`, uploaded. Burn's fusion backend builds `arange` as a cumulative
+/// sum of ones, which CubeCL computes entry by entry over everything before it: `O(n²)`, and
+/// wrong past 65 535 on lavapipe, whose llvmpipe ends a loop there.
+fn positions(n: usize, device: &Device) -> Tensor<2, Int> {
+    let positions: Vec<i64> = (0..n as i64).collect();
+    Tensor::<2, Int>::from_data(TensorData::new(positions, [1, n]), device)
+}
+
+/// Rows of a cumulative sum at most this long: CubeCL's cumulative sum loops over every entry
+/// before the one it writes.
+const PREFIX_BLOCK: usize = 256;
+
+/// The inclusive prefix sums of each row of `x` (`[batch, n]`), as cumulative sums within
+/// blocks of [`PREFIX_BLOCK`] entries plus those of the blocks' totals: no loop of CubeCL's
+/// cumulative sum (see [`positions`]) runs past `max(PREFIX_BLOCK, n / PREFIX_BLOCK)` entries.
+fn prefix_sums(x: Tensor<2, Int>) -> Tensor<2, Int> {
+    let [batch, n] = x.dims();
+    if n <= PREFIX_BLOCK {
+        return x.cumsum(1);
+    }
+    let blocks = n.div_ceil(PREFIX_BLOCK);
+    let padding = blocks * PREFIX_BLOCK - n;
+    let x = match padding {
+        0 => x,
+        _ => Tensor::cat(
+            vec![x.clone(), Tensor::zeros([batch, padding], &x.device())],
+            1,
+        ),
+    };
+    let within = x.reshape([batch, blocks, PREFIX_BLOCK]).cumsum(2);
+    let totals = within
+        .clone()
+        .slice([0..batch, 0..blocks, PREFIX_BLOCK - 1..PREFIX_BLOCK])
+        .reshape([batch, blocks]);
+    let before = totals.clone().cumsum(1) - totals; // the sum of the blocks before each block
+    (within + before.reshape([batch, blocks, 1]))
+        .reshape([batch, blocks * PREFIX_BLOCK])
+        .slice([0..batch, 0..n])
 }
 
 /// `[batch or 1, 1, m, n]`: `1/count` where position `j` lies in segment `i`, else 0.
@@ -433,6 +475,32 @@ mod tests {
             Segments::new(12, 4, None, FloatDType::F32, &device)
                 .ranks()
                 .is_none()
+        );
+    }
+
+    #[test]
+    fn prefix_sums_in_blocks_are_the_cumulative_sums() {
+        let device = Device::flex();
+        for n in [1, 255, 256, 257, 1000, 3 * PREFIX_BLOCK] {
+            let values: Vec<i64> = (0..2 * n as i64).map(|i| (i * 7 + 3) % 5).collect();
+            let x = Tensor::<2, Int>::from_data(
+                burn::tensor::TensorData::new(values.clone(), [2, n]),
+                &device,
+            );
+            let expected: Vec<i64> = values
+                .chunks(n)
+                .flat_map(|row| {
+                    row.iter().scan(0, |sum, v| {
+                        *sum += v;
+                        Some(*sum)
+                    })
+                })
+                .collect();
+            assert_eq!(host_ints(prefix_sums(x)), expected, "n = {n}");
+        }
+        assert_eq!(
+            host_ints(positions(300, &device)),
+            (0..300).collect::<Vec<_>>()
         );
     }
 }

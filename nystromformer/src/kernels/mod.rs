@@ -397,9 +397,9 @@ pub fn fused_landmark_means(
 
 /// The segment means of `x` (the landmarks) as one parallel pass forward and backward; `None`
 /// where it does not apply: f32 on flex, or f32 and f16 on a CubeCL device (one kernel, as in
-/// [`fused_landmark_means`]); tracked tensors only with the `autodiff` feature. Flex reduces
-/// equal segments' `[batch, heads, m, n/m, d]` view on one core and multiplies ranked segments'
-/// `[batch, m, n]` weight matrix with every head.
+/// [`fused_landmark_means`]); tracked tensors only with the `autodiff` feature. The tensor ops it
+/// replaces reduce equal segments' `[batch, heads, m, n/m, d]` view (on one core on flex) and
+/// multiply ranked segments' `[batch, m, n]` weight matrix with every head.
 ///
 /// # Shapes
 ///

@@ -504,4 +504,69 @@ mod tests {
             assert!((g - e).abs() < 1e-4 * scale, "entry {i}: {g} against {e}");
         }
     }
+
+    /// The ranked segments' default bodies (what a backend without its own implementation runs)
+    /// against `Segments::mean`, whose weights come from `segment_index`, and its autodiff
+    /// gradient: holes, left padding and a fully padded sequence.
+    #[test]
+    fn the_ranked_bodies_are_the_segment_means_and_their_gradient() {
+        use burn::tensor::Bool;
+
+        use crate::attention::landmarks::Segments;
+
+        let flex = Device::flex();
+        let tracked = flex.clone().autodiff();
+        let [batch, heads, n, d, m] = [3, 2, 11, 3, 4];
+        let padded = |b: usize, j: usize| match b {
+            0 => (3..6).contains(&j),
+            1 => j < 2,
+            _ => true,
+        };
+        let mask: Vec<bool> = (0..batch * n).map(|i| padded(i / n, i % n)).collect();
+        let mask = |device| {
+            Tensor::<2, Bool>::from_bool(TensorData::new(mask.clone(), [batch, n]), device)
+        };
+        let segments = |device| Segments::new(n, m, Some(&mask(device)), FloatDType::F32, device);
+        let normal = Distribution::Normal(0.0, 1.0);
+        let x = Tensor::<4>::random([batch, heads, n, d], normal, &flex);
+        let probe = Tensor::<4>::random([batch, heads, m, d], normal, &flex);
+
+        // The default bodies, on flex.
+        let plain = segments(&flex);
+        let ranks = plain.ranks().expect("a mask cuts ranked segments");
+        let means = Tensor::<4>::from_dispatch(ranked_segment_mean::<Dispatch>(
+            x.clone().into_dispatch(),
+            ranks.rank.clone().into_dispatch(),
+            ranks.lengths.clone().into_dispatch(),
+            m,
+        ));
+        let spread = Tensor::<4>::from_dispatch(ranked_segment_spread::<Dispatch>(
+            probe.clone().into_dispatch(),
+            ranks.rank.clone().into_dispatch(),
+            ranks.lengths.clone().into_dispatch(),
+            0.5,
+        ));
+        // The segment means and the gradient of Σ probe ∘ (0.5 · means), through autodiff.
+        let x_tracked = Tensor::<4>::from_data(x.to_data(), &tracked).require_grad();
+        let expected = segments(&tracked).mean(x_tracked.clone());
+        let probe_tracked = Tensor::<4>::from_data(probe.to_data(), &tracked);
+        let grads = (expected.clone().mul_scalar(0.5) * probe_tracked)
+            .sum()
+            .backward();
+        let gradient = x_tracked.grad(&grads).expect("x is tracked");
+        for (what, got, expected) in [
+            ("means", means, expected.inner()),
+            (
+                "spread",
+                spread,
+                Tensor::from_data(gradient.to_data(), &flex),
+            ),
+        ] {
+            let (got, expected) = (host(got), host(expected));
+            assert!(expected.iter().any(|e| *e != 0.0), "{what}: all zero");
+            for (i, (g, e)) in got.iter().zip(&expected).enumerate() {
+                assert!((g - e).abs() < 1e-5, "{what}, entry {i}: {g} against {e}");
+            }
+        }
+    }
 }
