@@ -4,7 +4,7 @@ use burn::module::Module;
 use burn::nn::{
     Dropout, DropoutConfig, Embedding, EmbeddingConfig, Initializer, LayerNorm, LayerNormConfig,
 };
-use burn::tensor::{Device, Int, Tensor};
+use burn::tensor::{Device, Int, Tensor, TensorData};
 
 use super::config::NystromformerConfig;
 use crate::kernels;
@@ -89,8 +89,10 @@ impl Embeddings {
         );
         let device = input_ids.device();
         let start = self.position_offset as i64;
-        let positions = Tensor::<1, Int>::arange(start..start + n as i64, &device)
-            .reshape([1, n])
+        // Uploaded rather than `arange`, which Burn's fusion backend builds as a cumulative sum
+        // that CubeCL computes in O(n²) (and lavapipe gets wrong past 65 535 entries).
+        let positions: Vec<i64> = (start..start + n as i64).collect();
+        let positions = Tensor::<2, Int>::from_data(TensorData::new(positions, [1, n]), &device)
             .expand([batch, n]);
         let mut x =
             self.word_embeddings.forward(input_ids) + self.position_embeddings.forward(positions);
