@@ -250,9 +250,7 @@ fn averaging_weights(ranks: &SegmentRanks, m: usize, dtype: FloatDType) -> Tenso
 /// ⌈s·(L mod m)/m⌉` (products below `L` and `m²`), and `L` itself last.
 fn segment_starts(length: Tensor<2, Int>, m: usize) -> Tensor<2, Int> {
     let [batch, _] = length.dims();
-    let s = Tensor::<1, Int>::arange(0..m as i64 + 1, &length.device())
-        .reshape([1, m + 1])
-        .expand([batch, m + 1]);
+    let s = positions(m + 1, &length.device()).expand([batch, m + 1]);
     let length = length.expand([batch, m + 1]);
     let blocks = length.clone().div_scalar(m as i64);
     let rest = length - blocks.clone().mul_scalar(m as i64);
