@@ -92,25 +92,12 @@ impl TrainStep {
     }
 
     /// Forward, backward and the optimizer's step, waiting for the device to finish.
-    pub fn run(self) -> Self {
-        let Self {
-            model,
-            mut optimizer,
-            inputs,
-            learning_rate,
-            device,
-        } = self;
-        let output = model.forward_classification(inputs.clone());
-        let grads = GradientsParams::from_grads(output.loss.backward(), &model);
-        let model = optimizer.step(learning_rate, model, grads);
-        device.sync().expect("device sync");
-        Self {
-            model,
-            optimizer,
-            inputs,
-            learning_rate,
-            device,
-        }
+    pub fn run(mut self) -> Self {
+        let output = self.model.forward_classification(self.inputs.clone());
+        let grads = GradientsParams::from_grads(output.loss.backward(), &self.model);
+        self.model = self.optimizer.step(self.learning_rate, self.model, grads);
+        self.device.sync().expect("device sync");
+        self
     }
 }
 

@@ -246,14 +246,18 @@ fn averaging_weights(ranks: &SegmentRanks, m: usize, dtype: FloatDType) -> Tenso
         .reshape([batch, 1, m, n])
 }
 
-/// `[batch, m + 1]`: the first rank of each segment, `start(s) = ⌈s·L/m⌉ = s·⌊L/m⌋ +
-/// ⌈s·(L mod m)/m⌉` (products below `L` and `m²`), and `L` itself last.
+/// `[batch, m + 1]`: the first rank of each segment ([`segment_start`]), and `L` itself last.
 fn segment_starts(length: Tensor<2, Int>, m: usize) -> Tensor<2, Int> {
     let [batch, _] = length.dims();
     let s = positions(m + 1, &length.device()).expand([batch, m + 1]);
-    let length = length.expand([batch, m + 1]);
-    let blocks = length.clone().div_scalar(m as i64);
-    let rest = length - blocks.clone().mul_scalar(m as i64);
+    segment_start(s, length.expand([batch, m + 1]), m)
+}
+
+/// The first rank of segment `s` over `L` valid tokens, `start(s) = ⌈s·L/m⌉ = s·⌊L/m⌋ +
+/// ⌈s·(L mod m)/m⌉`, whose products stay below `L` and `m²`; `s` and `length` of one shape.
+fn segment_start(s: Tensor<2, Int>, length: Tensor<2, Int>, m: usize) -> Tensor<2, Int> {
+    let blocks = length.clone().div_scalar(m as i64); // ⌊L/m⌋
+    let rest = length - blocks.clone().mul_scalar(m as i64); // L mod m
     s.clone() * blocks + (s * rest).add_scalar(m as i64 - 1).div_scalar(m as i64)
 }
 
@@ -261,8 +265,7 @@ fn segment_starts(length: Tensor<2, Int>, m: usize) -> Tensor<2, Int> {
 /// `rank·m`, which overflows a 32-bit Int once `n·m ≥ 2³¹`.
 ///
 /// An f32 estimate is within one of the answer (its relative error is about 2⁻²²); it is then
-/// corrected against the exact start of its segment, `start(s) = ⌈s·L/m⌉ = s·⌊L/m⌋ +
-/// ⌈s·(L mod m)/m⌉`, whose products stay below `L` and `m²`.
+/// corrected against the exact start of its segment ([`segment_start`]).
 ///
 /// # Shapes
 ///
@@ -283,14 +286,7 @@ pub fn segment_index(rank: Tensor<2, Int>, length: Tensor<2, Int>, m: usize) -> 
         .floor()
         .int()
         .clamp(0, m as i64 - 1);
-    let blocks = length.clone().div_scalar(m as i64); // ⌊L/m⌋
-    let rest = length.clone() - blocks.clone().mul_scalar(m as i64); // L mod m
-    let start = |s: Tensor<2, Int>| {
-        s.clone() * blocks.clone()
-            + (s * rest.clone())
-                .add_scalar(m as i64 - 1)
-                .div_scalar(m as i64)
-    };
+    let start = |s: Tensor<2, Int>| segment_start(s, length.clone(), m);
     let too_high = start(estimate.clone()).greater(rank.clone()).int();
     let too_low = start(estimate.clone().add_scalar(1))
         .lower_equal(rank)

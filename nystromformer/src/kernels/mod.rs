@@ -19,10 +19,10 @@
 //! The landmarks are one kernel too (`landmark_means`), for equal segments and for ranked ones
 //! (a padding mask, or `m` not dividing the length: each segment's rows found through its
 //! ranks, where the tensor ops multiply a `[batch, m, n]` weight matrix with every head). The
-//! attention then holds no `n × m` matrix at all. Under autodiff (feature `autodiff`) the same kernels run
-//! forward, the softmax products also leaving each row's log-sum-exp, and the backward is
-//! kernels too: two per softmax product that recompute its softmax from that log-sum-exp
-//! (FlashAttention-2's backward, `cube/softmax_backward.rs`), one that replays the
+//! attention then holds no `n × m` matrix at all. Under autodiff (feature `autodiff`) the same
+//! kernels run forward, the softmax products also leaving each row's log-sum-exp, and the
+//! backward is kernels too: two per softmax product that recompute its softmax from that
+//! log-sum-exp (FlashAttention-2's backward, `cube/softmax_backward.rs`), one that replays the
 //! pseudo-inverse iteration and walks it back (`cube/pinv_backward.rs`, and
 //! `cube/landmark_weights_backward.rs` for `W`, which also goes back through `A`), and the
 //! landmarks' spread over their segments: training keeps no `n × m` matrix from forward to
