@@ -282,6 +282,112 @@ fn pinv_case(device: &Device) {
     assert!(values(&zero).iter().all(|x| *x == 0.0));
 }
 
+/// What [`Segments`] should hold for one sequence's mask, computed on the host: the positions of
+/// the valid tokens (the order), each position's rank (`n` for padding), the length, which of
+/// `m` segments hold no rank (`⌈s·L/m⌉` is each segment's first) and whether `L ≤ m`.
+fn host_segments(padded: &[bool], m: usize) -> (Vec<i64>, Vec<i64>, i64, Vec<bool>, bool) {
+    let n = padded.len();
+    let valid: Vec<i64> = (0..n as i64).filter(|&p| !padded[p as usize]).collect();
+    let length = valid.len();
+    let mut rank = vec![n as i64; n];
+    for (r, &p) in valid.iter().enumerate() {
+        rank[p as usize] = r as i64;
+    }
+    let mut order = valid;
+    order.resize(n, 0);
+    let start = |s: usize| (s * length).div_ceil(m);
+    let missing = (0..m).map(|s| start(s + 1) == start(s)).collect();
+    (order, rank, length as i64, missing, length <= m)
+}
+
+#[test]
+fn fused_ranked_segments_match_the_host_and_the_tensor_ops() {
+    use burn::tensor::Int;
+    use nystromformer::kernels::fused_ranked_segments;
+
+    let ints =
+        |t: Tensor<2, Int>| -> Vec<i64> { t.into_data().convert::<i64>().try_to_vec().unwrap() };
+    // Booleans are stored as u32 on wgpu; read through integers.
+    let bools =
+        |t: Tensor<2, Bool>| -> Vec<bool> { ints(t.int()).iter().map(|&v| v != 0).collect() };
+    let flex = Device::flex();
+    let tiny = mask(vec![false, true, false], [1, 3], &flex);
+    assert!(
+        fused_ranked_segments(&tiny, 2).is_none(),
+        "flex cuts them as tensor ops"
+    );
+    let Some(device) = kernel_device() else {
+        return;
+    };
+    let tracked = mask(vec![false, true, false], [1, 3], &device.clone().autodiff());
+    assert_eq!(
+        fused_ranked_segments(&tracked, 2).is_some(),
+        cfg!(feature = "autodiff")
+    );
+
+    // (batch, n, m, padded?): holes and padding on both sides, all and none padded, short
+    // sequences, runs of the kernel's units that are empty (n < 256) or uneven (n = 1000), and
+    // three million tokens (llvmpipe ends a loop at 65 535 iterations).
+    type Case = (usize, usize, usize, fn(usize, usize) -> bool);
+    let cases: [Case; 5] = [
+        (5, 10, 4, |b, j| match b {
+            0 => j < 3,
+            1 => j == 2 || j >= 6,
+            2 => true,
+            3 => false,
+            _ => j % 3 != 0,
+        }),
+        (3, 1000, 64, |b, j| {
+            (j * 7 + b * 13) % 11 < 3 || j >= 1000 - 97 * b
+        }),
+        (2, 300, 255, |b, j| b == 1 && j >= 60),
+        (1, 65, 64, |_, j| j == 64),
+        (2, 3_000_017, 63, |b, j| {
+            (j + b) % 7 == 0 || (b == 1 && j < 1_000_000)
+        }),
+    ];
+    for (batch, n, m, padded) in cases {
+        let flags: Vec<bool> = (0..batch * n).map(|i| padded(i / n, i % n)).collect();
+        let mask_pad = mask(flags.clone(), [batch, n], &device);
+        let (ranks, missing, short) = fused_ranked_segments(&mask_pad, m).expect("applies");
+        let (order, rank) = (ints(ranks.order), ints(ranks.rank));
+        let lengths = ints(ranks.lengths.reshape([1, batch]));
+        let (missing, short) = (bools(missing), bools(short.reshape([1, batch])));
+        for b in 0..batch {
+            let (want_order, want_rank, want_length, want_missing, want_short) =
+                host_segments(&flags[b * n..(b + 1) * n], m);
+            let case = format!("batch {b} of ({batch}, {n}, {m})");
+            assert_eq!(lengths[b], want_length, "{case}: length");
+            assert!(rank[b * n..(b + 1) * n] == want_rank[..], "{case}: rank");
+            assert!(order[b * n..(b + 1) * n] == want_order[..], "{case}: order");
+            assert_eq!(
+                missing[b * m..(b + 1) * m],
+                want_missing[..],
+                "{case}: missing"
+            );
+            assert_eq!(short[b], want_short, "{case}: short");
+        }
+        // The tensor ops cut the same segments (their prefix sums are exact to n = 65 535·256).
+        if n < 10_000 {
+            let tensor_ops = Segments::new(n, m, Some(&mask_pad), FloatDType::F32, &device);
+            let fused =
+                Segments::new_with_kernels(n, m, Some(&mask_pad), FloatDType::F32, &device, true);
+            let [expected, got] = [&tensor_ops, &fused].map(|s| {
+                let ranks = s.ranks().unwrap();
+                (ints(ranks.order.clone()), ints(ranks.rank.clone()))
+            });
+            assert_eq!(got, expected, "({batch}, {n}, {m})");
+        }
+    }
+
+    // A mask broadcast over the batch (stride 0) reads the one row for every sequence.
+    let row: Vec<bool> = (0..700).map(|j| j % 5 == 1).collect();
+    let broadcast = mask(row.clone(), [1, 700], &device).expand([3, 700]);
+    let (ranks, ..) = fused_ranked_segments(&broadcast, 16).unwrap();
+    let (_, want_rank, ..) = host_segments(&row, 16);
+    assert_eq!(ints(ranks.rank), [&want_rank[..]; 3].concat());
+}
+
 #[test]
 fn fused_landmark_means_match_the_segment_means() {
     // The kernel runs on CubeCL devices, under autodiff too (`fused_gradients.rs` checks its

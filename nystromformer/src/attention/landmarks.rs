@@ -80,6 +80,19 @@ impl Segments {
         dtype: FloatDType,
         device: &Device,
     ) -> Self {
+        Self::new_with_kernels(n, m, mask_pad, dtype, device, false)
+    }
+
+    /// [`new`](Self::new), with a mask's ranked segments cut by one kernel where
+    /// `custom_kernels` is set and [`kernels::fused_ranked_segments`] applies.
+    pub fn new_with_kernels(
+        n: usize,
+        m: usize,
+        mask_pad: Option<&Tensor<2, Bool>>,
+        dtype: FloatDType,
+        device: &Device,
+        custom_kernels: bool,
+    ) -> Self {
         assert!(m > 0, "Segments needs at least one landmark (m = 0)");
         let segments = |ranks, missing, short| Self {
             n,
@@ -102,6 +115,12 @@ impl Segments {
             };
             return segments(Some(ranks), None, None);
         };
+        let fused = custom_kernels
+            .then(|| kernels::fused_ranked_segments(mask_pad, m))
+            .flatten();
+        if let Some((ranks, missing, short)) = fused {
+            return segments(Some(ranks), Some(missing), Some(short));
+        }
         let [batch, _] = mask_pad.dims();
         let ones = mask_pad.clone().bool_not().int(); // [batch, n]
         let valid_so_far = prefix_sums(ones.clone());

@@ -13,7 +13,7 @@ use super::mask::{MASKED_SCORE, PaddingMasks, finite_min, zero_rows};
 use super::pinv::{PinvInit, iterative_pinv};
 use super::shape_check::expect_shape;
 use super::softmax_kernels::{kernel_a, kernel_b, kernel_f};
-use crate::kernels;
+use crate::kernels::{self, MaskFlags};
 
 /// Options of [`nystrom_attention`]: the approximation and how it runs. What to compute for one
 /// call (masks, the kernels for inspection) goes in [`NystromHeadsInput`].
@@ -198,23 +198,25 @@ pub fn nystrom_attention(
         mask.filter(|_| leak_free)
             .or_else(|| (n < m).then(|| Tensor::<2, Int>::zeros([batch, n], &device).bool()))
     };
-    let key_segments = Segments::new(
+    let key_segments = Segments::new_with_kernels(
         n_k,
         m,
         landmark_mask(mask_keys.clone(), n_k).as_ref(),
         dtype,
         &device,
+        options.custom_kernels,
     );
     let same_segments =
         padding.self_attention || (n_q == n_k && mask_queries.is_none() && mask_keys.is_none());
     let query_segments = match same_segments {
         true => key_segments.clone(),
-        false => Segments::new(
+        false => Segments::new_with_kernels(
             n_q,
             m,
             landmark_mask(mask_queries, n_q).as_ref(),
             dtype,
             &device,
+            options.custom_kernels,
         ),
     };
     let missing_queries = query_segments.missing();
@@ -246,26 +248,32 @@ pub fn nystrom_attention(
     // Returning the kernels needs `F` and `B` themselves, which the custom kernels never form.
     // `None` where they do not apply: another backend or dtype, or head sizes past
     // `kernels::MAX_KERNEL_HEAD_DIM` on a CubeCL device (then `F · W` does not apply either).
+    // Each mask becomes flags once for all the stages that take it; in self-attention the
+    // queries' missing landmarks are the keys'.
+    let padding_flags = MaskFlags::new(mask_keys.as_ref(), dtype);
+    let missing_key_flags = MaskFlags::new(missing_keys, dtype);
+    let missing_query_flags = (!same_segments).then(|| MaskFlags::new(missing_queries, dtype));
+    let missing_query_flags = missing_query_flags.as_ref().unwrap_or(&missing_key_flags);
     let fused_values = (options.custom_kernels && !return_kernels)
         .then(|| {
-            kernels::fused_landmark_values(
+            kernels::landmark_values_with_flags(
                 &scaled_queries,
                 &k,
                 &v,
-                mask_keys.as_ref(),
-                missing_queries,
+                &padding_flags,
+                missing_query_flags,
                 min_float as f32,
             )
         })
         .flatten();
     if let Some(values) = fused_values {
         let (iterations, init) = (options.pinv_iterations, options.pinv_init);
-        let weights = kernels::fused_landmark_weights(
+        let weights = kernels::landmark_weights_with_flags(
             &landmark_queries,
             &scaled_keys,
             &values,
-            missing_queries,
-            missing_keys,
+            missing_query_flags,
+            &missing_key_flags,
             iterations,
             init,
         )
@@ -278,8 +286,9 @@ pub fn nystrom_attention(
             a_pinv.matmul(values)
         });
         let weights = exact_for_short(weights, &key_segments, &v, options.custom_kernels);
-        let context = kernels::fused_landmark_attention(&q, &scaled_keys, &weights, missing_keys)
-            .expect(APPLIES);
+        let context =
+            kernels::landmark_attention_with_flags(&q, &scaled_keys, &weights, &missing_key_flags)
+                .expect(APPLIES);
         return NystromAttentionOutput {
             context,
             kernels: None,

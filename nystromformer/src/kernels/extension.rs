@@ -9,15 +9,18 @@
 //! [`super`]'s public functions.
 
 // The macro's expansion names `burn::backend::...` paths.
+#[cfg(feature = "cube-kernels")]
+use burn::backend::tensor::BoolTensor;
 use burn::backend::{
     Backend, Dispatch, DispatchDevice, backend_extension,
     tensor::{FloatTensor, IntTensor},
 };
+use burn::tensor::{Bool, Device, Tensor};
 #[cfg(feature = "cube-kernels")]
-use burn::tensor::Shape;
-use burn::tensor::{Bool, FloatDType, Tensor};
+use burn::tensor::{Int, Shape};
 
 use super::flags::Flags;
+use super::mask_flags::MaskFlags;
 use super::segment_rows::SegmentRows;
 use crate::attention::PinvInit;
 use crate::attention::landmarks::SegmentRanks;
@@ -30,14 +33,22 @@ fn inner_device<const D: usize>(x: &Tensor<D>) -> DispatchDevice {
 }
 
 /// Whether `x` lives on a CubeCL device (tracked or not) and this build has the CubeCL kernels.
-/// (The device variants exist only with their backend's feature, hence `#[cfg]` rather than
-/// `cfg!`.)
 pub fn on_cube_device<const D: usize>(x: &Tensor<D>) -> bool {
+    is_cube_device(&x.device())
+}
+
+/// Whether `device` is a CubeCL device (with autodiff or not) and this build has the CubeCL
+/// kernels. (The device variants exist only with their backend's feature, hence `#[cfg]` rather
+/// than `cfg!`.)
+pub fn is_cube_device(device: &Device) -> bool {
     #[cfg(feature = "cube-kernels")]
-    return matches!(inner_device(x), DispatchDevice::Cube(_));
+    return matches!(
+        device.as_dispatch().clone().inner(),
+        DispatchDevice::Cube(_)
+    );
     #[cfg(not(feature = "cube-kernels"))]
     {
-        let _ = x;
+        let _ = device;
         false
     }
 }
@@ -58,16 +69,16 @@ pub fn landmark_values(
     landmark_queries: &Tensor<4>,
     keys: &Tensor<4>,
     values: &Tensor<4>,
-    mask_pad: Option<&Tensor<2, Bool>>,
-    missing: Option<&Tensor<2, Bool>>,
+    padding: &MaskFlags,
+    missing: &MaskFlags,
     masked_score: f32,
 ) -> Tensor<4> {
     Tensor::from_dispatch(<Dispatch as LandmarkSoftmaxOps>::landmark_values(
         landmark_queries.clone().into_dispatch(),
         keys.clone().into_dispatch(),
         values.clone().into_dispatch(),
-        flags(mask_pad, keys),
-        flags(missing, keys),
+        flags(padding),
+        flags(missing),
         masked_score,
     ))
 }
@@ -88,16 +99,16 @@ pub fn landmark_weights(
     landmark_queries: &Tensor<4>,
     landmark_keys: &Tensor<4>,
     landmark_values: &Tensor<4>,
-    missing_queries: Option<&Tensor<2, Bool>>,
-    missing_keys: Option<&Tensor<2, Bool>>,
+    missing_queries: &MaskFlags,
+    missing_keys: &MaskFlags,
     iterations: usize,
 ) -> Tensor<4> {
     Tensor::from_dispatch(<Dispatch as PinvOps>::landmark_weights(
         landmark_queries.clone().into_dispatch(),
         landmark_keys.clone().into_dispatch(),
         landmark_values.clone().into_dispatch(),
-        flags(missing_queries, landmark_queries),
-        flags(missing_keys, landmark_queries),
+        flags(missing_queries),
+        flags(missing_keys),
         iterations,
     ))
 }
@@ -107,13 +118,13 @@ pub fn landmark_attention(
     queries: &Tensor<4>,
     landmark_keys: &Tensor<4>,
     weights: &Tensor<4>,
-    missing: Option<&Tensor<2, Bool>>,
+    missing: &MaskFlags,
 ) -> Tensor<4> {
     Tensor::from_dispatch(<Dispatch as LandmarkSoftmaxOps>::landmark_attention(
         queries.clone().into_dispatch(),
         landmark_keys.clone().into_dispatch(),
         weights.clone().into_dispatch(),
-        flags(missing, queries),
+        flags(missing),
     ))
 }
 
@@ -231,16 +242,11 @@ pub fn gelu<const D: usize>(_x: Tensor<D>) -> Tensor<D> {
 
 /// A mask as the kernels read it: absent, or `1.0` where `true` and `0.0` elsewhere in the float
 /// type of `like` (the kernels read every input as one type).
-fn flags(mask: Option<&Tensor<2, Bool>>, like: &Tensor<4>) -> Flags<Dispatch> {
-    let Some(mask) = mask else {
-        return Flags::Absent;
-    };
-    let flags = mask.clone().float();
-    let flags = match flags.dtype() == like.dtype() {
-        true => flags,
-        false => flags.cast(FloatDType::from(like.dtype())),
-    };
-    Flags::Present(flags.into_dispatch())
+fn flags(mask: &MaskFlags) -> Flags<Dispatch> {
+    match mask.flags() {
+        Some(flags) => Flags::Present(flags.clone().into_dispatch()),
+        None => Flags::Absent,
+    }
 }
 
 /// The two softmax products; masks arrive as `1.0` at `true`. The default bodies are the
@@ -494,6 +500,93 @@ pub trait SegmentMeanOps: Backend {
         let scaled_queries = Self::float_mul_scalar(landmark_queries.clone(), scale.into());
         (landmark_queries, scaled_queries, scaled_keys)
     }
+}
+
+/// The ranked segments of a padding mask (`[batch, n]`, `true` = padding) into `m` segments, as
+/// [`crate::attention::landmarks::Segments`] cuts them: `(order, rank, lengths, missing, short)`,
+/// the integers in `int_like`'s type (a tensor that is not read). CubeCL devices run one kernel;
+/// there is no default body: [`super::fused_ranked_segments`] calls it on CubeCL devices only,
+/// and elsewhere the segments are built as tensor ops.
+#[cfg(feature = "cube-kernels")]
+#[backend_extension(
+    Cube: cfg(feature = "cube-kernels"),
+    Fusion: cfg(feature = "cube-kernels"),
+    Autodiff: cfg(feature = "autodiff")
+)]
+pub trait SegmentLayoutOps: Backend {
+    /// See [`ranked_segments`].
+    #[fusion(meta = |mask, int_like, m| ranked_segments_spec(mask, int_like, *m))]
+    // One tuple of the five tensors, as the fusion metadata mirrors it.
+    #[allow(clippy::type_complexity)]
+    fn ranked_segments(
+        mask: BoolTensor<Self>,
+        int_like: IntTensor<Self>,
+        m: usize,
+    ) -> (
+        IntTensor<Self>,
+        IntTensor<Self>,
+        IntTensor<Self>,
+        BoolTensor<Self>,
+        BoolTensor<Self>,
+    );
+}
+
+/// What [`SegmentLayoutOps::ranked_segments`] returns for a `[batch, n]` mask: `order` and
+/// `rank` `[batch, n]`, `lengths` `[batch]` in `int_like`'s type, `missing` `[batch, m]` and
+/// `short` `[batch]` in the mask's.
+#[cfg(feature = "cube-kernels")]
+fn ranked_segments_spec(
+    mask: &burn::backend::fusion::custom::TensorSpec,
+    int_like: &burn::backend::fusion::custom::TensorSpec,
+    m: usize,
+) -> (
+    burn::backend::fusion::custom::TensorSpec,
+    burn::backend::fusion::custom::TensorSpec,
+    burn::backend::fusion::custom::TensorSpec,
+    burn::backend::fusion::custom::TensorSpec,
+    burn::backend::fusion::custom::TensorSpec,
+) {
+    use burn::backend::fusion::custom::TensorSpec;
+    let [batch, n] = mask.shape.dims::<2>();
+    (
+        TensorSpec::new(Shape::new([batch, n]), int_like.dtype),
+        TensorSpec::new(Shape::new([batch, n]), int_like.dtype),
+        TensorSpec::new(Shape::new([batch]), int_like.dtype),
+        TensorSpec::new(Shape::new([batch, m]), mask.dtype),
+        TensorSpec::new(Shape::new([batch]), mask.dtype),
+    )
+}
+
+/// See [`super::fused_ranked_segments`].
+#[cfg(feature = "cube-kernels")]
+pub fn ranked_segments(
+    mask: &Tensor<2, Bool>,
+    m: usize,
+) -> (SegmentRanks, Tensor<2, Bool>, Tensor<1, Bool>) {
+    let int_like = Tensor::<1, Int>::empty([1], &mask.device());
+    let (order, rank, lengths, missing, short) = <Dispatch as SegmentLayoutOps>::ranked_segments(
+        mask.clone().into_dispatch(),
+        int_like.into_dispatch(),
+        m,
+    );
+    (
+        SegmentRanks {
+            order: Tensor::from_dispatch(order),
+            rank: Tensor::from_dispatch(rank),
+            lengths: Tensor::from_dispatch(lengths),
+        },
+        Tensor::from_dispatch(missing),
+        Tensor::from_dispatch(short),
+    )
+}
+
+/// Only CubeCL devices have the fused layout: [`super::fused_ranked_segments`] asks for one first.
+#[cfg(not(feature = "cube-kernels"))]
+pub fn ranked_segments(
+    _mask: &Tensor<2, Bool>,
+    _m: usize,
+) -> (SegmentRanks, Tensor<2, Bool>, Tensor<1, Bool>) {
+    unreachable!("the fused ranked segments run on CubeCL devices only")
 }
 
 /// The `[batch, heads, m, d]` means of `x`'s `[batch, heads, n, d]`, in `x`'s type.

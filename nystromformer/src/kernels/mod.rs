@@ -53,9 +53,10 @@ use burn::nn::{Dropout, LayerNorm};
 use burn::tensor::{Bool, DType, FloatDType, Tensor, activation};
 
 use crate::attention::PinvInit;
-use crate::attention::landmarks::Segments;
+use crate::attention::landmarks::{SegmentRanks, Segments};
 use crate::attention::mask::{MASKED_SCORE, zero_rows};
 use crate::attention::shape_check::expect_shape;
+pub(crate) use mask_flags::MaskFlags;
 
 #[cfg(any(feature = "cube-kernels", feature = "flex-kernels"))]
 mod backward;
@@ -67,6 +68,7 @@ mod extension;
 mod flags;
 #[cfg(feature = "flex-kernels")]
 mod flex;
+mod mask_flags;
 #[cfg(all(
     feature = "autodiff",
     any(feature = "cube-kernels", feature = "flex-kernels")
@@ -137,13 +139,34 @@ pub fn fused_landmark_values(
     if let Some(missing) = missing {
         expect_shape(op, "missing", &missing.dims(), &[batch, m]);
     }
-    let [_, _, _, d_v] = values.dims();
+    let dtype = FloatDType::from(keys.dtype());
+    landmark_values_with_flags(
+        landmark_queries,
+        keys,
+        values,
+        &MaskFlags::new(mask_pad, dtype),
+        &MaskFlags::new(missing, dtype),
+        masked_score,
+    )
+}
+
+/// [`fused_landmark_values`] with its masks' flags converted once for the whole attention call.
+pub(crate) fn landmark_values_with_flags(
+    landmark_queries: &Tensor<4>,
+    keys: &Tensor<4>,
+    values: &Tensor<4>,
+    padding: &MaskFlags,
+    missing: &MaskFlags,
+    masked_score: f32,
+) -> Option<Tensor<4>> {
+    let d = keys.dims()[3];
+    let d_v = values.dims()[3];
     (custom_kernels_apply(landmark_queries) && fits_cube_kernels(keys, [d, d_v])).then(|| {
         extension::landmark_values(
             landmark_queries,
             keys,
             values,
-            mask_pad,
+            padding,
             missing,
             masked_score,
         )
@@ -184,7 +207,15 @@ pub fn fused_softmax_attention(
     on_flex(q).then(|| {
         let scaled = q.clone().mul_scalar((d as f64).powf(-0.5));
         let v = zero_rows(v.clone(), mask_pad);
-        extension::landmark_values(&scaled, k, &v, mask_pad, None, MASKED_SCORE as f32)
+        let dtype = FloatDType::F32;
+        extension::landmark_values(
+            &scaled,
+            k,
+            &v,
+            &MaskFlags::new(mask_pad, dtype),
+            &MaskFlags::new(None, dtype),
+            MASKED_SCORE as f32,
+        )
     })
 }
 
@@ -272,6 +303,29 @@ pub fn fused_landmark_weights(
             expect_shape(op, name, &missing.dims(), &[batch, m]);
         }
     }
+    let dtype = FloatDType::from(landmark_queries.dtype());
+    landmark_weights_with_flags(
+        landmark_queries,
+        landmark_keys,
+        landmark_values,
+        &MaskFlags::new(missing_queries, dtype),
+        &MaskFlags::new(missing_keys, dtype),
+        iterations,
+        init,
+    )
+}
+
+/// [`fused_landmark_weights`] with its masks' flags converted once for the whole attention call.
+pub(crate) fn landmark_weights_with_flags(
+    landmark_queries: &Tensor<4>,
+    landmark_keys: &Tensor<4>,
+    landmark_values: &Tensor<4>,
+    missing_queries: &MaskFlags,
+    missing_keys: &MaskFlags,
+    iterations: usize,
+    init: PinvInit,
+) -> Option<Tensor<4>> {
+    let [batch, heads, m, _] = landmark_queries.dims();
     (init == PinvInit::Exact
         && custom_kernels_apply(landmark_queries)
         && extension::on_cube_device(landmark_queries)
@@ -343,7 +397,25 @@ pub fn fused_landmark_attention(
     if let Some(missing) = missing {
         expect_shape(op, "missing", &missing.dims(), &[batch, m]);
     }
-    let [_, _, _, d_v] = weights.dims();
+    let dtype = FloatDType::from(queries.dtype());
+    landmark_attention_with_flags(
+        queries,
+        landmark_keys,
+        weights,
+        &MaskFlags::new(missing, dtype),
+    )
+}
+
+/// [`fused_landmark_attention`] with its mask's flags converted once for the whole attention
+/// call.
+pub(crate) fn landmark_attention_with_flags(
+    queries: &Tensor<4>,
+    landmark_keys: &Tensor<4>,
+    weights: &Tensor<4>,
+    missing: &MaskFlags,
+) -> Option<Tensor<4>> {
+    let d = queries.dims()[3];
+    let d_v = weights.dims()[3];
     (custom_kernels_apply(queries) && fits_cube_kernels(queries, [d, d_v]))
         .then(|| extension::landmark_attention(queries, landmark_keys, weights, missing))
 }
@@ -415,6 +487,34 @@ pub fn fused_segment_mean(x: &Tensor<4>, segments: &Segments) -> Option<Tensor<4
     check_segments("fused_segment_mean", "segments", segments, batch, n);
     let applies = on_flex(x) || (custom_kernels_apply(x) && extension::on_cube_device(x));
     applies.then(|| extension::segment_mean(x, segments.ranks(), segments.num_segments()))
+}
+
+/// The ranked segments of a padding mask as one CubeCL kernel, where the tensor ops take sixteen
+/// launches (prefix sums in blocks, a scatter, the segment starts' arithmetic):
+/// `(ranks, missing, short)` as [`Segments`] keeps them (see
+/// [`crate::attention::landmarks::SegmentRanks`], [`Segments::missing`], [`Segments::short`]).
+/// `None` off CubeCL devices, and for masks on an autodiff device without the `autodiff`
+/// feature.
+///
+/// # Shapes
+///
+/// - mask_pad: `[batch, n]` (`true` = padding)
+/// - output: ranks of `[batch, n]` and `[batch]`, missing `[batch, m]`, short `[batch]`
+///
+/// # Panics
+///
+/// Panics if `m` is 0.
+pub fn fused_ranked_segments(
+    mask_pad: &Tensor<2, Bool>,
+    m: usize,
+) -> Option<(SegmentRanks, Tensor<2, Bool>, Tensor<1, Bool>)> {
+    assert!(
+        m > 0,
+        "fused_ranked_segments needs at least one segment (m = 0)"
+    );
+    let device = mask_pad.device();
+    (extension::is_cube_device(&device) && (!device.is_autodiff() || cfg!(feature = "autodiff")))
+        .then(|| extension::ranked_segments(mask_pad, m))
 }
 
 /// Panics, naming `name`, unless `segments` cut `n` tokens of (each of, or all) `batch`
@@ -524,7 +624,7 @@ pub fn layer_norm<const D: usize>(
 /// and none of these is ever called.
 #[cfg(not(any(feature = "cube-kernels", feature = "flex-kernels")))]
 mod extension {
-    use super::{Bool, PinvInit, Tensor};
+    use super::{Bool, MaskFlags, PinvInit, Tensor};
     use crate::attention::landmarks::SegmentRanks;
 
     const NOT_COMPILED: &str = "custom kernels are not compiled in (no GPU backend feature)";
@@ -535,6 +635,17 @@ mod extension {
 
     pub fn on_flex_device<const D: usize>(_x: &Tensor<D>) -> bool {
         false
+    }
+
+    pub fn is_cube_device(_device: &burn::tensor::Device) -> bool {
+        false
+    }
+
+    pub fn ranked_segments(
+        _mask: &Tensor<2, Bool>,
+        _m: usize,
+    ) -> (SegmentRanks, Tensor<2, Bool>, Tensor<1, Bool>) {
+        unreachable!("{NOT_COMPILED}")
     }
 
     pub fn dropout<const D: usize>(_x: Tensor<D>, _prob: f64) -> Tensor<D> {
@@ -558,8 +669,8 @@ mod extension {
         _landmark_queries: &Tensor<4>,
         _keys: &Tensor<4>,
         _values: &Tensor<4>,
-        _mask_pad: Option<&Tensor<2, Bool>>,
-        _missing: Option<&Tensor<2, Bool>>,
+        _padding: &MaskFlags,
+        _missing: &MaskFlags,
         _masked_score: f32,
     ) -> Tensor<4> {
         unreachable!("{NOT_COMPILED}")
@@ -573,8 +684,8 @@ mod extension {
         _landmark_queries: &Tensor<4>,
         _landmark_keys: &Tensor<4>,
         _landmark_values: &Tensor<4>,
-        _missing_queries: Option<&Tensor<2, Bool>>,
-        _missing_keys: Option<&Tensor<2, Bool>>,
+        _missing_queries: &MaskFlags,
+        _missing_keys: &MaskFlags,
         _iterations: usize,
     ) -> Tensor<4> {
         unreachable!("{NOT_COMPILED}")
@@ -603,7 +714,7 @@ mod extension {
         _queries: &Tensor<4>,
         _landmark_keys: &Tensor<4>,
         _weights: &Tensor<4>,
-        _missing: Option<&Tensor<2, Bool>>,
+        _missing: &MaskFlags,
     ) -> Tensor<4> {
         unreachable!("{NOT_COMPILED}")
     }

@@ -9,10 +9,10 @@
 //! Masks are constants.
 
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
-use burn::backend::tensor::FloatTensor;
+use burn::backend::tensor::{BoolTensor, FloatTensor, IntTensor};
 use burn::backend::{Autodiff, Backend, Cube, TensorMetadata};
 
-use crate::kernels::extension::{LandmarkSoftmaxOps, PinvOps, SegmentMeanOps};
+use crate::kernels::extension::{LandmarkSoftmaxOps, PinvOps, SegmentLayoutOps, SegmentMeanOps};
 use crate::kernels::flags::Flags;
 use crate::kernels::recorded::{SavedForward, record};
 use crate::kernels::segment_rows::SegmentRows;
@@ -328,5 +328,23 @@ impl<C: CheckpointStrategy> SegmentMeanOps for Autodiff<Cube, C> {
             mean(scaled_query_node, scaled_queries, n_q, scale, query_rows),
             mean(key_node, scaled_keys, n_k, scale, key_rows),
         )
+    }
+}
+
+/// The layout of a mask has no gradient: the inner backend's kernel, on the same integer and
+/// boolean tensors.
+impl<C: CheckpointStrategy> SegmentLayoutOps for Autodiff<Cube, C> {
+    fn ranked_segments(
+        mask: BoolTensor<Self>,
+        int_like: IntTensor<Self>,
+        m: usize,
+    ) -> (
+        IntTensor<Self>,
+        IntTensor<Self>,
+        IntTensor<Self>,
+        BoolTensor<Self>,
+        BoolTensor<Self>,
+    ) {
+        <Cube as SegmentLayoutOps>::ranked_segments(mask, int_like, m)
     }
 }

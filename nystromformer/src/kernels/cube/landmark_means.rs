@@ -344,7 +344,7 @@ fn sequence_of<I: Int>(ranks: &Tensor<I>, batch: usize) -> usize {
 /// ⌈s·(L mod m)/m⌉`: its products stay below `L` and `m²`, where `s·L` overflows 32 bits at
 /// long sequences.
 #[cube]
-fn segment_start(s: usize, length: usize, m: usize) -> usize {
+pub(super) fn segment_start(s: usize, length: usize, m: usize) -> usize {
     s * (length / m) + (s * (length % m)).div_ceil(m)
 }
 

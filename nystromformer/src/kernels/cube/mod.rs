@@ -22,6 +22,7 @@ mod landmark_weights_backward;
 mod online_softmax;
 mod pinv;
 mod pinv_backward;
+mod ranked_segments;
 mod softmax_backward;
 mod tiles;
 
@@ -32,7 +33,7 @@ use burn_cubecl::kernel::into_contiguous;
 use burn_cubecl::tensor::CubeTensor;
 use cubecl::prelude::*;
 
-use super::extension::{LandmarkSoftmaxOps, PinvOps, SegmentMeanOps};
+use super::extension::{LandmarkSoftmaxOps, PinvOps, SegmentLayoutOps, SegmentMeanOps};
 use super::flags::Flags;
 use super::segment_rows::SegmentRows;
 use softmax_backward::{FlaggedKeys, ProductBackward};
@@ -228,6 +229,16 @@ impl SegmentMeanOps for CubeBackend {
             landmark_means::launch(queries, Some((keys, key_rows)), query_rows, m, scale);
         let (scaled_queries, scaled_keys) = scaled.expect("with keys, all three landmarks");
         (landmark_queries, scaled_queries, scaled_keys)
+    }
+}
+
+impl SegmentLayoutOps for CubeBackend {
+    fn ranked_segments(
+        mask: CubeTensor,
+        int_like: CubeTensor,
+        m: usize,
+    ) -> (CubeTensor, CubeTensor, CubeTensor, CubeTensor, CubeTensor) {
+        ranked_segments::launch(mask, &int_like, m)
     }
 }
 
