@@ -6,9 +6,9 @@
 mod common;
 
 use burn::module::{Module, Param};
-use burn::nn::{DropoutConfig, LayerNormConfig};
+use burn::nn::{DropoutConfig, LayerNorm, LayerNormConfig};
 use burn::tensor::activation::gelu;
-use burn::tensor::{Device, Int, Tensor};
+use burn::tensor::{Device, FloatDType, Int, Tensor};
 use common::{max_abs_diff, randn, values};
 use nystromformer::kernels;
 use nystromformer::model::{EncoderInput, NystromformerConfig};
@@ -57,39 +57,94 @@ fn gelu_matches_burns_forward_and_gradient() {
 
 #[test]
 fn layer_norm_matches_burns_forward_and_gradients() {
-    let device = tracked_flex();
+    // Flex fuses it forward and backward; CubeCL devices run a kernel each way. Widths below,
+    // at and above the CubeCL kernel's 64 units per row, and a row count that leaves its last
+    // cube of 32 rows part-empty.
+    let mut devices = vec![tracked_flex()];
+    devices.extend(common::wgpu_device().map(Device::autodiff));
+    for device in devices {
+        for d in [48, 64, 130] {
+            layer_norm_case(&device, d);
+        }
+    }
+}
+
+/// The fused LayerNorm of width `d` on `device` (tracked) against burn-nn's, forward and the
+/// gradients of the input, `γ` and `β`; with f16 too on CubeCL devices.
+fn layer_norm_case(device: &Device, d: usize) {
     let epsilon = 1e-5;
-    let mut norm = LayerNormConfig::new(48).with_epsilon(epsilon).init(&device);
+    let mut norm = LayerNormConfig::new(d).with_epsilon(epsilon).init(device);
     // Parameters away from their initial ones, so that their gradients and roles show.
-    norm.gamma = Param::from_tensor(randn([48], 0.3, 6, &device) + 1.0);
-    norm.beta = Some(Param::from_tensor(randn([48], 0.3, 7, &device)));
-    let x = randn([5, 130, 48], 2.0, 8, &device) + 3.0;
-    let probe = randn([5, 130, 48], 1.0, 9, &device);
-    let run = |fused: bool| {
+    norm.gamma = Param::from_tensor(randn([d], 0.3, 6, device) + 1.0);
+    norm.beta = Some(Param::from_tensor(randn([d], 0.3, 7, device)));
+    let x = randn([5, 131, d], 2.0, 8, device) + 3.0;
+    let probe = randn([5, 131, d], 1.0, 9, device);
+    let on_cube = device.clone().inner() != Device::flex();
+    assert_eq!(
+        kernels::layer_norm_fuses(&norm, &x),
+        !on_cube || cfg!(feature = "cube-kernels"),
+        "{device:?}"
+    );
+    let run = |norm: &LayerNorm, x: &Tensor<3>, fused: bool| {
         let x = x.clone().require_grad();
-        let out = kernels::layer_norm(&norm, x.clone(), epsilon, fused);
-        let grads = (out.clone() * probe.clone()).sum().backward();
+        let out = kernels::layer_norm(norm, x.clone(), epsilon, fused);
+        let grads = (out.clone() * probe.clone().cast(out.dtype()))
+            .sum()
+            .backward();
         let beta = norm.beta.as_ref().expect("a bias").val();
         [out.inner(), x.grad(&grads).expect("tracked")]
-            .map(|t| values(&t))
+            .map(|t| values(&t.cast(FloatDType::F32)))
             .into_iter()
-            .chain([norm.gamma.val(), beta].map(|p| values(&p.grad(&grads).expect("tracked"))))
+            .chain(
+                [norm.gamma.val(), beta]
+                    .map(|p| values(&p.grad(&grads).expect("tracked").cast(FloatDType::F32))),
+            )
             .collect::<Vec<_>>()
     };
-    let (fused, reference) = (run(true), run(false));
-    for (what, (a, b)) in ["output", "x", "gamma", "beta"]
-        .iter()
-        .zip(fused.iter().zip(&reference))
-    {
-        let scale = b.iter().fold(1.0f32, |m, v| m.max(v.abs()));
-        let worst = a
+    let reference = run(&norm, &x, false);
+    let mut cases = vec![("f32", run(&norm, &x, true), 2e-5)];
+    if on_cube && device.supports_dtype(FloatDType::F16) {
+        let half = norm.clone().map(&mut HalfPrecision);
+        let x_half = x.clone().cast(FloatDType::F16);
+        assert!(kernels::layer_norm_fuses(&half, &x_half) == cfg!(feature = "cube-kernels"));
+        cases.push(("f16", run(&half, &x_half, true), 2e-2));
+    }
+    for (dtype, fused, tolerance) in cases {
+        for (what, (a, b)) in ["output", "x", "gamma", "beta"]
             .iter()
-            .zip(b)
-            .fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
-        assert!(
-            worst < 2e-5 * scale,
-            "{what} differs by {worst} (scale {scale})"
-        );
+            .zip(fused.iter().zip(&reference))
+        {
+            let scale = b.iter().fold(1.0f32, |m, v| m.max(v.abs()));
+            let worst = a
+                .iter()
+                .zip(b)
+                .fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
+            assert!(
+                worst < tolerance * scale,
+                "{device:?}, d {d}, {dtype}: {what} differs by {worst} (scale {scale})"
+            );
+        }
+    }
+    // Untracked, the fused forward alone.
+    let plain = x.inner();
+    let norm = norm.valid();
+    let diff = max_abs_diff(
+        &kernels::layer_norm(&norm, plain.clone(), epsilon, true),
+        &norm.forward(plain),
+    );
+    assert!(
+        diff < 2e-5 * 4.0,
+        "{device:?}, d {d}: untracked forward differs by {diff}"
+    );
+}
+
+/// Casts a module's float parameters to f16, as new tracked parameters.
+struct HalfPrecision;
+
+impl burn::module::ModuleMapper for HalfPrecision {
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        // A new leaf, tracked like the original.
+        Param::from_tensor(param.val().cast(FloatDType::F16).detach())
     }
 }
 

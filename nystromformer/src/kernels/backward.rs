@@ -26,7 +26,9 @@ use burn::tensor::{DType, FloatDType, Shape};
 
 use super::extension::PinvOps;
 use super::flags::Flags;
-use super::reference::{cast_to, dims, fill_keys, fill_rows, landmark_matrix, norm_coefficient};
+use super::reference::{
+    as_rows, cast_to, dims, fill_keys, fill_rows, landmark_matrix, norm_coefficient,
+};
 use crate::attention::pinv::MIN_COEFFICIENT;
 
 /// See [`LandmarkSoftmaxOps::landmark_attention_backward`][attention_backward]: the gradients
@@ -348,4 +350,50 @@ mod tests {
             }
         }
     }
+}
+
+/// See [`LayerNormOps::layer_norm_backward`][layer_norm_backward]: with `x̂` recomputed from
+/// the statistics and `g = dy ∘ γ`, `dx = (g − mean(g) − x̂ ∘ mean(g ∘ x̂)) / √(var + ε)`,
+/// `dγ = Σ_rows dy ∘ x̂`, `dβ = Σ_rows dy`, in f32 and returned in the inputs' types.
+///
+/// [layer_norm_backward]: super::extension::LayerNormOps::layer_norm_backward
+#[cfg_attr(
+    not(all(feature = "autodiff", feature = "cube-kernels")),
+    allow(dead_code)
+)]
+pub fn layer_norm_backward<B: Backend>(
+    x: FloatTensor<B>,
+    gamma: FloatTensor<B>,
+    statistics: FloatTensor<B>,
+    grad: FloatTensor<B>,
+) -> (FloatTensor<B>, FloatTensor<B>, FloatTensor<B>) {
+    let (shape, dtype, gamma_dtype) = (x.shape(), x.dtype(), gamma.dtype());
+    let (x, [rows, d]) = as_rows::<B>(x);
+    let (grad, _) = as_rows::<B>(grad);
+    let row_shape = Shape::new([rows, d]);
+    let per_row = |t: FloatTensor<B>| B::float_expand(t, row_shape.clone());
+    let statistic =
+        |i: usize| B::float_slice(statistics.clone(), &[(0..rows).into(), (i..i + 1).into()]);
+    let (mean, inv_std) = (statistic(0), statistic(1));
+    let normed = B::float_mul(B::float_sub(x, per_row(mean)), per_row(inv_std.clone()));
+    let gamma = B::float_reshape(cast_to::<B>(gamma, DType::F32), Shape::new([1, d]));
+    let scaled = B::float_mul(grad.clone(), B::float_expand(gamma, row_shape.clone()));
+    let mean_g = B::float_mean_dim(scaled.clone(), 1);
+    let mean_gh = B::float_mean_dim(B::float_mul(scaled.clone(), normed.clone()), 1);
+    let centred = B::float_sub(
+        B::float_sub(scaled, per_row(mean_g)),
+        B::float_mul(normed.clone(), per_row(mean_gh)),
+    );
+    let dx = B::float_mul(centred, per_row(inv_std));
+    let column_sum = |t: FloatTensor<B>| {
+        let sum = B::float_reshape(B::float_sum_dim(t, 0), Shape::new([d]));
+        cast_to::<B>(sum, gamma_dtype)
+    };
+    let d_gamma = column_sum(B::float_mul(grad.clone(), normed));
+    let d_beta = column_sum(grad);
+    (
+        cast_to::<B>(B::float_reshape(dx, shape), dtype),
+        d_gamma,
+        d_beta,
+    )
 }

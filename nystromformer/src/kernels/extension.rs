@@ -202,7 +202,6 @@ pub fn gelu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
 }
 
 /// See [`super::layer_norm`].
-#[cfg(feature = "flex-kernels")]
 pub fn layer_norm<const D: usize>(
     x: Tensor<D>,
     gamma: Tensor<1>,
@@ -215,17 +214,6 @@ pub fn layer_norm<const D: usize>(
         beta.into_dispatch(),
         epsilon,
     ))
-}
-
-/// Only flex has the fused LayerNorm: [`super::layer_norm`] asks for flex first.
-#[cfg(not(feature = "flex-kernels"))]
-pub fn layer_norm<const D: usize>(
-    _x: Tensor<D>,
-    _gamma: Tensor<1>,
-    _beta: Tensor<1>,
-    _epsilon: f64,
-) -> Tensor<D> {
-    unreachable!("the fused LayerNorm runs on flex only")
 }
 
 /// Only flex has the fused elementwise steps: [`super::dropout`] asks for flex first.
@@ -631,20 +619,85 @@ pub trait ElementwiseOps: Backend {
 }
 
 /// LayerNorm over the last dimension (`gamma`, `beta`: `[d]`), which flex runs as a chain of
-/// serial tensor ops.
-#[cfg(feature = "flex-kernels")]
+/// serial tensor ops and CubeCL devices as about three launches forward and twenty-five
+/// backward. The default bodies are tensor ops ([`super::reference::layer_norm_with_statistics`],
+/// [`super::backward::layer_norm_backward`]); flex fuses the forward (and under autodiff its
+/// backward, `kernels/flex/autodiff.rs`), CubeCL devices run one kernel forward and, under
+/// autodiff, one kernel and two sums backward (`kernels/cube/layer_norm.rs`).
 #[backend_extension(
+    Cube: cfg(feature = "cube-kernels"),
+    Fusion: cfg(feature = "cube-kernels"),
     Flex: cfg(feature = "flex-kernels"),
     Autodiff: cfg(feature = "autodiff")
 )]
 pub trait LayerNormOps: Backend {
     /// See [`layer_norm`].
+    #[fusion(dtype = x, shape = x)]
     fn layer_norm(
         x: FloatTensor<Self>,
         gamma: FloatTensor<Self>,
         beta: FloatTensor<Self>,
         epsilon: f64,
-    ) -> FloatTensor<Self>;
+    ) -> FloatTensor<Self> {
+        super::reference::layer_norm_with_statistics::<Self>(x, gamma, beta, epsilon).0
+    }
+
+    /// [`LayerNormOps::layer_norm`] and each row's `(mean, 1/√(var + ε))`, `[rows, 2]` in f32,
+    /// from which [`LayerNormOps::layer_norm_backward`] recomputes the normalised rows.
+    // Only the CubeCL devices' autodiff implementation calls it (flex keeps its own).
+    #[cfg_attr(
+        not(all(feature = "autodiff", feature = "cube-kernels")),
+        allow(dead_code)
+    )]
+    #[fusion(meta = |x, _gamma, _beta, _epsilon| layer_norm_statistics_spec(x))]
+    fn layer_norm_with_statistics(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        epsilon: f64,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        super::reference::layer_norm_with_statistics::<Self>(x, gamma, beta, epsilon)
+    }
+
+    /// The gradients of `x`, `gamma` and `beta` for the gradient `grad` of
+    /// [`LayerNormOps::layer_norm`]'s output, from its input, `gamma` and the statistics of
+    /// [`LayerNormOps::layer_norm_with_statistics`].
+    #[cfg_attr(
+        not(all(feature = "autodiff", feature = "cube-kernels")),
+        allow(dead_code)
+    )]
+    #[fusion(meta = |x, gamma, _statistics, _grad| (x.clone(), gamma.clone(), gamma.clone()))]
+    fn layer_norm_backward(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        statistics: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        super::backward::layer_norm_backward::<Self>(x, gamma, statistics, grad)
+    }
+}
+
+/// A LayerNorm's output (like `x`) and its `[rows, 2]` f32 statistics.
+#[cfg(feature = "cube-kernels")]
+#[cfg_attr(
+    not(all(feature = "autodiff", feature = "cube-kernels")),
+    allow(dead_code)
+)]
+fn layer_norm_statistics_spec(
+    x: &burn::backend::fusion::custom::TensorSpec,
+) -> (
+    burn::backend::fusion::custom::TensorSpec,
+    burn::backend::fusion::custom::TensorSpec,
+) {
+    let d = x.shape[x.shape.num_dims() - 1];
+    let rows = x.shape.num_elements() / d;
+    (
+        x.clone(),
+        burn::backend::fusion::custom::TensorSpec::new(
+            Shape::new([rows, 2]),
+            burn::tensor::DType::F32,
+        ),
+    )
 }
 
 /// The pseudo-inverse iteration; `c` flattened to `[batch · heads]`. The default body is the

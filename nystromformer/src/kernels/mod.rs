@@ -595,10 +595,12 @@ pub fn gelu<const D: usize>(x: Tensor<D>, custom_kernels: bool) -> Tensor<D> {
     }
 }
 
-/// `norm.forward(x)`, which on flex (f32, with `custom_kernels`, and a norm with a bias) runs as
-/// one parallel pass over blocks of rows forward and one backward instead of flex's chain of
-/// serial tensor ops. burn-nn's `LayerNorm` keeps its epsilon private: `epsilon` must be the
-/// one it was configured with.
+/// `norm.forward(x)`, which with `custom_kernels` and a norm with a bias runs fused: on flex
+/// (f32) as one parallel pass over blocks of rows forward and one backward instead of flex's
+/// chain of serial tensor ops; on CubeCL devices (f32, f16) as one kernel forward and, under
+/// autodiff with its feature, one kernel and two sums backward, where Burn takes about three
+/// launches forward and twenty-five backward. burn-nn's `LayerNorm` keeps its epsilon private:
+/// `epsilon` must be the one it was configured with.
 ///
 /// # Shapes
 ///
@@ -610,7 +612,7 @@ pub fn layer_norm<const D: usize>(
     custom_kernels: bool,
 ) -> Tensor<D> {
     match &norm.beta {
-        Some(beta) if custom_kernels && on_flex(&x) => {
+        Some(beta) if custom_kernels && layer_norm_fuses(norm, &x) => {
             let gamma = norm.gamma.val();
             let [d] = gamma.dims();
             expect_shape("layer_norm", "x", &x.dims()[D - 1..], &[d]);
@@ -618,6 +620,18 @@ pub fn layer_norm<const D: usize>(
         }
         _ => norm.forward(x),
     }
+}
+
+/// Whether [`layer_norm`] with `custom_kernels` runs `norm` on `x` fused: a norm with a bias, and
+/// f32 on flex or f32 and f16 (parameters of `x`'s type) on a CubeCL device; tracked tensors only
+/// with the `autodiff` feature.
+pub fn layer_norm_fuses<const D: usize>(norm: &LayerNorm, x: &Tensor<D>) -> bool {
+    norm.beta.is_some()
+        && (on_flex(x)
+            || (trackable(x)
+                && extension::on_cube_device(x)
+                && matches!(x.dtype(), DType::F32 | DType::F16)
+                && norm.gamma.val().dtype() == x.dtype()))
 }
 
 /// Without a GPU backend or flex there is nothing to launch: [`custom_kernels_apply`] is false

@@ -122,6 +122,42 @@ fn landmark_softmax<B: Backend>(scores: FloatTensor<B>, missing: &Flags<B>) -> F
     fill_keys::<B>(B::softmax(scores, 3), missing, 0.0)
 }
 
+/// LayerNorm over the last dimension of `x` (`gamma`, `beta`: `[d]`) in f32 whatever the input
+/// type, as burn-nn's `LayerNorm` (biased variance), and each row's `(mean, 1/√(var + ε))` as
+/// `[rows, 2]` f32.
+pub fn layer_norm_with_statistics<B: Backend>(
+    x: FloatTensor<B>,
+    gamma: FloatTensor<B>,
+    beta: FloatTensor<B>,
+    epsilon: f64,
+) -> (FloatTensor<B>, FloatTensor<B>) {
+    let (shape, dtype) = (x.shape(), x.dtype());
+    let (x, [rows, d]) = as_rows::<B>(x);
+    let row_shape = Shape::new([rows, d]);
+    let per_row = |t: FloatTensor<B>| B::float_expand(t, row_shape.clone());
+    let mean = B::float_mean_dim(x.clone(), 1);
+    let centred = B::float_sub(x, per_row(mean.clone()));
+    let variance = B::float_mean_dim(B::float_mul(centred.clone(), centred.clone()), 1);
+    let inv_std = B::float_recip(B::float_sqrt(B::float_add_scalar(variance, epsilon.into())));
+    let normed = B::float_mul(centred, per_row(inv_std.clone()));
+    let column = |t: FloatTensor<B>| {
+        let t = B::float_reshape(cast_to::<B>(t, DType::F32), Shape::new([1, d]));
+        B::float_expand(t, row_shape.clone())
+    };
+    let output = B::float_add(B::float_mul(normed, column(gamma)), column(beta));
+    let output = cast_to::<B>(B::float_reshape(output, shape), dtype);
+    (output, B::float_cat(vec![mean, inv_std], 1))
+}
+
+/// `x` (`[.., d]`) as `[rows, d]` in f32, and those two sizes.
+pub(super) fn as_rows<B: Backend>(x: FloatTensor<B>) -> (FloatTensor<B>, [usize; 2]) {
+    let shape = x.shape();
+    let d = shape[shape.num_dims() - 1];
+    let rows = shape.num_elements() / d;
+    let x = B::float_reshape(cast_to::<B>(x, DType::F32), Shape::new([rows, d]));
+    (x, [rows, d])
+}
+
 /// `x` in `dtype`, and `x` itself when it is already of that type (autodiff would record even a
 /// cast to the same type as an operation).
 pub(super) fn cast_to<B: Backend>(x: FloatTensor<B>, dtype: DType) -> FloatTensor<B> {
@@ -389,6 +425,76 @@ mod tests {
         let row = &scores[r * len..(r + 1) * len];
         let max = row.iter().copied().fold(f32::MIN, f32::max);
         max + row.iter().map(|s| (s - max).exp()).sum::<f32>().ln()
+    }
+
+    #[test]
+    #[cfg(feature = "autodiff")]
+    fn the_layer_norm_bodies_match_burn_nn_forward_and_backward() {
+        use burn::module::Param;
+        use burn::nn::LayerNormConfig;
+
+        use crate::kernels::backward::layer_norm_backward;
+
+        fn flat<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+            t.into_data().convert::<f32>().try_into_vec().unwrap()
+        }
+        let device = Device::flex().autodiff();
+        let (d, epsilon) = (6, 1e-5);
+        let normal = |shape: [usize; 1], mean, std| {
+            Tensor::<1>::random(shape, Distribution::Normal(mean, std), &device)
+        };
+        let mut norm = LayerNormConfig::new(d).with_epsilon(epsilon).init(&device);
+        norm.gamma = Param::from_tensor(normal([d], 1.0, 0.3));
+        norm.beta = Some(Param::from_tensor(normal([d], 0.0, 0.3)));
+        let x = Tensor::<3>::random([2, 5, d], Distribution::Normal(3.0, 2.0), &device);
+        let x = x.require_grad();
+        let probe = Tensor::<3>::random([2, 5, d], Distribution::Normal(0.0, 1.0), &device);
+        let out = norm.forward(x.clone());
+        let grads = (out.clone() * probe.clone()).sum().backward();
+        let (gamma, beta) = (norm.gamma.val(), norm.beta.as_ref().unwrap().val());
+        let expected = [
+            flat(out.inner()),
+            flat(x.grad(&grads).unwrap()),
+            flat(gamma.grad(&grads).unwrap()),
+            flat(beta.grad(&grads).unwrap()),
+        ];
+
+        let (output, statistics) = layer_norm_with_statistics::<Dispatch>(
+            x.clone().inner().into_dispatch(),
+            gamma.clone().inner().into_dispatch(),
+            beta.inner().into_dispatch(),
+            epsilon,
+        );
+        let (dx, d_gamma, d_beta) = layer_norm_backward::<Dispatch>(
+            x.clone().inner().into_dispatch(),
+            gamma.inner().into_dispatch(),
+            statistics.clone(),
+            probe.inner().into_dispatch(),
+        );
+        let got = [
+            flat(Tensor::<3>::from_dispatch(output)),
+            flat(Tensor::<3>::from_dispatch(dx)),
+            flat(Tensor::<1>::from_dispatch(d_gamma)),
+            flat(Tensor::<1>::from_dispatch(d_beta)),
+        ];
+        for (what, (got, expected)) in ["output", "x", "gamma", "beta"]
+            .iter()
+            .zip(got.iter().zip(&expected))
+        {
+            for (g, e) in got.iter().zip(expected) {
+                assert!(
+                    (g - e).abs() < 1e-4 * (1.0 + e.abs()),
+                    "{what}: {g} against {e}"
+                );
+            }
+        }
+        // The first row's statistics, from the host.
+        let row = &flat(x.inner())[..d];
+        let mean = row.iter().sum::<f32>() / d as f32;
+        let variance = row.iter().map(|v| (v - mean).powi(2)).sum::<f32>() / d as f32;
+        let statistics = flat(Tensor::<2>::from_dispatch(statistics));
+        assert!((statistics[0] - mean).abs() < 1e-5);
+        assert!((statistics[1] - 1.0 / (variance + epsilon as f32).sqrt()).abs() < 1e-4);
     }
 
     #[test]

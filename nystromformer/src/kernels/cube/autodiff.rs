@@ -12,7 +12,9 @@ use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::tensor::{BoolTensor, FloatTensor, IntTensor};
 use burn::backend::{Autodiff, Backend, Cube, TensorMetadata};
 
-use crate::kernels::extension::{LandmarkSoftmaxOps, PinvOps, SegmentLayoutOps, SegmentMeanOps};
+use crate::kernels::extension::{
+    LandmarkSoftmaxOps, LayerNormOps, PinvOps, SegmentLayoutOps, SegmentMeanOps,
+};
 use crate::kernels::flags::Flags;
 use crate::kernels::recorded::{SavedForward, record};
 use crate::kernels::segment_rows::SegmentRows;
@@ -346,5 +348,50 @@ impl<C: CheckpointStrategy> SegmentLayoutOps for Autodiff<Cube, C> {
         BoolTensor<Self>,
     ) {
         <Cube as SegmentLayoutOps>::ranked_segments(mask, int_like, m)
+    }
+}
+
+/// What a LayerNorm keeps: its input, `γ` and each row's `(mean, 1/√(var + ε))` (`[rows, 2]`,
+/// f32), from which its backward recomputes the normalised rows.
+#[derive(Debug, Clone)]
+struct SavedLayerNorm<B: Backend> {
+    x: FloatTensor<B>,
+    gamma: FloatTensor<B>,
+    statistics: FloatTensor<B>,
+}
+
+impl SavedForward<Cube, 3> for SavedLayerNorm<Cube> {
+    fn backward(self, grad: FloatTensor<Cube>) -> [FloatTensor<Cube>; 3] {
+        let (dx, d_gamma, d_beta) =
+            <Cube as LayerNormOps>::layer_norm_backward(self.x, self.gamma, self.statistics, grad);
+        [dx, d_gamma, d_beta]
+    }
+}
+
+impl<C: CheckpointStrategy> LayerNormOps for Autodiff<Cube, C> {
+    fn layer_norm(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        epsilon: f64,
+    ) -> FloatTensor<Self> {
+        let nodes = [x.node(), gamma.node(), beta.node()];
+        let (x, gamma) = (x.into_primitive(), gamma.into_primitive());
+        record::<Cube, C, 3, _>(nodes, || {
+            let (output, statistics) = <Cube as LayerNormOps>::layer_norm_with_statistics(
+                x.clone(),
+                gamma.clone(),
+                beta.into_primitive(),
+                epsilon,
+            );
+            (
+                output,
+                SavedLayerNorm {
+                    x,
+                    gamma,
+                    statistics,
+                },
+            )
+        })
     }
 }

@@ -19,6 +19,7 @@ mod landmark_means;
 mod landmark_values;
 mod landmark_weights;
 mod landmark_weights_backward;
+mod layer_norm;
 mod online_softmax;
 mod pinv;
 mod pinv_backward;
@@ -33,7 +34,9 @@ use burn_cubecl::kernel::into_contiguous;
 use burn_cubecl::tensor::CubeTensor;
 use cubecl::prelude::*;
 
-use super::extension::{LandmarkSoftmaxOps, PinvOps, SegmentLayoutOps, SegmentMeanOps};
+use super::extension::{
+    LandmarkSoftmaxOps, LayerNormOps, PinvOps, SegmentLayoutOps, SegmentMeanOps,
+};
 use super::flags::Flags;
 use super::segment_rows::SegmentRows;
 use softmax_backward::{FlaggedKeys, ProductBackward};
@@ -229,6 +232,31 @@ impl SegmentMeanOps for CubeBackend {
             landmark_means::launch(queries, Some((keys, key_rows)), query_rows, m, scale);
         let (scaled_queries, scaled_keys) = scaled.expect("with keys, all three landmarks");
         (landmark_queries, scaled_queries, scaled_keys)
+    }
+}
+
+impl LayerNormOps for CubeBackend {
+    fn layer_norm(x: CubeTensor, gamma: CubeTensor, beta: CubeTensor, epsilon: f64) -> CubeTensor {
+        layer_norm::launch(x, gamma, beta, epsilon, false).0
+    }
+
+    fn layer_norm_with_statistics(
+        x: CubeTensor,
+        gamma: CubeTensor,
+        beta: CubeTensor,
+        epsilon: f64,
+    ) -> (CubeTensor, CubeTensor) {
+        let (output, statistics) = layer_norm::launch(x, gamma, beta, epsilon, true);
+        (output, statistics.expect("asked for the statistics"))
+    }
+
+    fn layer_norm_backward(
+        x: CubeTensor,
+        gamma: CubeTensor,
+        statistics: CubeTensor,
+        grad: CubeTensor,
+    ) -> (CubeTensor, CubeTensor, CubeTensor) {
+        layer_norm::launch_backward(x, gamma, statistics, grad)
     }
 }
 
