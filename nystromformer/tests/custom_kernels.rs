@@ -326,10 +326,10 @@ fn fused_ranked_segments_match_the_host_and_the_tensor_ops() {
     );
 
     // (batch, n, m, padded?): holes and padding on both sides, all and none padded, short
-    // sequences, runs of the kernel's units that are empty (n < 256) or uneven (n = 1000), and
-    // three million tokens (llvmpipe ends a loop at 65 535 iterations).
+    // sequences, runs of the kernel's units that are empty (n < 256) or uneven (n = 1000),
+    // three million tokens (llvmpipe ends a loop at 65 535 iterations) and 65 537 sequences.
     type Case = (usize, usize, usize, fn(usize, usize) -> bool);
-    let cases: [Case; 5] = [
+    let cases: [Case; 6] = [
         (5, 10, 4, |b, j| match b {
             0 => j < 3,
             1 => j == 2 || j >= 6,
@@ -345,6 +345,8 @@ fn fused_ranked_segments_match_the_host_and_the_tensor_ops() {
         (2, 3_000_017, 63, |b, j| {
             (j + b) % 7 == 0 || (b == 1 && j < 1_000_000)
         }),
+        // More sequences than a one-dimensional grid holds (WebGPU: 65 535 cubes).
+        (65_537, 3, 2, |b, j| (b + j) % 3 == 0),
     ];
     for (batch, n, m, padded) in cases {
         let flags: Vec<bool> = (0..batch * n).map(|i| padded(i / n, i % n)).collect();

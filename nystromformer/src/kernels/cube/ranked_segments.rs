@@ -40,10 +40,12 @@ pub fn launch(
     let missing = empty(Shape::new([batch, m]), bool_dtype);
     let short = empty(Shape::new([batch]), bool_dtype);
     let units = UNITS_PER_CUBE.min(client.properties().hardware.max_units_per_cube) as usize;
+    let cube_dim = CubeDim::new_1d(units as u32);
     ranked_segments_kernel::launch(
         &client,
-        CubeCount::new_1d(batch as u32),
-        CubeDim::new_1d(units as u32),
+        // One cube per sequence, in a grid of more than one dimension past 65 535 sequences.
+        cubecl::calculate_cube_count_elemwise(&client, batch * units, cube_dim),
+        cube_dim,
         mask.into_tensor_arg(),
         order.clone().into_tensor_arg(),
         rank.clone().into_tensor_arg(),
@@ -76,6 +78,10 @@ fn ranked_segments_kernel<B: Numeric, I: Int>(
     #[define(B, I)] _dtypes: [ElemType; 2],
 ) {
     let sequence = CUBE_POS;
+    // Whole cubes past the last sequence (the grid is rounded up) leave before any barrier.
+    if sequence >= mask.shape(0) {
+        terminate!();
+    }
     let n = mask.shape(1);
     let m = missing.shape(1);
     let unit = UNIT_POS as usize;
