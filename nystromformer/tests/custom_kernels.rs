@@ -329,7 +329,7 @@ fn fused_ranked_segments_match_the_host_and_the_tensor_ops() {
     // sequences, runs of the kernel's units that are empty (n < 256) or uneven (n = 1000),
     // three million tokens (llvmpipe ends a loop at 65 535 iterations) and 65 537 sequences.
     type Case = (usize, usize, usize, fn(usize, usize) -> bool);
-    let cases: [Case; 6] = [
+    let cases: [Case; 7] = [
         (5, 10, 4, |b, j| match b {
             0 => j < 3,
             1 => j == 2 || j >= 6,
@@ -347,6 +347,8 @@ fn fused_ranked_segments_match_the_host_and_the_tensor_ops() {
         }),
         // More sequences than a one-dimensional grid holds (WebGPU: 65 535 cubes).
         (65_537, 3, 2, |b, j| (b + j) % 3 == 0),
+        // More segments than a cube has units: each unit flags several.
+        (2, 2000, 300, |b, j| j % 5 == b || j >= 1900),
     ];
     for (batch, n, m, padded) in cases {
         let flags: Vec<bool> = (0..batch * n).map(|i| padded(i / n, i % n)).collect();
@@ -381,6 +383,19 @@ fn fused_ranked_segments_match_the_host_and_the_tensor_ops() {
             assert_eq!(got, expected, "({batch}, {n}, {m})");
         }
     }
+
+    // A transposed mask (strided rows) reads each sequence through its strides.
+    let columns: Vec<bool> = (0..700 * 2).map(|i| (i / 2 + i % 2) % 4 == 0).collect();
+    let transposed = mask(columns.clone(), [700, 2], &device).transpose();
+    let (ranks, ..) = fused_ranked_segments(&transposed, 16).unwrap();
+    let rows: Vec<Vec<bool>> = (0..2)
+        .map(|b| (0..700).map(|j| columns[j * 2 + b]).collect())
+        .collect();
+    let want: Vec<i64> = rows
+        .iter()
+        .flat_map(|row| host_segments(row, 16).1)
+        .collect();
+    assert_eq!(ints(ranks.rank), want, "transposed");
 
     // A mask broadcast over the batch (stride 0) reads the one row for every sequence.
     let row: Vec<bool> = (0..700).map(|j| j % 5 == 1).collect();

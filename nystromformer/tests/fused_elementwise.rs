@@ -67,6 +67,16 @@ fn layer_norm_matches_burns_forward_and_gradients() {
             layer_norm_case(&device, d);
         }
     }
+    // Rows wider than the CubeCL kernel's registers hold run as tensor ops there.
+    if let Some(device) = common::wgpu_device() {
+        let width = kernels::MAX_KERNEL_LAYER_NORM_WIDTH;
+        let fits = |d: usize| {
+            let norm = LayerNormConfig::new(d).init(&device);
+            kernels::layer_norm_fuses(&norm, &Tensor::<3>::zeros([1, 2, d], &device))
+        };
+        assert_eq!(fits(width), cfg!(feature = "cube-kernels"));
+        assert!(!fits(width + 1));
+    }
 }
 
 /// The fused LayerNorm of width `d` on `device` (tracked) against burn-nn's, forward and the
@@ -80,11 +90,13 @@ fn layer_norm_case(device: &Device, d: usize) {
     let x = randn([5, 131, d], 2.0, 8, device) + 3.0;
     let probe = randn([5, 131, d], 1.0, 9, device);
     let on_cube = device.clone().inner() != Device::flex();
-    assert_eq!(
-        kernels::layer_norm_fuses(&norm, &x),
-        !on_cube || cfg!(feature = "cube-kernels"),
-        "{device:?}"
-    );
+    // The devices here are tracked: fused only with the `autodiff` feature.
+    let fuses = cfg!(feature = "autodiff")
+        && match on_cube {
+            true => cfg!(feature = "cube-kernels"),
+            false => cfg!(feature = "flex-kernels"),
+        };
+    assert_eq!(kernels::layer_norm_fuses(&norm, &x), fuses, "{device:?}");
     let run = |norm: &LayerNorm, x: &Tensor<3>, fused: bool| {
         let x = x.clone().require_grad();
         let out = kernels::layer_norm(norm, x.clone(), epsilon, fused);
@@ -106,7 +118,7 @@ fn layer_norm_case(device: &Device, d: usize) {
     if on_cube && device.supports_dtype(FloatDType::F16) {
         let half = norm.clone().map(&mut HalfPrecision);
         let x_half = x.clone().cast(FloatDType::F16);
-        assert!(kernels::layer_norm_fuses(&half, &x_half) == cfg!(feature = "cube-kernels"));
+        assert_eq!(kernels::layer_norm_fuses(&half, &x_half), fuses);
         cases.push(("f16", run(&half, &x_half, true), 2e-2));
     }
     for (dtype, fused, tolerance) in cases {
@@ -125,6 +137,26 @@ fn layer_norm_case(device: &Device, d: usize) {
             );
         }
     }
+    // A transposed view as input, and the gradient of a plain sum (a broadcast, stride 0).
+    let transposed = randn([5, d, 131], 2.0, 10, device).swap_dims(1, 2);
+    let sum_gradient = |fused: bool| {
+        let x = transposed.clone().require_grad();
+        let out = kernels::layer_norm(&norm, x.clone(), epsilon, fused);
+        let grads = out.clone().sum().backward();
+        [out.inner(), x.grad(&grads).expect("tracked")].map(|t| values(&t))
+    };
+    let (fused, expected) = (sum_gradient(true), sum_gradient(false));
+    for (what, (a, b)) in ["output", "x"].iter().zip(fused.iter().zip(&expected)) {
+        let worst = a
+            .iter()
+            .zip(b)
+            .fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
+        assert!(
+            worst < 1e-4,
+            "{device:?}, d {d}, transposed: {what} differs by {worst}"
+        );
+    }
+
     // Untracked, the fused forward alone.
     let plain = x.inner();
     let norm = norm.valid();

@@ -2,8 +2,10 @@
 //! two softmax products, on CubeCL devices and on flex), [`PinvOps`] (the pseudo-inverse, on
 //! CubeCL devices and on flex, and `W = A⁺ (B V)` in one kernel on CubeCL devices),
 //! [`SegmentMeanOps`] (the landmarks, of equal or ranked segments: fused on flex, one kernel
-//! with their scaling on CubeCL devices), and on flex `DepthwiseConvOps` (the skip connection's
-//! convolution), `ElementwiseOps` (dropout and GELU) and `LayerNormOps`. Burn routes a call by
+//! with their scaling on CubeCL devices), on CubeCL devices `SegmentLayoutOps` (the segments of a
+//! padding mask), [`LayerNormOps`] (fused on flex, kernels on CubeCL devices), and on flex
+//! `DepthwiseConvOps` (the skip connection's convolution) and `ElementwiseOps` (dropout and
+//! GELU). Burn routes a call by
 //! the device of its tensors: to the CubeCL backend (through its fusion backend, which runs a
 //! custom operation at the next flush) or to flex. Below them, the tensor-level calls of
 //! [`super`]'s public functions.
@@ -27,7 +29,7 @@ use crate::attention::landmarks::SegmentRanks;
 use crate::attention::pinv::initial_coefficient;
 
 /// The device of `x` without its autodiff wrapper.
-#[cfg(any(feature = "cube-kernels", feature = "flex-kernels"))]
+#[cfg(feature = "flex-kernels")]
 fn inner_device<const D: usize>(x: &Tensor<D>) -> DispatchDevice {
     x.device().as_dispatch().clone().inner()
 }
@@ -690,7 +692,7 @@ fn layer_norm_statistics_spec(
     burn::backend::fusion::custom::TensorSpec,
 ) {
     let d = x.shape[x.shape.num_dims() - 1];
-    let rows = x.shape.num_elements() / d;
+    let rows = x.shape.num_elements().checked_div(d).unwrap_or(0);
     (
         x.clone(),
         burn::backend::fusion::custom::TensorSpec::new(

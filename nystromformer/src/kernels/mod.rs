@@ -39,7 +39,9 @@
 //! connection's depthwise convolution is fused on flex as well, forward and backward
 //! ([`fused_depthwise_conv`]), as are the landmarks, equal or ranked ([`fused_segment_mean`])
 //! and the training step's dropout, exact GELU and LayerNorm
-//! ([`dropout`], [`gelu`], [`layer_norm`]), which flex runs element by element on one core.
+//! ([`dropout`], [`gelu`], [`layer_norm`]), which flex runs element by element on one core. The
+//! LayerNorm is a CubeCL kernel too, forward and backward (`cube/layer_norm.rs`), where Burn
+//! takes about three launches forward and twenty-five backward.
 //!
 //! The CubeCL kernels also take f16, forward and backward: they read and write f16, keep their
 //! softmax state, tiles, log-sum-exp and partial gradients in f32 and run the pseudo-inverse in
@@ -622,17 +624,27 @@ pub fn layer_norm<const D: usize>(
     }
 }
 
-/// Whether [`layer_norm`] with `custom_kernels` runs `norm` on `x` fused: a norm with a bias, and
-/// f32 on flex or f32 and f16 (parameters of `x`'s type) on a CubeCL device; tracked tensors only
-/// with the `autodiff` feature.
+/// Whether [`layer_norm`] with `custom_kernels` runs `norm` on `x` fused: a norm with a bias, a
+/// non-empty `x`, and f32 on flex, or on a CubeCL device f32 and f16 with parameters of `x`'s
+/// type and rows of at most [`MAX_KERNEL_LAYER_NORM_WIDTH`]; tracked tensors only with the
+/// `autodiff` feature.
 pub fn layer_norm_fuses<const D: usize>(norm: &LayerNorm, x: &Tensor<D>) -> bool {
-    norm.beta.is_some()
+    let Some(beta) = &norm.beta else {
+        return false;
+    };
+    let width = x.dims()[D - 1];
+    x.shape().num_elements() > 0
         && (on_flex(x)
             || (trackable(x)
                 && extension::on_cube_device(x)
                 && matches!(x.dtype(), DType::F32 | DType::F16)
-                && norm.gamma.val().dtype() == x.dtype()))
+                && width <= MAX_KERNEL_LAYER_NORM_WIDTH
+                && [norm.gamma.val().dtype(), beta.val().dtype()] == [x.dtype(); 2]))
 }
+
+/// The widest rows the CubeCL LayerNorm takes: each of a cube's 64 units keeps `⌈width / 64⌉`
+/// entries of four rows in registers, sized at compile time. Wider rows run as tensor ops there.
+pub const MAX_KERNEL_LAYER_NORM_WIDTH: usize = 2048;
 
 /// Without a GPU backend or flex there is nothing to launch: [`custom_kernels_apply`] is false
 /// and none of these is ever called.

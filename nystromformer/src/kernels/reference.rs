@@ -153,7 +153,7 @@ pub fn layer_norm_with_statistics<B: Backend>(
 pub(super) fn as_rows<B: Backend>(x: FloatTensor<B>) -> (FloatTensor<B>, [usize; 2]) {
     let shape = x.shape();
     let d = shape[shape.num_dims() - 1];
-    let rows = shape.num_elements() / d;
+    let rows = shape.num_elements().checked_div(d).unwrap_or(0);
     let x = B::float_reshape(cast_to::<B>(x, DType::F32), Shape::new([rows, d]));
     (x, [rows, d])
 }

@@ -1,10 +1,11 @@
 //! LayerNorm over the last dimension in one launch forward and three backward (one kernel, and
-//! the sums of its per-cube partial gradients of `γ` and `β`).
+//! the sums of its per-cube partial gradients of `γ` and `β`; two casts more for f16).
 //!
 //! Burn runs a LayerNorm as three launches forward and about twenty-five backward, each a full
 //! pass over `[tokens, width]`; an LRA ListOps training step has five of them, which made them
 //! the largest share of the step's launches once the attention ran as kernels. Here a cube of
-//! [`UNITS`] units takes [`ROWS_PER_CUBE`] rows one after the other; each unit holds the columns
+//! [`UNITS`] units takes [`ROWS_PER_CUBE`] rows (more past [`MAX_CUBES`] cubes) one after the
+//! other; each unit holds the columns
 //! `u, u + UNITS, …` of the row in registers and the row's sums are reduced in shared memory.
 //! The statistics (`mean`, `1/√(var + ε)`) are kept in f32 whatever the input type, and the
 //! backward recomputes `x̂` from them:
@@ -34,6 +35,11 @@ const LOG2_UNITS: usize = 6;
 /// registers and writes one partial sum per cube.
 const ROWS_PER_CUBE: usize = 32;
 
+/// The most cubes: more rows take more rows per cube, so that Burn's sum of the partial
+/// gradients runs over at most this many (CubeCL sums a column in one loop, which llvmpipe ends
+/// after 65 535 iterations).
+const MAX_CUBES: usize = 65_535;
+
 /// The LayerNorm of `x` (`[.., d]`, with `gamma` and `beta` `[d]` of its type) and, with
 /// `with_statistics`, each row's `(mean, 1/√(var + ε))` as `[rows, 2]` f32.
 pub fn launch(
@@ -44,9 +50,7 @@ pub fn launch(
     with_statistics: bool,
 ) -> (CubeTensor, Option<CubeTensor>) {
     let x = into_contiguous(x);
-    let shape = x.meta.shape().clone();
-    let d = shape[shape.num_dims() - 1];
-    let rows = shape.num_elements() / d;
+    let (shape, rows, d) = rows_of(&x);
     let client = x.client.clone();
     let empty = |shape: Shape, dtype| {
         empty_device_contiguous_dtype(client.clone(), x.device.clone(), shape, dtype)
@@ -56,12 +60,12 @@ pub fn launch(
         true => empty(Shape::new([rows, 2]), DType::F32),
         false => empty(Shape::new([1]), DType::F32),
     };
-    let cube_dim = CubeDim::new_1d(UNITS as u32);
-    let cubes = rows.div_ceil(ROWS_PER_CUBE);
+    let (cubes, rows_per_cube) = cubes_for(rows);
+    let (cube_count, cube_dim) = grid(&x, cubes);
     let dtype = x.dtype;
     layer_norm_kernel::launch(
         &client,
-        cubecl::calculate_cube_count_elemwise(&client, cubes * UNITS, cube_dim),
+        cube_count,
         cube_dim,
         x.into_tensor_arg(),
         into_contiguous(gamma).into_tensor_arg(),
@@ -69,6 +73,7 @@ pub fn launch(
         output.clone().into_tensor_arg(),
         statistics.clone().into_tensor_arg(),
         rows,
+        rows_per_cube,
         epsilon as f32,
         d.div_ceil(UNITS),
         with_statistics,
@@ -86,23 +91,21 @@ pub fn launch_backward(
     grad: CubeTensor,
 ) -> (CubeTensor, CubeTensor, CubeTensor) {
     let x = into_contiguous(x);
-    let shape = x.meta.shape().clone();
-    let d = shape[shape.num_dims() - 1];
-    let rows = shape.num_elements() / d;
+    let (shape, rows, d) = rows_of(&x);
     let client = x.client.clone();
     let (dtype, gamma_dtype) = (x.dtype, gamma.dtype);
     let empty = |shape: Shape, dtype| {
         empty_device_contiguous_dtype(client.clone(), x.device.clone(), shape, dtype)
     };
     let dx = empty(shape, dtype);
-    let cubes = rows.div_ceil(ROWS_PER_CUBE);
+    let (cubes, rows_per_cube) = cubes_for(rows);
     // Each cube's sums of dy ∘ x̂ and of dy over its rows, in f32.
     let partial_gamma = empty(Shape::new([cubes, d]), DType::F32);
     let partial_beta = empty(Shape::new([cubes, d]), DType::F32);
-    let cube_dim = CubeDim::new_1d(UNITS as u32);
+    let (cube_count, cube_dim) = grid(&x, cubes);
     layer_norm_backward_kernel::launch(
         &client,
-        cubecl::calculate_cube_count_elemwise(&client, cubes * UNITS, cube_dim),
+        cube_count,
         cube_dim,
         x.into_tensor_arg(),
         into_contiguous(gamma).into_tensor_arg(),
@@ -112,6 +115,7 @@ pub fn launch_backward(
         partial_gamma.clone().into_tensor_arg(),
         partial_beta.clone().into_tensor_arg(),
         rows,
+        rows_per_cube,
         d.div_ceil(UNITS),
         dtype_to_storage_type(dtype),
     );
@@ -124,6 +128,29 @@ pub fn launch_backward(
         }
     };
     (dx, total(partial_gamma), total(partial_beta))
+}
+
+/// `x`'s shape, and its number of rows and their width `d` (its last dimension).
+fn rows_of(x: &CubeTensor) -> (Shape, usize, usize) {
+    let shape = x.meta.shape().clone();
+    let d = shape[shape.num_dims() - 1];
+    let rows = shape.num_elements().checked_div(d).unwrap_or(0);
+    (shape, rows, d)
+}
+
+/// The cubes for `rows` rows: `(cubes, rows per cube)`, [`ROWS_PER_CUBE`] rows per cube up to
+/// [`MAX_CUBES`] cubes.
+fn cubes_for(rows: usize) -> (usize, usize) {
+    let rows_per_cube = ROWS_PER_CUBE.max(rows.div_ceil(MAX_CUBES));
+    (rows.div_ceil(rows_per_cube), rows_per_cube)
+}
+
+/// A grid of `cubes` cubes of [`UNITS`] units, of more than one dimension where one does not
+/// hold them.
+fn grid(x: &CubeTensor, cubes: usize) -> (CubeCount, CubeDim) {
+    let cube_dim = CubeDim::new_1d(UNITS as u32);
+    let count = cubecl::calculate_cube_count_elemwise(&x.client, cubes * UNITS, cube_dim);
+    (count, cube_dim)
 }
 
 /// The sum of `value` over the cube's [`UNITS`] units, through `partial` (`UNITS` entries of
@@ -146,7 +173,7 @@ fn cube_sum<L: List<f32>>(value: f32, partial: &mut L) -> f32 {
     total
 }
 
-/// One cube per [`ROWS_PER_CUBE`] rows of `x` (`[rows, d]`, contiguous), unit `u` holding the
+/// One cube per `rows_per_cube` rows of `x` (`[rows, d]`, contiguous), unit `u` holding the
 /// row's columns `u + k · UNITS` for `k < columns`. `statistics` gets each row's
 /// `(mean, 1/√(var + ε))` when `with_statistics` (else it is a placeholder).
 #[cube(launch)]
@@ -158,6 +185,7 @@ fn layer_norm_kernel<F: Float>(
     output: &mut Tensor<F>,
     statistics: &mut Tensor<f32>,
     rows: usize,
+    rows_per_cube: usize,
     epsilon: f32,
     #[comptime] columns: usize,
     #[comptime] with_statistics: bool,
@@ -165,7 +193,7 @@ fn layer_norm_kernel<F: Float>(
 ) {
     let cube = CUBE_POS;
     // Whole cubes past the end leave before any barrier.
-    if cube * ROWS_PER_CUBE >= rows {
+    if cube * rows_per_cube >= rows {
         terminate!();
     }
     let d = gamma.len();
@@ -173,8 +201,8 @@ fn layer_norm_kernel<F: Float>(
     let mut partial = Shared::<[f32]>::new_slice(UNITS);
     let mut values = Array::<f32>::new(columns);
     let width = f32::cast_from(d);
-    for r in 0..ROWS_PER_CUBE {
-        let row = cube * ROWS_PER_CUBE + r;
+    for r in 0..rows_per_cube {
+        let row = cube * rows_per_cube + r;
         // Uniform across the cube: every unit stays for the barriers.
         if row < rows {
             let start = row * d;
@@ -237,11 +265,12 @@ fn layer_norm_backward_kernel<F: Float>(
     partial_gamma: &mut Tensor<f32>,
     partial_beta: &mut Tensor<f32>,
     rows: usize,
+    rows_per_cube: usize,
     #[comptime] columns: usize,
     #[define(F)] _dtype: ElemType,
 ) {
     let cube = CUBE_POS;
-    if cube * ROWS_PER_CUBE >= rows {
+    if cube * rows_per_cube >= rows {
         terminate!();
     }
     let d = gamma.len();
@@ -257,8 +286,8 @@ fn layer_norm_backward_kernel<F: Float>(
         sum_beta[k] = f32::new(0.0);
     }
     let width = f32::cast_from(d);
-    for r in 0..ROWS_PER_CUBE {
-        let row = cube * ROWS_PER_CUBE + r;
+    for r in 0..rows_per_cube {
+        let row = cube * rows_per_cube + r;
         if row < rows {
             let start = row * d;
             let mean = statistics[row * 2];

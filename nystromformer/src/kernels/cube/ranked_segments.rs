@@ -7,7 +7,8 @@
 //! segment starts' arithmetic. Here one cube takes one sequence: each unit counts the valid
 //! positions of its run of the mask, the first unit turns the counts into the ranks each run
 //! starts at, and each unit walks its run again writing ranks and order. No loop runs past
-//! `n / 256` entries (llvmpipe ends a loop at 65 535 iterations).
+//! about `max(units, ⌈n / units⌉)` entries, 256 units where the device has them (llvmpipe ends a
+//! loop at 65 535 iterations).
 
 use burn::backend::cubecl::dtype_to_storage_type;
 use burn::tensor::Shape;
