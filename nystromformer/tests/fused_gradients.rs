@@ -9,7 +9,7 @@ mod common;
 
 use burn::tensor::activation::softmax;
 use burn::tensor::{Device, Tensor};
-use common::{devices, mask, on, randn, relative_diff, values};
+use common::{devices, mask, on, randn, relative_diff, values, wgpu_device};
 use nystromformer::attention::explicit_softmax_attention;
 use nystromformer::attention::mask::{MASKED_SCORE, zero_rows};
 use nystromformer::attention::softmax_kernels::{kernel_b, kernel_f};
@@ -297,23 +297,36 @@ fn attention_gradients_agree_over_random_shapes_and_masks() {
 
 #[test]
 fn fused_conv_skip_matches_the_convolution_with_gradients() {
+    let flex = Device::flex();
+    let heads = 3;
+    // Flex's fused loops and the CubeCL kernels, each against Burn's `Conv2d` on its device.
+    let mut devices = vec![flex.clone()];
+    devices.extend(wgpu_device());
+    // Filters shorter than, as long as and longer than the sequence.
+    for device in devices {
+        for (n, k) in [(40, 5), (9, 9), (6, 35), (300, 33)] {
+            conv_skip_case(&device, heads, n, k);
+        }
+    }
+}
+
+/// The fused convolution of `[2, heads, n, 8]` values with `k` taps on `device` (tracked) against
+/// Burn's grouped `Conv2d`, output and gradients.
+fn conv_skip_case(device: &Device, heads: usize, n: usize, k: usize) {
     use burn::module::Param;
     use burn::nn::PaddingConfig2d;
     use burn::nn::conv::Conv2dConfig;
     use nystromformer::kernels::fused_depthwise_conv;
 
-    let flex = Device::flex();
-    let heads = 3;
-    // Filters shorter than, as long as and longer than the sequence.
-    for (n, k) in [(40, 5), (9, 9), (6, 35)] {
+    {
         let inputs = [
-            randn([2, heads, n, 8], 1.0, n as u64, &flex),
-            randn([heads, 1, k, 1], 0.3, k as u64, &flex),
+            randn([2, heads, n, 8], 1.0, n as u64, device),
+            randn([heads, 1, k, 1], 0.3, k as u64, device),
         ];
-        let probe = randn([2, heads, n, 8], 1.0, 7, &flex);
-        let device = flex.clone().autodiff();
+        let probe = randn([2, heads, n, 8], 1.0, 7, device);
+        let device = device.clone().autodiff();
         let fused = output_and_gradients(&inputs, &probe, &device, |[v, taps]| {
-            fused_depthwise_conv(v, taps).expect("flex runs the fused convolution")
+            fused_depthwise_conv(v, taps).expect("the fused convolution applies")
         });
         let reference = output_and_gradients(&inputs, &probe, &device, |[v, taps]| {
             let mut conv = Conv2dConfig::new([heads, heads], [k, 1])
@@ -325,7 +338,7 @@ fn fused_conv_skip_matches_the_convolution_with_gradients() {
             conv.forward(v.clone())
         });
         assert_agree(
-            &format!("n = {n}, k = {k}"),
+            &format!("{device:?}, n = {n}, k = {k}"),
             ["values", "taps"],
             &fused,
             &reference,

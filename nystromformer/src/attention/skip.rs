@@ -11,7 +11,8 @@ use crate::kernels;
 /// The convolution zero-pads the sequence ends (`k / 2` on each side). With `mask_pad`, the
 /// values at padded positions are zeroed first, so they never reach a valid position; pass
 /// `None` to reproduce HF transformers, which convolves the raw values. With `fused`, flex runs
-/// the convolution as fused loops ([`fused_depthwise_conv`](crate::kernels::fused_depthwise_conv)).
+/// the convolution as fused loops and CubeCL devices as kernels
+/// ([`fused_depthwise_conv`](crate::kernels::fused_depthwise_conv)).
 ///
 /// # Shapes
 ///

@@ -27,7 +27,8 @@ use burn::tensor::{DType, FloatDType, Shape};
 use super::extension::PinvOps;
 use super::flags::Flags;
 use super::reference::{
-    as_rows, cast_to, dims, fill_keys, fill_rows, landmark_matrix, norm_coefficient,
+    as_rows, cast_to, depthwise_options, dims, fill_keys, fill_rows, landmark_matrix,
+    norm_coefficient,
 };
 use crate::attention::pinv::MIN_COEFFICIENT;
 
@@ -396,4 +397,24 @@ pub fn layer_norm_backward<B: Backend>(
         d_gamma,
         d_beta,
     )
+}
+
+/// See [`DepthwiseConvOps::depthwise_conv_backward`][conv_backward]: Burn's backward ops of its
+/// grouped `Conv2d`.
+///
+/// [conv_backward]: super::extension::DepthwiseConvOps::depthwise_conv_backward
+#[cfg_attr(
+    not(all(feature = "autodiff", feature = "cube-kernels")),
+    allow(dead_code)
+)]
+pub fn depthwise_conv_backward<B: Backend>(
+    values: FloatTensor<B>,
+    taps: FloatTensor<B>,
+    grad: FloatTensor<B>,
+) -> (FloatTensor<B>, FloatTensor<B>) {
+    let options = depthwise_options::<B>(&taps);
+    let d_values =
+        B::conv2d_x_backward(values.clone(), taps.clone(), grad.clone(), options.clone());
+    let d_taps = B::conv2d_weight_backward(values, taps, grad, options);
+    (d_values, d_taps)
 }

@@ -3,8 +3,8 @@
 //! CubeCL devices and on flex, and `W = A⁺ (B V)` in one kernel on CubeCL devices),
 //! [`SegmentMeanOps`] (the landmarks, of equal or ranked segments: fused on flex, one kernel
 //! with their scaling on CubeCL devices), on CubeCL devices `SegmentLayoutOps` (the segments of a
-//! padding mask), [`LayerNormOps`] (fused on flex, kernels on CubeCL devices), and on flex
-//! `DepthwiseConvOps` (the skip connection's convolution) and `ElementwiseOps` (dropout and
+//! padding mask), [`LayerNormOps`] and [`DepthwiseConvOps`] (the skip connection's convolution;
+//! both fused on flex, kernels on CubeCL devices), and on flex `ElementwiseOps` (dropout and
 //! GELU). Burn routes a call by
 //! the device of its tensors: to the CubeCL backend (through its fusion backend, which runs a
 //! custom operation at the next flush) or to flex. Below them, the tensor-level calls of
@@ -131,7 +131,6 @@ pub fn landmark_attention(
 }
 
 /// See [`super::fused_depthwise_conv`].
-#[cfg(feature = "flex-kernels")]
 pub fn depthwise_conv(values: &Tensor<4>, taps: &Tensor<4>) -> Tensor<4> {
     Tensor::from_dispatch(<Dispatch as DepthwiseConvOps>::depthwise_conv(
         values.clone().into_dispatch(),
@@ -179,12 +178,6 @@ fn segment_rows(ranks: Option<&SegmentRanks>) -> SegmentRows<Dispatch> {
             lengths: ranks.lengths.clone().into_dispatch(),
         },
     }
-}
-
-/// Only flex has the fused convolution: [`super::fused_depthwise_conv`] asks for flex first.
-#[cfg(not(feature = "flex-kernels"))]
-pub fn depthwise_conv(_values: &Tensor<4>, _taps: &Tensor<4>) -> Tensor<4> {
-    unreachable!("the fused depthwise convolution runs on flex only")
 }
 
 /// See [`super::dropout`]: `x` with each element zeroed with probability `prob` and the others
@@ -399,15 +392,39 @@ pub trait LandmarkSoftmaxOps: Backend {
 }
 
 /// The skip connection's depthwise convolution along the sequence: values `[batch, heads, n, d]`,
-/// taps `[heads, 1, k, 1]` (`k` odd, zero padding).
-#[cfg(feature = "flex-kernels")]
+/// taps `[heads, 1, k, 1]` (`k` odd, zero padding). The default bodies are Burn's grouped
+/// convolution and its backward ops ([`super::reference::depthwise_conv`],
+/// [`super::backward::depthwise_conv_backward`]); flex fuses it forward and, under autodiff,
+/// backward (`kernels/flex/depthwise.rs`); CubeCL devices run one kernel forward and two
+/// backward (`kernels/cube/depthwise_conv.rs`).
 #[backend_extension(
+    Cube: cfg(feature = "cube-kernels"),
+    Fusion: cfg(feature = "cube-kernels"),
     Flex: cfg(feature = "flex-kernels"),
     Autodiff: cfg(feature = "autodiff")
 )]
 pub trait DepthwiseConvOps: Backend {
     /// See [`depthwise_conv`].
-    fn depthwise_conv(values: FloatTensor<Self>, taps: FloatTensor<Self>) -> FloatTensor<Self>;
+    #[fusion(dtype = values, shape = values)]
+    fn depthwise_conv(values: FloatTensor<Self>, taps: FloatTensor<Self>) -> FloatTensor<Self> {
+        super::reference::depthwise_conv::<Self>(values, taps)
+    }
+
+    /// The gradients of the values and the taps for the gradient `grad` of
+    /// [`DepthwiseConvOps::depthwise_conv`]'s output.
+    // Only the CubeCL devices' autodiff implementation calls it (flex keeps its own).
+    #[cfg_attr(
+        not(all(feature = "autodiff", feature = "cube-kernels")),
+        allow(dead_code)
+    )]
+    #[fusion(meta = |values, taps, _grad| (values.clone(), taps.clone()))]
+    fn depthwise_conv_backward(
+        values: FloatTensor<Self>,
+        taps: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        super::backward::depthwise_conv_backward::<Self>(values, taps, grad)
+    }
 }
 
 /// Landmarks as segment means along the sequence: `m` equal runs (no mask, `m` dividing the

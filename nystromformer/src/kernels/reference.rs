@@ -7,6 +7,7 @@
 
 use burn::backend::tensor::{FloatTensor, IntTensor};
 use burn::backend::{Backend, TensorMetadata, get_or_init_device_settings};
+use burn::tensor::ops::ConvOptions;
 use burn::tensor::{DType, FloatDType, Shape};
 
 use super::extension::PinvOps;
@@ -147,6 +148,20 @@ pub fn layer_norm_with_statistics<B: Backend>(
     let output = B::float_add(B::float_mul(normed, column(gamma)), column(beta));
     let output = cast_to::<B>(B::float_reshape(output, shape), dtype);
     (output, B::float_cat(vec![mean, inv_std], 1))
+}
+
+/// The depthwise convolution along the sequence as Burn's grouped `Conv2d` (see
+/// [`DepthwiseConvOps`](super::extension::DepthwiseConvOps)).
+pub fn depthwise_conv<B: Backend>(values: FloatTensor<B>, taps: FloatTensor<B>) -> FloatTensor<B> {
+    let options = depthwise_options::<B>(&taps);
+    B::conv2d(values, taps, None, options)
+}
+
+/// The options of the depthwise convolution with `taps` (`[heads, 1, k, 1]`): one group per head,
+/// `k / 2` rows of zero padding at each end.
+pub(super) fn depthwise_options<B: Backend>(taps: &FloatTensor<B>) -> ConvOptions<2> {
+    let [heads, _, k, _] = dims(taps);
+    ConvOptions::new([1, 1], [k / 2, 0], [1, 1], heads)
 }
 
 /// `x` (`[.., d]`) as `[rows, d]` in f32, and those two sizes.
@@ -425,6 +440,58 @@ mod tests {
         let row = &scores[r * len..(r + 1) * len];
         let max = row.iter().copied().fold(f32::MIN, f32::max);
         max + row.iter().map(|s| (s - max).exp()).sum::<f32>().ln()
+    }
+
+    #[test]
+    #[cfg(feature = "autodiff")]
+    fn the_depthwise_conv_bodies_match_burn_nn_forward_and_backward() {
+        use burn::module::Param;
+        use burn::nn::PaddingConfig2d;
+        use burn::nn::conv::Conv2dConfig;
+
+        use crate::kernels::backward::depthwise_conv_backward;
+
+        let device = Device::flex().autodiff();
+        let (heads, n, k) = (2, 11, 5);
+        let values = Tensor::<4>::random([2, heads, n, 3], Distribution::Normal(0.0, 1.0), &device)
+            .require_grad();
+        let taps = Tensor::<4>::random([heads, 1, k, 1], Distribution::Normal(0.0, 0.5), &device);
+        let probe = Tensor::<4>::random([2, heads, n, 3], Distribution::Normal(0.0, 1.0), &device);
+        let mut conv = Conv2dConfig::new([heads, heads], [k, 1])
+            .with_groups(heads)
+            .with_padding(PaddingConfig2d::Explicit(k / 2, 0, k / 2, 0))
+            .with_bias(false)
+            .init(&device);
+        conv.weight = Param::from_tensor(taps.clone());
+        let out = conv.forward(values.clone());
+        let grads = (out.clone() * probe.clone()).sum().backward();
+        let expected = [
+            host(out.inner()),
+            host(values.grad(&grads).unwrap()),
+            host(conv.weight.val().grad(&grads).unwrap()),
+        ];
+        let output = depthwise_conv::<Dispatch>(
+            values.clone().inner().into_dispatch(),
+            taps.clone().inner().into_dispatch(),
+        );
+        let (d_values, d_taps) = depthwise_conv_backward::<Dispatch>(
+            values.inner().into_dispatch(),
+            taps.inner().into_dispatch(),
+            probe.inner().into_dispatch(),
+        );
+        let got = [output, d_values, d_taps].map(|t| host(Tensor::from_dispatch(t)));
+        for (what, (got, expected)) in ["output", "values", "taps"]
+            .iter()
+            .zip(got.iter().zip(&expected))
+        {
+            assert!(expected.iter().any(|e| *e != 0.0), "{what}: all zero");
+            for (g, e) in got.iter().zip(expected) {
+                assert!(
+                    (g - e).abs() < 1e-5 * (1.0 + e.abs()),
+                    "{what}: {g} against {e}"
+                );
+            }
+        }
     }
 
     #[test]

@@ -13,7 +13,7 @@ use burn::backend::tensor::{BoolTensor, FloatTensor, IntTensor};
 use burn::backend::{Autodiff, Backend, Cube, TensorMetadata};
 
 use crate::kernels::extension::{
-    LandmarkSoftmaxOps, LayerNormOps, PinvOps, SegmentLayoutOps, SegmentMeanOps,
+    DepthwiseConvOps, LandmarkSoftmaxOps, LayerNormOps, PinvOps, SegmentLayoutOps, SegmentMeanOps,
 };
 use crate::kernels::flags::Flags;
 use crate::kernels::recorded::{SavedForward, record};
@@ -392,6 +392,32 @@ impl<C: CheckpointStrategy> LayerNormOps for Autodiff<Cube, C> {
                     statistics,
                 },
             )
+        })
+    }
+}
+
+/// What the skip connection's convolution keeps: its values and taps.
+#[derive(Debug, Clone)]
+struct SavedConv<B: Backend> {
+    values: FloatTensor<B>,
+    taps: FloatTensor<B>,
+}
+
+impl SavedForward<Cube, 2> for SavedConv<Cube> {
+    fn backward(self, grad: FloatTensor<Cube>) -> [FloatTensor<Cube>; 2] {
+        let (d_values, d_taps) =
+            <Cube as DepthwiseConvOps>::depthwise_conv_backward(self.values, self.taps, grad);
+        [d_values, d_taps]
+    }
+}
+
+impl<C: CheckpointStrategy> DepthwiseConvOps for Autodiff<Cube, C> {
+    fn depthwise_conv(values: FloatTensor<Self>, taps: FloatTensor<Self>) -> FloatTensor<Self> {
+        let nodes = [values.node(), taps.node()];
+        let (values, taps) = (values.into_primitive(), taps.into_primitive());
+        record::<Cube, C, 2, _>(nodes, || {
+            let output = <Cube as DepthwiseConvOps>::depthwise_conv(values.clone(), taps.clone());
+            (output, SavedConv { values, taps })
         })
     }
 }

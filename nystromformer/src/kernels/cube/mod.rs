@@ -14,6 +14,7 @@
 #[cfg(feature = "autodiff")]
 mod autodiff;
 mod blocks;
+mod depthwise_conv;
 mod landmark_attention;
 mod landmark_means;
 mod landmark_values;
@@ -35,7 +36,7 @@ use burn_cubecl::tensor::CubeTensor;
 use cubecl::prelude::*;
 
 use super::extension::{
-    LandmarkSoftmaxOps, LayerNormOps, PinvOps, SegmentLayoutOps, SegmentMeanOps,
+    DepthwiseConvOps, LandmarkSoftmaxOps, LayerNormOps, PinvOps, SegmentLayoutOps, SegmentMeanOps,
 };
 use super::flags::Flags;
 use super::segment_rows::SegmentRows;
@@ -232,6 +233,20 @@ impl SegmentMeanOps for CubeBackend {
             landmark_means::launch(queries, Some((keys, key_rows)), query_rows, m, scale);
         let (scaled_queries, scaled_keys) = scaled.expect("with keys, all three landmarks");
         (landmark_queries, scaled_queries, scaled_keys)
+    }
+}
+
+impl DepthwiseConvOps for CubeBackend {
+    fn depthwise_conv(values: CubeTensor, taps: CubeTensor) -> CubeTensor {
+        depthwise_conv::launch(values, taps)
+    }
+
+    fn depthwise_conv_backward(
+        values: CubeTensor,
+        taps: CubeTensor,
+        grad: CubeTensor,
+    ) -> (CubeTensor, CubeTensor) {
+        depthwise_conv::launch_backward(values, taps, grad)
     }
 }
 

@@ -1,0 +1,192 @@
+//! The skip connection's depthwise convolution along the sequence in one launch forward and two
+//! backward.
+//!
+//! Burn runs it as a grouped `Conv2d`: a direct convolution with layout copies around it
+//! forward, and a transposed convolution (`col2im`), a weight convolution and their copies
+//! backward, about a dozen launches in all. Here one unit computes one entry of the output (or
+//! of the input's gradient) over the `k` taps of its head, reading the values (or the gradient)
+//! in place; the taps' gradient is one cube per tap, whose units sum `grad ∘ shifted values`
+//! over the batch, the sequence and the head's columns and add their sums in shared memory.
+//!
+//! `out[b, h, i] = Σ_t taps[h, t] · values[b, h, i + t − k/2]` with zero padding, so
+//! `dvalues[b, h, j] = Σ_t taps[h, t] · grad[b, h, j − t + k/2]` and
+//! `dtaps[h, t] = Σ_{b, i} grad[b, h, i] · values[b, h, i + t − k/2]`.
+
+use burn::backend::cubecl::dtype_to_storage_type;
+use burn_cubecl::kernel::into_contiguous;
+use burn_cubecl::ops::numeric::empty_device_contiguous_dtype;
+use burn_cubecl::tensor::CubeTensor;
+use cubecl::prelude::*;
+
+/// Units per cube of the elementwise kernels.
+const UNITS_PER_CUBE: u32 = 256;
+
+/// Units per cube of the taps' gradient, `2^LOG2_TAP_UNITS`, for the tree sum.
+const TAP_UNITS: usize = 1 << LOG2_TAP_UNITS;
+const LOG2_TAP_UNITS: usize = 8;
+
+/// The convolution of `values` (`[batch, heads, n, d]`) with `taps` (`[heads, 1, k, 1]`, `k`
+/// odd), both of one float type.
+pub fn launch(values: CubeTensor, taps: CubeTensor) -> CubeTensor {
+    let values = into_contiguous(values);
+    let taps = into_contiguous(taps);
+    let output = empty_like(&values);
+    let (cube_count, cube_dim) = elementwise_grid(&output);
+    let dtype = values.dtype;
+    shift_sum_kernel::launch(
+        &values.client.clone(),
+        cube_count,
+        cube_dim,
+        values.into_tensor_arg(),
+        taps.into_tensor_arg(),
+        output.clone().into_tensor_arg(),
+        false,
+        dtype_to_storage_type(dtype),
+    );
+    output
+}
+
+/// The gradients of the values and the taps for the gradient `grad` of [`launch`]'s output.
+pub fn launch_backward(
+    values: CubeTensor,
+    taps: CubeTensor,
+    grad: CubeTensor,
+) -> (CubeTensor, CubeTensor) {
+    let values = into_contiguous(values);
+    let taps = into_contiguous(taps);
+    let grad = into_contiguous(grad);
+    let client = values.client.clone();
+    let dtype = values.dtype;
+    let d_values = empty_like(&values);
+    let (cube_count, cube_dim) = elementwise_grid(&d_values);
+    // The input's gradient is the same sum over taps, the shift reversed.
+    shift_sum_kernel::launch(
+        &client,
+        cube_count,
+        cube_dim,
+        grad.clone().into_tensor_arg(),
+        taps.clone().into_tensor_arg(),
+        d_values.clone().into_tensor_arg(),
+        true,
+        dtype_to_storage_type(dtype),
+    );
+    let d_taps = empty_like(&taps);
+    let [heads, _, k, _] = taps.meta.shape().dims::<4>();
+    tap_gradient_kernel::launch(
+        &client,
+        CubeCount::new_1d((heads * k) as u32),
+        CubeDim::new_1d(TAP_UNITS as u32),
+        values.into_tensor_arg(),
+        grad.into_tensor_arg(),
+        d_taps.clone().into_tensor_arg(),
+        dtype_to_storage_type(dtype),
+    );
+    (d_values, d_taps)
+}
+
+fn empty_like(x: &CubeTensor) -> CubeTensor {
+    empty_device_contiguous_dtype(
+        x.client.clone(),
+        x.device.clone(),
+        x.meta.shape().clone(),
+        x.dtype,
+    )
+}
+
+/// One unit per entry of `output`.
+fn elementwise_grid(output: &CubeTensor) -> (CubeCount, CubeDim) {
+    let client = &output.client;
+    let cube_dim =
+        CubeDim::new_1d(UNITS_PER_CUBE.min(client.properties().hardware.max_units_per_cube));
+    let units = output.meta.shape().num_elements();
+    let count = cubecl::calculate_cube_count_elemwise(client, units, cube_dim);
+    (count, cube_dim)
+}
+
+/// One unit per entry `[b, h, i, c]` of `output` (`[batch, heads, n, d]`, contiguous like
+/// `input`): `Σ_t taps[h, t] · input[b, h, i + t − k/2, c]`, or with `reversed` the shift
+/// `i − t + k/2` (the backward to the input), out-of-range rows counting as zero; in f32.
+#[cube(launch)]
+fn shift_sum_kernel<F: Float>(
+    input: &Tensor<F>,
+    taps: &Tensor<F>,
+    output: &mut Tensor<F>,
+    #[comptime] reversed: bool,
+    #[define(F)] _dtype: ElemType,
+) {
+    let index = ABSOLUTE_POS;
+    if index >= output.len() {
+        terminate!();
+    }
+    let heads = output.shape(1);
+    let n = output.shape(2);
+    let d = output.shape(3);
+    let k = taps.shape(2);
+    let half = k / 2;
+    let row = (index / d) % n;
+    let head = (index / (d * n)) % heads;
+    // The entry at row 0 of this column of this matrix.
+    let column_start = index - row * d;
+    let mut sum = f32::new(0.0);
+    for t in 0..k {
+        // The input row, offset by `half` so that it stays unsigned: `source + half`.
+        let mut shifted = row + t;
+        if comptime!(reversed) {
+            shifted = row + 2 * half - t;
+        }
+        if shifted >= half && shifted - half < n {
+            let tap = f32::cast_from(taps[head * k + t]);
+            sum += tap * f32::cast_from(input[column_start + (shifted - half) * d]);
+        }
+    }
+    output[index] = F::cast_from(sum);
+}
+
+/// One cube per tap `(h, t)` (`CUBE_POS = h · k + t`) of [`TAP_UNITS`] units: the sum of
+/// `grad[b, h, i, c] · values[b, h, i + t − k/2, c]` over `b`, `i` and `c`, each unit taking every
+/// `TAP_UNITS`-th entry, added in shared memory; in f32, written in the taps' type.
+#[cube(launch)]
+fn tap_gradient_kernel<F: Float>(
+    values: &Tensor<F>,
+    grad: &Tensor<F>,
+    d_taps: &mut Tensor<F>,
+    #[define(F)] _dtype: ElemType,
+) {
+    let batch = values.shape(0);
+    let heads = values.shape(1);
+    let n = values.shape(2);
+    let d = values.shape(3);
+    let k = d_taps.shape(2);
+    let half = k / 2;
+    let head = CUBE_POS / k;
+    let t = CUBE_POS % k;
+    let unit = UNIT_POS as usize;
+    let per_matrix = n * d;
+    let mut sum = f32::new(0.0);
+    let mut entry = unit;
+    while entry < batch * per_matrix {
+        let b = entry / per_matrix;
+        let within = entry % per_matrix;
+        let row = within / d;
+        let shifted = row + t;
+        if shifted >= half && shifted - half < n {
+            let matrix = (b * heads + head) * per_matrix;
+            sum += f32::cast_from(grad[matrix + within])
+                * f32::cast_from(values[matrix + within + t * d - half * d]);
+        }
+        entry += TAP_UNITS;
+    }
+    let mut partial = Shared::<[f32]>::new_slice(TAP_UNITS);
+    partial[unit] = sum;
+    sync_cube();
+    for step in 0..LOG2_TAP_UNITS {
+        let stride = (TAP_UNITS / 2) >> step;
+        if unit < stride {
+            partial[unit] += partial[unit + stride];
+        }
+        sync_cube();
+    }
+    if unit == 0 {
+        d_taps[CUBE_POS] = F::cast_from(partial[0]);
+    }
+}
