@@ -304,7 +304,8 @@ fn fused_conv_skip_matches_the_convolution_with_gradients() {
     devices.extend(wgpu_device());
     // Filters shorter than, as long as and longer than the sequence.
     for device in devices {
-        for (n, k) in [(40, 5), (9, 9), (6, 35), (300, 33)] {
+        // The last: more than one chunk of 16 384 entries per head for the CubeCL taps' gradient.
+        for (n, k) in [(40, 5), (9, 9), (6, 35), (300, 33), (1100, 33)] {
             conv_skip_case(&device, heads, n, k);
         }
     }

@@ -396,7 +396,7 @@ pub trait LandmarkSoftmaxOps: Backend {
 /// convolution and its backward ops ([`super::reference::depthwise_conv`],
 /// [`super::backward::depthwise_conv_backward`]); flex fuses it forward and, under autodiff,
 /// backward (`kernels/flex/depthwise.rs`); CubeCL devices run one kernel forward and two
-/// backward (`kernels/cube/depthwise_conv.rs`).
+/// and a sum backward (`kernels/cube/depthwise_conv.rs`).
 #[backend_extension(
     Cube: cfg(feature = "cube-kernels"),
     Fusion: cfg(feature = "cube-kernels"),

@@ -539,8 +539,8 @@ fn check_segments(op: &str, name: &str, segments: &Segments, batch: usize, n: us
 
 /// The skip connection's depthwise convolution along the sequence (one `k`-tap filter per head,
 /// zero padding), forward and, under autodiff, backward as fused flex loops or as CubeCL kernels
-/// (one forward, two backward); `None` where it does not apply: f32 on flex, f32 and f16 (taps
-/// of the values' type) on a CubeCL device, tracked tensors only with the `autodiff` feature.
+/// (one forward; two and a sum backward); `None` where it does not apply: f32 on flex or a
+/// CubeCL device, tracked tensors only with the `autodiff` feature.
 /// Flex runs the `Conv2d` it replaces as a generic 3-d convolution and its backward as a
 /// transposed one; CubeCL devices as a direct convolution with layout copies, about a dozen
 /// launches forward and backward.
@@ -566,8 +566,8 @@ pub fn fused_depthwise_conv(values: &Tensor<4>, taps: &Tensor<4>) -> Option<Tens
     assert!(k % 2 == 1, "fused_depthwise_conv: k must be odd, got {k}");
     let on_cube = trackable(values)
         && extension::on_cube_device(values)
-        && matches!(values.dtype(), DType::F32 | DType::F16)
-        && taps.dtype() == values.dtype();
+        && values.dtype() == DType::F32
+        && taps.dtype() == DType::F32;
     (on_flex(values) || on_cube).then(|| extension::depthwise_conv(values, taps))
 }
 

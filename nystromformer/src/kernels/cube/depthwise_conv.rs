@@ -1,18 +1,22 @@
-//! The skip connection's depthwise convolution along the sequence in one launch forward and two
+//! The skip connection's depthwise convolution along the sequence in one launch forward and three
 //! backward.
 //!
 //! Burn runs it as a grouped `Conv2d`: a direct convolution with layout copies around it
 //! forward, and a transposed convolution (`col2im`), a weight convolution and their copies
 //! backward, about a dozen launches in all. Here one unit computes one entry of the output (or
 //! of the input's gradient) over the `k` taps of its head, reading the values (or the gradient)
-//! in place; the taps' gradient is one cube per tap, whose units sum `grad ∘ shifted values`
-//! over the batch, the sequence and the head's columns and add their sums in shared memory.
+//! in place; for the taps' gradient, cubes take chunks of the batch, sequence and columns of one
+//! tap, their units sum `grad ∘ shifted values` and add their sums in shared memory, and Burn's
+//! reduction adds the chunks (three launches backward in all).
 //!
 //! `out[b, h, i] = Σ_t taps[h, t] · values[b, h, i + t − k/2]` with zero padding, so
 //! `dvalues[b, h, j] = Σ_t taps[h, t] · grad[b, h, j − t + k/2]` and
 //! `dtaps[h, t] = Σ_{b, i} grad[b, h, i] · values[b, h, i + t − k/2]`.
 
 use burn::backend::cubecl::dtype_to_storage_type;
+use burn::backend::ops::FloatTensorOps;
+use burn::tensor::{DType, FloatDType, Shape};
+use burn_cubecl::CubeBackend;
 use burn_cubecl::kernel::into_contiguous;
 use burn_cubecl::ops::numeric::empty_device_contiguous_dtype;
 use burn_cubecl::tensor::CubeTensor;
@@ -25,8 +29,13 @@ const UNITS_PER_CUBE: u32 = 256;
 const TAP_UNITS: usize = 1 << LOG2_TAP_UNITS;
 const LOG2_TAP_UNITS: usize = 8;
 
+/// Products each unit of the taps' gradient sums: a cube takes `TAP_UNITS · TAP_ENTRIES_PER_UNIT`
+/// entries of one tap, so that a GPU gets enough cubes (a cube per tap alone would be `heads · k`
+/// of them, each looping over the whole batch).
+const TAP_ENTRIES_PER_UNIT: usize = 64;
+
 /// The convolution of `values` (`[batch, heads, n, d]`) with `taps` (`[heads, 1, k, 1]`, `k`
-/// odd), both of one float type.
+/// odd), both of one float type (the library passes f32).
 pub fn launch(values: CubeTensor, taps: CubeTensor) -> CubeTensor {
     let values = into_contiguous(values);
     let taps = into_contiguous(taps);
@@ -70,17 +79,33 @@ pub fn launch_backward(
         true,
         dtype_to_storage_type(dtype),
     );
-    let d_taps = empty_like(&taps);
-    let [heads, _, k, _] = taps.meta.shape().dims::<4>();
+    let taps_shape = taps.meta.shape().clone();
+    let [heads, _, k, _] = taps_shape.dims::<4>();
+    let entries = values.meta.shape().num_elements() / heads;
+    let chunks = entries.div_ceil(TAP_UNITS * TAP_ENTRIES_PER_UNIT).max(1);
+    // Each chunk's sum for each tap, in f32.
+    let partial = empty_device_contiguous_dtype(
+        client.clone(),
+        values.device.clone(),
+        Shape::new([heads * k, chunks]),
+        DType::F32,
+    );
+    let cube_dim = CubeDim::new_1d(TAP_UNITS as u32);
     tap_gradient_kernel::launch(
         &client,
-        CubeCount::new_1d((heads * k) as u32),
-        CubeDim::new_1d(TAP_UNITS as u32),
+        cubecl::calculate_cube_count_elemwise(&client, heads * k * chunks * TAP_UNITS, cube_dim),
+        cube_dim,
         values.into_tensor_arg(),
         grad.into_tensor_arg(),
-        d_taps.clone().into_tensor_arg(),
+        partial.clone().into_tensor_arg(),
+        k,
         dtype_to_storage_type(dtype),
     );
+    let d_taps = CubeBackend::float_reshape(CubeBackend::float_sum_dim(partial, 1), taps_shape);
+    let d_taps = match taps.dtype {
+        DType::F32 => d_taps,
+        other => CubeBackend::float_cast(d_taps, FloatDType::from(other)),
+    };
     (d_values, d_taps)
 }
 
@@ -142,29 +167,43 @@ fn shift_sum_kernel<F: Float>(
     output[index] = F::cast_from(sum);
 }
 
-/// One cube per tap `(h, t)` (`CUBE_POS = h · k + t`) of [`TAP_UNITS`] units: the sum of
-/// `grad[b, h, i, c] · values[b, h, i + t − k/2, c]` over `b`, `i` and `c`, each unit taking every
-/// `TAP_UNITS`-th entry, added in shared memory; in f32, written in the taps' type.
+/// One cube per tap `(h, t)` and chunk (`CUBE_POS = (h · k + t) · chunks + chunk`) of
+/// [`TAP_UNITS`] units: the sum of `grad[b, h, i, c] · values[b, h, i + t − k/2, c]` over the
+/// chunk's [`TAP_ENTRIES_PER_UNIT`] · [`TAP_UNITS`] entries `(b, i, c)`, each unit taking every
+/// `TAP_UNITS`-th of them, added in shared memory and written to `partial[h · k + t, chunk]` in
+/// f32.
 #[cube(launch)]
 fn tap_gradient_kernel<F: Float>(
     values: &Tensor<F>,
     grad: &Tensor<F>,
-    d_taps: &mut Tensor<F>,
+    partial: &mut Tensor<f32>,
+    k: usize,
     #[define(F)] _dtype: ElemType,
 ) {
+    let chunks = partial.shape(1);
+    // Whole cubes past the end (the grid is rounded up) leave before any barrier.
+    if CUBE_POS >= partial.len() {
+        terminate!();
+    }
     let batch = values.shape(0);
     let heads = values.shape(1);
     let n = values.shape(2);
     let d = values.shape(3);
-    let k = d_taps.shape(2);
     let half = k / 2;
-    let head = CUBE_POS / k;
-    let t = CUBE_POS % k;
+    let tap = CUBE_POS / chunks;
+    let chunk = CUBE_POS % chunks;
+    let head = tap / k;
+    let t = tap % k;
     let unit = UNIT_POS as usize;
     let per_matrix = n * d;
+    let chunk_len = TAP_UNITS * TAP_ENTRIES_PER_UNIT;
+    let mut end = (chunk + 1) * chunk_len;
+    if end > batch * per_matrix {
+        end = batch * per_matrix;
+    }
     let mut sum = f32::new(0.0);
-    let mut entry = unit;
-    while entry < batch * per_matrix {
+    let mut entry = chunk * chunk_len + unit;
+    while entry < end {
         let b = entry / per_matrix;
         let within = entry % per_matrix;
         let row = within / d;
@@ -176,17 +215,17 @@ fn tap_gradient_kernel<F: Float>(
         }
         entry += TAP_UNITS;
     }
-    let mut partial = Shared::<[f32]>::new_slice(TAP_UNITS);
-    partial[unit] = sum;
+    let mut sums = Shared::<[f32]>::new_slice(TAP_UNITS);
+    sums[unit] = sum;
     sync_cube();
     for step in 0..LOG2_TAP_UNITS {
         let stride = (TAP_UNITS / 2) >> step;
         if unit < stride {
-            partial[unit] += partial[unit + stride];
+            sums[unit] += sums[unit + stride];
         }
         sync_cube();
     }
     if unit == 0 {
-        d_taps[CUBE_POS] = F::cast_from(partial[0]);
+        partial[CUBE_POS] = sums[0];
     }
 }
