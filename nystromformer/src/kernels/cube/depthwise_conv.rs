@@ -109,6 +109,7 @@ pub fn launch_backward(
     (d_values, d_taps)
 }
 
+/// An empty contiguous tensor of `x`'s shape and type.
 fn empty_like(x: &CubeTensor) -> CubeTensor {
     empty_device_contiguous_dtype(
         x.client.clone(),
