@@ -28,10 +28,9 @@ use crate::attention::PinvInit;
 use crate::attention::landmarks::SegmentRanks;
 use crate::attention::pinv::initial_coefficient;
 
-/// The device of `x` without its autodiff wrapper.
-#[cfg(feature = "flex-kernels")]
-fn inner_device<const D: usize>(x: &Tensor<D>) -> DispatchDevice {
-    x.device().as_dispatch().clone().inner()
+/// `device` without its autodiff wrapper.
+fn inner_device(device: &Device) -> DispatchDevice {
+    device.as_dispatch().clone().inner()
 }
 
 /// Whether `x` lives on a CubeCL device (tracked or not) and this build has the CubeCL kernels.
@@ -44,10 +43,7 @@ pub fn on_cube_device<const D: usize>(x: &Tensor<D>) -> bool {
 /// than `cfg!`.)
 pub fn is_cube_device(device: &Device) -> bool {
     #[cfg(feature = "cube-kernels")]
-    return matches!(
-        device.as_dispatch().clone().inner(),
-        DispatchDevice::Cube(_)
-    );
+    return matches!(inner_device(device), DispatchDevice::Cube(_));
     #[cfg(not(feature = "cube-kernels"))]
     {
         let _ = device;
@@ -58,7 +54,7 @@ pub fn is_cube_device(device: &Device) -> bool {
 /// Whether `x` lives on flex (tracked or not) and this build has the fused flex stages.
 pub fn on_flex_device<const D: usize>(x: &Tensor<D>) -> bool {
     #[cfg(feature = "flex-kernels")]
-    return matches!(inner_device(x), DispatchDevice::Flex(_));
+    return matches!(inner_device(&x.device()), DispatchDevice::Flex(_));
     #[cfg(not(feature = "flex-kernels"))]
     {
         let _ = x;
@@ -708,8 +704,7 @@ fn layer_norm_statistics_spec(
     burn::backend::fusion::custom::TensorSpec,
     burn::backend::fusion::custom::TensorSpec,
 ) {
-    let d = x.shape[x.shape.num_dims() - 1];
-    let rows = x.shape.num_elements().checked_div(d).unwrap_or(0);
+    let [rows, _] = super::reference::rows_and_width(&x.shape);
     (
         x.clone(),
         burn::backend::fusion::custom::TensorSpec::new(

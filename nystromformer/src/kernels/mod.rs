@@ -52,7 +52,7 @@
 //! backend-extension machinery, which routes a call by the device of its tensors.
 
 use burn::nn::{Dropout, LayerNorm};
-use burn::tensor::{Bool, DType, FloatDType, Tensor, activation};
+use burn::tensor::{Bool, DType, Device, FloatDType, Tensor, activation};
 
 use crate::attention::PinvInit;
 use crate::attention::landmarks::{SegmentRanks, Segments};
@@ -86,7 +86,7 @@ mod segment_rows;
 /// f16 on a CubeCL device (the kernels read and write f16 and accumulate in f32). Under autodiff
 /// this needs the `autodiff` feature, which routes tracked tensors too: flex runs its fused
 /// backward, CubeCL devices backward kernels from what the forward kernels keep.
-pub fn custom_kernels_apply(x: &Tensor<4>) -> bool {
+pub fn custom_kernels_apply<const D: usize>(x: &Tensor<D>) -> bool {
     trackable(x)
         && match x.dtype() {
             DType::F32 => extension::on_cube_device(x) || extension::on_flex_device(x),
@@ -98,7 +98,13 @@ pub fn custom_kernels_apply(x: &Tensor<4>) -> bool {
 /// Untracked, or tracked with the `autodiff` feature (which compiles the extension's autodiff
 /// routes).
 fn trackable<const D: usize>(x: &Tensor<D>) -> bool {
-    !x.is_autodiff() || cfg!(feature = "autodiff")
+    routes_autodiff(&x.device())
+}
+
+/// Whether the extension's calls on `device` have a route: any device without autodiff, and
+/// with it only where the `autodiff` feature compiles the extension's autodiff routes.
+fn routes_autodiff(device: &Device) -> bool {
+    !device.is_autodiff() || cfg!(feature = "autodiff")
 }
 
 /// Whether the fused flex stages take `x`: f32 on flex, [`trackable`].
@@ -515,7 +521,7 @@ pub fn fused_ranked_segments(
         "fused_ranked_segments needs at least one segment (m = 0)"
     );
     let device = mask_pad.device();
-    (extension::is_cube_device(&device) && (!device.is_autodiff() || cfg!(feature = "autodiff")))
+    (extension::is_cube_device(&device) && routes_autodiff(&device))
         .then(|| extension::ranked_segments(mask_pad, m))
 }
 
@@ -642,9 +648,8 @@ pub fn layer_norm_fuses<const D: usize>(norm: &LayerNorm, x: &Tensor<D>) -> bool
     let width = x.dims()[D - 1];
     x.shape().num_elements() > 0
         && (on_flex(x)
-            || (trackable(x)
+            || (custom_kernels_apply(x)
                 && extension::on_cube_device(x)
-                && matches!(x.dtype(), DType::F32 | DType::F16)
                 && width <= MAX_KERNEL_LAYER_NORM_WIDTH
                 && [norm.gamma.val().dtype(), beta.val().dtype()] == [x.dtype(); 2]))
 }

@@ -166,11 +166,16 @@ pub(super) fn depthwise_options<B: Backend>(taps: &FloatTensor<B>) -> ConvOption
 
 /// `x` (`[.., d]`) as `[rows, d]` in f32, and those two sizes.
 pub(super) fn as_rows<B: Backend>(x: FloatTensor<B>) -> (FloatTensor<B>, [usize; 2]) {
-    let shape = x.shape();
-    let d = shape[shape.num_dims() - 1];
-    let rows = shape.num_elements().checked_div(d).unwrap_or(0);
+    let [rows, d] = rows_and_width(&x.shape());
     let x = B::float_reshape(cast_to::<B>(x, DType::F32), Shape::new([rows, d]));
     (x, [rows, d])
+}
+
+/// The rows of a `[.., d]` shape and their width `d`, as a LayerNorm sees them (no rows when
+/// `d` is 0).
+pub(super) fn rows_and_width(shape: &Shape) -> [usize; 2] {
+    let d = shape[shape.num_dims() - 1];
+    [shape.num_elements().checked_div(d).unwrap_or(0), d]
 }
 
 /// `x` in `dtype`, and `x` itself when it is already of that type (autodiff would record even a

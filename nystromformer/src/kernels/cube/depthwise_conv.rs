@@ -22,6 +22,8 @@ use burn_cubecl::ops::numeric::empty_device_contiguous_dtype;
 use burn_cubecl::tensor::CubeTensor;
 use cubecl::prelude::*;
 
+use super::cube_sum::cube_sum;
+
 /// Units per cube of the elementwise kernels.
 const UNITS_PER_CUBE: u32 = 256;
 
@@ -217,16 +219,8 @@ fn tap_gradient_kernel<F: Float>(
         entry += TAP_UNITS;
     }
     let mut sums = Shared::<[f32]>::new_slice(TAP_UNITS);
-    sums[unit] = sum;
-    sync_cube();
-    for step in 0..LOG2_TAP_UNITS {
-        let stride = (TAP_UNITS / 2) >> step;
-        if unit < stride {
-            sums[unit] += sums[unit + stride];
-        }
-        sync_cube();
-    }
+    let total = cube_sum::<Shared<[f32]>>(sum, &mut sums, LOG2_TAP_UNITS);
     if unit == 0 {
-        partial[CUBE_POS] = sums[0];
+        partial[CUBE_POS] = total;
     }
 }

@@ -26,6 +26,9 @@ use burn_cubecl::ops::numeric::empty_device_contiguous_dtype;
 use burn_cubecl::tensor::CubeTensor;
 use cubecl::prelude::*;
 
+use super::cube_sum::cube_sum;
+use crate::kernels::reference::rows_and_width;
+
 /// Units per cube, each holding every `UNITS`-th column of a row: `2^LOG2_UNITS`, for the
 /// tree sums.
 const UNITS: usize = 1 << LOG2_UNITS;
@@ -133,8 +136,7 @@ pub fn launch_backward(
 /// `x`'s shape, and its number of rows and their width `d` (its last dimension).
 fn rows_of(x: &CubeTensor) -> (Shape, usize, usize) {
     let shape = x.meta.shape().clone();
-    let d = shape[shape.num_dims() - 1];
-    let rows = shape.num_elements().checked_div(d).unwrap_or(0);
+    let [rows, d] = rows_and_width(&shape);
     (shape, rows, d)
 }
 
@@ -151,26 +153,6 @@ fn grid(x: &CubeTensor, cubes: usize) -> (CubeCount, CubeDim) {
     let cube_dim = CubeDim::new_1d(UNITS as u32);
     let count = cubecl::calculate_cube_count_elemwise(&x.client, cubes * UNITS, cube_dim);
     (count, cube_dim)
-}
-
-/// The sum of `value` over the cube's [`UNITS`] units, through `partial` (`UNITS` entries of
-/// shared memory). Every unit of the cube must call it.
-#[cube]
-fn cube_sum<L: List<f32>>(value: f32, partial: &mut L) -> f32 {
-    let unit = UNIT_POS as usize;
-    partial[unit] = value;
-    sync_cube();
-    for step in 0..LOG2_UNITS {
-        let stride = (UNITS / 2) >> step;
-        if unit < stride {
-            partial[unit] += partial[unit + stride];
-        }
-        sync_cube();
-    }
-    let total = partial[0];
-    // The next sum overwrites `partial`.
-    sync_cube();
-    total
 }
 
 /// One cube per `rows_per_cube` rows of `x` (`[rows, d]`, contiguous), unit `u` holding the
@@ -217,7 +199,7 @@ fn layer_norm_kernel<F: Float>(
                 values[k] = v;
                 sum += v;
             }
-            let mean = cube_sum::<Shared<[f32]>>(sum, &mut partial) / width;
+            let mean = cube_sum::<Shared<[f32]>>(sum, &mut partial, LOG2_UNITS) / width;
             // Centred first, then squared: no cancellation when |mean| ≫ std.
             let mut squares = f32::new(0.0);
             #[unroll]
@@ -228,7 +210,7 @@ fn layer_norm_kernel<F: Float>(
                     squares += centred * centred;
                 }
             }
-            let variance = cube_sum::<Shared<[f32]>>(squares, &mut partial) / width;
+            let variance = cube_sum::<Shared<[f32]>>(squares, &mut partial, LOG2_UNITS) / width;
             let inv_std = f32::new(1.0) / f32::sqrt(variance + epsilon);
             #[unroll]
             for k in 0..columns {
@@ -309,8 +291,8 @@ fn layer_norm_backward_kernel<F: Float>(
                 sum_g += g;
                 sum_gh += g * h;
             }
-            let mean_g = cube_sum::<Shared<[f32]>>(sum_g, &mut partial) / width;
-            let mean_gh = cube_sum::<Shared<[f32]>>(sum_gh, &mut partial) / width;
+            let mean_g = cube_sum::<Shared<[f32]>>(sum_g, &mut partial, LOG2_UNITS) / width;
+            let mean_gh = cube_sum::<Shared<[f32]>>(sum_gh, &mut partial, LOG2_UNITS) / width;
             #[unroll]
             for k in 0..columns {
                 let c = unit + k * UNITS;

@@ -14,6 +14,7 @@
 #[cfg(feature = "autodiff")]
 mod autodiff;
 mod blocks;
+mod cube_sum;
 mod depthwise_conv;
 mod landmark_attention;
 mod landmark_means;
