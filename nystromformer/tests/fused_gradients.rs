@@ -9,7 +9,7 @@ mod common;
 
 use burn::tensor::activation::softmax;
 use burn::tensor::{Device, Tensor};
-use common::{devices, mask, on, randn, relative_diff, values, wgpu_device};
+use common::{all_finite, devices, mask, on, randn, relative_diff, tensor, values, wgpu_device};
 use nystromformer::attention::explicit_softmax_attention;
 use nystromformer::attention::mask::{MASKED_SCORE, zero_rows};
 use nystromformer::attention::softmax_kernels::{kernel_b, kernel_f};
@@ -200,7 +200,34 @@ fn landmark_attention_gradients_match_the_tensor_ops() {
     }
 }
 
-/// The whole attention's output and input gradients with and without the kernels.
+/// `x` (`[batch, heads, n, d]`, on flex) with NaN in the rows that `padding` (`[batch · n]`,
+/// `true` = padding) marks.
+fn nan_in_padding(x: Tensor<4>, padding: &[bool]) -> Tensor<4> {
+    let [batch, heads, n, d] = x.dims();
+    let mut data = values(&x);
+    for (i, row) in data.chunks_mut(d).enumerate() {
+        if padding[i / (heads * n) * n + i % n] {
+            row.fill(f32::NAN);
+        }
+    }
+    tensor(data, [batch, heads, n, d], &x.device())
+}
+
+/// Inside a property test: the output and every gradient are finite.
+fn prop_finite<const N: usize>(
+    what: &str,
+    result: &(Tensor<4>, [Tensor<4>; N]),
+) -> Result<(), TestCaseError> {
+    prop_assert!(all_finite(&result.0), "{what}: the output is not finite");
+    for (i, grad) in result.1.iter().enumerate() {
+        prop_assert!(all_finite(grad), "{what}: gradient {i} is not finite");
+    }
+    Ok(())
+}
+
+/// The whole attention's output and input gradients with and without the kernels. Under the
+/// leak-free policy the padded rows of Q, K and V hold NaN, which neither path may let through
+/// (the CubeCL kernels take those rows as zeros without reading them; the tensor ops zero them).
 fn attention_case(
     [batch, heads, n, d, m]: [usize; 5],
     valid: &[usize],
@@ -209,13 +236,15 @@ fn attention_case(
     device: &Device,
 ) -> Result<(), TestCaseError> {
     let flex = Device::flex();
-    let inputs = [
-        randn([batch, heads, n, d], 1.0, seed, &flex),
-        randn([batch, heads, n, d], 1.0, seed + 1, &flex),
-        randn([batch, heads, n, d], 1.0, seed + 2, &flex),
-    ];
-    let probe = randn([batch, heads, n, d], 1.0, seed + 3, &flex);
     let padding: Vec<bool> = (0..batch * n).map(|i| i % n >= valid[i / n]).collect();
+    let inputs = [seed, seed + 1, seed + 2].map(|seed| {
+        let x = randn([batch, heads, n, d], 1.0, seed, &flex);
+        match policy {
+            MaskPolicy::LeakFree => nan_in_padding(x, &padding),
+            MaskPolicy::HfCompatible => x,
+        }
+    });
+    let probe = randn([batch, heads, n, d], 1.0, seed + 3, &flex);
     let run = |kernels: bool| {
         output_and_gradients(&inputs, &probe, device, |[q, k, v]| {
             let input = NystromHeadsInput::self_attention(q.clone(), k.clone(), v.clone())
@@ -229,6 +258,10 @@ fn attention_case(
     };
     let (fused, reference) = (run(true), run(false));
     let what = format!("{device:?}, n = {n}, m = {m}, valid {valid:?}, {policy:?}");
+    if policy == MaskPolicy::LeakFree {
+        prop_finite(&format!("{what}, kernels"), &fused)?;
+        prop_finite(&format!("{what}, tensor ops"), &reference)?;
+    }
     prop_agree(&what, &fused, &reference)?;
     Ok(())
 }
@@ -249,6 +282,43 @@ fn attention_gradients_with_and_without_kernels_agree() {
                 attention_case([2, 2, n, 16, m], &valid, policy, n as u64, &device).unwrap();
             }
         }
+    }
+}
+
+/// Cross-attention with padded queries and keys, NaN in every padded row: the kernels take the
+/// queries' padding (in `F · W`) apart from the keys' (in `B · V`), and agree with the tensor
+/// ops, finite, forward and backward.
+#[test]
+fn cross_attention_gradients_agree_with_nan_in_both_paddings() {
+    let (batch, heads, n_q, n_k, d, m) = (2, 2, 70, 90, 16, 8);
+    let flex = Device::flex();
+    let padded = |n: usize, valid: [usize; 2]| -> Vec<bool> {
+        (0..batch * n).map(|i| i % n >= valid[i / n]).collect()
+    };
+    let (query_padding, key_padding) = (padded(n_q, [70, 33]), padded(n_k, [50, 90]));
+    let inputs = [
+        nan_in_padding(randn([batch, heads, n_q, d], 1.0, 1, &flex), &query_padding),
+        nan_in_padding(randn([batch, heads, n_k, d], 1.0, 2, &flex), &key_padding),
+        nan_in_padding(randn([batch, heads, n_k, d], 1.0, 3, &flex), &key_padding),
+    ];
+    let probe = randn([batch, heads, n_q, d], 1.0, 4, &flex);
+    for (_, device) in tracked_devices() {
+        let run = |kernels: bool| {
+            output_and_gradients(&inputs, &probe, &device, |[q, k, v]| {
+                let input = NystromHeadsInput::new(q.clone(), k.clone(), v.clone())
+                    .mask_pad(mask(key_padding.clone(), [batch, n_k], &device))
+                    .mask_pad_query(mask(query_padding.clone(), [batch, n_q], &device));
+                let options = NystromOptions::new()
+                    .with_num_landmarks(m)
+                    .with_custom_kernels(kernels);
+                nystrom_attention(input, &options).context
+            })
+        };
+        let (fused, reference) = (run(true), run(false));
+        let what = format!("{device:?}");
+        prop_finite(&format!("{what}, kernels"), &fused).unwrap();
+        prop_finite(&format!("{what}, tensor ops"), &reference).unwrap();
+        prop_agree(&what, &fused, &reference).unwrap();
     }
 }
 
@@ -306,46 +376,62 @@ fn fused_conv_skip_matches_the_convolution_with_gradients() {
     for device in devices {
         // The last: more than one chunk of 16 384 entries per head for the CubeCL taps' gradient.
         for (n, k) in [(40, 5), (9, 9), (6, 35), (300, 33), (1100, 33)] {
-            conv_skip_case(&device, heads, n, k);
+            conv_skip_case(&device, heads, n, k, None);
+        }
+        // Padding at the end and inside, NaN in it, a sequence without any valid row.
+        let padding = |n: usize| -> Vec<bool> {
+            (0..2 * n)
+                .map(|i| i >= n || i % n > n - n / 4 || i % 7 == 3)
+                .collect()
+        };
+        for (n, k) in [(40, 5), (300, 33)] {
+            conv_skip_case(&device, heads, n, k, Some(&padding(n)));
         }
     }
 }
 
-/// The fused convolution of `[2, heads, n, 8]` values with `k` taps on `device` (tracked) against
-/// Burn's grouped `Conv2d`, output and gradients.
-fn conv_skip_case(device: &Device, heads: usize, n: usize, k: usize) {
+/// The fused convolution of values with `k` taps on `device` (tracked) against Burn's grouped
+/// `Conv2d`, output and gradients. The values are the `[2, heads, n, 8]` head-split view of a
+/// `[2, n, heads, 8]` tensor, as the attention passes them, and so is the output's gradient.
+/// With `padding` (`[2 · n]`, `true` = padding) the padded rows hold NaN, and the reference
+/// zeroes them before the convolution.
+fn conv_skip_case(device: &Device, heads: usize, n: usize, k: usize, padding: Option<&[bool]>) {
     use burn::module::Param;
     use burn::nn::PaddingConfig2d;
     use burn::nn::conv::Conv2dConfig;
     use nystromformer::kernels::fused_depthwise_conv;
 
-    {
-        let inputs = [
-            randn([2, heads, n, 8], 1.0, n as u64, device),
-            randn([heads, 1, k, 1], 0.3, k as u64, device),
-        ];
-        let probe = randn([2, heads, n, 8], 1.0, 7, device);
-        let device = device.clone().autodiff();
-        let fused = output_and_gradients(&inputs, &probe, &device, |[v, taps]| {
-            fused_depthwise_conv(v, taps).expect("the fused convolution applies")
-        });
-        let reference = output_and_gradients(&inputs, &probe, &device, |[v, taps]| {
-            let mut conv = Conv2dConfig::new([heads, heads], [k, 1])
-                .with_groups(heads)
-                .with_padding(PaddingConfig2d::Explicit(k / 2, 0, k / 2, 0))
-                .with_bias(false)
-                .init(&device);
-            conv.weight = Param::from_tensor(taps.clone());
-            conv.forward(v.clone())
-        });
-        assert_agree(
-            &format!("{device:?}, n = {n}, k = {k}"),
-            ["values", "taps"],
-            &fused,
-            &reference,
-            1e-5,
-        );
-    }
+    let flex = Device::flex();
+    let values = randn([2, heads, n, 8], 1.0, n as u64, &flex);
+    let values = match padding {
+        Some(padding) => nan_in_padding(values, padding),
+        None => values,
+    };
+    let inputs = [
+        on(&values.swap_dims(1, 2), device),
+        randn([heads, 1, k, 1], 0.3, k as u64, device),
+    ];
+    let probe = randn([2, n, heads, 8], 1.0, 7, device);
+    let device = device.clone().autodiff();
+    let mask_pad = padding.map(|padding| mask(padding.to_vec(), [2, n], &device));
+    let fused = output_and_gradients(&inputs, &probe, &device, |[v, taps]| {
+        fused_depthwise_conv(&v.clone().swap_dims(1, 2), taps, mask_pad.as_ref())
+            .expect("the fused convolution applies")
+            .swap_dims(1, 2)
+    });
+    let reference = output_and_gradients(&inputs, &probe, &device, |[v, taps]| {
+        let mut conv = Conv2dConfig::new([heads, heads], [k, 1])
+            .with_groups(heads)
+            .with_padding(PaddingConfig2d::Explicit(k / 2, 0, k / 2, 0))
+            .with_bias(false)
+            .init(&device);
+        conv.weight = Param::from_tensor(taps.clone());
+        let v = zero_rows(v.clone().swap_dims(1, 2), mask_pad.as_ref());
+        conv.forward(v).swap_dims(1, 2)
+    });
+    let what = format!("{device:?}, n = {n}, k = {k}, padded {}", padding.is_some());
+    prop_finite(&what, &fused).unwrap();
+    assert_agree(&what, ["values", "taps"], &fused, &reference, 1e-5);
 }
 
 /// Exact attention as the fused flex stage against the explicit `[n_q, n_k]` softmax, output

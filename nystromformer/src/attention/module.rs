@@ -3,15 +3,17 @@
 use burn::module::{Content, DisplaySettings, Module, ModuleDisplay};
 use burn::nn::conv::Conv2d;
 use burn::nn::{Dropout, Linear};
-use burn::tensor::{Bool, Tensor};
+use burn::tensor::{Bool, FloatDType, Tensor};
 
 use super::config::{AttentionMode, MaskPolicy};
 use super::exact::exact_attention;
 use super::mask::PaddingMasks;
-use super::nystrom::{NystromHeadsInput, NystromKernels, NystromOptions, nystrom_attention};
+use super::nystrom::{
+    NystromHeadsInput, NystromKernels, NystromOptions, nystrom_attention_with_flags,
+};
 use super::shape_check::expect_shape;
-use super::skip::conv_skip;
-use crate::kernels;
+use super::skip::conv_skip_with_flags;
+use crate::kernels::{self, MaskFlags};
 
 /// Multi-head Nyström attention (Xiong et al., AAAI 2021), self- or cross-attention.
 ///
@@ -167,6 +169,9 @@ impl NystromAttention {
         let q = self.split_heads(self.query.forward(query));
         let k = self.split_heads(self.key.forward(key));
         let v = self.split_heads(self.value.forward(value));
+        // The keys' padding flags, made at most once for the attention and the skip convolution.
+        let dtype = FloatDType::from(v.dtype());
+        let padding_flags = MaskFlags::new(padding.mask_pad.as_ref(), dtype);
 
         let (context, kernels) = match self.mode {
             AttentionMode::Nystrom => {
@@ -177,7 +182,7 @@ impl NystromAttention {
                     padding: padding.clone(),
                     return_kernels,
                 };
-                let out = nystrom_attention(heads, &self.options);
+                let out = nystrom_attention_with_flags(heads, &self.options, &padding_flags);
                 (out.context, out.kernels)
             }
             AttentionMode::Softmax => (
@@ -194,11 +199,12 @@ impl NystromAttention {
         };
         let context = match &self.conv {
             Some(conv) => {
-                let skip_mask = match self.options.mask_policy {
-                    MaskPolicy::LeakFree => padding.mask_pad.as_ref(),
-                    MaskPolicy::HfCompatible => None,
+                let unmasked = MaskFlags::new(None, dtype);
+                let skip_padding = match self.options.mask_policy {
+                    MaskPolicy::LeakFree => &padding_flags,
+                    MaskPolicy::HfCompatible => &unmasked,
                 };
-                context + conv_skip(v, conv, skip_mask, self.options.custom_kernels)
+                context + conv_skip_with_flags(v, conv, skip_padding, self.options.custom_kernels)
             }
             None => context,
         };

@@ -128,8 +128,9 @@ pub struct NystromAttentionOutput {
 /// matrix is formed, time is `O((n_q + n_k)·m·d + m³)` and memory `O((n_q + n_k)·m)`.
 ///
 /// Under [`MaskPolicy::LeakFree`] a sequence's output at its valid positions does not depend on
-/// the batch it comes in: its segments are cut over its own valid tokens, padded rows are
-/// replaced by zeros before any product (so NaN or infinity in the padding cannot leak), and a
+/// the batch it comes in: its segments are cut over its own valid tokens, padded rows count as
+/// zeros in every product (so NaN or infinity in the padding cannot leak, and they get no
+/// gradient; the CubeCL kernels never read them, the other paths zero them first), and a
 /// sequence with at most `num_landmarks` valid keys gets exact softmax attention, as it would
 /// alone. [`PinvInit::Original`] takes its scale from the whole batch and so is not invariant.
 ///
@@ -145,6 +146,18 @@ pub struct NystromAttentionOutput {
 pub fn nystrom_attention(
     input: NystromHeadsInput,
     options: &NystromOptions,
+) -> NystromAttentionOutput {
+    let mask_pad = input.padding.mask_pad.clone();
+    let padding_flags = MaskFlags::new(mask_pad.as_ref(), FloatDType::from(input.q.dtype()));
+    nystrom_attention_with_flags(input, options, &padding_flags)
+}
+
+/// [`nystrom_attention`] with the flags of `mask_pad` made by the caller, who shares them (with
+/// the skip convolution).
+pub(crate) fn nystrom_attention_with_flags(
+    input: NystromHeadsInput,
+    options: &NystromOptions,
+    padding_flags: &MaskFlags,
 ) -> NystromAttentionOutput {
     check_shapes(&input);
     assert!(
@@ -178,7 +191,13 @@ pub fn nystrom_attention(
     let mask_keys = padding.mask_pad.clone();
     let mask_queries = padding.queries().cloned();
     let leak_free = options.mask_policy == MaskPolicy::LeakFree;
-    let (q, k, v) = match leak_free {
+    // The CubeCL kernels take padded rows as zeros without reading them, which saves zeroing
+    // them: three passes over Q, K and V forward, three backward.
+    let kernels_take_padding = leak_free
+        && options.custom_kernels
+        && !return_kernels
+        && kernels::cube_kernels_take_padding(&k, &v);
+    let (q, k, v) = match leak_free && !kernels_take_padding {
         // Select, not multiply: 0 · NaN is NaN.
         true => (
             zero_rows(q, mask_queries.as_ref()),
@@ -213,7 +232,7 @@ pub fn nystrom_attention(
         false => Segments::new_with_kernels(
             n_q,
             m,
-            landmark_mask(mask_queries, n_q).as_ref(),
+            landmark_mask(mask_queries.clone(), n_q).as_ref(),
             dtype,
             &device,
             options.custom_kernels,
@@ -250,19 +269,28 @@ pub fn nystrom_attention(
     // `kernels::MAX_KERNEL_HEAD_DIM` on a CubeCL device (then `F · W` does not apply either).
     // Each mask becomes flags once for all the stages that take it; in self-attention the
     // queries' missing landmarks are the keys'.
-    let padding_flags = MaskFlags::new(mask_keys.as_ref(), dtype);
     let missing_key_flags = MaskFlags::new(missing_keys, dtype);
     let missing_query_flags = (!same_segments).then(|| MaskFlags::new(missing_queries, dtype));
     let missing_query_flags = missing_query_flags.as_ref().unwrap_or(&missing_key_flags);
+    // The padded queries that `F · W` takes as zeros: in self-attention the keys' padding.
+    let unmasked = MaskFlags::new(None, dtype);
+    let own_query_padding = (kernels_take_padding && !padding.self_attention)
+        .then(|| MaskFlags::new(mask_queries.as_ref(), dtype));
+    let query_padding = match (kernels_take_padding, &own_query_padding) {
+        (false, _) => &unmasked,
+        (true, Some(own)) => own,
+        (true, None) => padding_flags,
+    };
     let fused_values = (options.custom_kernels && !return_kernels)
         .then(|| {
             kernels::landmark_values_with_flags(
                 &scaled_queries,
                 &k,
                 &v,
-                &padding_flags,
+                padding_flags,
                 missing_query_flags,
                 min_float as f32,
+                kernels_take_padding,
             )
         })
         .flatten();
@@ -286,9 +314,14 @@ pub fn nystrom_attention(
             a_pinv.matmul(values)
         });
         let weights = exact_for_short(weights, &key_segments, &v, options.custom_kernels);
-        let context =
-            kernels::landmark_attention_with_flags(&q, &scaled_keys, &weights, &missing_key_flags)
-                .expect(APPLIES);
+        let context = kernels::landmark_attention_with_flags(
+            &q,
+            &scaled_keys,
+            &weights,
+            &missing_key_flags,
+            query_padding,
+        )
+        .expect(APPLIES);
         return NystromAttentionOutput {
             context,
             kernels: None,

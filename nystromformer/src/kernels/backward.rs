@@ -28,38 +28,43 @@ use super::extension::PinvOps;
 use super::flags::Flags;
 use super::reference::{
     as_rows, cast_to, depthwise_options, dims, fill_keys, fill_rows, landmark_matrix,
-    norm_coefficient,
+    norm_coefficient, padded_as_zeros,
 };
 use crate::attention::pinv::MIN_COEFFICIENT;
 
 /// See [`LandmarkSoftmaxOps::landmark_attention_backward`][attention_backward]: the gradients
 /// of the queries, landmark keys and weights of `softmax(Q K̃ᵀ) W`, missing landmarks at zero
-/// weight.
+/// weight, the query rows that `query_padding` flags taken as zeros (no gradient).
 ///
 /// [attention_backward]: super::extension::LandmarkSoftmaxOps::landmark_attention_backward
+#[allow(clippy::too_many_arguments)]
 pub fn landmark_attention_backward<B: Backend>(
     queries: FloatTensor<B>,
     landmark_keys: FloatTensor<B>,
     weights: FloatTensor<B>,
     missing: Flags<B>,
+    query_padding: Flags<B>,
     output: FloatTensor<B>,
     log_sum_exp: FloatTensor<B>,
     grad: FloatTensor<B>,
 ) -> (FloatTensor<B>, FloatTensor<B>, FloatTensor<B>) {
+    let queries = fill_rows::<B>(queries, &query_padding, 0.0);
     let scores = B::float_matmul(queries.clone(), B::float_transpose(landmark_keys.clone()));
     let probabilities = fill_keys::<B>(softmax_from::<B>(scores, log_sum_exp), &missing, 0.0);
     let [score_grad, weights_grad] =
         softmax_product_backward::<B>(probabilities, weights, output, grad);
+    let query_grad = B::float_matmul(score_grad.clone(), landmark_keys);
     (
-        B::float_matmul(score_grad.clone(), landmark_keys),
+        fill_rows::<B>(query_grad, &query_padding, 0.0),
         B::float_matmul(B::float_transpose(score_grad), queries),
         weights_grad,
     )
 }
 
 /// See [`LandmarkSoftmaxOps::landmark_values_backward`][values_backward]: the gradients of the
-/// landmark queries, keys and values of `softmax(Q̃ Kᵀ) V`, padded keys at the masked score and
-/// the rows of missing landmarks zero.
+/// landmark queries, keys and values of `softmax(Q̃ Kᵀ) V`, padded keys at the masked score (and
+/// with `zero_padded` taken as zeros with their values: no gradient) and the rows of missing
+/// landmarks zero.
 ///
 /// [values_backward]: super::extension::LandmarkSoftmaxOps::landmark_values_backward
 #[allow(clippy::too_many_arguments)]
@@ -70,10 +75,12 @@ pub fn landmark_values_backward<B: Backend>(
     padding: Flags<B>,
     missing: Flags<B>,
     masked_score: f32,
+    zero_padded: bool,
     output: FloatTensor<B>,
     log_sum_exp: FloatTensor<B>,
     grad: FloatTensor<B>,
 ) -> (FloatTensor<B>, FloatTensor<B>, FloatTensor<B>) {
+    let [keys, values] = padded_as_zeros::<B, _>([keys, values], &padding, zero_padded);
     // A missing landmark's row was zeroed after the softmax: no gradient reaches its scores.
     let grad = fill_rows::<B>(grad, &missing, 0.0);
     let scores = B::float_matmul(landmark_queries.clone(), B::float_transpose(keys.clone()));
@@ -83,6 +90,7 @@ pub fn landmark_values_backward<B: Backend>(
         softmax_product_backward::<B>(probabilities, values, output, grad);
     // A padded key's score is the constant masked score.
     let score_grad = fill_keys::<B>(score_grad, &padding, 0.0);
+    let [values_grad] = padded_as_zeros::<B, _>([values_grad], &padding, zero_padded);
     (
         B::float_matmul(score_grad.clone(), keys),
         B::float_matmul(B::float_transpose(score_grad), landmark_queries),
@@ -400,7 +408,7 @@ pub fn layer_norm_backward<B: Backend>(
 }
 
 /// See [`DepthwiseConvOps::depthwise_conv_backward`][conv_backward]: Burn's backward ops of its
-/// grouped `Conv2d`.
+/// grouped `Conv2d`, the padded rows zeroed in the values and in their gradient.
 ///
 /// [conv_backward]: super::extension::DepthwiseConvOps::depthwise_conv_backward
 #[cfg_attr(
@@ -410,11 +418,13 @@ pub fn layer_norm_backward<B: Backend>(
 pub fn depthwise_conv_backward<B: Backend>(
     values: FloatTensor<B>,
     taps: FloatTensor<B>,
+    padding: Flags<B>,
     grad: FloatTensor<B>,
 ) -> (FloatTensor<B>, FloatTensor<B>) {
     let options = depthwise_options::<B>(&taps);
+    let values = fill_rows::<B>(values, &padding, 0.0);
     let d_values =
         B::conv2d_x_backward(values.clone(), taps.clone(), grad.clone(), options.clone());
     let d_taps = B::conv2d_weight_backward(values, taps, grad, options);
-    (d_values, d_taps)
+    (fill_rows::<B>(d_values, &padding, 0.0), d_taps)
 }

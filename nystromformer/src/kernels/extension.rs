@@ -70,6 +70,7 @@ pub fn landmark_values(
     padding: &MaskFlags,
     missing: &MaskFlags,
     masked_score: f32,
+    zero_padded: bool,
 ) -> Tensor<4> {
     Tensor::from_dispatch(<Dispatch as LandmarkSoftmaxOps>::landmark_values(
         landmark_queries.clone().into_dispatch(),
@@ -78,6 +79,7 @@ pub fn landmark_values(
         flags(padding),
         flags(missing),
         masked_score,
+        zero_padded,
     ))
 }
 
@@ -117,20 +119,23 @@ pub fn landmark_attention(
     landmark_keys: &Tensor<4>,
     weights: &Tensor<4>,
     missing: &MaskFlags,
+    query_padding: &MaskFlags,
 ) -> Tensor<4> {
     Tensor::from_dispatch(<Dispatch as LandmarkSoftmaxOps>::landmark_attention(
         queries.clone().into_dispatch(),
         landmark_keys.clone().into_dispatch(),
         weights.clone().into_dispatch(),
         flags(missing),
+        flags(query_padding),
     ))
 }
 
 /// See [`super::fused_depthwise_conv`].
-pub fn depthwise_conv(values: &Tensor<4>, taps: &Tensor<4>) -> Tensor<4> {
+pub fn depthwise_conv(values: &Tensor<4>, taps: &Tensor<4>, padding: &MaskFlags) -> Tensor<4> {
     Tensor::from_dispatch(<Dispatch as DepthwiseConvOps>::depthwise_conv(
         values.clone().into_dispatch(),
         taps.clone().into_dispatch(),
+        flags(padding),
     ))
 }
 
@@ -233,6 +238,11 @@ fn flags(mask: &MaskFlags) -> Flags<Dispatch> {
 /// under autodiff a fused backward (`kernels/flex/autodiff.rs`) and CubeCL devices one that
 /// recomputes each softmax from the log-sum-exp of the `*_with_statistics` forwards
 /// (`kernels/cube/autodiff.rs`).
+///
+/// Padding as the leak-free policy has it, without a pass that zeroes it first: with
+/// `zero_padded`, `B · V` takes padded keys and values as zeros, and `F · W` takes the query rows
+/// that `query_padding` flags as zeros; either way NaN there cannot leak, and those rows get a
+/// zero gradient. The CubeCL kernels never read them; the other bodies zero them.
 #[backend_extension(
     Cube: cfg(feature = "cube-kernels"),
     Fusion: cfg(feature = "cube-kernels"),
@@ -249,6 +259,7 @@ pub trait LandmarkSoftmaxOps: Backend {
         #[extension_type] padding: Flags<Self>,
         #[extension_type] missing: Flags<Self>,
         masked_score: f32,
+        zero_padded: bool,
     ) -> FloatTensor<Self> {
         super::reference::landmark_values::<Self>(
             landmark_queries,
@@ -257,6 +268,7 @@ pub trait LandmarkSoftmaxOps: Backend {
             padding,
             missing,
             masked_score,
+            zero_padded,
         )
     }
 
@@ -267,8 +279,15 @@ pub trait LandmarkSoftmaxOps: Backend {
         landmark_keys: FloatTensor<Self>,
         weights: FloatTensor<Self>,
         #[extension_type] missing: Flags<Self>,
+        #[extension_type] query_padding: Flags<Self>,
     ) -> FloatTensor<Self> {
-        super::reference::landmark_attention::<Self>(queries, landmark_keys, weights, missing)
+        super::reference::landmark_attention::<Self>(
+            queries,
+            landmark_keys,
+            weights,
+            missing,
+            query_padding,
+        )
     }
 
     /// [`landmark_values`] and each row's log-sum-exp (`[batch, heads, m, 1]`, f32 whatever the
@@ -279,7 +298,7 @@ pub trait LandmarkSoftmaxOps: Backend {
         not(all(feature = "autodiff", feature = "cube-kernels")),
         allow(dead_code)
     )]
-    #[fusion(meta = |landmark_queries, _keys, values, _padding, _missing, _masked_score| with_statistics(landmark_queries, values_shape(&landmark_queries.shape, &values.shape)))]
+    #[fusion(meta = |landmark_queries, _keys, values, _padding, _missing, _masked_score, _zero_padded| with_statistics(landmark_queries, values_shape(&landmark_queries.shape, &values.shape)))]
     fn landmark_values_with_statistics(
         landmark_queries: FloatTensor<Self>,
         keys: FloatTensor<Self>,
@@ -287,6 +306,7 @@ pub trait LandmarkSoftmaxOps: Backend {
         #[extension_type] padding: Flags<Self>,
         #[extension_type] missing: Flags<Self>,
         masked_score: f32,
+        zero_padded: bool,
     ) -> (FloatTensor<Self>, FloatTensor<Self>) {
         super::reference::landmark_values_with_statistics::<Self>(
             landmark_queries,
@@ -295,6 +315,7 @@ pub trait LandmarkSoftmaxOps: Backend {
             padding,
             missing,
             masked_score,
+            zero_padded,
         )
     }
 
@@ -306,18 +327,20 @@ pub trait LandmarkSoftmaxOps: Backend {
         not(all(feature = "autodiff", feature = "cube-kernels")),
         allow(dead_code)
     )]
-    #[fusion(meta = |queries, _landmark_keys, weights, _missing| with_statistics(queries, context_shape(&queries.shape, &weights.shape)))]
+    #[fusion(meta = |queries, _landmark_keys, weights, _missing, _query_padding| with_statistics(queries, context_shape(&queries.shape, &weights.shape)))]
     fn landmark_attention_with_statistics(
         queries: FloatTensor<Self>,
         landmark_keys: FloatTensor<Self>,
         weights: FloatTensor<Self>,
         #[extension_type] missing: Flags<Self>,
+        #[extension_type] query_padding: Flags<Self>,
     ) -> (FloatTensor<Self>, FloatTensor<Self>) {
         super::reference::landmark_attention_with_statistics::<Self>(
             queries,
             landmark_keys,
             weights,
             missing,
+            query_padding,
         )
     }
 
@@ -331,7 +354,7 @@ pub trait LandmarkSoftmaxOps: Backend {
         allow(dead_code)
     )]
     #[allow(clippy::too_many_arguments)]
-    #[fusion(meta = |landmark_queries, keys, values, _padding, _missing, _masked_score, _output, _log_sum_exp, _grad| (landmark_queries.clone(), keys.clone(), values.clone()))]
+    #[fusion(meta = |landmark_queries, keys, values, _padding, _missing, _masked_score, _zero_padded, _output, _log_sum_exp, _grad| (landmark_queries.clone(), keys.clone(), values.clone()))]
     fn landmark_values_backward(
         landmark_queries: FloatTensor<Self>,
         keys: FloatTensor<Self>,
@@ -339,6 +362,7 @@ pub trait LandmarkSoftmaxOps: Backend {
         #[extension_type] padding: Flags<Self>,
         #[extension_type] missing: Flags<Self>,
         masked_score: f32,
+        zero_padded: bool,
         output: FloatTensor<Self>,
         log_sum_exp: FloatTensor<Self>,
         grad: FloatTensor<Self>,
@@ -350,6 +374,7 @@ pub trait LandmarkSoftmaxOps: Backend {
             padding,
             missing,
             masked_score,
+            zero_padded,
             output,
             log_sum_exp,
             grad,
@@ -365,12 +390,14 @@ pub trait LandmarkSoftmaxOps: Backend {
         not(all(feature = "autodiff", feature = "cube-kernels")),
         allow(dead_code)
     )]
-    #[fusion(meta = |queries, landmark_keys, weights, _missing, _output, _log_sum_exp, _grad| (queries.clone(), landmark_keys.clone(), weights.clone()))]
+    #[allow(clippy::too_many_arguments)]
+    #[fusion(meta = |queries, landmark_keys, weights, _missing, _query_padding, _output, _log_sum_exp, _grad| (queries.clone(), landmark_keys.clone(), weights.clone()))]
     fn landmark_attention_backward(
         queries: FloatTensor<Self>,
         landmark_keys: FloatTensor<Self>,
         weights: FloatTensor<Self>,
         #[extension_type] missing: Flags<Self>,
+        #[extension_type] query_padding: Flags<Self>,
         output: FloatTensor<Self>,
         log_sum_exp: FloatTensor<Self>,
         grad: FloatTensor<Self>,
@@ -380,6 +407,7 @@ pub trait LandmarkSoftmaxOps: Backend {
             landmark_keys,
             weights,
             missing,
+            query_padding,
             output,
             log_sum_exp,
             grad,
@@ -388,11 +416,13 @@ pub trait LandmarkSoftmaxOps: Backend {
 }
 
 /// The skip connection's depthwise convolution along the sequence: values `[batch, heads, n, d]`,
-/// taps `[heads, 1, k, 1]` (`k` odd, zero padding). The default bodies are Burn's grouped
-/// convolution and its backward ops ([`super::reference::depthwise_conv`],
+/// taps `[heads, 1, k, 1]` (`k` odd, zero padding), the value rows that `padding` (`[batch, n]`)
+/// flags taken as zeros. The default bodies are a `mask_fill` and Burn's grouped convolution and
+/// its backward ops ([`super::reference::depthwise_conv`],
 /// [`super::backward::depthwise_conv_backward`]); flex fuses it forward and, under autodiff,
 /// backward (`kernels/flex/depthwise.rs`); CubeCL devices run one kernel forward and two
-/// and a sum backward (`kernels/cube/depthwise_conv.rs`).
+/// and a sum backward (`kernels/cube/depthwise_conv.rs`), reading the padding flags in place of
+/// the `mask_fill`.
 #[backend_extension(
     Cube: cfg(feature = "cube-kernels"),
     Fusion: cfg(feature = "cube-kernels"),
@@ -402,8 +432,12 @@ pub trait LandmarkSoftmaxOps: Backend {
 pub trait DepthwiseConvOps: Backend {
     /// See [`depthwise_conv`].
     #[fusion(dtype = values, shape = values)]
-    fn depthwise_conv(values: FloatTensor<Self>, taps: FloatTensor<Self>) -> FloatTensor<Self> {
-        super::reference::depthwise_conv::<Self>(values, taps)
+    fn depthwise_conv(
+        values: FloatTensor<Self>,
+        taps: FloatTensor<Self>,
+        #[extension_type] padding: Flags<Self>,
+    ) -> FloatTensor<Self> {
+        super::reference::depthwise_conv::<Self>(values, taps, padding)
     }
 
     /// The gradients of the values and the taps for the gradient `grad` of
@@ -413,13 +447,14 @@ pub trait DepthwiseConvOps: Backend {
         not(all(feature = "autodiff", feature = "cube-kernels")),
         allow(dead_code)
     )]
-    #[fusion(meta = |values, taps, _grad| (values.clone(), taps.clone()))]
+    #[fusion(meta = |values, taps, _padding, _grad| (values.clone(), taps.clone()))]
     fn depthwise_conv_backward(
         values: FloatTensor<Self>,
         taps: FloatTensor<Self>,
+        #[extension_type] padding: Flags<Self>,
         grad: FloatTensor<Self>,
     ) -> (FloatTensor<Self>, FloatTensor<Self>) {
-        super::backward::depthwise_conv_backward::<Self>(values, taps, grad)
+        super::backward::depthwise_conv_backward::<Self>(values, taps, padding, grad)
     }
 }
 

@@ -27,6 +27,11 @@ impl<'a> MaskFlags<'a> {
         }
     }
 
+    /// The mask itself; `None` masks nothing.
+    pub fn mask(&self) -> Option<&'a Tensor<2, Bool>> {
+        self.mask
+    }
+
     /// The flags, converted on the first call; `None` without a mask.
     #[cfg_attr(
         not(any(feature = "cube-kernels", feature = "flex-kernels")),

@@ -155,10 +155,13 @@ pub fn fused_landmark_values(
         &MaskFlags::new(mask_pad, dtype),
         &MaskFlags::new(missing, dtype),
         masked_score,
+        false,
     )
 }
 
-/// [`fused_landmark_values`] with its masks' flags converted once for the whole attention call.
+/// [`fused_landmark_values`] with its masks' flags converted once for the whole attention call;
+/// with `zero_padded` the padded keys and their values count as zeros (the leak-free policy's
+/// padding, which the CubeCL kernels then never read; zero gradient there).
 pub(crate) fn landmark_values_with_flags(
     landmark_queries: &Tensor<4>,
     keys: &Tensor<4>,
@@ -166,6 +169,7 @@ pub(crate) fn landmark_values_with_flags(
     padding: &MaskFlags,
     missing: &MaskFlags,
     masked_score: f32,
+    zero_padded: bool,
 ) -> Option<Tensor<4>> {
     let d = keys.dims()[3];
     let d_v = values.dims()[3];
@@ -177,6 +181,7 @@ pub(crate) fn landmark_values_with_flags(
             padding,
             missing,
             masked_score,
+            zero_padded,
         )
     })
 }
@@ -223,6 +228,7 @@ pub fn fused_softmax_attention(
             &MaskFlags::new(mask_pad, dtype),
             &MaskFlags::new(None, dtype),
             MASKED_SCORE as f32,
+            false,
         )
     })
 }
@@ -360,6 +366,18 @@ pub const MAX_KERNEL_HEAD_DIM: usize = 128;
 /// `(m / 16)²` entries of every product in registers. Larger `m` runs as tensor ops there.
 pub const MAX_KERNEL_LANDMARKS: usize = 256;
 
+/// Whether the attention's CubeCL kernels run on keys `k` and values `v` (f32 or f16, head sizes
+/// within [`MAX_KERNEL_HEAD_DIM`]) and so take the leak-free policy's padding as it is: the
+/// landmarks read the valid rows alone, `B · V` gives a padded key the masked score and a zero
+/// value without reading either, and `F · W` a padded query row zeros without reading it,
+/// forward and backward (where those rows get a zero gradient). The attention then skips
+/// zeroing the padded rows of `Q`, `K` and `V`: three passes over them forward and three
+/// backward.
+pub(crate) fn cube_kernels_take_padding(k: &Tensor<4>, v: &Tensor<4>) -> bool {
+    let (d, d_v) = (k.dims()[3], v.dims()[3]);
+    custom_kernels_apply(k) && extension::on_cube_device(k) && fits_cube_kernels(k, [d, d_v])
+}
+
 /// Whether the CubeCL kernels take head sizes `head_dims` for tensors like `x` (always true off
 /// CubeCL devices); see [`MAX_KERNEL_HEAD_DIM`].
 fn fits_cube_kernels(x: &Tensor<4>, head_dims: [usize; 2]) -> bool {
@@ -411,21 +429,25 @@ pub fn fused_landmark_attention(
         landmark_keys,
         weights,
         &MaskFlags::new(missing, dtype),
+        &MaskFlags::new(None, dtype),
     )
 }
 
 /// [`fused_landmark_attention`] with its mask's flags converted once for the whole attention
-/// call.
+/// call, and the query rows that `query_padding` flags taken as zeros (the leak-free policy's
+/// padding, which the CubeCL kernel then never reads; zero gradient there).
 pub(crate) fn landmark_attention_with_flags(
     queries: &Tensor<4>,
     landmark_keys: &Tensor<4>,
     weights: &Tensor<4>,
     missing: &MaskFlags,
+    query_padding: &MaskFlags,
 ) -> Option<Tensor<4>> {
     let d = queries.dims()[3];
     let d_v = weights.dims()[3];
-    (custom_kernels_apply(queries) && fits_cube_kernels(queries, [d, d_v]))
-        .then(|| extension::landmark_attention(queries, landmark_keys, weights, missing))
+    (custom_kernels_apply(queries) && fits_cube_kernels(queries, [d, d_v])).then(|| {
+        extension::landmark_attention(queries, landmark_keys, weights, missing, query_padding)
+    })
 }
 
 /// The landmarks scaled as the later stages take them, `[Q̃, Q̃ · scale, K̃ · scale]`, as one
@@ -551,16 +573,44 @@ fn check_segments(op: &str, name: &str, segments: &Segments, batch: usize, n: us
 /// transposed one; CubeCL devices as a direct convolution with layout copies, about a dozen
 /// launches forward and backward.
 ///
+/// With `mask_pad`, the values at padded positions count as zeros (NaN there cannot leak) and
+/// get a zero gradient, as after a `mask_fill` of the values; the CubeCL kernels read the mask
+/// instead of making that pass, and read the values in place (the head split's strided view).
+///
 /// # Shapes
 ///
 /// - values: `[batch, heads, n, d]`
 /// - taps: `[heads, 1, k, 1]` (the `Conv2d` weight), `k` odd
+/// - mask_pad: `[batch, n]` (`true` = padding)
 /// - output: `[batch, heads, n, d]`
 ///
 /// # Panics
 ///
 /// Panics, naming the argument, if the shapes disagree or `k` is even.
-pub fn fused_depthwise_conv(values: &Tensor<4>, taps: &Tensor<4>) -> Option<Tensor<4>> {
+pub fn fused_depthwise_conv(
+    values: &Tensor<4>,
+    taps: &Tensor<4>,
+    mask_pad: Option<&Tensor<2, Bool>>,
+) -> Option<Tensor<4>> {
+    let [batch, _, n, _] = values.dims();
+    if let Some(mask_pad) = mask_pad {
+        expect_shape(
+            "fused_depthwise_conv",
+            "mask_pad",
+            &mask_pad.dims(),
+            &[batch, n],
+        );
+    }
+    let padding = MaskFlags::new(mask_pad, FloatDType::from(values.dtype()));
+    depthwise_conv_with_flags(values, taps, &padding)
+}
+
+/// [`fused_depthwise_conv`] with the padding's flags converted once for the whole attention call.
+pub(crate) fn depthwise_conv_with_flags(
+    values: &Tensor<4>,
+    taps: &Tensor<4>,
+    padding: &MaskFlags,
+) -> Option<Tensor<4>> {
     let [_, heads, _, _] = values.dims();
     let k = taps.dims()[2];
     expect_shape(
@@ -574,7 +624,7 @@ pub fn fused_depthwise_conv(values: &Tensor<4>, taps: &Tensor<4>) -> Option<Tens
         && extension::on_cube_device(values)
         && values.dtype() == DType::F32
         && taps.dtype() == DType::F32;
-    (on_flex(values) || on_cube).then(|| extension::depthwise_conv(values, taps))
+    (on_flex(values) || on_cube).then(|| extension::depthwise_conv(values, taps, padding))
 }
 
 /// `layer.forward(x)`, which on flex (f32, with `custom_kernels`) runs as one fused pass forward
@@ -710,6 +760,7 @@ mod extension {
         _padding: &MaskFlags,
         _missing: &MaskFlags,
         _masked_score: f32,
+        _zero_padded: bool,
     ) -> Tensor<4> {
         unreachable!("{NOT_COMPILED}")
     }
@@ -729,7 +780,11 @@ mod extension {
         unreachable!("{NOT_COMPILED}")
     }
 
-    pub fn depthwise_conv(_values: &Tensor<4>, _taps: &Tensor<4>) -> Tensor<4> {
+    pub fn depthwise_conv(
+        _values: &Tensor<4>,
+        _taps: &Tensor<4>,
+        _padding: &MaskFlags,
+    ) -> Tensor<4> {
         unreachable!("{NOT_COMPILED}")
     }
 
@@ -753,6 +808,7 @@ mod extension {
         _landmark_keys: &Tensor<4>,
         _weights: &Tensor<4>,
         _missing: &MaskFlags,
+        _query_padding: &MaskFlags,
     ) -> Tensor<4> {
         unreachable!("{NOT_COMPILED}")
     }

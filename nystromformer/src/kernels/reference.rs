@@ -14,7 +14,8 @@ use super::extension::PinvOps;
 use super::flags::Flags;
 use crate::attention::pinv::MIN_COEFFICIENT;
 
-/// See [`super::fused_landmark_values`]; masks as `1.0` at `true`.
+/// See [`super::fused_landmark_values`]; masks as `1.0` at `true`, padded keys and values
+/// zeroed first with `zero_padded`.
 pub fn landmark_values<B: Backend>(
     landmark_queries: FloatTensor<B>,
     keys: FloatTensor<B>,
@@ -22,20 +23,38 @@ pub fn landmark_values<B: Backend>(
     padding: Flags<B>,
     missing: Flags<B>,
     masked_score: f32,
+    zero_padded: bool,
 ) -> FloatTensor<B> {
+    let [keys, values] = padded_as_zeros::<B, _>([keys, values], &padding, zero_padded);
     let scores = value_scores::<B>(landmark_queries, keys, padding, masked_score);
     values_from_scores::<B>(scores, values, missing)
 }
 
-/// See [`super::fused_landmark_attention`]; the mask as `1.0` at `true`.
+/// See [`super::fused_landmark_attention`]; masks as `1.0` at `true`, the query rows that
+/// `query_padding` flags zeroed first.
 pub fn landmark_attention<B: Backend>(
     queries: FloatTensor<B>,
     landmark_keys: FloatTensor<B>,
     weights: FloatTensor<B>,
     missing: Flags<B>,
+    query_padding: Flags<B>,
 ) -> FloatTensor<B> {
+    let queries = fill_rows::<B>(queries, &query_padding, 0.0);
     let scores = landmark_scores::<B>(queries, landmark_keys, &missing);
     attention_from_scores::<B>(scores, weights, &missing)
+}
+
+/// `tensors` (`[batch, heads, n, _]`) with the rows that `padding` flags zeroed when `zero`, as
+/// they are otherwise.
+pub(super) fn padded_as_zeros<B: Backend, const N: usize>(
+    tensors: [FloatTensor<B>; N],
+    padding: &Flags<B>,
+    zero: bool,
+) -> [FloatTensor<B>; N] {
+    match zero {
+        true => tensors.map(|x| fill_rows::<B>(x, padding, 0.0)),
+        false => tensors,
+    }
 }
 
 /// [`landmark_values`] and each row's log-sum-exp of the masked scores (`[batch, heads, m, 1]`,
@@ -51,7 +70,9 @@ pub fn landmark_values_with_statistics<B: Backend>(
     padding: Flags<B>,
     missing: Flags<B>,
     masked_score: f32,
+    zero_padded: bool,
 ) -> (FloatTensor<B>, FloatTensor<B>) {
+    let [keys, values] = padded_as_zeros::<B, _>([keys, values], &padding, zero_padded);
     let scores = value_scores::<B>(landmark_queries, keys, padding, masked_score);
     let log_sum_exp = log_sum_exp::<B>(scores.clone());
     let output = values_from_scores::<B>(scores, values, missing);
@@ -69,7 +90,9 @@ pub fn landmark_attention_with_statistics<B: Backend>(
     landmark_keys: FloatTensor<B>,
     weights: FloatTensor<B>,
     missing: Flags<B>,
+    query_padding: Flags<B>,
 ) -> (FloatTensor<B>, FloatTensor<B>) {
+    let queries = fill_rows::<B>(queries, &query_padding, 0.0);
     let scores = landmark_scores::<B>(queries, landmark_keys, &missing);
     let log_sum_exp = log_sum_exp::<B>(scores.clone());
     let output = attention_from_scores::<B>(scores, weights, &missing);
@@ -150,11 +173,15 @@ pub fn layer_norm_with_statistics<B: Backend>(
     (output, B::float_cat(vec![mean, inv_std], 1))
 }
 
-/// The depthwise convolution along the sequence as Burn's grouped `Conv2d` (see
-/// [`DepthwiseConvOps`](super::extension::DepthwiseConvOps)).
-pub fn depthwise_conv<B: Backend>(values: FloatTensor<B>, taps: FloatTensor<B>) -> FloatTensor<B> {
+/// The depthwise convolution along the sequence as Burn's grouped `Conv2d` of the values with
+/// their padded rows zeroed (see [`DepthwiseConvOps`](super::extension::DepthwiseConvOps)).
+pub fn depthwise_conv<B: Backend>(
+    values: FloatTensor<B>,
+    taps: FloatTensor<B>,
+    padding: Flags<B>,
+) -> FloatTensor<B> {
     let options = depthwise_options::<B>(&taps);
-    B::conv2d(values, taps, None, options)
+    B::conv2d(fill_rows::<B>(values, &padding, 0.0), taps, None, options)
 }
 
 /// The options of the depthwise convolution with `taps` (`[heads, 1, k, 1]`): one group per head,
@@ -447,6 +474,96 @@ mod tests {
         max + row.iter().map(|s| (s - max).exp()).sum::<f32>().ln()
     }
 
+    /// With NaN in the padding, the bodies that take it as zeros give what the zeroed inputs give
+    /// taken as they are: `B · V` (and its backward), `F · W` and the convolution.
+    #[test]
+    fn the_bodies_take_padding_as_zeros() {
+        let device = Device::flex();
+        let [m, n, d] = [3, 7, 4];
+        let random =
+            |rows| Tensor::<4>::random([1, 1, rows, d], Distribution::Normal(0.0, 1.0), &device);
+        let (q, k, v, grad) = (random(m), random(n), random(n), random(m));
+        let padded: Vec<f32> = (0..n).map(|j| (j >= 5 || j == 2) as u8 as f32).collect();
+        let flags = Tensor::<2>::from_data(TensorData::new(padded, [1, n]), &device);
+        let rows = flags.clone().greater_elem(0.5).reshape([1, 1, n, 1]);
+        let fill = |x: &Tensor<4>, value: f32| {
+            x.clone()
+                .mask_fill(rows.clone().expand([1, 1, n, d]), value)
+                .into_dispatch()
+        };
+        let padding = || Flags::Present(flags.clone().into_dispatch());
+        let same = |what: &str, got: FloatTensor<Dispatch>, expected: FloatTensor<Dispatch>| {
+            let (got, expected) = (
+                host(Tensor::from_dispatch(got)),
+                host(Tensor::from_dispatch(expected)),
+            );
+            assert!(got.iter().all(|x| x.is_finite()), "{what}: {got:?}");
+            assert_eq!(got, expected, "{what}");
+        };
+
+        let values = |keys, values, padding, zero_padded| {
+            landmark_values_with_statistics::<Dispatch>(
+                q.clone().into_dispatch(),
+                keys,
+                values,
+                padding,
+                Flags::Absent,
+                -1e9,
+                zero_padded,
+            )
+        };
+        let (output, log_sum_exp) = values(fill(&k, f32::NAN), fill(&v, f32::NAN), padding(), true);
+        let (expected, expected_lse) = values(fill(&k, 0.0), fill(&v, 0.0), padding(), false);
+        same("B · V", output.clone(), expected.clone());
+        let backward = |keys, values, zero_padded, output, log_sum_exp| {
+            super::super::backward::landmark_values_backward::<Dispatch>(
+                q.clone().into_dispatch(),
+                keys,
+                values,
+                padding(),
+                Flags::Absent,
+                -1e9,
+                zero_padded,
+                output,
+                log_sum_exp,
+                grad.clone().into_dispatch(),
+            )
+        };
+        let got = backward(
+            fill(&k, f32::NAN),
+            fill(&v, f32::NAN),
+            true,
+            output,
+            log_sum_exp,
+        );
+        let reference = backward(fill(&k, 0.0), fill(&v, 0.0), false, expected, expected_lse);
+        same("B · V, dQ̃", got.0, reference.0);
+        same("B · V, dK", got.1, reference.1);
+        same("B · V, dV", got.2, reference.2);
+
+        let attention = |queries, query_padding| {
+            landmark_attention::<Dispatch>(
+                queries,
+                q.clone().into_dispatch(),
+                v.clone().slice([0..1, 0..1, 0..m, 0..d]).into_dispatch(),
+                Flags::Absent,
+                query_padding,
+            )
+        };
+        same(
+            "F · W",
+            attention(fill(&k, f32::NAN), padding()),
+            attention(fill(&k, 0.0), Flags::Absent),
+        );
+
+        let taps = Tensor::<4>::random([1, 1, 3, 1], Distribution::Normal(0.0, 0.5), &device);
+        same(
+            "convolution",
+            depthwise_conv::<Dispatch>(fill(&v, f32::NAN), taps.clone().into_dispatch(), padding()),
+            depthwise_conv::<Dispatch>(fill(&v, 0.0), taps.into_dispatch(), Flags::Absent),
+        );
+    }
+
     #[test]
     #[cfg(feature = "autodiff")]
     fn the_depthwise_conv_bodies_match_burn_nn_forward_and_backward() {
@@ -478,10 +595,12 @@ mod tests {
         let output = depthwise_conv::<Dispatch>(
             values.clone().inner().into_dispatch(),
             taps.clone().inner().into_dispatch(),
+            Flags::Absent,
         );
         let (d_values, d_taps) = depthwise_conv_backward::<Dispatch>(
             values.inner().into_dispatch(),
             taps.inner().into_dispatch(),
+            Flags::Absent,
             probe.inner().into_dispatch(),
         );
         let got = [output, d_values, d_taps].map(|t| host(Tensor::from_dispatch(t)));
@@ -590,11 +709,11 @@ mod tests {
         };
         let (q0, k0, v0, p0, m0) = args();
         let plain = host(Tensor::from_dispatch(landmark_values::<Dispatch>(
-            q0, k0, v0, p0, m0, -1e9,
+            q0, k0, v0, p0, m0, -1e9, false,
         )));
         let (q1, k1, v1, p1, m1) = args();
         let (output, statistics) =
-            landmark_values_with_statistics::<Dispatch>(q1, k1, v1, p1, m1, -1e9);
+            landmark_values_with_statistics::<Dispatch>(q1, k1, v1, p1, m1, -1e9, false);
         let (output, statistics) = (
             host(Tensor::from_dispatch(output)),
             Tensor::<4>::from_dispatch(statistics),
@@ -621,12 +740,14 @@ mod tests {
             q.clone().into_dispatch(),
             v.clone().slice([0..1, 0..1, 0..m, 0..d]).into_dispatch(),
             Flags::Present(missing.clone().into_dispatch()),
+            Flags::Absent,
         )));
         let (output, statistics) = landmark_attention_with_statistics::<Dispatch>(
             k.clone().into_dispatch(),
             q.clone().into_dispatch(),
             v.clone().slice([0..1, 0..1, 0..m, 0..d]).into_dispatch(),
             Flags::Present(missing.into_dispatch()),
+            Flags::Absent,
         );
         let (output, statistics) = (
             host(Tensor::from_dispatch(output)),

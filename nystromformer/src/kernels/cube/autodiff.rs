@@ -19,20 +19,22 @@ use crate::kernels::flags::Flags;
 use crate::kernels::recorded::{SavedForward, record};
 use crate::kernels::segment_rows::SegmentRows;
 
-/// What the `F · W` stage keeps: its inputs, the missing-landmark flags, its output and each
-/// row's log-sum-exp (`[batch, heads, n, 1]`, f32).
+/// What the `F · W` stage keeps: its inputs, the missing-landmark and query-padding flags, its
+/// output and each row's log-sum-exp (`[batch, heads, n, 1]`, f32).
 #[derive(Debug, Clone)]
 struct SavedAttention<B: Backend> {
     queries: FloatTensor<B>,
     landmark_keys: FloatTensor<B>,
     weights: FloatTensor<B>,
     missing: Flags<B>,
+    query_padding: Flags<B>,
     output: FloatTensor<B>,
     log_sum_exp: FloatTensor<B>,
 }
 
-/// What the `B · V` stage keeps: its inputs, both masks' flags, the score of a padded key, its
-/// output and each row's log-sum-exp (`[batch, heads, m, 1]`, f32).
+/// What the `B · V` stage keeps: its inputs, both masks' flags, the score of a padded key and
+/// whether it counts as zeros, its output and each row's log-sum-exp (`[batch, heads, m, 1]`,
+/// f32).
 #[derive(Debug, Clone)]
 struct SavedValues<B: Backend> {
     landmark_queries: FloatTensor<B>,
@@ -41,6 +43,7 @@ struct SavedValues<B: Backend> {
     padding: Flags<B>,
     missing: Flags<B>,
     masked_score: f32,
+    zero_padded: bool,
     output: FloatTensor<B>,
     log_sum_exp: FloatTensor<B>,
 }
@@ -100,6 +103,7 @@ impl SavedForward<Cube, 3> for SavedAttention<Cube> {
                 self.landmark_keys,
                 self.weights,
                 self.missing,
+                self.query_padding,
                 self.output,
                 self.log_sum_exp,
                 grad,
@@ -118,6 +122,7 @@ impl SavedForward<Cube, 3> for SavedValues<Cube> {
                 self.padding,
                 self.missing,
                 self.masked_score,
+                self.zero_padded,
                 self.output,
                 self.log_sum_exp,
                 grad,
@@ -158,6 +163,7 @@ impl<C: CheckpointStrategy> LandmarkSoftmaxOps for Autodiff<Cube, C> {
         padding: Flags<Self>,
         missing: Flags<Self>,
         masked_score: f32,
+        zero_padded: bool,
     ) -> FloatTensor<Self> {
         let nodes = [landmark_queries.node(), keys.node(), values.node()];
         record::<Cube, C, 3, _>(nodes, || {
@@ -176,6 +182,7 @@ impl<C: CheckpointStrategy> LandmarkSoftmaxOps for Autodiff<Cube, C> {
                     padding.clone(),
                     missing.clone(),
                     masked_score,
+                    zero_padded,
                 );
             let saved = SavedValues {
                 landmark_queries,
@@ -184,6 +191,7 @@ impl<C: CheckpointStrategy> LandmarkSoftmaxOps for Autodiff<Cube, C> {
                 padding,
                 missing,
                 masked_score,
+                zero_padded,
                 output: output.clone(),
                 log_sum_exp,
             };
@@ -196,14 +204,16 @@ impl<C: CheckpointStrategy> LandmarkSoftmaxOps for Autodiff<Cube, C> {
         landmark_keys: FloatTensor<Self>,
         weights: FloatTensor<Self>,
         missing: Flags<Self>,
+        query_padding: Flags<Self>,
     ) -> FloatTensor<Self> {
         let nodes = [queries.node(), landmark_keys.node(), weights.node()];
         record::<Cube, C, 3, _>(nodes, || {
-            let (queries, landmark_keys, weights, missing) = (
+            let (queries, landmark_keys, weights, missing, query_padding) = (
                 queries.into_primitive(),
                 landmark_keys.into_primitive(),
                 weights.into_primitive(),
                 missing.map(|flags| flags.into_primitive()),
+                query_padding.map(|flags| flags.into_primitive()),
             );
             let (output, log_sum_exp) =
                 <Cube as LandmarkSoftmaxOps>::landmark_attention_with_statistics(
@@ -211,12 +221,14 @@ impl<C: CheckpointStrategy> LandmarkSoftmaxOps for Autodiff<Cube, C> {
                     landmark_keys.clone(),
                     weights.clone(),
                     missing.clone(),
+                    query_padding.clone(),
                 );
             let saved = SavedAttention {
                 queries,
                 landmark_keys,
                 weights,
                 missing,
+                query_padding,
                 output: output.clone(),
                 log_sum_exp,
             };
@@ -396,28 +408,49 @@ impl<C: CheckpointStrategy> LayerNormOps for Autodiff<Cube, C> {
     }
 }
 
-/// What the skip connection's convolution keeps: its values and taps.
+/// What the skip connection's convolution keeps: its values, taps and padding.
 #[derive(Debug, Clone)]
 struct SavedConv<B: Backend> {
     values: FloatTensor<B>,
     taps: FloatTensor<B>,
+    padding: Flags<B>,
 }
 
 impl SavedForward<Cube, 2> for SavedConv<Cube> {
     fn backward(self, grad: FloatTensor<Cube>) -> [FloatTensor<Cube>; 2] {
-        let (d_values, d_taps) =
-            <Cube as DepthwiseConvOps>::depthwise_conv_backward(self.values, self.taps, grad);
+        let (d_values, d_taps) = <Cube as DepthwiseConvOps>::depthwise_conv_backward(
+            self.values,
+            self.taps,
+            self.padding,
+            grad,
+        );
         [d_values, d_taps]
     }
 }
 
 impl<C: CheckpointStrategy> DepthwiseConvOps for Autodiff<Cube, C> {
-    fn depthwise_conv(values: FloatTensor<Self>, taps: FloatTensor<Self>) -> FloatTensor<Self> {
+    fn depthwise_conv(
+        values: FloatTensor<Self>,
+        taps: FloatTensor<Self>,
+        padding: Flags<Self>,
+    ) -> FloatTensor<Self> {
         let nodes = [values.node(), taps.node()];
         let (values, taps) = (values.into_primitive(), taps.into_primitive());
+        let padding = padding.map(|flags| flags.into_primitive());
         record::<Cube, C, 2, _>(nodes, || {
-            let output = <Cube as DepthwiseConvOps>::depthwise_conv(values.clone(), taps.clone());
-            (output, SavedConv { values, taps })
+            let output = <Cube as DepthwiseConvOps>::depthwise_conv(
+                values.clone(),
+                taps.clone(),
+                padding.clone(),
+            );
+            (
+                output,
+                SavedConv {
+                    values,
+                    taps,
+                    padding,
+                },
+            )
         })
     }
 }

@@ -36,13 +36,15 @@ pub fn launch(
     landmark_keys: CubeTensor,
     weights: CubeTensor,
     missing: Flags<CubeBackend>,
+    query_padding: Flags<CubeBackend>,
     with_statistics: bool,
 ) -> (CubeTensor, Option<CubeTensor>) {
     let queries = rows_in_place(queries);
     let landmark_keys = into_contiguous(landmark_keys);
     let weights = into_contiguous(weights);
-    let any_missing = missing.is_present();
+    let (any_missing, queries_padded) = (missing.is_present(), query_padding.is_present());
     let missing = flags_or(missing, &landmark_keys);
+    let query_padding = flags_or(query_padding, &landmark_keys);
     let [batch, heads, n, head_dim] = queries.meta.shape().dims::<4>();
     let value_dim = weights.meta.shape()[3];
 
@@ -75,6 +77,7 @@ pub fn launch(
         landmark_keys.into_tensor_arg(),
         weights.into_tensor_arg(),
         missing.into_tensor_arg(),
+        query_padding.into_tensor_arg(),
         context.clone().into_tensor_arg(),
         log_sum_exp.clone().into_tensor_arg(),
         row_tiles,
@@ -84,6 +87,7 @@ pub fn launch(
         rows_per_tile(head_dim + value_dim),
         ROWS_PER_CUBE,
         any_missing,
+        queries_padded,
         dtype_to_storage_type(dtype),
     );
     (context, with_statistics.then_some(log_sum_exp))
@@ -92,8 +96,9 @@ pub fn launch(
 /// One cube per (matrix, tile of `units` query rows), one unit per row; `queries` may be strided
 /// (last dimension contiguous), the other tensors are contiguous. The head sizes are compile-time
 /// constants so that the row's query and accumulator live in registers. `missing` is read only
-/// when `any_missing`. `log_sum_exp` gets each row's log-sum-exp when `with_statistics` (else it
-/// is a placeholder).
+/// when `any_missing`; `query_padding` (`[batch, n]`, 1.0 at a query row taken as zeros, which
+/// is never read) only when `queries_padded`. `log_sum_exp` gets each row's log-sum-exp when
+/// `with_statistics` (else it is a placeholder).
 #[allow(clippy::too_many_arguments)]
 #[cube(launch)]
 fn landmark_attention_kernel<F: Float>(
@@ -101,6 +106,7 @@ fn landmark_attention_kernel<F: Float>(
     landmark_keys: &Tensor<F>,
     weights: &Tensor<F>,
     missing: &Tensor<F>,
+    query_padding: &Tensor<F>,
     context: &mut Tensor<F>,
     log_sum_exp: &mut Tensor<f32>,
     row_tiles: usize,
@@ -110,6 +116,7 @@ fn landmark_attention_kernel<F: Float>(
     #[comptime] tile: usize,
     #[comptime] units: usize,
     #[comptime] any_missing: bool,
+    #[comptime] queries_padded: bool,
     #[define(F)] _dtype: ElemType,
 ) {
     let heads = queries.shape(1);
@@ -126,11 +133,16 @@ fn landmark_attention_kernel<F: Float>(
     let row = (cube % row_tiles) * units + UNIT_POS as usize;
     // Units past the last query still help to stage the tiles.
     let inside = row < n;
+    // A padded query row counts as zeros.
+    let mut read = inside;
+    if inside {
+        read = !flagged(query_padding, batch * n + row, queries_padded);
+    }
 
     let query = load_row::<F, f32>(
         queries,
         row_offset(queries, batch, head, row),
-        inside,
+        read,
         head_dim,
     );
     let mut state = empty_state::<f32>(value_dim);

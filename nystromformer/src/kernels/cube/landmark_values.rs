@@ -15,7 +15,8 @@
 //!
 //! Padded keys get the tensor-op path's finite masked score (`min_float`, in f32) rather than
 //! being skipped, so that a row whose every key is padded gets the same uniform weights there and
-//! here. The attention zeroes padded values first, so their zero weights never meet a NaN.
+//! here. Their values count as zeros under the leak-free policy (`zero_padded`): the kernel then
+//! never reads a padded key or value, and NaN there cannot leak.
 
 use burn::backend::cubecl::dtype_to_storage_type;
 use burn::tensor::{DType, Shape};
@@ -25,7 +26,7 @@ use burn_cubecl::ops::numeric::empty_device_contiguous_dtype;
 use burn_cubecl::tensor::CubeTensor;
 use cubecl::prelude::*;
 
-use super::online_softmax::{add, dot, empty_state, load_row, maximum, total};
+use super::online_softmax::{add, add_zero_row, dot, empty_state, load_row, maximum, total};
 use super::tiles::{row_offset, rows_in_place, rows_per_tile, stage_rows};
 use super::{flagged, flags_or, statistics_shape};
 use crate::kernels::flags::Flags;
@@ -41,6 +42,7 @@ const MERGE_UNITS_PER_CUBE: u32 = 128;
 
 /// Launches both kernels; see [`crate::kernels::fused_landmark_values`] for the contract. Returns
 /// the output and, with `with_statistics`, each row's log-sum-exp (`[batch, heads, m, 1]`, f32).
+#[allow(clippy::too_many_arguments)]
 pub fn launch(
     landmark_queries: CubeTensor,
     keys: CubeTensor,
@@ -48,6 +50,7 @@ pub fn launch(
     padding: Flags<CubeBackend>,
     missing: Flags<CubeBackend>,
     masked_score: f32,
+    zero_padded: bool,
     with_statistics: bool,
 ) -> (CubeTensor, Option<CubeTensor>) {
     let landmark_queries = into_contiguous(landmark_queries);
@@ -104,6 +107,7 @@ pub fn launch(
         rows_per_tile(head_dim + value_dim),
         units,
         padded,
+        zero_padded,
         dtype_to_storage_type(dtype),
     );
     let cube_dim =
@@ -128,7 +132,7 @@ pub fn launch(
 
 /// One cube per (matrix, chunk, group of `units` landmarks), one unit per landmark. `keys` and
 /// `values` may be strided (last dimension contiguous); `padding` is `[batch, n]`, 1.0 at padded
-/// keys, and read only when `padded`.
+/// keys, and read only when `padded`; with `zero_padded` their values count as zeros.
 #[cube(launch)]
 fn chunk_kernel<F: Float>(
     landmark_queries: &Tensor<F>,
@@ -145,6 +149,7 @@ fn chunk_kernel<F: Float>(
     #[comptime] tile: usize,
     #[comptime] units: usize,
     #[comptime] padded: bool,
+    #[comptime] zero_padded: bool,
     #[define(F)] _dtype: ElemType,
 ) {
     let heads = landmark_queries.shape(1);
@@ -222,12 +227,9 @@ fn chunk_kernel<F: Float>(
         if inside {
             for t in 0..tile {
                 let kind = kind_tile[t];
-                if kind < 1.5f32 {
-                    let mut score = masked_score;
-                    if kind == 0.0f32 {
-                        score =
-                            dot::<f32, Shared<[f32]>>(&query, &key_tile, t * head_dim, head_dim);
-                    }
+                if kind == 0.0f32 {
+                    let score =
+                        dot::<f32, Shared<[f32]>>(&query, &key_tile, t * head_dim, head_dim);
                     add::<f32, Shared<[f32]>>(
                         &mut state,
                         score,
@@ -235,6 +237,18 @@ fn chunk_kernel<F: Float>(
                         t * value_dim,
                         value_dim,
                     );
+                } else if kind == 1.0f32 {
+                    if comptime!(zero_padded) {
+                        add_zero_row::<f32>(&mut state, masked_score, value_dim);
+                    } else {
+                        add::<f32, Shared<[f32]>>(
+                            &mut state,
+                            masked_score,
+                            &value_tile,
+                            t * value_dim,
+                            value_dim,
+                        );
+                    }
                 }
             }
         }

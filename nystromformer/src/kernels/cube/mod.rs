@@ -51,6 +51,7 @@ impl LandmarkSoftmaxOps for CubeBackend {
         padding: Flags<Self>,
         missing: Flags<Self>,
         masked_score: f32,
+        zero_padded: bool,
     ) -> FloatTensor<Self> {
         landmark_values::launch(
             landmark_queries,
@@ -59,6 +60,7 @@ impl LandmarkSoftmaxOps for CubeBackend {
             padding,
             missing,
             masked_score,
+            zero_padded,
             false,
         )
         .0
@@ -69,8 +71,17 @@ impl LandmarkSoftmaxOps for CubeBackend {
         landmark_keys: FloatTensor<Self>,
         weights: FloatTensor<Self>,
         missing: Flags<Self>,
+        query_padding: Flags<Self>,
     ) -> FloatTensor<Self> {
-        landmark_attention::launch(queries, landmark_keys, weights, missing, false).0
+        landmark_attention::launch(
+            queries,
+            landmark_keys,
+            weights,
+            missing,
+            query_padding,
+            false,
+        )
+        .0
     }
 
     fn landmark_values_with_statistics(
@@ -80,6 +91,7 @@ impl LandmarkSoftmaxOps for CubeBackend {
         padding: Flags<Self>,
         missing: Flags<Self>,
         masked_score: f32,
+        zero_padded: bool,
     ) -> (FloatTensor<Self>, FloatTensor<Self>) {
         let (output, log_sum_exp) = landmark_values::launch(
             landmark_queries,
@@ -88,6 +100,7 @@ impl LandmarkSoftmaxOps for CubeBackend {
             padding,
             missing,
             masked_score,
+            zero_padded,
             true,
         );
         (output, log_sum_exp.expect("asked for the statistics"))
@@ -98,9 +111,16 @@ impl LandmarkSoftmaxOps for CubeBackend {
         landmark_keys: FloatTensor<Self>,
         weights: FloatTensor<Self>,
         missing: Flags<Self>,
+        query_padding: Flags<Self>,
     ) -> (FloatTensor<Self>, FloatTensor<Self>) {
-        let (output, log_sum_exp) =
-            landmark_attention::launch(queries, landmark_keys, weights, missing, true);
+        let (output, log_sum_exp) = landmark_attention::launch(
+            queries,
+            landmark_keys,
+            weights,
+            missing,
+            query_padding,
+            true,
+        );
         (output, log_sum_exp.expect("asked for the statistics"))
     }
 
@@ -111,10 +131,17 @@ impl LandmarkSoftmaxOps for CubeBackend {
         padding: Flags<Self>,
         missing: Flags<Self>,
         masked_score: f32,
+        zero_padded: bool,
         output: FloatTensor<Self>,
         log_sum_exp: FloatTensor<Self>,
         grad: FloatTensor<Self>,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        // A padded key taken as zero, value included, has no gradient and adds nothing to any
+        // other: for the backward it is a skipped key.
+        let flagged_keys = match zero_padded {
+            true => FlaggedKeys::Skipped,
+            false => FlaggedKeys::Scored(masked_score),
+        };
         softmax_backward::launch(ProductBackward {
             queries: landmark_queries,
             keys,
@@ -123,8 +150,9 @@ impl LandmarkSoftmaxOps for CubeBackend {
             log_sum_exp,
             grad,
             key_flags: padding,
-            flagged_keys: FlaggedKeys::Scored(masked_score),
+            flagged_keys,
             row_flags: missing,
+            zeroed_rows: Flags::Absent,
         })
     }
 
@@ -133,6 +161,7 @@ impl LandmarkSoftmaxOps for CubeBackend {
         landmark_keys: FloatTensor<Self>,
         weights: FloatTensor<Self>,
         missing: Flags<Self>,
+        query_padding: Flags<Self>,
         output: FloatTensor<Self>,
         log_sum_exp: FloatTensor<Self>,
         grad: FloatTensor<Self>,
@@ -147,6 +176,7 @@ impl LandmarkSoftmaxOps for CubeBackend {
             key_flags: missing,
             flagged_keys: FlaggedKeys::Skipped,
             row_flags: Flags::Absent,
+            zeroed_rows: query_padding,
         })
     }
 }
@@ -238,16 +268,17 @@ impl SegmentMeanOps for CubeBackend {
 }
 
 impl DepthwiseConvOps for CubeBackend {
-    fn depthwise_conv(values: CubeTensor, taps: CubeTensor) -> CubeTensor {
-        depthwise_conv::launch(values, taps)
+    fn depthwise_conv(values: CubeTensor, taps: CubeTensor, padding: Flags<Self>) -> CubeTensor {
+        depthwise_conv::launch(values, taps, padding)
     }
 
     fn depthwise_conv_backward(
         values: CubeTensor,
         taps: CubeTensor,
+        padding: Flags<Self>,
         grad: CubeTensor,
     ) -> (CubeTensor, CubeTensor) {
-        depthwise_conv::launch_backward(values, taps, grad)
+        depthwise_conv::launch_backward(values, taps, padding, grad)
     }
 }
 

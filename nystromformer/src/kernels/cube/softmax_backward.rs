@@ -14,9 +14,12 @@
 //! [`CHUNK`], one cube per chunk, each leaving a partial sum in f32 that one reduction adds up.
 //!
 //! Masks, as the tensor-op backward (`kernels/backward.rs`) has them: a flagged key is either
-//! skipped (a missing landmark of `F · W`: zero weight) or scored at the constant masked score (a
-//! padded key of `B · V`: it keeps its weight, but its score has no gradient); a flagged query
-//! row (a missing landmark of `B · V`, whose output was zeroed) passes no gradient.
+//! skipped (a missing landmark of `F · W`: zero weight; a padded key of `B · V` taken as zeros
+//! with its value: its weight meets a zero value) or scored at the constant masked score (a
+//! padded key of `B · V` taken as it is: it keeps its weight, but its score has no gradient); a
+//! flagged query row (a missing landmark of `B · V`, whose output was zeroed) passes no gradient;
+//! a zeroed query row (a padded query of `F · W`) is read as zeros and gets no gradient, but its
+//! output still passes one to the values.
 
 use burn::backend::cubecl::dtype_to_storage_type;
 use burn::backend::tensor::FloatTensor;
@@ -28,7 +31,7 @@ use burn_cubecl::tensor::CubeTensor;
 use cubecl::prelude::*;
 
 use super::online_softmax::{dot, load_row};
-use super::tiles::{row_offset, rows_in_place, rows_per_tile, stage_rows};
+use super::tiles::{row_offset, rows_in_place, rows_per_tile, stage_rows, stage_unflagged_rows};
 use super::{flagged, flags_or};
 use crate::kernels::flags::Flags;
 use crate::kernels::reference::cast_to;
@@ -69,6 +72,8 @@ pub struct ProductBackward {
     pub flagged_keys: FlaggedKeys,
     /// `[batch, queries]` flags: rows with no gradient.
     pub row_flags: Flags<CubeBackend>,
+    /// `[batch, queries]` flags: query rows taken as zeros (never read; no gradient).
+    pub zeroed_rows: Flags<CubeBackend>,
 }
 
 /// Launches both kernels (and the reductions of their chunks): `(dQ, dK, dV)` in the queries'
@@ -84,12 +89,15 @@ pub fn launch(product: ProductBackward) -> (CubeTensor, CubeTensor, CubeTensor) 
         key_flags,
         flagged_keys,
         row_flags,
+        zeroed_rows,
     } = product;
     let [queries, keys, values, output, log_sum_exp, grad] =
         [queries, keys, values, output, log_sum_exp, grad].map(rows_in_place);
     let (keys_flagged, rows_flagged) = (key_flags.is_present(), row_flags.is_present());
+    let rows_zeroed = zeroed_rows.is_present();
     let key_flags = flags_or(key_flags, &queries);
     let row_flags = flags_or(row_flags, &queries);
+    let zeroed_rows = flags_or(zeroed_rows, &queries);
     let (skip_flagged, masked_score) = match flagged_keys {
         FlaggedKeys::Skipped => (true, 0.0),
         FlaggedKeys::Scored(score) => (false, score),
@@ -128,6 +136,7 @@ pub fn launch(product: ProductBackward) -> (CubeTensor, CubeTensor, CubeTensor) 
         grad.clone().into_tensor_arg(),
         key_flags.clone().into_tensor_arg(),
         row_flags.clone().into_tensor_arg(),
+        zeroed_rows.clone().into_tensor_arg(),
         query_grad.clone().into_tensor_arg(),
         CHUNK,
         row_tiles,
@@ -137,6 +146,7 @@ pub fn launch(product: ProductBackward) -> (CubeTensor, CubeTensor, CubeTensor) 
         UNITS,
         keys_flagged,
         rows_flagged,
+        rows_zeroed,
         dtype_to_storage_type(dtype),
     );
 
@@ -155,6 +165,7 @@ pub fn launch(product: ProductBackward) -> (CubeTensor, CubeTensor, CubeTensor) 
         grad.into_tensor_arg(),
         key_flags.into_tensor_arg(),
         row_flags.into_tensor_arg(),
+        zeroed_rows.into_tensor_arg(),
         key_grad.clone().into_tensor_arg(),
         value_grad.clone().into_tensor_arg(),
         CHUNK,
@@ -167,6 +178,7 @@ pub fn launch(product: ProductBackward) -> (CubeTensor, CubeTensor, CubeTensor) 
         keys_flagged,
         skip_flagged,
         rows_flagged,
+        rows_zeroed,
         dtype_to_storage_type(dtype),
     );
 
@@ -192,7 +204,8 @@ fn sum_chunks<B: Backend>(partial: FloatTensor<B>, shape: Shape, dtype: DType) -
 
 /// One cube per (matrix, tile of `units` query rows, chunk of `chunk_len` keys), one unit per
 /// query row: its part of `dQ` over the chunk's keys, into `query_grad`
-/// (`[chunks, matrices, rows, head_dim]`). Flagged keys (either meaning) give `dQ` nothing.
+/// (`[chunks, matrices, rows, head_dim]`). Flagged keys (either meaning) give `dQ` nothing;
+/// flagged and zeroed rows get zero.
 #[allow(clippy::too_many_arguments)]
 #[cube(launch)]
 fn query_grad_kernel<F: Float>(
@@ -204,6 +217,7 @@ fn query_grad_kernel<F: Float>(
     grad: &Tensor<F>,
     key_flags: &Tensor<F>,
     row_flags: &Tensor<F>,
+    zeroed_rows: &Tensor<F>,
     query_grad: &mut Tensor<f32>,
     chunk_len: usize,
     row_tiles: usize,
@@ -213,6 +227,7 @@ fn query_grad_kernel<F: Float>(
     #[comptime] units: usize,
     #[comptime] keys_flagged: bool,
     #[comptime] rows_flagged: bool,
+    #[comptime] rows_zeroed: bool,
     #[define(F)] _dtype: ElemType,
 ) {
     let heads = queries.shape(1);
@@ -230,17 +245,18 @@ fn query_grad_kernel<F: Float>(
     let matrix = cube / (row_tiles * chunks);
     let (batch, head) = (matrix / heads, matrix % heads);
     let row = row_tile * units + UNIT_POS as usize;
-    // Units past the last row, or on a flagged one, still help to stage the tiles.
+    // Units past the last row, or on a flagged or zeroed one, still help to stage the tiles.
     let inside = row < rows;
     let mut active = false;
     if inside {
-        active = !flagged(row_flags, batch * rows + row, rows_flagged);
+        active = !flagged(row_flags, batch * rows + row, rows_flagged)
+            && !flagged(zeroed_rows, batch * rows + row, rows_zeroed);
     }
 
     let query = load_row::<F, f32>(
         queries,
         row_offset(queries, batch, head, row),
-        inside,
+        active,
         head_dim,
     );
     let row_grad = load_row::<F, f32>(grad, row_offset(grad, batch, head, row), inside, value_dim);
@@ -358,6 +374,7 @@ fn key_grad_kernel<F: Float>(
     grad: &Tensor<F>,
     key_flags: &Tensor<F>,
     row_flags: &Tensor<F>,
+    zeroed_rows: &Tensor<F>,
     key_grad: &mut Tensor<f32>,
     value_grad: &mut Tensor<f32>,
     chunk_len: usize,
@@ -370,6 +387,7 @@ fn key_grad_kernel<F: Float>(
     #[comptime] keys_flagged: bool,
     #[comptime] skip_flagged: bool,
     #[comptime] rows_flagged: bool,
+    #[comptime] rows_zeroed: bool,
     #[define(F)] _dtype: ElemType,
 ) {
     let heads = queries.shape(1);
@@ -432,12 +450,15 @@ fn key_grad_kernel<F: Float>(
     for stage in 0..stages {
         let first = start + stage * tile;
         let available = end - first;
-        stage_rows::<F, f32, Shared<[f32]>>(
+        stage_unflagged_rows::<F, f32, Shared<[f32]>>(
             queries,
             &mut query_tile,
             row_offset(queries, batch, head, first),
             queries.stride(2),
             available,
+            zeroed_rows,
+            batch * rows + first,
+            rows_zeroed,
             tile,
             head_dim,
             units,

@@ -9,6 +9,8 @@ use burn_cubecl::kernel::into_contiguous;
 use burn_cubecl::tensor::CubeTensor;
 use cubecl::prelude::*;
 
+use super::flagged;
+
 /// Shared memory one tile may take, in f32 entries (12 KiB; WebGPU guarantees 16 KiB per cube).
 /// Tiles hold f32 whatever the input type, as the softmax state does.
 const TILE_BUDGET: usize = 3072;
@@ -57,12 +59,39 @@ pub fn stage_rows<I: Float, F: Float, L: List<F>>(
     #[comptime] len: usize,
     #[comptime] units: usize,
 ) {
+    // No flags: the tensor stands in for them, never read.
+    stage_unflagged_rows::<I, F, L>(
+        tensor, tile, first, row_stride, available, tensor, 0, false, rows, len, units,
+    );
+}
+
+/// [`stage_rows`], with the rows that `flags` marks (tile row `r` at `flags[flags_first + r]`,
+/// read only when `flagged_rows`) staged as zeros without reading them: padding that counts as
+/// zeros, whatever it holds.
+#[cube]
+#[allow(clippy::too_many_arguments, clippy::collapsible_if)]
+pub fn stage_unflagged_rows<I: Float, F: Float, L: List<F>>(
+    tensor: &Tensor<I>,
+    tile: &mut L,
+    first: usize,
+    row_stride: usize,
+    available: usize,
+    flags: &Tensor<I>,
+    flags_first: usize,
+    #[comptime] flagged_rows: bool,
+    #[comptime] rows: usize,
+    #[comptime] len: usize,
+    #[comptime] units: usize,
+) {
     let mut i = UNIT_POS as usize;
     while i < rows * len {
         let r = i / len;
         let mut x = F::new(0.0);
+        // Nested, so that a row past the end never reads its flag.
         if r < available {
-            x = F::cast_from(tensor[first + r * row_stride + i % len]);
+            if !flagged(flags, flags_first + r, flagged_rows) {
+                x = F::cast_from(tensor[first + r * row_stride + i % len]);
+            }
         }
         tile[i] = x;
         i += units;

@@ -24,6 +24,7 @@ use crate::kernels::extension::{
 };
 use crate::kernels::flags::Flags;
 use crate::kernels::recorded::{SavedForward, record};
+use crate::kernels::reference::{fill_rows, padded_as_zeros};
 use crate::kernels::segment_rows::SegmentRows;
 
 impl SavedForward<Flex, 3> for SavedProduct {
@@ -80,7 +81,10 @@ impl<C: CheckpointStrategy> LandmarkSoftmaxOps for Autodiff<Flex, C> {
         padding: Flags<Self>,
         missing: Flags<Self>,
         masked_score: f32,
+        zero_padded: bool,
     ) -> FloatTensor<Self> {
+        // Tracked, so that the zeroed rows get no gradient.
+        let [keys, values] = padded_as_zeros::<Self, _>([keys, values], &padding, zero_padded);
         let nodes = [landmark_queries.node(), keys.node(), values.node()];
         let forward = || {
             let saved = values_forward(
@@ -101,7 +105,9 @@ impl<C: CheckpointStrategy> LandmarkSoftmaxOps for Autodiff<Flex, C> {
         landmark_keys: FloatTensor<Self>,
         weights: FloatTensor<Self>,
         missing: Flags<Self>,
+        query_padding: Flags<Self>,
     ) -> FloatTensor<Self> {
+        let queries = fill_rows::<Self>(queries, &query_padding, 0.0);
         let nodes = [queries.node(), landmark_keys.node(), weights.node()];
         let forward = || {
             let saved = attention_forward(
@@ -117,10 +123,18 @@ impl<C: CheckpointStrategy> LandmarkSoftmaxOps for Autodiff<Flex, C> {
 }
 
 impl<C: CheckpointStrategy> DepthwiseConvOps for Autodiff<Flex, C> {
-    fn depthwise_conv(values: FloatTensor<Self>, taps: FloatTensor<Self>) -> FloatTensor<Self> {
+    fn depthwise_conv(
+        values: FloatTensor<Self>,
+        taps: FloatTensor<Self>,
+        padding: Flags<Self>,
+    ) -> FloatTensor<Self> {
         let nodes = [values.node(), taps.node()];
         record::<Flex, C, 2, _>(nodes, || {
-            conv_forward(values.into_primitive(), taps.into_primitive())
+            conv_forward(
+                values.into_primitive(),
+                taps.into_primitive(),
+                padding.map(|flags| flags.into_primitive()),
+            )
         })
     }
 }

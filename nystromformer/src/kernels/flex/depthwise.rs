@@ -72,6 +72,20 @@ pub fn forward(dims: ConvDims, values: &[f32], taps: &[f32]) -> Vec<f32> {
     out
 }
 
+/// Zeroes the rows of `x` (`[batch, heads, n, d]`) at the `[batch, n]` positions that `padded`
+/// marks.
+pub fn zero_rows(dims: ConvDims, x: &mut [f32], padded: &[bool]) {
+    let ConvDims { heads, n, d, .. } = dims;
+    x.par_chunks_mut(n * d)
+        .enumerate()
+        .for_each(|(bh, matrix)| {
+            let padded = &padded[bh / heads * n..][..n];
+            for (row, _) in padded.iter().enumerate().filter(|(_, padded)| **padded) {
+                matrix[row * d..][..d].fill(0.0);
+            }
+        });
+}
+
 /// The gradients of the values (`[batch, heads, n, d]`) and the taps (`[heads, k]`) for the
 /// output gradient `grad`.
 pub fn backward(

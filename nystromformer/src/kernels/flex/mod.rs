@@ -88,6 +88,7 @@ use super::extension::{
     DepthwiseConvOps, ElementwiseOps, LandmarkSoftmaxOps, LayerNormOps, PinvOps, SegmentMeanOps,
 };
 use super::flags::Flags;
+use super::reference::{fill_rows, padded_as_zeros};
 use super::segment_rows::SegmentRows;
 
 /// A tensor's `f32` elements in row-major order (a copy only when it is strided) and its shape.
@@ -264,6 +265,8 @@ pub(super) fn product_backward(saved: SavedProduct, grad: FlexTensor) -> [FlexTe
     }
 }
 
+/// The fused products read every row: padding that counts as zeros is zeroed first (the attention
+/// asks for that on CubeCL devices only, whose kernels skip the pass).
 impl LandmarkSoftmaxOps for Flex {
     fn landmark_values(
         landmark_queries: FlexTensor,
@@ -272,7 +275,9 @@ impl LandmarkSoftmaxOps for Flex {
         padding: Flags<Flex>,
         missing: Flags<Flex>,
         masked_score: f32,
+        zero_padded: bool,
     ) -> FlexTensor {
+        let [keys, values] = padded_as_zeros::<Flex, _>([keys, values], &padding, zero_padded);
         values_forward(
             landmark_queries,
             keys,
@@ -289,7 +294,9 @@ impl LandmarkSoftmaxOps for Flex {
         landmark_keys: FlexTensor,
         weights: FlexTensor,
         missing: Flags<Flex>,
+        query_padding: Flags<Flex>,
     ) -> FlexTensor {
+        let queries = fill_rows::<Flex>(queries, &query_padding, 0.0);
         attention_forward(queries, landmark_keys, weights, missing).output
     }
 }
@@ -299,12 +306,20 @@ impl LandmarkSoftmaxOps for Flex {
 #[cfg_attr(not(feature = "autodiff"), allow(dead_code))]
 pub(super) struct SavedConv {
     dims: ConvDims,
+    /// The values with their padded rows zeroed.
     values: FlexTensor,
     taps: FlexTensor,
+    /// Whether each `[batch, n]` position is padding; `None` without padding flags.
+    padded: Option<Vec<bool>>,
 }
 
-/// The depthwise convolution (see [`depthwise::forward`]) and what its backward needs.
-pub(super) fn conv_forward(values: FlexTensor, taps: FlexTensor) -> (FlexTensor, SavedConv) {
+/// The depthwise convolution (see [`depthwise::forward`]) of the values with the rows that
+/// `padding` flags zeroed, and what its backward needs.
+pub(super) fn conv_forward(
+    values: FlexTensor,
+    taps: FlexTensor,
+    padding: Flags<Flex>,
+) -> (FlexTensor, SavedConv) {
     let (values, v_shape) = contiguous(values);
     let (taps, t_shape) = contiguous(taps);
     let dims = ConvDims {
@@ -314,9 +329,27 @@ pub(super) fn conv_forward(values: FlexTensor, taps: FlexTensor) -> (FlexTensor,
         d: v_shape[3],
         k: t_shape[2],
     };
+    let (values, padded) = match padding {
+        Flags::Absent => (values, None),
+        Flags::Present(flags) => {
+            let padded: Vec<bool> = slice(&contiguous(flags).0)
+                .iter()
+                .map(|&flag| flag != 0.0)
+                .collect();
+            let mut zeroed = slice(&values).to_vec();
+            depthwise::zero_rows(dims, &mut zeroed, &padded);
+            (output(zeroed, v_shape), Some(padded))
+        }
+    };
     let out = depthwise::forward(dims, slice(&values), slice(&taps));
     let out = output(out, [dims.batch, dims.heads, dims.n, dims.d]);
-    (out, SavedConv { dims, values, taps })
+    let saved = SavedConv {
+        dims,
+        values,
+        taps,
+        padded,
+    };
+    (out, saved)
 }
 
 /// The gradients of a saved convolution's values and taps for its output gradient `grad`.
@@ -330,12 +363,16 @@ pub(super) fn conv_backward(saved: SavedConv, grad: FlexTensor) -> [FlexTensor; 
         d,
         k,
     } = saved.dims;
-    let (d_values, d_taps) = depthwise::backward(
+    let (mut d_values, d_taps) = depthwise::backward(
         saved.dims,
         slice(&saved.values),
         slice(&saved.taps),
         slice(&grad),
     );
+    // The forward read padded rows as zeros: their gradient is zero.
+    if let Some(padded) = &saved.padded {
+        depthwise::zero_rows(saved.dims, &mut d_values, padded);
+    }
     [
         output(d_values, [batch, heads, n, d]),
         output(d_taps, [heads, 1, k, 1]),
@@ -343,8 +380,8 @@ pub(super) fn conv_backward(saved: SavedConv, grad: FlexTensor) -> [FlexTensor; 
 }
 
 impl DepthwiseConvOps for Flex {
-    fn depthwise_conv(values: FlexTensor, taps: FlexTensor) -> FlexTensor {
-        conv_forward(values, taps).0
+    fn depthwise_conv(values: FlexTensor, taps: FlexTensor, padding: Flags<Self>) -> FlexTensor {
+        conv_forward(values, taps, padding).0
     }
 }
 
