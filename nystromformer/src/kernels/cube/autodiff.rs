@@ -9,6 +9,7 @@
 //! Masks are constants.
 
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
+use burn::backend::ops::FloatTensorOps;
 use burn::backend::tensor::{BoolTensor, FloatTensor, IntTensor};
 use burn::backend::{Autodiff, Backend, Cube, TensorMetadata};
 
@@ -291,9 +292,21 @@ impl<C: CheckpointStrategy> PinvOps for Autodiff<Cube, C> {
     }
 }
 
+/// A scaling by a constant: `Q̃ · scale` as the landmark means record it.
+#[derive(Debug, Clone)]
+struct SavedScale(f32);
+
+impl SavedForward<Cube, 1> for SavedScale {
+    fn backward(self, grad: FloatTensor<Cube>) -> [FloatTensor<Cube>; 1] {
+        [Cube::float_mul_scalar(grad, self.0.into())]
+    }
+}
+
 /// The landmarks: the forward kernel once for all three, each recorded as its own operation
-/// (the autodiff graph has one output per operation), whose backward spreads its gradient over
-/// the segment's rows. The two from the queries add up in the graph.
+/// (the autodiff graph has one output per operation). `Q̃` and `K̃ · scale` are means whose
+/// backward spreads the gradient over the segment's rows; `Q̃ · scale` is recorded as a scaling
+/// of `Q̃`, so that its gradient joins `Q̃`'s on the `[m, d]` landmark side and one spread, not
+/// two and a sum of `[n, d]` gradients, carries both to the queries.
 impl<C: CheckpointStrategy> SegmentMeanOps for Autodiff<Cube, C> {
     fn segment_mean(x: FloatTensor<Self>, rows: SegmentRows<Self>, m: usize) -> FloatTensor<Self> {
         let n = x.shape()[2];
@@ -323,7 +336,7 @@ impl<C: CheckpointStrategy> SegmentMeanOps for Autodiff<Cube, C> {
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
         let (n_q, n_k) = (queries.shape()[2], keys.shape()[2]);
         let (query_rows, key_rows) = (query_rows.cast::<Cube>(), key_rows.cast::<Cube>());
-        let nodes = [queries.node(), queries.node(), keys.node()];
+        let nodes = [queries.node(), keys.node()];
         let (landmark_queries, scaled_queries, scaled_keys) =
             <Cube as SegmentMeanOps>::landmark_means(
                 queries.into_primitive(),
@@ -333,13 +346,17 @@ impl<C: CheckpointStrategy> SegmentMeanOps for Autodiff<Cube, C> {
                 m,
                 scale,
             );
-        let [query_node, scaled_query_node, key_node] = nodes;
+        let [query_node, key_node] = nodes;
         let mean = |node, output, n, factor, rows| {
             record::<Cube, C, 1, _>([node], || (output, SavedSegmentMean { n, factor, rows }))
         };
+        let landmark_queries = mean(query_node, landmark_queries, n_q, 1.0, query_rows);
+        let scaled_queries = record::<Cube, C, 1, _>([landmark_queries.node()], || {
+            (scaled_queries, SavedScale(scale))
+        });
         (
-            mean(query_node, landmark_queries, n_q, 1.0, query_rows.clone()),
-            mean(scaled_query_node, scaled_queries, n_q, scale, query_rows),
+            landmark_queries,
+            scaled_queries,
             mean(key_node, scaled_keys, n_k, scale, key_rows),
         )
     }
