@@ -110,7 +110,8 @@ pub struct ExperimentConfig {
     /// burn-train epoch and writes a checkpoint.
     #[serde(alias = "steps_per_checkpoint")]
     pub eval_frequency: usize,
-    /// Gradient-norm clipping per parameter tensor (`null`: none).
+    /// Gradient-norm clipping per parameter tensor, as Burn's `GradientClipping::Norm` does it
+    /// (not over all parameters at once, as PyTorch's `clip_grad_norm_`); `null`: none.
     pub grad_clip_norm: Option<f32>,
     /// Seed of data generation, shuffling and initialisation.
     pub seed: u64,
