@@ -313,7 +313,7 @@ fn fused_ranked_segments_match_the_host_and_the_tensor_ops() {
     let flex = Device::flex();
     let tiny = mask(vec![false, true, false], [1, 3], &flex);
     assert!(
-        fused_ranked_segments(&tiny, 2).is_none(),
+        fused_ranked_segments(&tiny, 2, FloatDType::F32).is_none(),
         "flex cuts them as tensor ops"
     );
     let Some(device) = kernel_device() else {
@@ -321,7 +321,7 @@ fn fused_ranked_segments_match_the_host_and_the_tensor_ops() {
     };
     let tracked = mask(vec![false, true, false], [1, 3], &device.clone().autodiff());
     assert_eq!(
-        fused_ranked_segments(&tracked, 2).is_some(),
+        fused_ranked_segments(&tracked, 2, FloatDType::F32).is_some(),
         cfg!(feature = "autodiff")
     );
 
@@ -350,13 +350,30 @@ fn fused_ranked_segments_match_the_host_and_the_tensor_ops() {
         // More segments than a cube has units: each unit flags several.
         (2, 2000, 300, |b, j| j % 5 == b || j >= 1900),
     ];
-    for (batch, n, m, padded) in cases {
+    // The float flags of the mask and of the missing segments, as `1.0` at `true`.
+    let floats = |t: Tensor<2>| -> Vec<bool> {
+        let values: Vec<f32> = t.into_data().convert::<f32>().try_to_vec().unwrap();
+        assert!(values.iter().all(|&v| v == 0.0 || v == 1.0), "flags");
+        values.iter().map(|&v| v == 1.0).collect()
+    };
+    for (i, (batch, n, m, padded)) in cases.into_iter().enumerate() {
         let flags: Vec<bool> = (0..batch * n).map(|i| padded(i / n, i % n)).collect();
         let mask_pad = mask(flags.clone(), [batch, n], &device);
-        let (ranks, missing, short) = fused_ranked_segments(&mask_pad, m).expect("applies");
+        // The flags in the attention's type: f16 for one case.
+        let dtype = [FloatDType::F32, FloatDType::F16][usize::from(i == 1)];
+        let segments = fused_ranked_segments(&mask_pad, m, dtype).expect("applies");
+        assert_eq!(segments.padding_flags.dtype(), dtype.into());
+        assert_eq!(
+            floats(segments.padding_flags),
+            flags,
+            "({batch}, {n}, {m}): padding"
+        );
+        let missing_flags = floats(segments.missing_flags);
+        let (ranks, missing, short) = (segments.ranks, segments.missing, segments.short);
         let (order, rank) = (ints(ranks.order), ints(ranks.rank));
         let lengths = ints(ranks.lengths.reshape([1, batch]));
         let (missing, short) = (bools(missing), bools(short.reshape([1, batch])));
+        assert_eq!(missing_flags, missing, "({batch}, {n}, {m}): missing flags");
         for b in 0..batch {
             let (want_order, want_rank, want_length, want_missing, want_short) =
                 host_segments(&flags[b * n..(b + 1) * n], m);
@@ -387,7 +404,9 @@ fn fused_ranked_segments_match_the_host_and_the_tensor_ops() {
     // A transposed mask (strided rows) reads each sequence through its strides.
     let columns: Vec<bool> = (0..700 * 2).map(|i| (i / 2 + i % 2) % 4 == 0).collect();
     let transposed = mask(columns.clone(), [700, 2], &device).transpose();
-    let (ranks, ..) = fused_ranked_segments(&transposed, 16).unwrap();
+    let ranks = fused_ranked_segments(&transposed, 16, FloatDType::F32)
+        .unwrap()
+        .ranks;
     let rows: Vec<Vec<bool>> = (0..2)
         .map(|b| (0..700).map(|j| columns[j * 2 + b]).collect())
         .collect();
@@ -400,7 +419,9 @@ fn fused_ranked_segments_match_the_host_and_the_tensor_ops() {
     // A mask broadcast over the batch (stride 0) reads the one row for every sequence.
     let row: Vec<bool> = (0..700).map(|j| j % 5 == 1).collect();
     let broadcast = mask(row.clone(), [1, 700], &device).expand([3, 700]);
-    let (ranks, ..) = fused_ranked_segments(&broadcast, 16).unwrap();
+    let ranks = fused_ranked_segments(&broadcast, 16, FloatDType::F32)
+        .unwrap()
+        .ranks;
     let (_, want_rank, ..) = host_segments(&row, 16);
     assert_eq!(ints(ranks.rank), [&want_rank[..]; 3].concat());
 }

@@ -46,6 +46,9 @@ pub struct Segments {
     weights: Arc<OnceLock<Tensor<4>>>,
     missing: Option<Tensor<2, Bool>>,
     short: Option<Tensor<1, Bool>>,
+    /// The mask and `missing` as the attention's kernels read them (`1.0` at `true`, in
+    /// `dtype`), when the segments kernel made them in its launch.
+    flags: Option<[Tensor<2>; 2]>,
 }
 
 /// Segments cut over each sequence's valid tokens in order: the valid token of rank `r` among
@@ -102,6 +105,7 @@ impl Segments {
             weights: Arc::new(OnceLock::new()),
             missing,
             short,
+            flags: None,
         };
         let Some(mask_pad) = mask_pad else {
             if n.is_multiple_of(m) {
@@ -116,10 +120,13 @@ impl Segments {
             return segments(Some(ranks), None, None);
         };
         let fused = custom_kernels
-            .then(|| kernels::fused_ranked_segments(mask_pad, m))
+            .then(|| kernels::fused_ranked_segments(mask_pad, m, dtype))
             .flatten();
-        if let Some((ranks, missing, short)) = fused {
-            return segments(Some(ranks), Some(missing), Some(short));
+        if let Some(fused) = fused {
+            return Self {
+                flags: Some([fused.padding_flags, fused.missing_flags]),
+                ..segments(Some(fused.ranks), Some(fused.missing), Some(fused.short))
+            };
         }
         let [batch, _] = mask_pad.dims();
         let ones = mask_pad.clone().bool_not().int(); // [batch, n]
@@ -208,6 +215,13 @@ impl Segments {
     /// landmark of its own; `None` without a mask (every sequence has `n` tokens).
     pub fn short(&self) -> Option<&Tensor<1, Bool>> {
         self.short.as_ref()
+    }
+
+    /// The mask these segments were cut from and [`missing`](Self::missing) as float flags
+    /// (`[batch, n]` and `[batch, m]`, `1.0` at `true`, in `dtype`), where the segments kernel made
+    /// them; `None` otherwise.
+    pub(crate) fn flags(&self) -> Option<&[Tensor<2>; 2]> {
+        self.flags.as_ref()
     }
 }
 

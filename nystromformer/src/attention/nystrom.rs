@@ -281,6 +281,20 @@ pub(crate) fn nystrom_attention_with_flags(
         (true, Some(own)) => own,
         (true, None) => padding_flags,
     };
+    // The segments kernel wrote its mask and missing segments as flags too, sparing their
+    // conversions. Its mask is the padding only under the leak-free policy.
+    if let Some([padding, missing]) = key_segments.flags() {
+        if leak_free {
+            padding_flags.offer(padding);
+        }
+        missing_key_flags.offer(missing);
+    }
+    if let (false, Some([padding, missing])) = (same_segments, query_segments.flags()) {
+        if let Some(own) = &own_query_padding {
+            own.offer(padding);
+        }
+        missing_query_flags.offer(missing);
+    }
     let fused_values = (options.custom_kernels && !return_kernels)
         .then(|| {
             kernels::landmark_values_with_flags(

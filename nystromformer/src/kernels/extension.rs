@@ -17,10 +17,11 @@ use burn::backend::{
     Backend, Dispatch, DispatchDevice, backend_extension,
     tensor::{FloatTensor, IntTensor},
 };
-use burn::tensor::{Bool, Device, Tensor};
+use burn::tensor::{Bool, Device, FloatDType, Tensor};
 #[cfg(feature = "cube-kernels")]
-use burn::tensor::{Int, Shape};
+use burn::tensor::{DType, Int, Shape};
 
+use super::RankedSegments;
 use super::flags::Flags;
 use super::mask_flags::MaskFlags;
 use super::segment_rows::SegmentRows;
@@ -542,7 +543,9 @@ pub trait SegmentMeanOps: Backend {
 
 /// The ranked segments of a padding mask (`[batch, n]`, `true` = padding) into `m` segments, as
 /// [`crate::attention::landmarks::Segments`] cuts them: `(order, rank, lengths, missing, short)`,
-/// the integers in `int_like`'s type (a tensor that is not read). CubeCL devices run one kernel;
+/// the integers in `int_like`'s type (a tensor that is not read), and the padding and the missing
+/// segments as flags (`1.0` at `true`) in `float_like`'s type (not read either), as the
+/// attention's kernels take them. CubeCL devices run one kernel;
 /// there is no default body: [`super::fused_ranked_segments`] calls it on CubeCL devices only,
 /// and elsewhere the segments are built as tensor ops.
 #[cfg(feature = "cube-kernels")]
@@ -553,12 +556,13 @@ pub trait SegmentMeanOps: Backend {
 )]
 pub trait SegmentLayoutOps: Backend {
     /// See [`ranked_segments`].
-    #[fusion(meta = |mask, int_like, m| ranked_segments_spec(mask, int_like, *m))]
-    // One tuple of the five tensors, as the fusion metadata mirrors it.
+    #[fusion(meta = |mask, int_like, float_like, m| ranked_segments_spec(mask, int_like, float_like, *m))]
+    // One tuple of the seven tensors, as the fusion metadata mirrors it.
     #[allow(clippy::type_complexity)]
     fn ranked_segments(
         mask: BoolTensor<Self>,
         int_like: IntTensor<Self>,
+        float_like: FloatTensor<Self>,
         m: usize,
     ) -> (
         IntTensor<Self>,
@@ -566,18 +570,25 @@ pub trait SegmentLayoutOps: Backend {
         IntTensor<Self>,
         BoolTensor<Self>,
         BoolTensor<Self>,
+        FloatTensor<Self>,
+        FloatTensor<Self>,
     );
 }
 
 /// What [`SegmentLayoutOps::ranked_segments`] returns for a `[batch, n]` mask: `order` and
 /// `rank` `[batch, n]`, `lengths` `[batch]` in `int_like`'s type, `missing` `[batch, m]` and
-/// `short` `[batch]` in the mask's.
+/// `short` `[batch]` in the mask's, the padding's and the missing segments' flags (`[batch, n]`,
+/// `[batch, m]`) in `float_like`'s.
 #[cfg(feature = "cube-kernels")]
+#[allow(clippy::type_complexity)]
 fn ranked_segments_spec(
     mask: &burn::backend::fusion::custom::TensorSpec,
     int_like: &burn::backend::fusion::custom::TensorSpec,
+    float_like: &burn::backend::fusion::custom::TensorSpec,
     m: usize,
 ) -> (
+    burn::backend::fusion::custom::TensorSpec,
+    burn::backend::fusion::custom::TensorSpec,
     burn::backend::fusion::custom::TensorSpec,
     burn::backend::fusion::custom::TensorSpec,
     burn::backend::fusion::custom::TensorSpec,
@@ -592,38 +603,40 @@ fn ranked_segments_spec(
         TensorSpec::new(Shape::new([batch]), int_like.dtype),
         TensorSpec::new(Shape::new([batch, m]), mask.dtype),
         TensorSpec::new(Shape::new([batch]), mask.dtype),
+        TensorSpec::new(Shape::new([batch, n]), float_like.dtype),
+        TensorSpec::new(Shape::new([batch, m]), float_like.dtype),
     )
 }
 
-/// See [`super::fused_ranked_segments`].
+/// See [`super::fused_ranked_segments`]; the flags in `dtype`.
 #[cfg(feature = "cube-kernels")]
-pub fn ranked_segments(
-    mask: &Tensor<2, Bool>,
-    m: usize,
-) -> (SegmentRanks, Tensor<2, Bool>, Tensor<1, Bool>) {
-    let int_like = Tensor::<1, Int>::empty([1], &mask.device());
-    let (order, rank, lengths, missing, short) = <Dispatch as SegmentLayoutOps>::ranked_segments(
-        mask.clone().into_dispatch(),
-        int_like.into_dispatch(),
-        m,
-    );
-    (
-        SegmentRanks {
+pub fn ranked_segments(mask: &Tensor<2, Bool>, m: usize, dtype: FloatDType) -> RankedSegments {
+    let device = mask.device();
+    let int_like = Tensor::<1, Int>::empty([1], &device);
+    let float_like = Tensor::<1>::empty([1], (&device, DType::from(dtype)));
+    let (order, rank, lengths, missing, short, padding_flags, missing_flags) =
+        <Dispatch as SegmentLayoutOps>::ranked_segments(
+            mask.clone().into_dispatch(),
+            int_like.into_dispatch(),
+            float_like.into_dispatch(),
+            m,
+        );
+    RankedSegments {
+        ranks: SegmentRanks {
             order: Tensor::from_dispatch(order),
             rank: Tensor::from_dispatch(rank),
             lengths: Tensor::from_dispatch(lengths),
         },
-        Tensor::from_dispatch(missing),
-        Tensor::from_dispatch(short),
-    )
+        missing: Tensor::from_dispatch(missing),
+        short: Tensor::from_dispatch(short),
+        padding_flags: Tensor::from_dispatch(padding_flags),
+        missing_flags: Tensor::from_dispatch(missing_flags),
+    }
 }
 
 /// Only CubeCL devices have the fused layout: [`super::fused_ranked_segments`] asks for one first.
 #[cfg(not(feature = "cube-kernels"))]
-pub fn ranked_segments(
-    _mask: &Tensor<2, Bool>,
-    _m: usize,
-) -> (SegmentRanks, Tensor<2, Bool>, Tensor<1, Bool>) {
+pub fn ranked_segments(_mask: &Tensor<2, Bool>, _m: usize, _dtype: FloatDType) -> RankedSegments {
     unreachable!("the fused ranked segments run on CubeCL devices only")
 }
 

@@ -27,6 +27,14 @@ impl<'a> MaskFlags<'a> {
         }
     }
 
+    /// Takes `flags` (which must be this mask's, in this dtype) as the conversion, when none was
+    /// made yet: the segments kernel writes them in its own launch.
+    pub fn offer(&self, flags: &Tensor<2>) {
+        if self.mask.is_some() {
+            let _ = self.flags.set(flags.clone());
+        }
+    }
+
     /// The mask itself; `None` masks nothing.
     pub fn mask(&self) -> Option<&'a Tensor<2, Bool>> {
         self.mask

@@ -520,16 +520,18 @@ pub fn fused_segment_mean(x: &Tensor<4>, segments: &Segments) -> Option<Tensor<4
 }
 
 /// The ranked segments of a padding mask as one CubeCL kernel, where the tensor ops take sixteen
-/// launches (prefix sums in blocks, a scatter, the segment starts' arithmetic):
-/// `(ranks, missing, short)` as [`Segments`] keeps them (see
-/// [`crate::attention::landmarks::SegmentRanks`], [`Segments::missing`], [`Segments::short`]).
-/// `None` off CubeCL devices, and for masks on an autodiff device without the `autodiff`
-/// feature.
+/// launches (prefix sums in blocks, a scatter, the segment starts' arithmetic): the ranks, missing
+/// segments and short sequences as [`Segments`] keeps them (see
+/// [`crate::attention::landmarks::SegmentRanks`], [`Segments::missing`], [`Segments::short`]),
+/// and the mask and the missing segments as the float flags (in `dtype`) that the attention's
+/// kernels read, which would otherwise take a conversion launch each. `None` off CubeCL devices,
+/// and for masks on an autodiff device without the `autodiff` feature.
 ///
 /// # Shapes
 ///
 /// - mask_pad: `[batch, n]` (`true` = padding)
-/// - output: ranks of `[batch, n]` and `[batch]`, missing `[batch, m]`, short `[batch]`
+/// - output: ranks of `[batch, n]` and `[batch]`, missing `[batch, m]`, short `[batch]`;
+///   padding flags `[batch, n]`, missing flags `[batch, m]`
 ///
 /// # Panics
 ///
@@ -537,14 +539,31 @@ pub fn fused_segment_mean(x: &Tensor<4>, segments: &Segments) -> Option<Tensor<4
 pub fn fused_ranked_segments(
     mask_pad: &Tensor<2, Bool>,
     m: usize,
-) -> Option<(SegmentRanks, Tensor<2, Bool>, Tensor<1, Bool>)> {
+    dtype: FloatDType,
+) -> Option<RankedSegments> {
     assert!(
         m > 0,
         "fused_ranked_segments needs at least one segment (m = 0)"
     );
     let device = mask_pad.device();
     (extension::is_cube_device(&device) && routes_autodiff(&device))
-        .then(|| extension::ranked_segments(mask_pad, m))
+        .then(|| extension::ranked_segments(mask_pad, m, dtype))
+}
+
+/// What [`fused_ranked_segments`] gives: a padding mask's segments, and the mask and the missing
+/// segments as the attention's kernels read them.
+#[derive(Debug, Clone)]
+pub struct RankedSegments {
+    /// Each valid position's rank, the position of each rank, each sequence's length.
+    pub ranks: SegmentRanks,
+    /// `[batch, m]`, `true` for a segment without a valid token.
+    pub missing: Tensor<2, Bool>,
+    /// `[batch]`, `true` for a sequence of at most `m` valid tokens.
+    pub short: Tensor<1, Bool>,
+    /// The mask as flags, `[batch, n]`, `1.0` at padding.
+    pub padding_flags: Tensor<2>,
+    /// `missing` as flags, `[batch, m]`, `1.0` at a missing segment.
+    pub missing_flags: Tensor<2>,
 }
 
 /// Panics, naming `name`, unless `segments` cut `n` tokens of (each of, or all) `batch`
@@ -712,7 +731,7 @@ pub const MAX_KERNEL_LAYER_NORM_WIDTH: usize = 2048;
 /// and none of these is ever called.
 #[cfg(not(any(feature = "cube-kernels", feature = "flex-kernels")))]
 mod extension {
-    use super::{Bool, MaskFlags, PinvInit, Tensor};
+    use super::{Bool, FloatDType, MaskFlags, PinvInit, RankedSegments, Tensor};
     use crate::attention::landmarks::SegmentRanks;
 
     const NOT_COMPILED: &str = "custom kernels are not compiled in (no GPU backend feature)";
@@ -732,7 +751,8 @@ mod extension {
     pub fn ranked_segments(
         _mask: &Tensor<2, Bool>,
         _m: usize,
-    ) -> (SegmentRanks, Tensor<2, Bool>, Tensor<1, Bool>) {
+        _dtype: FloatDType,
+    ) -> RankedSegments {
         unreachable!("{NOT_COMPILED}")
     }
 

@@ -11,7 +11,7 @@
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::ops::FloatTensorOps;
 use burn::backend::tensor::{BoolTensor, FloatTensor, IntTensor};
-use burn::backend::{Autodiff, Backend, Cube, TensorMetadata};
+use burn::backend::{Autodiff, AutodiffBackend, Backend, Cube, TensorMetadata};
 
 use crate::kernels::extension::{
     DepthwiseConvOps, LandmarkSoftmaxOps, LayerNormOps, PinvOps, SegmentLayoutOps, SegmentMeanOps,
@@ -363,11 +363,12 @@ impl<C: CheckpointStrategy> SegmentMeanOps for Autodiff<Cube, C> {
 }
 
 /// The layout of a mask has no gradient: the inner backend's kernel, on the same integer and
-/// boolean tensors.
+/// boolean tensors, its float flags untracked.
 impl<C: CheckpointStrategy> SegmentLayoutOps for Autodiff<Cube, C> {
     fn ranked_segments(
         mask: BoolTensor<Self>,
         int_like: IntTensor<Self>,
+        float_like: FloatTensor<Self>,
         m: usize,
     ) -> (
         IntTensor<Self>,
@@ -375,8 +376,25 @@ impl<C: CheckpointStrategy> SegmentLayoutOps for Autodiff<Cube, C> {
         IntTensor<Self>,
         BoolTensor<Self>,
         BoolTensor<Self>,
+        FloatTensor<Self>,
+        FloatTensor<Self>,
     ) {
-        <Cube as SegmentLayoutOps>::ranked_segments(mask, int_like, m)
+        let (order, rank, lengths, missing, short, padding_flags, missing_flags) =
+            <Cube as SegmentLayoutOps>::ranked_segments(
+                mask,
+                int_like,
+                float_like.into_primitive(),
+                m,
+            );
+        (
+            order,
+            rank,
+            lengths,
+            missing,
+            short,
+            Self::from_inner(padding_flags),
+            Self::from_inner(missing_flags),
+        )
     }
 }
 

@@ -311,9 +311,18 @@ impl SegmentLayoutOps for CubeBackend {
     fn ranked_segments(
         mask: CubeTensor,
         int_like: CubeTensor,
+        float_like: CubeTensor,
         m: usize,
-    ) -> (CubeTensor, CubeTensor, CubeTensor, CubeTensor, CubeTensor) {
-        ranked_segments::launch(mask, &int_like, m)
+    ) -> (
+        CubeTensor,
+        CubeTensor,
+        CubeTensor,
+        CubeTensor,
+        CubeTensor,
+        CubeTensor,
+        CubeTensor,
+    ) {
+        ranked_segments::launch(mask, &int_like, &float_like, m)
     }
 }
 

@@ -1,6 +1,7 @@
 //! The ranked segments of a padding mask in one launch: each valid position's rank, the
 //! position of each rank, each sequence's length, its missing segments and whether it is short
-//! (see [`crate::attention::landmarks::Segments`]).
+//! (see [`crate::attention::landmarks::Segments`]), and the padding and the missing segments as
+//! the float flags that the attention's kernels read (two conversions fewer).
 //!
 //! The tensor ops take sixteen launches for this on every masked forward: prefix sums in blocks
 //! (CubeCL's cumulative sum loops over every earlier entry), a scatter for the order, and the
@@ -22,16 +23,27 @@ use super::landmark_means::segment_start;
 const UNITS_PER_CUBE: u32 = 256;
 
 /// The layout of `mask` (`[batch, n]`, any strides, `true` = padding) cut into `m` segments:
-/// `(order, rank, lengths, missing, short)` as [`crate::kernels::fused_ranked_segments`]
-/// describes them, the integers in `int_like`'s type and the flags in the mask's.
+/// `(order, rank, lengths, missing, short, padding_flags, missing_flags)` as
+/// [`crate::kernels::extension::SegmentLayoutOps::ranked_segments`] describes them, the integers
+/// in `int_like`'s type, `missing` and `short` in the mask's, the flags in `float_like`'s.
+#[allow(clippy::type_complexity)]
 pub fn launch(
     mask: CubeTensor,
     int_like: &CubeTensor,
+    float_like: &CubeTensor,
     m: usize,
-) -> (CubeTensor, CubeTensor, CubeTensor, CubeTensor, CubeTensor) {
+) -> (
+    CubeTensor,
+    CubeTensor,
+    CubeTensor,
+    CubeTensor,
+    CubeTensor,
+    CubeTensor,
+    CubeTensor,
+) {
     let [batch, n] = mask.meta.shape().dims::<2>();
     let client = mask.client.clone();
-    let (bool_dtype, int_dtype) = (mask.dtype, int_like.dtype);
+    let (bool_dtype, int_dtype, float_dtype) = (mask.dtype, int_like.dtype, float_like.dtype);
     let empty = |shape: Shape, dtype| {
         empty_device_contiguous_dtype(client.clone(), mask.device.clone(), shape, dtype)
     };
@@ -40,6 +52,8 @@ pub fn launch(
     let lengths = empty(Shape::new([batch]), int_dtype);
     let missing = empty(Shape::new([batch, m]), bool_dtype);
     let short = empty(Shape::new([batch]), bool_dtype);
+    let padding_flags = empty(Shape::new([batch, n]), float_dtype);
+    let missing_flags = empty(Shape::new([batch, m]), float_dtype);
     let units = UNITS_PER_CUBE.min(client.properties().hardware.max_units_per_cube) as usize;
     let cube_dim = CubeDim::new_1d(units as u32);
     ranked_segments_kernel::launch(
@@ -53,30 +67,43 @@ pub fn launch(
         lengths.clone().into_tensor_arg(),
         missing.clone().into_tensor_arg(),
         short.clone().into_tensor_arg(),
+        padding_flags.clone().into_tensor_arg(),
+        missing_flags.clone().into_tensor_arg(),
         units,
         [
             dtype_to_storage_type(bool_dtype),
             dtype_to_storage_type(int_dtype),
+            dtype_to_storage_type(float_dtype),
         ],
     );
-    (order, rank, lengths, missing, short)
+    (
+        order,
+        rank,
+        lengths,
+        missing,
+        short,
+        padding_flags,
+        missing_flags,
+    )
 }
 
 /// One cube per sequence (`CUBE_POS`) of `units` units, unit `u` owning the positions (and, for
 /// the order's unused tail, the ranks) `u·⌈n/units⌉..(u+1)·⌈n/units⌉`. The outputs are
-/// contiguous: `order`, `rank` `[batch, n]`, `lengths`, `short` `[batch]`, `missing`
-/// `[batch, m]`.
+/// contiguous: `order`, `rank`, `padding_flags` `[batch, n]`, `lengths`, `short` `[batch]`,
+/// `missing`, `missing_flags` `[batch, m]`.
 #[cube(launch)]
 #[allow(clippy::too_many_arguments)]
-fn ranked_segments_kernel<B: Numeric, I: Int>(
+fn ranked_segments_kernel<B: Numeric, I: Int, F: Float>(
     mask: &Tensor<B>,
     order: &mut Tensor<I>,
     rank: &mut Tensor<I>,
     lengths: &mut Tensor<I>,
     missing: &mut Tensor<B>,
     short: &mut Tensor<B>,
+    padding_flags: &mut Tensor<F>,
+    missing_flags: &mut Tensor<F>,
     #[comptime] units: usize,
-    #[define(B, I)] _dtypes: [ElemType; 2],
+    #[define(B, I, F)] _dtypes: [ElemType; 3],
 ) {
     let sequence = CUBE_POS;
     // Whole cubes past the last sequence (the grid is rounded up) leave before any barrier.
@@ -126,9 +153,11 @@ fn ranked_segments_kernel<B: Numeric, I: Int>(
         if mask[mask_row + p * mask_step] == B::from_int(0) {
             rank[row + p] = I::cast_from(next);
             order[row + next] = I::cast_from(p);
+            padding_flags[row + p] = F::new(0.0);
             next += 1;
         } else {
             rank[row + p] = I::cast_from(n);
+            padding_flags[row + p] = F::new(1.0);
         }
     }
     // The order's entries from the length on mean nothing; zeros, as the tensor ops leave them.
@@ -148,10 +177,13 @@ fn ranked_segments_kernel<B: Numeric, I: Int>(
     let mut s = unit;
     while s < m {
         let mut empty = B::from_int(0);
+        let mut flag = F::new(0.0);
         if segment_start(s + 1, length, m) == segment_start(s, length, m) {
             empty = B::from_int(1);
+            flag = F::new(1.0);
         }
         missing[sequence * m + s] = empty;
+        missing_flags[sequence * m + s] = flag;
         s += units;
     }
 }
