@@ -30,7 +30,13 @@ impl<'a> MaskFlags<'a> {
     /// Takes `flags` (which must be this mask's, in this dtype) as the conversion, when none was
     /// made yet: the segments kernel writes them in its own launch.
     pub fn offer(&self, flags: &Tensor<2>) {
-        if self.mask.is_some() {
+        if let Some(mask) = self.mask {
+            debug_assert_eq!(flags.dims(), mask.dims(), "flags of another mask");
+            debug_assert_eq!(
+                FloatDType::from(flags.dtype()),
+                self.dtype,
+                "flags of another type"
+            );
             let _ = self.flags.set(flags.clone());
         }
     }

@@ -161,7 +161,7 @@ pub fn fused_landmark_values(
 
 /// [`fused_landmark_values`] with its masks' flags converted once for the whole attention call;
 /// with `zero_padded` the padded keys and their values count as zeros (the leak-free policy's
-/// padding, which the CubeCL kernels then never read; zero gradient there).
+/// padding, which the CubeCL kernels then never use; zero gradient there).
 pub(crate) fn landmark_values_with_flags(
     landmark_queries: &Tensor<4>,
     keys: &Tensor<4>,
@@ -369,13 +369,17 @@ pub const MAX_KERNEL_LANDMARKS: usize = 256;
 /// Whether the attention's CubeCL kernels run on keys `k` and values `v` (f32 or f16, head sizes
 /// within [`MAX_KERNEL_HEAD_DIM`]) and so take the leak-free policy's padding as it is: the
 /// landmarks read the valid rows alone, `B · V` gives a padded key the masked score and a zero
-/// value without reading either, and `F · W` a padded query row zeros without reading it,
+/// value without using either, and `F · W` a padded query row zeros without reading it,
 /// forward and backward (where those rows get a zero gradient). The attention then skips
 /// zeroing the padded rows of `Q`, `K` and `V`: three passes over them forward and three
 /// backward.
-pub(crate) fn cube_kernels_take_padding(k: &Tensor<4>, v: &Tensor<4>) -> bool {
+pub(crate) fn cube_kernels_take_padding(q: &Tensor<4>, k: &Tensor<4>, v: &Tensor<4>) -> bool {
     let (d, d_v) = (k.dims()[3], v.dims()[3]);
-    custom_kernels_apply(k) && extension::on_cube_device(k) && fits_cube_kernels(k, [d, d_v])
+    // The stages decide from the queries (or their landmarks) and the keys: both must apply.
+    [q, k]
+        .iter()
+        .all(|x| custom_kernels_apply(*x) && extension::on_cube_device(*x))
+        && fits_cube_kernels(k, [d, d_v])
 }
 
 /// Whether the CubeCL kernels take head sizes `head_dims` for tensors like `x` (always true off

@@ -16,7 +16,7 @@
 //! Padded keys get the tensor-op path's finite masked score (`min_float`, in f32) rather than
 //! being skipped, so that a row whose every key is padded gets the same uniform weights there and
 //! here. Their values count as zeros under the leak-free policy (`zero_padded`): the kernel then
-//! never reads a padded key or value, and NaN there cannot leak.
+//! never uses a padded key or value (the tiles may hold them), and NaN there cannot leak.
 
 use burn::backend::cubecl::dtype_to_storage_type;
 use burn::tensor::{DType, Shape};

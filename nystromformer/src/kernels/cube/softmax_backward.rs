@@ -45,7 +45,9 @@ const UNITS: usize = 64;
 /// What a flagged key means.
 #[derive(Debug, Clone, Copy)]
 pub enum FlaggedKeys {
-    /// Left out of the softmax (missing landmarks).
+    /// No weight and no gradient: left out of the softmax (missing landmarks), or kept in its
+    /// normaliser through the saved log-sum-exp with a zero value (padded keys taken as zeros),
+    /// which adds nothing to any other gradient either.
     Skipped,
     /// Scored at this constant (padded keys).
     Scored(f32),
@@ -409,7 +411,8 @@ fn key_grad_kernel<F: Float>(
     if inside {
         key_flagged = flagged(key_flags, batch * columns + column, keys_flagged);
     }
-    // A skipped key has no weight and no gradient; a scored one keeps its weight only.
+    // A skipped key gets no gradient (no weight, or a zero value); a scored one keeps its
+    // weight, whose value gets a gradient, but its score gets none.
     let mut active = inside;
     if comptime!(skip_flagged) {
         active = inside && !key_flagged;
