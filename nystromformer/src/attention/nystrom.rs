@@ -273,13 +273,12 @@ pub(crate) fn nystrom_attention_with_flags(
     let missing_query_flags = (!same_segments).then(|| MaskFlags::new(missing_queries, dtype));
     let missing_query_flags = missing_query_flags.as_ref().unwrap_or(&missing_key_flags);
     // The padded queries that `F · W` takes as zeros: in self-attention the keys' padding.
+    let own_query_padding =
+        (!padding.self_attention).then(|| MaskFlags::new(mask_queries.as_ref(), dtype));
     let unmasked = MaskFlags::new(None, dtype);
-    let own_query_padding = (kernels_take_padding && !padding.self_attention)
-        .then(|| MaskFlags::new(mask_queries.as_ref(), dtype));
-    let query_padding = match (kernels_take_padding, &own_query_padding) {
-        (false, _) => &unmasked,
-        (true, Some(own)) => own,
-        (true, None) => padding_flags,
+    let query_padding = match kernels_take_padding {
+        true => own_query_padding.as_ref().unwrap_or(padding_flags),
+        false => &unmasked,
     };
     // The segments kernel wrote its mask and missing segments as flags too, sparing their
     // conversions. Its mask is the padding only under the leak-free policy.
@@ -290,7 +289,7 @@ pub(crate) fn nystrom_attention_with_flags(
         missing_key_flags.offer(missing);
     }
     if let (false, Some([padding, missing])) = (same_segments, query_segments.flags()) {
-        if let Some(own) = &own_query_padding {
+        if let (true, Some(own)) = (leak_free, &own_query_padding) {
             own.offer(padding);
         }
         missing_query_flags.offer(missing);

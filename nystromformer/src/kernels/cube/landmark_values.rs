@@ -16,7 +16,8 @@
 //! Padded keys get the tensor-op path's finite masked score (`min_float`, in f32) rather than
 //! being skipped, so that a row whose every key is padded gets the same uniform weights there and
 //! here. Their values count as zeros under the leak-free policy (`zero_padded`): the kernel then
-//! never uses a padded key or value (the tiles may hold them), and NaN there cannot leak.
+//! stages them as zeros without reading them and never uses a padded key's row, so NaN there
+//! cannot leak.
 
 use burn::backend::cubecl::dtype_to_storage_type;
 use burn::tensor::{DType, Shape};
@@ -26,8 +27,8 @@ use burn_cubecl::ops::numeric::empty_device_contiguous_dtype;
 use burn_cubecl::tensor::CubeTensor;
 use cubecl::prelude::*;
 
-use super::online_softmax::{add, add_zero_row, dot, empty_state, load_row, maximum, total};
-use super::tiles::{row_offset, rows_in_place, rows_per_tile, stage_rows};
+use super::online_softmax::{add, dot, empty_state, load_row, maximum, total};
+use super::tiles::{row_offset, rows_in_place, rows_per_tile, stage_rows, stage_unflagged_rows};
 use super::{flagged, flags_or, statistics_shape};
 use crate::kernels::flags::Flags;
 
@@ -107,7 +108,8 @@ pub fn launch(
         rows_per_tile(head_dim + value_dim),
         units,
         padded,
-        zero_padded,
+        // Without padding there is nothing to zero.
+        padded && zero_padded,
         dtype_to_storage_type(dtype),
     );
     let cube_dim =
@@ -132,7 +134,8 @@ pub fn launch(
 
 /// One cube per (matrix, chunk, group of `units` landmarks), one unit per landmark. `keys` and
 /// `values` may be strided (last dimension contiguous); `padding` is `[batch, n]`, 1.0 at padded
-/// keys, and read only when `padded`; with `zero_padded` their values count as zeros.
+/// keys, and read only when `padded`; with `zero_padded` (only with `padded`) their values are
+/// staged as zeros.
 #[cube(launch)]
 fn chunk_kernel<F: Float>(
     landmark_queries: &Tensor<F>,
@@ -202,12 +205,15 @@ fn chunk_kernel<F: Float>(
             head_dim,
             units,
         );
-        stage_rows::<F, f32, Shared<[f32]>>(
+        stage_unflagged_rows::<F, f32, Shared<[f32]>>(
             values,
             &mut value_tile,
             row_offset(values, batch, head, first),
             value_stride,
             available,
+            padding,
+            batch * n + first,
+            zero_padded,
             tile,
             value_dim,
             units,
@@ -227,9 +233,12 @@ fn chunk_kernel<F: Float>(
         if inside {
             for t in 0..tile {
                 let kind = kind_tile[t];
-                if kind == 0.0f32 {
-                    let score =
-                        dot::<f32, Shared<[f32]>>(&query, &key_tile, t * head_dim, head_dim);
+                if kind < 1.5f32 {
+                    let mut score = masked_score;
+                    if kind == 0.0f32 {
+                        score =
+                            dot::<f32, Shared<[f32]>>(&query, &key_tile, t * head_dim, head_dim);
+                    }
                     add::<f32, Shared<[f32]>>(
                         &mut state,
                         score,
@@ -237,18 +246,6 @@ fn chunk_kernel<F: Float>(
                         t * value_dim,
                         value_dim,
                     );
-                } else if kind == 1.0f32 {
-                    if comptime!(zero_padded) {
-                        add_zero_row::<f32>(&mut state, masked_score, value_dim);
-                    } else {
-                        add::<f32, Shared<[f32]>>(
-                            &mut state,
-                            masked_score,
-                            &value_tile,
-                            t * value_dim,
-                            value_dim,
-                        );
-                    }
                 }
             }
         }

@@ -313,15 +313,7 @@ impl SegmentLayoutOps for CubeBackend {
         int_like: CubeTensor,
         float_like: CubeTensor,
         m: usize,
-    ) -> (
-        CubeTensor,
-        CubeTensor,
-        CubeTensor,
-        CubeTensor,
-        CubeTensor,
-        CubeTensor,
-        CubeTensor,
-    ) {
+    ) -> ranked_segments::SegmentLayout {
         ranked_segments::launch(mask, &int_like, &float_like, m)
     }
 }

@@ -48,22 +48,6 @@ pub fn add<F: Float, L: List<F>>(
     state[value_dim + 1] = state[value_dim + 1] * rescale + weight;
 }
 
-/// Adds `score` with a value row of zeros: it weighs in the sum of exponentials alone (a padded
-/// key whose value counts as zero, never read, so NaN there cannot leak).
-#[cube]
-pub fn add_zero_row<F: Float>(state: &mut Array<F>, score: F, #[comptime] value_dim: usize) {
-    let running_max = state[value_dim];
-    let new_max = F::max(running_max, score);
-    let rescale = F::exp(running_max - new_max);
-    let weight = F::exp(score - new_max);
-    #[unroll]
-    for c in 0..value_dim {
-        state[c] *= rescale;
-    }
-    state[value_dim] = new_max;
-    state[value_dim + 1] = state[value_dim + 1] * rescale + weight;
-}
-
 /// The running maximum.
 #[cube]
 pub fn maximum<F: Float>(state: &Array<F>, #[comptime] value_dim: usize) -> F {

@@ -22,25 +22,27 @@ use super::landmark_means::segment_start;
 /// Units per cube: one run of the mask each.
 const UNITS_PER_CUBE: u32 = 256;
 
-/// The layout of `mask` (`[batch, n]`, any strides, `true` = padding) cut into `m` segments:
-/// `(order, rank, lengths, missing, short, padding_flags, missing_flags)` as
-/// [`crate::kernels::extension::SegmentLayoutOps::ranked_segments`] describes them, the integers
-/// in `int_like`'s type, `missing` and `short` in the mask's, the flags in `float_like`'s.
-#[allow(clippy::type_complexity)]
+/// `(order, rank, lengths, missing, short, padding_flags, missing_flags)`, as
+/// [`crate::kernels::extension::SegmentLayoutOps::ranked_segments`] describes them.
+pub type SegmentLayout = (
+    CubeTensor,
+    CubeTensor,
+    CubeTensor,
+    CubeTensor,
+    CubeTensor,
+    CubeTensor,
+    CubeTensor,
+);
+
+/// The layout of `mask` (`[batch, n]`, any strides, `true` = padding) cut into `m` segments, the
+/// integers in `int_like`'s type, `missing` and `short` in the mask's, the flags in
+/// `float_like`'s.
 pub fn launch(
     mask: CubeTensor,
     int_like: &CubeTensor,
     float_like: &CubeTensor,
     m: usize,
-) -> (
-    CubeTensor,
-    CubeTensor,
-    CubeTensor,
-    CubeTensor,
-    CubeTensor,
-    CubeTensor,
-    CubeTensor,
-) {
+) -> SegmentLayout {
     let [batch, n] = mask.meta.shape().dims::<2>();
     let client = mask.client.clone();
     let (bool_dtype, int_dtype, float_dtype) = (mask.dtype, int_like.dtype, float_like.dtype);
