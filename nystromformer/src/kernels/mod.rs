@@ -56,7 +56,7 @@ use burn::tensor::{Bool, DType, Device, FloatDType, Tensor, activation};
 
 use crate::attention::PinvInit;
 use crate::attention::landmarks::{SegmentRanks, Segments};
-use crate::attention::mask::{MASKED_SCORE, zero_rows};
+use crate::attention::mask::MASKED_SCORE;
 use crate::attention::shape_check::expect_shape;
 pub(crate) use mask_flags::MaskFlags;
 
@@ -190,7 +190,8 @@ pub(crate) fn landmark_values_with_flags(
 /// blocks of keys under an online softmax, so the `[n_q, n_k]` scores are never stored, and
 /// under autodiff a backward that recomputes them block by block from each row's statistics.
 /// (Flex's own `attention` differentiates as tensor ops that keep every `[n_q, n_k]` matrix.)
-/// Padded keys get zero weight (their values are zeroed first, so NaN there cannot leak) and a
+/// Padded keys get zero weight (they and their values are zeroed first, so NaN there cannot
+/// leak, forward or backward, and they get no gradient) and a
 /// query without any key attends to nothing: its output is zero. `None` where it does not
 /// apply: f32 on flex, tracked tensors only with the `autodiff` feature.
 ///
@@ -219,16 +220,16 @@ pub fn fused_softmax_attention(
     }
     on_flex(q).then(|| {
         let scaled = q.clone().mul_scalar((d as f64).powf(-0.5));
-        let v = zero_rows(v.clone(), mask_pad);
         let dtype = FloatDType::F32;
+        // Keys too: the backward's dQ sums ds · k over the keys, and 0 · NaN is NaN.
         extension::landmark_values(
             &scaled,
             k,
-            &v,
+            v,
             &MaskFlags::new(mask_pad, dtype),
             &MaskFlags::new(None, dtype),
             MASKED_SCORE as f32,
-            false,
+            true,
         )
     })
 }
