@@ -268,13 +268,15 @@ fn attention_case(
 
 #[test]
 fn attention_gradients_with_and_without_kernels_agree() {
-    // Unpadded, ragged, short (at most m valid keys: exact for that sequence), fully padded, and
-    // n ≤ m (the exact path; on flex its fused stage, whose dQ once met NaN in a padded key).
+    // Unpadded, ragged, short (at most m valid keys: exact for that sequence, through the
+    // weights kernel on CubeCL devices; the last case runs it on lavapipe too), fully padded,
+    // and n ≤ m (the exact path; on flex its fused stage, whose dQ once met NaN in a padded key).
     let cases = [
         (50, 8, [50, 17]),
         (130, 64, [130, 9]),
         (40, 8, [0, 40]),
         (3, 5, [1, 3]),
+        (48, 16, [48, 7]),
     ];
     let policies = [MaskPolicy::LeakFree, MaskPolicy::HfCompatible];
     for (name, device) in tracked_devices() {

@@ -309,12 +309,19 @@ pub(crate) fn nystrom_attention_with_flags(
         .flatten();
     if let Some(values) = fused_values {
         let (iterations, init) = (options.pinv_iterations, options.pinv_init);
+        // The weights kernel takes the short sequences' rows as well, sparing a launch for the
+        // values' means and one for the selection.
+        let short = key_segments
+            .short()
+            .and_then(|_| key_segments.ranks())
+            .map(|ranks| (&v, ranks));
         let weights = kernels::landmark_weights_with_flags(
             &landmark_queries,
             &scaled_keys,
             &values,
             missing_query_flags,
             &missing_key_flags,
+            short,
             iterations,
             init,
         )
@@ -324,9 +331,13 @@ pub(crate) fn nystrom_attention_with_flags(
             // kernels::MAX_PINV_MATRICES matrices (then as tensor ops).
             let a_pinv = kernels::fused_pinv(&a, iterations, init)
                 .unwrap_or_else(|| iterative_pinv(a, iterations, init));
-            a_pinv.matmul(values)
+            exact_for_short(
+                a_pinv.matmul(values),
+                &key_segments,
+                &v,
+                options.custom_kernels,
+            )
         });
-        let weights = exact_for_short(weights, &key_segments, &v, options.custom_kernels);
         let context = kernels::landmark_attention_with_flags(
             &q,
             &scaled_keys,

@@ -95,21 +95,30 @@ pub fn pinv(a: &Tensor<4>, iterations: usize, init: PinvInit) -> Tensor<4> {
     ))
 }
 
-/// See [`super::fused_landmark_weights`].
+/// See [`super::fused_landmark_weights`]; `short`, the values and the keys' ranks, gives each
+/// sequence of at most `m` valid keys its values' segment means.
 pub fn landmark_weights(
     landmark_queries: &Tensor<4>,
     landmark_keys: &Tensor<4>,
     landmark_values: &Tensor<4>,
     missing_queries: &MaskFlags,
     missing_keys: &MaskFlags,
+    short: Option<(&Tensor<4>, &SegmentRanks)>,
     iterations: usize,
 ) -> Tensor<4> {
+    let (values, key_rows) = match short {
+        Some((values, ranks)) => (values.clone(), segment_rows(Some(ranks))),
+        // Not read: equal rows mark no sequence short.
+        None => (landmark_values.clone(), SegmentRows::Equal),
+    };
     Tensor::from_dispatch(<Dispatch as PinvOps>::landmark_weights(
         landmark_queries.clone().into_dispatch(),
         landmark_keys.clone().into_dispatch(),
         landmark_values.clone().into_dispatch(),
         flags(missing_queries),
         flags(missing_keys),
+        values.into_dispatch(),
+        key_rows,
         iterations,
     ))
 }
@@ -804,24 +813,35 @@ pub trait PinvOps: Backend {
     }
 
     /// The gradients of [`PinvOps::landmark_weights`]' landmark queries, landmark keys and
-    /// landmark values (`B V`) for the gradient `grad` of `W`, from its inputs: `A`, `c` and the
-    /// iteration are rebuilt. The default body is tensor ops
-    /// ([`super::backward::landmark_weights_backward`]); CubeCL devices run one kernel.
+    /// landmark values (`B V`), and of the short sequences' value means (`[batch, heads, m,
+    /// d_v]`, `grad` itself in a short sequence's rows, zero elsewhere, where the first three are
+    /// zero in them), for the gradient `grad` of `W`, from its inputs: `A`, `c` and the
+    /// iteration are rebuilt. The caller spreads the means' gradient over the values. The
+    /// default body is tensor ops ([`super::backward::landmark_weights_backward`]); CubeCL
+    /// devices run one kernel.
     #[cfg_attr(
         not(all(feature = "autodiff", feature = "cube-kernels")),
         allow(dead_code)
     )]
-    #[fusion(meta = |landmark_queries, landmark_keys, landmark_values, _missing_queries, _missing_keys, _iterations, _grad| (landmark_queries.clone(), landmark_keys.clone(), landmark_values.clone()))]
+    #[allow(clippy::too_many_arguments)]
+    #[fusion(meta = |landmark_queries, landmark_keys, landmark_values, _missing_queries, _missing_keys, _key_rows, _iterations, _grad| (landmark_queries.clone(), landmark_keys.clone(), landmark_values.clone(), landmark_values.clone()))]
     fn landmark_weights_backward(
         landmark_queries: FloatTensor<Self>,
         landmark_keys: FloatTensor<Self>,
         landmark_values: FloatTensor<Self>,
         #[extension_type] missing_queries: Flags<Self>,
         #[extension_type] missing_keys: Flags<Self>,
+        #[extension_type] key_rows: SegmentRows<Self>,
         iterations: usize,
         grad: FloatTensor<Self>,
-    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
-        super::backward::landmark_weights_backward::<Self>(
+    ) -> (
+        FloatTensor<Self>,
+        FloatTensor<Self>,
+        FloatTensor<Self>,
+        FloatTensor<Self>,
+    ) {
+        let (grad, short_grad) = super::reference::split_short_gradient::<Self>(grad, &key_rows);
+        let (query_grad, key_grad, value_grad) = super::backward::landmark_weights_backward::<Self>(
             landmark_queries,
             landmark_keys,
             landmark_values,
@@ -829,10 +849,14 @@ pub trait PinvOps: Backend {
             missing_keys,
             iterations,
             grad,
-        )
+        );
+        (query_grad, key_grad, value_grad, short_grad)
     }
 
-    /// See [`landmark_weights`]; missing landmarks as `1.0`.
+    /// See [`landmark_weights`]; missing landmarks as `1.0`. With ranked `key_rows` a sequence
+    /// of at most `m` valid keys takes the segment means of `values` (`[batch, heads, n,
+    /// d_v]`) as its rows; `values` is not read for equal rows, which mark no sequence short.
+    #[allow(clippy::too_many_arguments)]
     #[fusion(dtype = landmark_queries, shape = values_shape(landmark_queries, landmark_values))]
     fn landmark_weights(
         landmark_queries: FloatTensor<Self>,
@@ -840,16 +864,19 @@ pub trait PinvOps: Backend {
         landmark_values: FloatTensor<Self>,
         #[extension_type] missing_queries: Flags<Self>,
         #[extension_type] missing_keys: Flags<Self>,
+        values: FloatTensor<Self>,
+        #[extension_type] key_rows: SegmentRows<Self>,
         iterations: usize,
     ) -> FloatTensor<Self> {
-        super::reference::landmark_weights::<Self>(
+        let weights = super::reference::landmark_weights::<Self>(
             landmark_queries,
             landmark_keys,
             landmark_values,
             missing_queries,
             missing_keys,
             iterations,
-        )
+        );
+        super::reference::short_sequences_take_means::<Self>(weights, values, key_rows)
     }
 }
 

@@ -325,18 +325,24 @@ pub fn fused_landmark_weights(
         landmark_values,
         &MaskFlags::new(missing_queries, dtype),
         &MaskFlags::new(missing_keys, dtype),
+        None,
         iterations,
         init,
     )
 }
 
-/// [`fused_landmark_weights`] with its masks' flags converted once for the whole attention call.
+/// [`fused_landmark_weights`] with its masks' flags converted once for the whole attention call,
+/// and with `short`, the values and the keys' ranks, the rows of each sequence of at most `m`
+/// valid keys replaced by its values' segment means in the same launch (the attention's exact
+/// result for such a sequence, see [`nystrom_attention`](crate::attention::nystrom_attention)).
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn landmark_weights_with_flags(
     landmark_queries: &Tensor<4>,
     landmark_keys: &Tensor<4>,
     landmark_values: &Tensor<4>,
     missing_queries: &MaskFlags,
     missing_keys: &MaskFlags,
+    short: Option<(&Tensor<4>, &SegmentRanks)>,
     iterations: usize,
     init: PinvInit,
 ) -> Option<Tensor<4>> {
@@ -353,6 +359,7 @@ pub(crate) fn landmark_weights_with_flags(
                 landmark_values,
                 missing_queries,
                 missing_keys,
+                short,
                 iterations,
             )
         })

@@ -5,13 +5,14 @@
 //! [`iterative_pinv`](crate::attention::iterative_pinv). A backend without its own
 //! implementation runs these; under autodiff they differentiate through the backend's own ops.
 
-use burn::backend::tensor::{FloatTensor, IntTensor};
+use burn::backend::tensor::{BoolTensor, FloatTensor, IntTensor};
 use burn::backend::{Backend, TensorMetadata, get_or_init_device_settings};
 use burn::tensor::ops::ConvOptions;
 use burn::tensor::{DType, FloatDType, Shape};
 
 use super::extension::PinvOps;
 use super::flags::Flags;
+use super::segment_rows::SegmentRows;
 use crate::attention::pinv::MIN_COEFFICIENT;
 
 /// See [`super::fused_landmark_values`]; masks as `1.0` at `true`, padded keys and values
@@ -275,6 +276,57 @@ pub fn landmark_weights<B: PinvOps>(
     );
     let coefficient = norm_coefficient::<B>(&a);
     B::float_matmul(B::pinv(a, coefficient, iterations), landmark_values)
+}
+
+/// `weights` (`[batch, heads, m, d_v]`) with the rows of each sequence of at most `m` valid
+/// keys replaced by the segment means of its `values` (`[batch, heads, n, d_v]`), as
+/// [`PinvOps::landmark_weights`] takes them; `weights` itself for equal rows, which mark no
+/// sequence short.
+pub fn short_sequences_take_means<B: Backend>(
+    weights: FloatTensor<B>,
+    values: FloatTensor<B>,
+    key_rows: SegmentRows<B>,
+) -> FloatTensor<B> {
+    let SegmentRows::Ranked { rank, lengths, .. } = key_rows else {
+        return weights;
+    };
+    let m = dims(&weights)[2];
+    let short = short_sequences::<B>(&lengths, &weights);
+    let means = ranked_segment_mean::<B>(values, rank, lengths, m);
+    B::float_mask_where(weights, short, means)
+}
+
+/// `grad` (of `W`, `[batch, heads, m, d_v]`) split as [`PinvOps::landmark_weights_backward`]
+/// returns it: `(the part that reaches A⁺ (B V), the part that reaches the short sequences'
+/// value means)`, each zero where the other is not.
+#[cfg_attr(
+    not(all(feature = "autodiff", feature = "cube-kernels")),
+    allow(dead_code)
+)]
+pub fn split_short_gradient<B: Backend>(
+    grad: FloatTensor<B>,
+    key_rows: &SegmentRows<B>,
+) -> (FloatTensor<B>, FloatTensor<B>) {
+    let SegmentRows::Ranked { lengths, .. } = key_rows else {
+        let zeros = B::float_zeros(grad.shape(), &grad.device(), grad.dtype().into());
+        return (grad, zeros);
+    };
+    let short = short_sequences::<B>(lengths, &grad);
+    let long = B::bool_not(short.clone());
+    (
+        B::float_mask_fill(grad.clone(), short, 0.0f32.into()),
+        B::float_mask_fill(grad, long, 0.0f32.into()),
+    )
+}
+
+/// `true` over the rows of `like` (`[batch, heads, m, _]`) of each sequence whose length
+/// (`lengths`, `[batch or 1]`) is at most `m`.
+fn short_sequences<B: Backend>(lengths: &IntTensor<B>, like: &FloatTensor<B>) -> BoolTensor<B> {
+    let shape = dims(like);
+    let bool_dtype = get_or_init_device_settings::<B>(&like.device()).bool_dtype;
+    let short = B::int_lower_equal_elem(lengths.clone(), (shape[2] as i64).into(), bool_dtype);
+    let short = B::bool_reshape(short, Shape::new([lengths.shape()[0], 1, 1, 1]));
+    B::bool_expand(short, Shape::new(shape))
 }
 
 /// `A = softmax(Q̃ K̃ᵀ)` as [`kernel_a`](crate::attention::softmax_kernels::kernel_a) builds it:
@@ -866,6 +918,91 @@ mod tests {
             for (i, (g, e)) in got.iter().zip(&expected).enumerate() {
                 assert!((g - e).abs() < 1e-5, "{what}, entry {i}: {g} against {e}");
             }
+        }
+    }
+
+    /// The weights' default bodies with ranked key rows: a short sequence (at most `m` valid
+    /// keys) takes its values' segment means as its rows and sends its whole gradient to them,
+    /// a long one is untouched and sends them nothing.
+    #[test]
+    fn the_weights_bodies_give_short_sequences_their_values_means() {
+        use burn::tensor::Bool;
+
+        use super::super::extension::PinvOps;
+        use crate::attention::landmarks::Segments;
+
+        let flex = Device::flex();
+        let [batch, heads, n, d, m] = [2, 2, 9, 3, 4];
+        // Sequence 0 has 3 valid keys (short, one segment missing), sequence 1 has 7.
+        let mask: Vec<bool> = (0..batch * n)
+            .map(|i| (i / n == 0 && i % n >= 3) || (i / n == 1 && i % n < 2))
+            .collect();
+        let mask = Tensor::<2, Bool>::from_bool(TensorData::new(mask, [batch, n]), &flex);
+        let segments = Segments::new(n, m, Some(&mask), FloatDType::F32, &flex);
+        let ranks = segments.ranks().expect("a mask cuts ranked segments");
+        let rows = || SegmentRows::<Dispatch>::Ranked {
+            order: ranks.order.clone().into_dispatch(),
+            rank: ranks.rank.clone().into_dispatch(),
+            lengths: ranks.lengths.clone().into_dispatch(),
+        };
+        let missing = Flags::Present(segments.missing().unwrap().clone().float().into_dispatch());
+        let normal = Distribution::Normal(0.0, 1.0);
+        let random = |rows| Tensor::<4>::random([batch, heads, rows, d], normal, &flex);
+        let (queries, keys, products, values, grad) =
+            (random(m), random(m), random(m), random(n), random(m));
+        let weights = |key_rows| {
+            host(Tensor::from_dispatch(
+                <Dispatch as PinvOps>::landmark_weights(
+                    queries.clone().into_dispatch(),
+                    keys.clone().into_dispatch(),
+                    products.clone().into_dispatch(),
+                    missing.clone(),
+                    missing.clone(),
+                    values.clone().into_dispatch(),
+                    key_rows,
+                    6,
+                ),
+            ))
+        };
+        let backward = |key_rows| {
+            let (q, k, v, means) = <Dispatch as PinvOps>::landmark_weights_backward(
+                queries.clone().into_dispatch(),
+                keys.clone().into_dispatch(),
+                products.clone().into_dispatch(),
+                missing.clone(),
+                missing.clone(),
+                key_rows,
+                6,
+                grad.clone().into_dispatch(),
+            );
+            [q, k, v, means].map(|x| host(Tensor::from_dispatch(x)))
+        };
+        let (short, long) = (weights(rows()), weights(SegmentRows::Equal));
+        let means = host(segments.mean(values.clone()));
+        let half = heads * m * d;
+        assert_eq!(&short[..half], &means[..half], "the short sequence's rows");
+        assert_eq!(&short[half..], &long[half..], "the long sequence's rows");
+        assert!(means[..half].iter().any(|x| *x != 0.0));
+
+        let ([q, k, v, means], [q_all, k_all, v_all, means_none]) =
+            (backward(rows()), backward(SegmentRows::Equal));
+        let grad = host(grad.clone());
+        assert!(
+            means_none.iter().all(|x| *x == 0.0),
+            "equal rows: no short sequence"
+        );
+        assert_eq!(&means[..half], &grad[..half], "the short sequence's means");
+        assert!(
+            means[half..].iter().all(|x| *x == 0.0),
+            "the long sequence's means"
+        );
+        for (what, got, all) in [("Q̃", q, q_all), ("K̃", k, k_all), ("B V", v, v_all)] {
+            assert!(
+                got[..half].iter().all(|x| *x == 0.0),
+                "{what}: short sequence"
+            );
+            assert_eq!(&got[half..], &all[half..], "{what}: long sequence");
+            assert!(all[half..].iter().any(|x| *x != 0.0), "{what}: all zero");
         }
     }
 }

@@ -50,7 +50,7 @@ struct SavedValues<B: Backend> {
 }
 
 /// What `W = A⁺ (B V)` from the landmarks keeps: its inputs (`A`, `c` and the iteration are
-/// rebuilt from them).
+/// rebuilt from them) and the keys' rows, which tell the short sequences.
 #[derive(Debug, Clone)]
 struct SavedWeights<B: Backend> {
     landmark_queries: FloatTensor<B>,
@@ -58,8 +58,14 @@ struct SavedWeights<B: Backend> {
     landmark_values: FloatTensor<B>,
     missing_queries: Flags<B>,
     missing_keys: Flags<B>,
+    key_rows: SegmentRows<B>,
     iterations: usize,
 }
+
+/// [`SavedWeights`] with short sequences possible (ranked key rows): the values, whose means
+/// such a sequence takes as its weights, are a fourth input.
+#[derive(Debug, Clone)]
+struct SavedShortWeights(SavedWeights<Cube>);
 
 /// What the pseudo-inverse keeps: `A`, `c` (`[batch · heads]`) and the number of iterations.
 #[derive(Debug, Clone)]
@@ -132,19 +138,45 @@ impl SavedForward<Cube, 3> for SavedValues<Cube> {
     }
 }
 
-impl SavedForward<Cube, 3> for SavedWeights<Cube> {
-    fn backward(self, grad: FloatTensor<Cube>) -> [FloatTensor<Cube>; 3] {
-        let (landmark_queries, landmark_keys, landmark_values) =
+impl SavedWeights<Cube> {
+    /// The gradients of the landmark queries, landmark keys and `B V`, and of the short
+    /// sequences' value means.
+    fn gradients(self, grad: FloatTensor<Cube>) -> ([FloatTensor<Cube>; 3], FloatTensor<Cube>) {
+        let (landmark_queries, landmark_keys, landmark_values, short_means) =
             <Cube as PinvOps>::landmark_weights_backward(
                 self.landmark_queries,
                 self.landmark_keys,
                 self.landmark_values,
                 self.missing_queries,
                 self.missing_keys,
+                self.key_rows,
                 self.iterations,
                 grad,
             );
-        [landmark_queries, landmark_keys, landmark_values]
+        (
+            [landmark_queries, landmark_keys, landmark_values],
+            short_means,
+        )
+    }
+}
+
+impl SavedForward<Cube, 3> for SavedWeights<Cube> {
+    fn backward(self, grad: FloatTensor<Cube>) -> [FloatTensor<Cube>; 3] {
+        // Equal rows: no sequence is short, and the means' gradient is zero.
+        self.gradients(grad).0
+    }
+}
+
+impl SavedForward<Cube, 4> for SavedShortWeights {
+    fn backward(self, grad: FloatTensor<Cube>) -> [FloatTensor<Cube>; 4] {
+        let SegmentRows::Ranked { rank, lengths, .. } = self.0.key_rows.clone() else {
+            unreachable!("SavedShortWeights holds ranked rows");
+        };
+        let ([landmark_queries, landmark_keys, landmark_values], short_means) =
+            self.0.gradients(grad);
+        let values =
+            <Cube as SegmentMeanOps>::ranked_segment_mean_backward(short_means, rank, lengths, 1.0);
+        [landmark_queries, landmark_keys, landmark_values, values]
     }
 }
 
@@ -257,12 +289,17 @@ impl<C: CheckpointStrategy> PinvOps for Autodiff<Cube, C> {
         })
     }
 
+    /// The values are an input only with ranked key rows, where a sequence may be short: with
+    /// equal rows their gradient would be zero, and recording it would add an `[n, d_v]` zero
+    /// tensor to theirs.
     fn landmark_weights(
         landmark_queries: FloatTensor<Self>,
         landmark_keys: FloatTensor<Self>,
         landmark_values: FloatTensor<Self>,
         missing_queries: Flags<Self>,
         missing_keys: Flags<Self>,
+        values: FloatTensor<Self>,
+        key_rows: SegmentRows<Self>,
         iterations: usize,
     ) -> FloatTensor<Self> {
         let nodes = [
@@ -270,25 +307,38 @@ impl<C: CheckpointStrategy> PinvOps for Autodiff<Cube, C> {
             landmark_keys.node(),
             landmark_values.node(),
         ];
-        record::<Cube, C, 3, _>(nodes, || {
-            let saved = SavedWeights::<Cube> {
-                landmark_queries: landmark_queries.into_primitive(),
-                landmark_keys: landmark_keys.into_primitive(),
-                landmark_values: landmark_values.into_primitive(),
-                missing_queries: missing_queries.map(|flags| flags.into_primitive()),
-                missing_keys: missing_keys.map(|flags| flags.into_primitive()),
-                iterations,
-            };
-            let output = <Cube as PinvOps>::landmark_weights(
+        let ranked = matches!(key_rows, SegmentRows::Ranked { .. });
+        let values_node = values.node();
+        let saved = SavedWeights::<Cube> {
+            landmark_queries: landmark_queries.into_primitive(),
+            landmark_keys: landmark_keys.into_primitive(),
+            landmark_values: landmark_values.into_primitive(),
+            missing_queries: missing_queries.map(|flags| flags.into_primitive()),
+            missing_keys: missing_keys.map(|flags| flags.into_primitive()),
+            key_rows: key_rows.cast::<Cube>(),
+            iterations,
+        };
+        let values = values.into_primitive();
+        let forward = |saved: &SavedWeights<Cube>| {
+            <Cube as PinvOps>::landmark_weights(
                 saved.landmark_queries.clone(),
                 saved.landmark_keys.clone(),
                 saved.landmark_values.clone(),
                 saved.missing_queries.clone(),
                 saved.missing_keys.clone(),
+                values,
+                saved.key_rows.clone(),
                 iterations,
-            );
-            (output, saved)
-        })
+            )
+        };
+        match ranked {
+            false => record::<Cube, C, 3, _>(nodes, || (forward(&saved), saved)),
+            true => {
+                let [queries_node, keys_node, products_node] = nodes;
+                let nodes = [queries_node, keys_node, products_node, values_node];
+                record::<Cube, C, 4, _>(nodes, || (forward(&saved), SavedShortWeights(saved)))
+            }
+        }
     }
 }
 

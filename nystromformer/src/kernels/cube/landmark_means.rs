@@ -300,7 +300,7 @@ fn run_mean<F: Float>(
 /// segment is empty.
 #[cube]
 #[allow(clippy::too_many_arguments)]
-fn ranked_mean<F: Float, I: Int>(
+pub(super) fn ranked_mean<F: Float, I: Int>(
     x: &Tensor<F>,
     order: &Tensor<I>,
     lengths: &Tensor<I>,
@@ -332,7 +332,7 @@ fn ranked_mean<F: Float, I: Int>(
 
 /// The row of a `[batch or 1, n]` rank tensor that serves sequence `batch`.
 #[cube]
-fn sequence_of<I: Int>(ranks: &Tensor<I>, batch: usize) -> usize {
+pub(super) fn sequence_of<I: Int>(ranks: &Tensor<I>, batch: usize) -> usize {
     let mut sequence = batch;
     if ranks.shape(0) == 1 {
         sequence = 0;

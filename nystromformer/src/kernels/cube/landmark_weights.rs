@@ -8,6 +8,10 @@
 //! (in f32, whatever the input type) and a storage barrier between steps, and the iteration is
 //! the pseudo-inverse kernel's own ([`super::pinv::invert`]).
 //!
+//! A sequence of at most `m` valid keys takes its values' segment means as its rows of `W`
+//! (each of its keys is a landmark of its own, so `F · W` is then its exact attention): the
+//! tensor-op path spends a launch on the means and one on the selection.
+//!
 //! The coefficient is `c = ‖A‖₁` of each matrix ([`PinvInit::Exact`](crate::PinvInit::Exact));
 //! [`PinvInit::Original`](crate::PinvInit::Original) takes its `c` from the whole batch, which
 //! one cube cannot see, and stays on the separate pseudo-inverse kernel.
@@ -21,23 +25,32 @@ use burn_cubecl::tensor::CubeTensor;
 use cubecl::prelude::*;
 
 use super::blocks::GRID;
+use super::landmark_means::{ranked_mean, sequence_of};
 use super::pinv::{WORK_SLOTS, invert};
+use super::tiles::rows_in_place;
 use super::{flagged, flags_or};
 use crate::attention::pinv::MIN_COEFFICIENT;
 use crate::kernels::flags::Flags;
+use crate::kernels::segment_rows::SegmentRows;
 
-/// Launches the kernel; see [`crate::kernels::fused_landmark_weights`] for the contract.
+/// Launches the kernel; see [`crate::kernels::fused_landmark_weights`] for the contract, and
+/// [`PinvOps::landmark_weights`](crate::kernels::extension::PinvOps::landmark_weights) for
+/// `values` and `key_rows` (the short sequences).
+#[allow(clippy::too_many_arguments)]
 pub fn launch(
     landmark_queries: CubeTensor,
     landmark_keys: CubeTensor,
     landmark_values: CubeTensor,
     missing_queries: Flags<CubeBackend>,
     missing_keys: Flags<CubeBackend>,
+    values: CubeTensor,
+    key_rows: SegmentRows<CubeBackend>,
     iterations: usize,
 ) -> CubeTensor {
     let landmark_queries = into_contiguous(landmark_queries);
     let landmark_keys = into_contiguous(landmark_keys);
     let landmark_values = into_contiguous(landmark_values);
+    let short = ShortSequences::new(key_rows, values, &landmark_values);
     let masked = [missing_queries.is_present(), missing_keys.is_present()];
     let missing_queries = flags_or(missing_queries, &landmark_queries);
     let missing_keys = flags_or(missing_keys, &landmark_queries);
@@ -69,6 +82,9 @@ pub fn launch(
         landmark_values.into_tensor_arg(),
         missing_queries.into_tensor_arg(),
         missing_keys.into_tensor_arg(),
+        short.values.into_tensor_arg(),
+        short.order.into_tensor_arg(),
+        short.lengths.into_tensor_arg(),
         weights.clone().into_tensor_arg(),
         work.into_tensor_arg(),
         iterations,
@@ -77,9 +93,50 @@ pub fn launch(
         value_dim,
         masked[0],
         masked[1],
-        dtype_to_storage_type(dtype),
+        short.ranked,
+        [dtype_to_storage_type(dtype), short.int_dtype],
     );
     weights
+}
+
+/// What the kernels need to find the short sequences (at most `m` valid keys) and their values'
+/// segment means: for equal rows (none is short) one-entry stand-ins, never read.
+pub(super) struct ShortSequences {
+    pub ranked: bool,
+    pub values: CubeTensor,
+    pub order: CubeTensor,
+    pub lengths: CubeTensor,
+    pub int_dtype: ElemType,
+}
+
+impl ShortSequences {
+    /// From the keys' rows and the values (`like` stands in for them with equal rows).
+    pub fn new(key_rows: SegmentRows<CubeBackend>, values: CubeTensor, like: &CubeTensor) -> Self {
+        match key_rows {
+            SegmentRows::Ranked { order, lengths, .. } => Self {
+                ranked: true,
+                values: rows_in_place(values),
+                int_dtype: dtype_to_storage_type(order.dtype),
+                order,
+                lengths,
+            },
+            SegmentRows::Equal => {
+                let stand_in = empty_device_contiguous_dtype(
+                    like.client.clone(),
+                    like.device.clone(),
+                    Shape::new([1]),
+                    DType::I32,
+                );
+                Self {
+                    ranked: false,
+                    values: like.clone(),
+                    order: stand_in.clone(),
+                    lengths: stand_in,
+                    int_dtype: dtype_to_storage_type(DType::I32),
+                }
+            }
+        }
+    }
 }
 
 /// One cube per matrix (`CUBE_POS`) of [`GRID`] × [`GRID`] units; every tensor contiguous,
@@ -87,12 +144,15 @@ pub fn launch(
 /// segment is not a landmark, each read only when its `any_missing_*` is set.
 #[allow(clippy::too_many_arguments)]
 #[cube(launch)]
-fn landmark_weights_kernel<F: Float>(
+fn landmark_weights_kernel<F: Float, I: Int>(
     landmark_queries: &Tensor<F>,
     landmark_keys: &Tensor<F>,
     landmark_values: &Tensor<F>,
     missing_queries: &Tensor<F>,
     missing_keys: &Tensor<F>,
+    values: &Tensor<F>,
+    order: &Tensor<I>,
+    lengths: &Tensor<I>,
     weights: &mut Tensor<F>,
     work: &mut Tensor<f32>,
     iterations: usize,
@@ -101,7 +161,8 @@ fn landmark_weights_kernel<F: Float>(
     #[comptime] value_dim: usize,
     #[comptime] any_missing_queries: bool,
     #[comptime] any_missing_keys: bool,
-    #[define(F)] _dtype: ElemType,
+    #[comptime] ranked: bool,
+    #[define(F, I)] _dtypes: [ElemType; 2],
 ) {
     let matrix = CUBE_POS;
     let batch = matrix / landmark_queries.shape(1);
@@ -132,18 +193,44 @@ fn landmark_weights_kernel<F: Float>(
     // Every unit has read the sums before `invert` writes over them (after its first barrier).
     let z = invert::<f32>(work, a, c, iterations, m);
 
-    // W = Z (B V), an entry per unit in turn.
+    // W = Z (B V), an entry per unit in turn; a short sequence's rows are its values' segment
+    // means instead. (Its iteration above ran all the same: a branch around the barriers on a
+    // value read from memory is not uniform control flow to a shader compiler.)
+    let short = is_short(order, lengths, batch, m, ranked);
+    let head = matrix % landmark_queries.shape(1);
     let mut entry = unit;
     while entry < m * value_dim {
         let (i, column) = (entry / value_dim, entry % value_dim);
         let mut sum = f32::new(0.0);
-        for k in 0..m {
-            sum += work[z + i * m + k]
-                * f32::cast_from(landmark_values[(matrix * m + k) * value_dim + column]);
+        if short {
+            sum += ranked_mean(values, order, lengths, batch, head, i, column, m.runtime());
+        } else {
+            for k in 0..m {
+                sum += work[z + i * m + k]
+                    * f32::cast_from(landmark_values[(matrix * m + k) * value_dim + column]);
+            }
         }
         weights[matrix * m * value_dim + entry] = F::cast_from(sum);
         entry += units;
     }
+}
+
+/// Whether sequence `batch` has at most `m` valid keys; never for equal rows (not `ranked`),
+/// whose `order` and `lengths` are stand-ins.
+#[cube]
+pub fn is_short<I: Int>(
+    order: &Tensor<I>,
+    lengths: &Tensor<I>,
+    batch: usize,
+    #[comptime] m: usize,
+    #[comptime] ranked: bool,
+) -> bool {
+    let mut short = false;
+    if comptime!(ranked) {
+        let sequence = sequence_of(order, batch);
+        short = usize::cast_from(lengths[sequence * lengths.stride(0)]) <= m;
+    }
+    short
 }
 
 /// Writes `A = softmax(Q̃ K̃ᵀ)` of matrix `matrix` (in batch `batch`) into the slot `a` of

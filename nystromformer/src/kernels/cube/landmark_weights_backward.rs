@@ -1,6 +1,7 @@
 //! The backward of `W = A⁺ (B V)` from the landmarks ([`super::landmark_weights`]) in one
 //! launch, one cube per matrix: the gradients of the landmark queries, the landmark keys and
-//! `B V` for the gradient `dW`.
+//! `B V` for the gradient `dW`, and of the values' means that a short sequence (at most `m`
+//! valid keys) takes as its weights, which get that sequence's `dW` while the others get zero.
 //!
 //! As tensor ops, the training step differentiates `A`'s masked softmax, the coefficient's column
 //! sums and maximum, and the product with `B V` around the pseudo-inverse: a few dozen launches on
@@ -25,26 +26,33 @@ use cubecl::prelude::*;
 
 use super::blocks::GRID;
 use super::flags_or;
-use super::landmark_weights::{landmark_softmax, norm_coefficient};
+use super::landmark_weights::{ShortSequences, is_short, landmark_softmax, norm_coefficient};
 use super::pinv_backward::{
     close_walk, gradient_slot, replay, sum_slot, walk_back, work_slots, z_slot,
 };
 use crate::attention::pinv::MIN_COEFFICIENT;
 use crate::kernels::flags::Flags;
+use crate::kernels::segment_rows::SegmentRows;
 
-/// Launches the kernel: `(dQ̃, dK̃, d(B V))` in the landmark queries' type, for the gradient
-/// `grad` of the weights; the arguments as [`super::landmark_weights::launch`] takes them.
+/// Launches the kernel: `(dQ̃, dK̃, d(B V), dṼ)` in the landmark queries' type, for the gradient
+/// `grad` of the weights, `dṼ` that of the short sequences' value means (see
+/// [`PinvOps::landmark_weights_backward`](crate::kernels::extension::PinvOps::landmark_weights_backward));
+/// the arguments as [`super::landmark_weights::launch`] takes them.
+#[allow(clippy::too_many_arguments)]
 pub fn launch(
     landmark_queries: CubeTensor,
     landmark_keys: CubeTensor,
     landmark_values: CubeTensor,
     missing_queries: Flags<CubeBackend>,
     missing_keys: Flags<CubeBackend>,
+    key_rows: SegmentRows<CubeBackend>,
     iterations: usize,
     grad: CubeTensor,
-) -> (CubeTensor, CubeTensor, CubeTensor) {
+) -> (CubeTensor, CubeTensor, CubeTensor, CubeTensor) {
     let [landmark_queries, landmark_keys, landmark_values, grad] =
         [landmark_queries, landmark_keys, landmark_values, grad].map(into_contiguous);
+    // The values themselves are not needed: a short sequence's gradient leaves as `dṼ`.
+    let short = ShortSequences::new(key_rows, landmark_values.clone(), &landmark_values);
     let masked = [missing_queries.is_present(), missing_keys.is_present()];
     let missing_queries = flags_or(missing_queries, &landmark_queries);
     let missing_keys = flags_or(missing_keys, &landmark_queries);
@@ -61,6 +69,7 @@ pub fn launch(
     let query_grad = empty(landmark_queries.meta.shape().clone(), dtype);
     let key_grad = empty(landmark_keys.meta.shape().clone(), dtype);
     let value_grad = empty(landmark_values.meta.shape().clone(), dtype);
+    let short_grad = empty(landmark_values.meta.shape().clone(), dtype);
     // The iteration's slots, and one more for the column sums and then `dS`.
     let work = empty(
         Shape::new([matrices, work_slots(iterations) + 1, m, m]),
@@ -75,10 +84,13 @@ pub fn launch(
         landmark_values.into_tensor_arg(),
         missing_queries.into_tensor_arg(),
         missing_keys.into_tensor_arg(),
+        short.order.into_tensor_arg(),
+        short.lengths.into_tensor_arg(),
         grad.into_tensor_arg(),
         query_grad.clone().into_tensor_arg(),
         key_grad.clone().into_tensor_arg(),
         value_grad.clone().into_tensor_arg(),
+        short_grad.clone().into_tensor_arg(),
         work.into_tensor_arg(),
         iterations,
         m,
@@ -86,25 +98,29 @@ pub fn launch(
         value_dim,
         masked[0],
         masked[1],
-        dtype_to_storage_type(dtype),
+        short.ranked,
+        [dtype_to_storage_type(dtype), short.int_dtype],
     );
-    (query_grad, key_grad, value_grad)
+    (query_grad, key_grad, value_grad, short_grad)
 }
 
 /// One cube per matrix (`CUBE_POS`) of [`GRID`] × [`GRID`] units; every tensor contiguous,
 /// `work` `[batch · heads, work_slots(iterations) + 1, m, m]`.
 #[allow(clippy::too_many_arguments)]
 #[cube(launch)]
-fn landmark_weights_backward_kernel<F: Float>(
+fn landmark_weights_backward_kernel<F: Float, I: Int>(
     landmark_queries: &Tensor<F>,
     landmark_keys: &Tensor<F>,
     landmark_values: &Tensor<F>,
     missing_queries: &Tensor<F>,
     missing_keys: &Tensor<F>,
+    order: &Tensor<I>,
+    lengths: &Tensor<I>,
     grad: &Tensor<F>,
     query_grad: &mut Tensor<F>,
     key_grad: &mut Tensor<F>,
     value_grad: &mut Tensor<F>,
+    short_grad: &mut Tensor<F>,
     work: &mut Tensor<f32>,
     iterations: usize,
     #[comptime] m: usize,
@@ -112,7 +128,8 @@ fn landmark_weights_backward_kernel<F: Float>(
     #[comptime] value_dim: usize,
     #[comptime] any_missing_queries: bool,
     #[comptime] any_missing_keys: bool,
-    #[define(F)] _dtype: ElemType,
+    #[comptime] ranked: bool,
+    #[define(F, I)] _dtypes: [ElemType; 2],
 ) {
     let matrix = CUBE_POS;
     let batch = matrix / landmark_queries.shape(1);
@@ -151,9 +168,22 @@ fn landmark_weights_backward_kernel<F: Float>(
     }
     replay(work, base, c, iterations, true, m);
 
+    // A short sequence's weights are its values' means: `dW` leaves as theirs, and the walk
+    // back below runs on a zero gradient (it is linear in it), which zeroes the other three.
+    let mut through = f32::new(1.0);
+    if is_short(order, lengths, batch, m, ranked) {
+        through = f32::new(0.0);
+    }
+    let values = matrix * m * value_dim;
+    let mut entry = unit;
+    while entry < m * value_dim {
+        let g = f32::cast_from(grad[values + entry]);
+        short_grad[values + entry] = F::cast_from(g * (1.0f32 - through));
+        entry += units;
+    }
+
     // d(B V) = Zᵀ dW, and dZ = dW (B V)ᵀ into the walk back's first slot.
     let z = z_slot(base, iterations, size);
-    let values = matrix * m * value_dim;
     let mut entry = unit;
     while entry < m * value_dim {
         let (i, column) = (entry / value_dim, entry % value_dim);
@@ -164,7 +194,7 @@ fn landmark_weights_backward_kernel<F: Float>(
         for k in 0..m {
             sum += work[z + k * m + i] * f32::cast_from(grad[values + k * value_dim + column]);
         }
-        value_grad[values + entry] = F::cast_from(sum);
+        value_grad[values + entry] = F::cast_from(sum * through);
         entry += units;
     }
     let g = gradient_slot(base, iterations, size);
@@ -177,7 +207,7 @@ fn landmark_weights_backward_kernel<F: Float>(
             sum += f32::cast_from(grad[values + i * value_dim + column])
                 * f32::cast_from(landmark_values[values + j * value_dim + column]);
         }
-        work[g + entry] = sum;
+        work[g + entry] = sum * through;
         entry += units;
     }
     sync_storage();

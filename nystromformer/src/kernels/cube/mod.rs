@@ -205,6 +205,8 @@ impl PinvOps for CubeBackend {
         landmark_values: FloatTensor<Self>,
         missing_queries: Flags<Self>,
         missing_keys: Flags<Self>,
+        values: FloatTensor<Self>,
+        key_rows: SegmentRows<Self>,
         iterations: usize,
     ) -> FloatTensor<Self> {
         landmark_weights::launch(
@@ -213,6 +215,8 @@ impl PinvOps for CubeBackend {
             landmark_values,
             missing_queries,
             missing_keys,
+            values,
+            key_rows,
             iterations,
         )
     }
@@ -223,15 +227,22 @@ impl PinvOps for CubeBackend {
         landmark_values: FloatTensor<Self>,
         missing_queries: Flags<Self>,
         missing_keys: Flags<Self>,
+        key_rows: SegmentRows<Self>,
         iterations: usize,
         grad: FloatTensor<Self>,
-    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+    ) -> (
+        FloatTensor<Self>,
+        FloatTensor<Self>,
+        FloatTensor<Self>,
+        FloatTensor<Self>,
+    ) {
         landmark_weights_backward::launch(
             landmark_queries,
             landmark_keys,
             landmark_values,
             missing_queries,
             missing_keys,
+            key_rows,
             iterations,
             grad,
         )
