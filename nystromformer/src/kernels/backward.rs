@@ -202,8 +202,9 @@ pub fn pinv_backward<B: Backend>(
     )
 }
 
-/// See [`PinvOps::landmark_weights_backward`]: the gradients of the landmark queries, landmark
-/// keys and `B V` of `W = A⁺ (B V)` for the gradient `grad` of `W`. The coefficient's gradient
+/// The first three gradients of [`PinvOps::landmark_weights_backward`], for no short sequence:
+/// those of the landmark queries, landmark keys and `B V` of `W = A⁺ (B V)` for the gradient
+/// `grad` of `W`. The coefficient's gradient
 /// reaches `A` through the column that gives `c = ‖A‖₁` (every such column, should two tie),
 /// unless `c` sits at its floor.
 pub fn landmark_weights_backward<B: PinvOps>(

@@ -807,6 +807,7 @@ mod extension {
         _landmark_values: &Tensor<4>,
         _missing_queries: &MaskFlags,
         _missing_keys: &MaskFlags,
+        _short: Option<(&Tensor<4>, &SegmentRanks)>,
         _iterations: usize,
     ) -> Tensor<4> {
         unreachable!("{NOT_COMPILED}")

@@ -980,7 +980,13 @@ mod tests {
         let (short, long) = (weights(rows()), weights(SegmentRows::Equal));
         let means = host(segments.mean(values.clone()));
         let half = heads * m * d;
-        assert_eq!(&short[..half], &means[..half], "the short sequence's rows");
+        // Two matmuls of different weight matrices: equal but for rounding.
+        for (i, (got, mean)) in short[..half].iter().zip(&means[..half]).enumerate() {
+            assert!(
+                (got - mean).abs() < 1e-6,
+                "the short sequence's entry {i}: {got}, {mean}"
+            );
+        }
         assert_eq!(&short[half..], &long[half..], "the long sequence's rows");
         assert!(means[..half].iter().any(|x| *x != 0.0));
 

@@ -139,9 +139,11 @@ impl ShortSequences {
     }
 }
 
-/// One cube per matrix (`CUBE_POS`) of [`GRID`] × [`GRID`] units; every tensor contiguous,
-/// `work` `[batch · heads, WORK_SLOTS, m, m]`. The missing flags are `[batch, m]`, 1.0 where a
-/// segment is not a landmark, each read only when its `any_missing_*` is set.
+/// One cube per matrix (`CUBE_POS`) of [`GRID`] × [`GRID`] units; the landmarks, `B V`, the
+/// flags and `work` (`[batch · heads, WORK_SLOTS, m, m]`) contiguous, `values` strided with its
+/// last dimension contiguous, `order` and `lengths` as [`SegmentRows::Ranked`] has them (read
+/// only when `ranked`). The missing flags are `[batch, m]`, 1.0 where a segment is not a
+/// landmark, each read only when its `any_missing_*` is set.
 #[allow(clippy::too_many_arguments)]
 #[cube(launch)]
 fn landmark_weights_kernel<F: Float, I: Int>(

@@ -37,7 +37,8 @@ use crate::kernels::segment_rows::SegmentRows;
 /// Launches the kernel: `(dQ̃, dK̃, d(B V), dṼ)` in the landmark queries' type, for the gradient
 /// `grad` of the weights, `dṼ` that of the short sequences' value means (see
 /// [`PinvOps::landmark_weights_backward`](crate::kernels::extension::PinvOps::landmark_weights_backward));
-/// the arguments as [`super::landmark_weights::launch`] takes them.
+/// the arguments as [`super::landmark_weights::launch`] takes them, less the values (a short
+/// sequence's gradient leaves as `dṼ`, which the caller spreads over them).
 #[allow(clippy::too_many_arguments)]
 pub fn launch(
     landmark_queries: CubeTensor,
@@ -51,7 +52,6 @@ pub fn launch(
 ) -> (CubeTensor, CubeTensor, CubeTensor, CubeTensor) {
     let [landmark_queries, landmark_keys, landmark_values, grad] =
         [landmark_queries, landmark_keys, landmark_values, grad].map(into_contiguous);
-    // The values themselves are not needed: a short sequence's gradient leaves as `dṼ`.
     let short = ShortSequences::new(key_rows, landmark_values.clone(), &landmark_values);
     let masked = [missing_queries.is_present(), missing_keys.is_present()];
     let missing_queries = flags_or(missing_queries, &landmark_queries);
