@@ -299,10 +299,6 @@ pub fn short_sequences_take_means<B: Backend>(
 /// `grad` (of `W`, `[batch, heads, m, d_v]`) split as [`PinvOps::landmark_weights_backward`]
 /// returns it: `(the part that reaches A⁺ (B V), the part that reaches the short sequences'
 /// value means)`, each zero where the other is not.
-#[cfg_attr(
-    not(all(feature = "autodiff", feature = "cube-kernels")),
-    allow(dead_code)
-)]
 pub fn split_short_gradient<B: Backend>(
     grad: FloatTensor<B>,
     key_rows: &SegmentRows<B>,

@@ -330,7 +330,8 @@ pub(super) fn ranked_mean<F: Float, I: Int>(
     mean
 }
 
-/// The row of a `[batch or 1, n]` rank tensor that serves sequence `batch`.
+/// The row of a `[batch or 1, …]` tensor of the segments (ranks, order or lengths) that serves
+/// sequence `batch`.
 #[cube]
 pub(super) fn sequence_of<I: Int>(ranks: &Tensor<I>, batch: usize) -> usize {
     let mut sequence = batch;

@@ -198,7 +198,7 @@ fn landmark_weights_kernel<F: Float, I: Int>(
     // W = Z (B V), an entry per unit in turn; a short sequence's rows are its values' segment
     // means instead. (Its iteration above ran all the same: a branch around the barriers on a
     // value read from memory is not uniform control flow to a shader compiler.)
-    let short = is_short(order, lengths, batch, m, ranked);
+    let short = is_short(lengths, batch, m, ranked);
     let head = matrix % landmark_queries.shape(1);
     let mut entry = unit;
     while entry < m * value_dim {
@@ -217,11 +217,10 @@ fn landmark_weights_kernel<F: Float, I: Int>(
     }
 }
 
-/// Whether sequence `batch` has at most `m` valid keys; never for equal rows (not `ranked`),
-/// whose `order` and `lengths` are stand-ins.
+/// Whether sequence `batch` has at most `m` valid keys (`lengths`, `[batch or 1]`); never for
+/// equal rows (not `ranked`), whose `lengths` is a stand-in.
 #[cube]
 pub fn is_short<I: Int>(
-    order: &Tensor<I>,
     lengths: &Tensor<I>,
     batch: usize,
     #[comptime] m: usize,
@@ -229,7 +228,7 @@ pub fn is_short<I: Int>(
 ) -> bool {
     let mut short = false;
     if comptime!(ranked) {
-        let sequence = sequence_of(order, batch);
+        let sequence = sequence_of(lengths, batch);
         short = usize::cast_from(lengths[sequence * lengths.stride(0)]) <= m;
     }
     short

@@ -84,7 +84,6 @@ pub fn launch(
         landmark_values.into_tensor_arg(),
         missing_queries.into_tensor_arg(),
         missing_keys.into_tensor_arg(),
-        short.order.into_tensor_arg(),
         short.lengths.into_tensor_arg(),
         grad.into_tensor_arg(),
         query_grad.clone().into_tensor_arg(),
@@ -114,7 +113,6 @@ fn landmark_weights_backward_kernel<F: Float, I: Int>(
     landmark_values: &Tensor<F>,
     missing_queries: &Tensor<F>,
     missing_keys: &Tensor<F>,
-    order: &Tensor<I>,
     lengths: &Tensor<I>,
     grad: &Tensor<F>,
     query_grad: &mut Tensor<F>,
@@ -171,21 +169,17 @@ fn landmark_weights_backward_kernel<F: Float, I: Int>(
     // A short sequence's weights are its values' means: `dW` leaves as theirs, and the walk
     // back below runs on a zero gradient (it is linear in it), which zeroes the other three.
     let mut through = f32::new(1.0);
-    if is_short(order, lengths, batch, m, ranked) {
+    if is_short(lengths, batch, m, ranked) {
         through = f32::new(0.0);
     }
+
+    // d(B V) = Zᵀ dW (and the means' dW), and dZ = dW (B V)ᵀ into the walk back's first slot.
+    let z = z_slot(base, iterations, size);
     let values = matrix * m * value_dim;
     let mut entry = unit;
     while entry < m * value_dim {
         let g = f32::cast_from(grad[values + entry]);
         short_grad[values + entry] = F::cast_from(g * (1.0f32 - through));
-        entry += units;
-    }
-
-    // d(B V) = Zᵀ dW, and dZ = dW (B V)ᵀ into the walk back's first slot.
-    let z = z_slot(base, iterations, size);
-    let mut entry = unit;
-    while entry < m * value_dim {
         let (i, column) = (entry / value_dim, entry % value_dim);
         let mut sum = f32::new(0.0);
         // Unrolled, as the two products below: llvmpipe (lavapipe) ends an invocation after
