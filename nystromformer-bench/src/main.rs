@@ -101,6 +101,10 @@ enum Cmd {
         /// Largest intermediate tensor allowed, GiB (bigger shapes are recorded as skipped).
         #[arg(long, default_value_t = 4.0)]
         max_intermediate_gib: f64,
+        /// The fraction of each sequence that is padding, at its end (0 to 1, exclusive): a
+        /// batch padded to its longest sequence. Recorded in each record's `padded`.
+        #[arg(long, default_value_t = 0.0)]
+        padded: f64,
         /// Output directory (records-<implementation>-<device>.jsonl).
         #[arg(long, default_value = "nystromformer-bench/results/latest")]
         out: PathBuf,
@@ -142,7 +146,7 @@ enum Cmd {
         out: PathBuf,
     },
     /// Training steps per second of the `lra` ListOps model (forward, backward, AdamW) on
-    /// full-length random batches; `peers/torch_train_steps.py` is the PyTorch side.
+    /// random batches, full-length or padded; `peers/torch_train_steps.py` is the PyTorch side.
     TrainSteps {
         /// Device: flex, ndarray, wgpu, vulkan, metal, webgpu.
         #[arg(long, default_value = "flex")]
@@ -153,6 +157,10 @@ enum Cmd {
         /// Tokens per sequence (LRA ListOps' longest).
         #[arg(long, default_value_t = 2000)]
         length: usize,
+        /// Pad the batch as real ListOps batches are: the sequences' valid lengths spread evenly
+        /// from this to `--length`, the rest padding (default: no padding).
+        #[arg(long)]
+        min_length: Option<usize>,
         /// Untimed steps.
         #[arg(long, default_value_t = 2)]
         warmup: usize,
@@ -435,6 +443,7 @@ fn run(cli: Cli) -> Result<(), String> {
             device,
             batch,
             length,
+            min_length,
             warmup,
             steps,
             tensor_ops,
@@ -444,20 +453,30 @@ fn run(cli: Cli) -> Result<(), String> {
             if batch == 0 || length == 0 || steps == 0 {
                 return Err("train-steps: --batch, --length and --steps must be at least 1".into());
             }
+            if let Some(min) = min_length.filter(|&min| min == 0 || min > length) {
+                return Err(format!(
+                    "train-steps: --min-length {min} must be between 1 and --length {length}"
+                ));
+            }
             if launches && !matches!(device.as_str(), "wgpu" | "vulkan" | "metal" | "webgpu") {
                 return Err(format!(
                     "train-steps --launches: {device} is not a CubeCL device"
                 ));
             }
             let dev = choose_device(&device)?;
-            let step = train_steps::TrainStep::new(&dev, batch, length, !tensor_ops);
+            let valid = train_steps::valid_lengths(batch, length, min_length);
+            let step = train_steps::TrainStep::new(&dev, length, &valid, !tensor_ops);
             let (step, steps_per_second, step_seconds) = train_steps::measure(step, warmup, steps);
             let backend = match tensor_ops {
                 true => format!("burn-{device}-tensor-ops"),
                 false => format!("burn-{device}"),
             };
+            let padding = match min_length {
+                Some(min) => format!(", valid lengths {min}..={length}"),
+                None => String::new(),
+            };
             println!(
-                "{steps_per_second:.3} steps/s ({steps} steps of {batch} × {length} on {backend})"
+                "{steps_per_second:.3} steps/s ({steps} steps of {batch} × {length}{padding} on {backend})"
             );
             let launches_per_step = match launches {
                 true => {
@@ -466,7 +485,7 @@ fn run(cli: Cli) -> Result<(), String> {
                     println!("{total} kernel launches per step");
                     let mut lines = vec![
                         format!(
-                            "# Kernel launches of one LRA ListOps training step, {backend}, {batch} × {length}"
+                            "# Kernel launches of one LRA ListOps training step, {backend}, {batch} × {length}{padding}"
                         ),
                         String::new(),
                         format!("Commit {}, {}. {total} launches.", commit(), machine()),
@@ -498,6 +517,7 @@ fn run(cli: Cli) -> Result<(), String> {
                     backend,
                     batch,
                     length,
+                    valid_lengths: min_length.map(|_| valid),
                     steps,
                     steps_per_second,
                     step_seconds,
@@ -519,9 +539,13 @@ fn run(cli: Cli) -> Result<(), String> {
             warmup,
             reps,
             max_intermediate_gib,
+            padded,
             out,
             in_process,
         } => {
+            if !(0.0..1.0).contains(&padded) {
+                return Err(format!("sweep: --padded {padded} must be in [0, 1)"));
+            }
             std::fs::create_dir_all(&out).map_err(|err| format!("{}: {err}", out.display()))?;
             if !in_process && (implementations.len() > 1 || devices.len() > 1 || pass == Pass::Both)
             {
@@ -534,6 +558,7 @@ fn run(cli: Cli) -> Result<(), String> {
                     warmup,
                     reps,
                     max_intermediate_bytes: (max_intermediate_gib * (1u64 << 30) as f64) as u64,
+                    padded,
                     backend: format!("burn-{name}"),
                     commit: commit(),
                     machine: machine(),

@@ -210,12 +210,10 @@ pub fn record_charts(dir: &Path, records: &[Record]) -> Result<Vec<String>, Stri
             let mut lines: BTreeMap<String, Vec<(f64, f64)>> = BTreeMap::new();
             for r in &rows {
                 if let Some(v) = value(r).filter(|_| r.status == "ok") {
-                    let name = if r.landmarks > 0 {
-                        format!("{} m={} [{}]", r.implementation, r.landmarks, r.backend)
-                    } else {
-                        format!("{} [{}]", r.implementation, r.backend)
-                    };
-                    lines.entry(name).or_default().push((r.n as f64, v));
+                    lines
+                        .entry(crate::report::series_name(r))
+                        .or_default()
+                        .push((r.n as f64, v));
                 }
             }
             lines

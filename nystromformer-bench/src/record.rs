@@ -21,6 +21,10 @@ pub struct Record {
     pub head_dim: usize,
     /// Landmarks (0 for exact attention).
     pub landmarks: usize,
+    /// The fraction of each sequence that is padding, at its end (0 when none; records from
+    /// before this field read as 0).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub padded: f64,
     /// Median milliseconds over repetitions (`null` when not measured).
     pub median_ms: Option<f64>,
     /// Fastest repetition.
@@ -37,4 +41,8 @@ pub struct Record {
     pub commit: String,
     /// The machine, in words.
     pub machine: String,
+}
+
+fn is_zero(x: &f64) -> bool {
+    *x == 0.0
 }

@@ -35,13 +35,13 @@ pub fn read_records(dir: &Path) -> Result<Vec<Record>, String> {
 /// CSV with one line per record.
 pub fn to_csv(records: &[Record]) -> String {
     let mut out = String::from(
-        "implementation,backend,pass,batch,heads,n,head_dim,landmarks,median_ms,min_ms,max_ms,reps,peak_bytes,status,commit,machine\n",
+        "implementation,backend,pass,batch,heads,n,head_dim,landmarks,padded,median_ms,min_ms,max_ms,reps,peak_bytes,status,commit,machine\n",
     );
     let opt = |x: Option<f64>| x.map_or(String::new(), |v| format!("{v:.4}"));
     for r in records {
         let _ = writeln!(
             out,
-            "{},{},{},{},{},{},{},{},{},{},{},{},{},\"{}\",{},\"{}\"",
+            "{},{},{},{},{},{},{},{},{},{},{},{},{},{},\"{}\",{},\"{}\"",
             r.implementation,
             r.backend,
             r.pass,
@@ -50,6 +50,7 @@ pub fn to_csv(records: &[Record]) -> String {
             r.n,
             r.head_dim,
             r.landmarks,
+            r.padded,
             opt(r.median_ms),
             opt(r.min_ms),
             opt(r.max_ms),
@@ -107,7 +108,7 @@ pub fn to_markdown(records: &[Record]) -> String {
             out,
             "### {processor}, {pass}, batch {batch}, {heads} heads of {head_dim}\n"
         );
-        let mut columns: Vec<String> = rows.iter().map(|r| column(r)).collect();
+        let mut columns: Vec<String> = rows.iter().map(|r| series_name(r)).collect();
         columns.sort();
         columns.dedup();
         let mut lengths: Vec<usize> = rows.iter().map(|r| r.n).collect();
@@ -119,7 +120,7 @@ pub fn to_markdown(records: &[Record]) -> String {
             let cells: Vec<String> = columns
                 .iter()
                 .map(
-                    |c| match rows.iter().find(|r| r.n == *n && column(r) == *c) {
+                    |c| match rows.iter().find(|r| r.n == *n && series_name(r) == *c) {
                         Some(r) if r.median_ms.is_some() => format!(
                             "{:.2} ms{}",
                             r.median_ms.unwrap(),
@@ -139,7 +140,7 @@ pub fn to_markdown(records: &[Record]) -> String {
         for c in &columns {
             let series = |value: fn(&Record) -> Option<f64>| -> Vec<(f64, f64)> {
                 rows.iter()
-                    .filter(|r| column(r) == *c)
+                    .filter(|r| series_name(r) == *c)
                     .filter_map(|r| value(r).map(|v| (r.n as f64, v)))
                     .collect()
             };
@@ -161,11 +162,20 @@ pub fn to_markdown(records: &[Record]) -> String {
     out
 }
 
-fn column(r: &Record) -> String {
+/// The name of a record's series in tables and charts: implementation, landmarks, padding and
+/// backend.
+pub fn series_name(r: &Record) -> String {
+    let padded = match r.padded {
+        0.0 => String::new(),
+        fraction => format!(" padded {:.0}%", fraction * 100.0),
+    };
     if r.landmarks > 0 {
-        format!("{} m={} [{}]", r.implementation, r.landmarks, r.backend)
+        format!(
+            "{} m={}{padded} [{}]",
+            r.implementation, r.landmarks, r.backend
+        )
     } else {
-        format!("{} [{}]", r.implementation, r.backend)
+        format!("{}{padded} [{}]", r.implementation, r.backend)
     }
 }
 
@@ -189,7 +199,10 @@ fn crossover(rows: &[&Record]) -> Option<String> {
     let ours: Vec<&&Record> = rows
         .iter()
         .filter(|r| {
-            r.implementation == "nystrom" && r.backend.starts_with("burn") && r.median_ms.is_some()
+            r.implementation == "nystrom"
+                && r.backend.starts_with("burn")
+                && r.padded == 0.0
+                && r.median_ms.is_some()
         })
         .collect();
     let landmarks: Vec<usize> = {
@@ -207,7 +220,12 @@ fn crossover(rows: &[&Record]) -> Option<String> {
                 .and_then(|r| r.median_ms);
             let best_exact = rows
                 .iter()
-                .filter(|r| r.n == **n && r.landmarks == 0 && r.backend.starts_with("burn"))
+                .filter(|r| {
+                    r.n == **n
+                        && r.landmarks == 0
+                        && r.padded == 0.0
+                        && r.backend.starts_with("burn")
+                })
                 .filter_map(|r| r.median_ms)
                 .fold(f64::INFINITY, f64::min);
             // No exact record at this length: nothing to beat, no crossover claimed.
@@ -236,6 +254,7 @@ mod tests {
             n,
             head_dim: 64,
             landmarks,
+            padded: 0.0,
             median_ms: Some(ms),
             min_ms: Some(ms),
             max_ms: Some(ms),

@@ -2,7 +2,7 @@
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
-use burn::tensor::{Device, Distribution, Tensor};
+use burn::tensor::{Bool, Device, Distribution, Tensor, TensorData};
 
 use crate::implementations::Implementation;
 use crate::memory::{peak_bytes, reset_peak};
@@ -33,6 +33,8 @@ pub struct Settings {
     pub reps: usize,
     /// Largest intermediate allowed, in bytes; larger shapes are recorded as skipped.
     pub max_intermediate_bytes: u64,
+    /// The fraction of each sequence taken as padding, at its end: the keys of a padded batch.
+    pub padded: f64,
     /// Backend name for the records.
     pub backend: String,
     /// Commit for the records.
@@ -63,6 +65,7 @@ pub fn measure(
         n: shape.n,
         head_dim: shape.head_dim,
         landmarks: implementation.landmarks(shape.landmarks),
+        padded: settings.padded,
         median_ms: None,
         min_ms: None,
         max_ms: None,
@@ -94,8 +97,12 @@ pub fn measure(
             if backward { t.require_grad() } else { t }
         };
         let (q, k, v) = (input(), input(), input());
+        let mask_pad =
+            (settings.padded > 0.0).then(|| padding_mask(shape, settings.padded, &device));
+        let mask_pad = mask_pad.as_ref();
         let timing = time_ms(&device, settings.warmup, settings.reps, || {
-            let out = implementation.run(q.clone(), k.clone(), v.clone(), shape.landmarks, None);
+            let out =
+                implementation.run(q.clone(), k.clone(), v.clone(), shape.landmarks, mask_pad);
             if backward {
                 let _grads = out.sum().backward();
             } else {
@@ -106,7 +113,7 @@ pub fn measure(
         // A backend that cannot run a shape may return garbage instead of failing (wgpu above its
         // largest buffer binding): a result with no signal or a non-finite value is no result.
         let magnitude: f32 = implementation
-            .run(q, k, v, shape.landmarks, None)
+            .run(q, k, v, shape.landmarks, mask_pad)
             .abs()
             .sum()
             .into_scalar();
@@ -132,4 +139,44 @@ pub fn measure(
         }
     }
     record
+}
+
+/// `[batch, n]`, `true` on the last `fraction` of each sequence (rounded; at least one valid
+/// position).
+fn padding_mask(shape: Shape, fraction: f64, device: &Device) -> Tensor<2, Bool> {
+    let valid = valid_positions(shape.n, fraction);
+    let flags: Vec<bool> = (0..shape.batch)
+        .flat_map(|_| (0..shape.n).map(move |position| position >= valid))
+        .collect();
+    Tensor::from_data(TensorData::new(flags, [shape.batch, shape.n]), device)
+}
+
+/// The valid positions of a sequence of `n` whose last `fraction` is padding.
+fn valid_positions(n: usize, fraction: f64) -> usize {
+    let padded = (n as f64 * fraction).round() as usize;
+    n.saturating_sub(padded).max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn padding_takes_the_end_of_each_sequence_and_leaves_one_valid() {
+        assert_eq!(valid_positions(1024, 0.5), 512);
+        assert_eq!(valid_positions(1000, 0.25), 750);
+        assert_eq!(valid_positions(4, 0.99), 1);
+        let shape = Shape {
+            batch: 2,
+            heads: 1,
+            n: 4,
+            head_dim: 8,
+            landmarks: 2,
+        };
+        let mask: Vec<bool> = padding_mask(shape, 0.5, &Device::flex())
+            .into_data()
+            .try_to_vec::<bool>()
+            .unwrap();
+        assert_eq!(mask, [false, false, true, true, false, false, true, true]);
+    }
 }

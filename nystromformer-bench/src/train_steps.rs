@@ -1,6 +1,10 @@
 //! Training steps per second of the `lra` ListOps model: forward, backward and an AdamW step on
-//! full-length random batches, as `peers/torch_train_steps.py` times HF transformers' model.
-//! The learner's data pipeline, metrics and checkpoints are left out on both sides.
+//! random batches, as `peers/torch_train_steps.py` times HF transformers' model. The learner's
+//! data pipeline, metrics and checkpoints are left out on both sides.
+//!
+//! Batches are full-length by default. Real ListOps batches are padded (lengths vary from
+//! hundreds of tokens to 2 000), and the custom kernels skip work on padding that tensor ops
+//! cannot: `--min-length` spreads the valid lengths evenly up to `--length` to measure that.
 
 use std::path::Path;
 use std::time::Instant;
@@ -22,8 +26,11 @@ pub struct TrainStepRecord {
     pub backend: String,
     /// Sequences per step.
     pub batch: usize,
-    /// Tokens per sequence (no padding).
+    /// Tokens per sequence, padding included.
     pub length: usize,
+    /// Valid tokens of each sequence when the batch is padded (`--min-length`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub valid_lengths: Option<Vec<usize>>,
     /// Timed steps.
     pub steps: usize,
     /// Steps per second over the timed steps.
@@ -52,8 +59,10 @@ pub struct TrainStep {
 
 impl TrainStep {
     /// The model (with the library's custom kernels or its tensor-op stages) and a random
-    /// batch of `batch` sequences of `length` tokens, none of them padding.
-    pub fn new(device: &Device, batch: usize, length: usize, custom_kernels: bool) -> Self {
+    /// batch of one sequence per entry of `valid`, each `length` tokens of which its first
+    /// `valid[i]` are tokens and the rest padding.
+    pub fn new(device: &Device, length: usize, valid: &[usize], custom_kernels: bool) -> Self {
+        let batch = valid.len();
         let device = device.clone().autodiff();
         let config = ExperimentConfig::preset(Task::Listops, Preset::Lra);
         let model = Classifier::new(
@@ -63,18 +72,23 @@ impl TrainStep {
             &device,
         );
         let vocab = config.model_config().vocab_size;
+        let padded: Vec<bool> = valid
+            .iter()
+            .flat_map(|&valid| (0..length).map(move |position| position >= valid))
+            .collect();
+        let mask_pad =
+            Tensor::<2, Bool>::from_data(TensorData::new(padded, [batch, length]), &device);
+        // Ids past PAD, then PAD at the padded positions, as the batcher writes them.
+        let tokens = Tensor::<2>::random(
+            [batch, length],
+            Distribution::Uniform(PAD as f64 + 1.0, vocab as f64),
+            &device,
+        )
+        .int()
+        .mask_fill(mask_pad.clone(), PAD as i64);
         let inputs = ClassificationBatch {
-            // Ids past PAD, so that no position is padding.
-            tokens: Tensor::<2>::random(
-                [batch, length],
-                Distribution::Uniform(PAD as f64 + 1.0, vocab as f64),
-                &device,
-            )
-            .int(),
-            mask_pad: Tensor::<2, Bool>::from_data(
-                TensorData::new(vec![false; batch * length], [batch, length]),
-                &device,
-            ),
+            tokens,
+            mask_pad,
             labels: Tensor::<1>::random(
                 [batch],
                 Distribution::Uniform(0.0, config.num_classes() as f64),
@@ -98,6 +112,18 @@ impl TrainStep {
         self.model = self.optimizer.step(self.learning_rate, self.model, grads);
         self.device.sync().expect("device sync");
         self
+    }
+}
+
+/// Each sequence's valid length: `length` for all without `min_length`, else spread evenly
+/// from `min_length` (the first sequence) to `length` (the last).
+pub fn valid_lengths(batch: usize, length: usize, min_length: Option<usize>) -> Vec<usize> {
+    match min_length {
+        None => vec![length; batch],
+        Some(min) if batch == 1 => vec![min],
+        Some(min) => (0..batch)
+            .map(|i| min + (length - min) * i / (batch - 1))
+            .collect(),
     }
 }
 
@@ -127,4 +153,20 @@ pub fn write(dir: &Path, record: &TrainStepRecord) -> Result<(), String> {
     std::fs::rename(&tmp, &path).map_err(|err| format!("{}: {err}", path.display()))?;
     eprintln!("wrote {}", path.display());
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn valid_lengths_spread_from_the_minimum_to_the_full_length() {
+        assert_eq!(valid_lengths(3, 2000, None), vec![2000; 3]);
+        assert_eq!(valid_lengths(1, 2000, Some(500)), vec![500]);
+        assert_eq!(
+            valid_lengths(4, 2000, Some(500)),
+            vec![500, 1000, 1500, 2000]
+        );
+        assert_eq!(valid_lengths(2, 10, Some(10)), vec![10, 10]);
+    }
 }

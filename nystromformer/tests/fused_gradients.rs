@@ -225,13 +225,15 @@ fn prop_finite<const N: usize>(
     Ok(())
 }
 
-/// The whole attention's output and input gradients with and without the kernels. Under the
-/// leak-free policy the padded rows of Q, K and V hold NaN, which neither path may let through
-/// (the CubeCL kernels take those rows as zeros without reading them; the tensor ops zero them).
+/// The whole attention's output and input gradients with and without the kernels, padded keys
+/// scored at `min_float`. Under the leak-free policy the padded rows of Q, K and V hold NaN,
+/// which neither path may let through (the CubeCL kernels take those rows as zeros without
+/// reading them; the tensor ops zero them).
 fn attention_case(
     [batch, heads, n, d, m]: [usize; 5],
     valid: &[usize],
     policy: MaskPolicy,
+    min_float: f64,
     seed: u64,
     device: &Device,
 ) -> Result<(), TestCaseError> {
@@ -252,12 +254,14 @@ fn attention_case(
             let options = NystromOptions::new()
                 .with_num_landmarks(m)
                 .with_mask_policy(policy)
+                .with_min_float(min_float)
                 .with_custom_kernels(kernels);
             nystrom_attention(input, &options).context
         })
     };
     let (fused, reference) = (run(true), run(false));
-    let what = format!("{device:?}, n = {n}, m = {m}, valid {valid:?}, {policy:?}");
+    let what =
+        format!("{device:?}, n = {n}, m = {m}, valid {valid:?}, {policy:?}, score {min_float}");
     if policy == MaskPolicy::LeakFree {
         prop_finite(&format!("{what}, kernels"), &fused)?;
         prop_finite(&format!("{what}, tensor ops"), &reference)?;
@@ -287,8 +291,39 @@ fn attention_gradients_with_and_without_kernels_agree() {
                 if name != "flex" && (i + j) % 2 == 1 {
                     continue;
                 }
-                attention_case([2, 2, n, 16, m], &valid, policy, n as u64, &device).unwrap();
+                attention_case(
+                    [2, 2, n, 16, m],
+                    &valid,
+                    policy,
+                    MASKED_SCORE,
+                    n as u64,
+                    &device,
+                )
+                .unwrap();
             }
+        }
+    }
+}
+
+/// A batch padded to its longest sequence: whole chunks of padded keys, which the `B · V`
+/// kernel counts into its normaliser in one step instead of scoring each, and padded query
+/// rows, which `F · W` and its backward score 0 without a product. Under a masking score mild
+/// enough for padded keys to keep a visible weight, so that a miscount shows in the output.
+#[test]
+fn padded_batches_agree_under_a_mild_masking_score() {
+    for (name, device) in tracked_devices() {
+        for min_float in [-3.0, MASKED_SCORE] {
+            // 500 of 600 keys padded in the second sequence: the kernels' chunks of 256 keys
+            // from 256 on are all padding.
+            attention_case(
+                [2, 1, 600, 16, 16],
+                &[600, 100],
+                MaskPolicy::LeakFree,
+                min_float,
+                11,
+                &device,
+            )
+            .unwrap_or_else(|err| panic!("{name}: {err}"));
         }
     }
 }
@@ -339,8 +374,15 @@ fn attention_gradients_agree_over_the_kernels_head_sizes_and_landmarks() {
     for (name, device) in tracked_devices() {
         for (d, m) in [(32, 256), (64, 16), (128, 64)] {
             if name == "flex" || d == 128 {
-                attention_case([1, 2, 300, d, m], &[300], MaskPolicy::LeakFree, 40, &device)
-                    .unwrap();
+                attention_case(
+                    [1, 2, 300, d, m],
+                    &[300],
+                    MaskPolicy::LeakFree,
+                    MASKED_SCORE,
+                    40,
+                    &device,
+                )
+                .unwrap();
             }
         }
     }
@@ -367,7 +409,14 @@ fn attention_gradients_agree_over_random_shapes_and_masks() {
         let cases = if name == "flex" { 16 } else { 2 };
         TestRunner::new(Config::with_cases(cases))
             .run(&strategy, |(dims, valid, policy, seed)| {
-                attention_case(dims, &valid, policy, seed % 1_000_000, &device)
+                attention_case(
+                    dims,
+                    &valid,
+                    policy,
+                    MASKED_SCORE,
+                    seed % 1_000_000,
+                    &device,
+                )
             })
             .unwrap_or_else(|err| panic!("{name}: {err}"));
     }

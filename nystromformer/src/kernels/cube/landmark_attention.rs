@@ -190,8 +190,12 @@ fn landmark_attention_kernel<F: Float>(
         if inside {
             for t in 0..tile {
                 if skip_tile[t] == 0.0f32 {
-                    let score =
-                        dot::<f32, Shared<[f32]>>(&query, &key_tile, t * head_dim, head_dim);
+                    // A padded query row (zeros) scores 0 against every landmark.
+                    let mut score = f32::new(0.0);
+                    if read {
+                        score =
+                            dot::<f32, Shared<[f32]>>(&query, &key_tile, t * head_dim, head_dim);
+                    }
                     add::<f32, Shared<[f32]>>(
                         &mut state,
                         score,

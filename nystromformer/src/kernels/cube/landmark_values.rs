@@ -15,9 +15,11 @@
 //!
 //! Padded keys get the tensor-op path's finite masked score (`min_float`, in f32) rather than
 //! being skipped, so that a row whose every key is padded gets the same uniform weights there and
-//! here. Their values count as zeros under the leak-free policy (`zero_padded`): the kernel then
-//! stages them as zeros without reading them and never uses a padded key's row, so NaN there
-//! cannot leak.
+//! here; their keys are never read, since their score is a constant. Their values count as zeros
+//! under the leak-free policy (`zero_padded`): then a padded key adds only its weight to the
+//! normaliser, so the kernel counts them and adds them at the end of the chunk in one step
+//! (`add_zero_rows`), with no value row staged or read, and NaN in the padding cannot leak.
+//! A batch padded to its longest sequence thus pays little for its padding.
 
 use burn::backend::cubecl::dtype_to_storage_type;
 use burn::tensor::{DType, Shape};
@@ -27,8 +29,8 @@ use burn_cubecl::ops::numeric::empty_device_contiguous_dtype;
 use burn_cubecl::tensor::CubeTensor;
 use cubecl::prelude::*;
 
-use super::online_softmax::{add, dot, empty_state, load_row, maximum, total};
-use super::tiles::{row_offset, rows_in_place, rows_per_tile, stage_rows, stage_unflagged_rows};
+use super::online_softmax::{add, add_zero_rows, dot, empty_state, load_row, maximum, total};
+use super::tiles::{row_offset, rows_in_place, rows_per_tile, stage_unflagged_rows};
 use super::{flagged, flags_or, statistics_shape};
 use crate::kernels::flags::Flags;
 
@@ -134,8 +136,11 @@ pub fn launch(
 
 /// One cube per (matrix, chunk, group of `units` landmarks), one unit per landmark. `keys` and
 /// `values` may be strided (last dimension contiguous); `padding` is `[batch, n]`, 1.0 at padded
-/// keys, and read only when `padded`; with `zero_padded` (only with `padded`) their values are
-/// staged as zeros.
+/// keys (never read), and read only when `padded`; with `zero_padded` (only with `padded`) their
+/// values count as zeros and are never read either.
+// The `comptime!` conditions stay apart from the runtime ones they guard: joined, they would be
+// compiled as runtime branches.
+#[allow(clippy::collapsible_if)]
 #[cube(launch)]
 fn chunk_kernel<F: Float>(
     landmark_queries: &Tensor<F>,
@@ -191,16 +196,21 @@ fn chunk_kernel<F: Float>(
     }
     let key_stride = keys.stride(2);
     let value_stride = values.stride(2);
+    // Padded keys met so far, with `zero_padded`: added to the state after the last stage.
+    let mut zero_rows = f32::new(0.0);
     let stages = (end - start).div_ceil(tile);
     for stage in 0..stages {
         let first = start + stage * tile;
         let available = end - first;
-        stage_rows::<F, f32, Shared<[f32]>>(
+        stage_unflagged_rows::<F, f32, Shared<[f32]>>(
             keys,
             &mut key_tile,
             row_offset(keys, batch, head, first),
             key_stride,
             available,
+            padding,
+            batch * n + first,
+            padded,
             tile,
             head_dim,
             units,
@@ -233,12 +243,9 @@ fn chunk_kernel<F: Float>(
         if inside {
             for t in 0..tile {
                 let kind = kind_tile[t];
-                if kind < 1.5f32 {
-                    let mut score = masked_score;
-                    if kind == 0.0f32 {
-                        score =
-                            dot::<f32, Shared<[f32]>>(&query, &key_tile, t * head_dim, head_dim);
-                    }
+                if kind == 0.0f32 {
+                    let score =
+                        dot::<f32, Shared<[f32]>>(&query, &key_tile, t * head_dim, head_dim);
                     add::<f32, Shared<[f32]>>(
                         &mut state,
                         score,
@@ -247,6 +254,23 @@ fn chunk_kernel<F: Float>(
                         value_dim,
                     );
                 }
+                // Compiled only for padded keys: a branch that never runs still costs on devices
+                // that run both sides of a branch under a mask (lavapipe).
+                if comptime!(padded) {
+                    if kind == 1.0f32 {
+                        if comptime!(zero_padded) {
+                            zero_rows += 1.0f32;
+                        } else {
+                            add::<f32, Shared<[f32]>>(
+                                &mut state,
+                                masked_score,
+                                &value_tile,
+                                t * value_dim,
+                                value_dim,
+                            );
+                        }
+                    }
+                }
             }
         }
         // The next stage overwrites the tiles.
@@ -254,6 +278,11 @@ fn chunk_kernel<F: Float>(
     }
     if !inside {
         terminate!();
+    }
+    if comptime!(zero_padded) {
+        if zero_rows > 0.0f32 {
+            add_zero_rows::<f32>(&mut state, masked_score, zero_rows, value_dim);
+        }
     }
 
     let unit = (matrix * chunks + chunk) * m + landmark;

@@ -48,6 +48,28 @@ pub fn add<F: Float, L: List<F>>(
     state[value_dim + 1] = state[value_dim + 1] * rescale + weight;
 }
 
+/// Adds `count` scores all equal to `score` whose value rows are zero (padded keys taken as
+/// zeros), as `count` calls of [`add`] would, in one step: such keys only weigh on the
+/// normaliser, which the fully padded rows need and every other row rounds to no change.
+#[cube]
+pub fn add_zero_rows<F: Float>(
+    state: &mut Array<F>,
+    score: F,
+    count: F,
+    #[comptime] value_dim: usize,
+) {
+    let running_max = state[value_dim];
+    let new_max = F::max(running_max, score);
+    let rescale = F::exp(running_max - new_max);
+    let weight = F::exp(score - new_max);
+    #[unroll]
+    for c in 0..value_dim {
+        state[c] *= rescale;
+    }
+    state[value_dim] = new_max;
+    state[value_dim + 1] = state[value_dim + 1] * rescale + count * weight;
+}
+
 /// The running maximum.
 #[cube]
 pub fn maximum<F: Float>(state: &Array<F>, #[comptime] value_dim: usize) -> F {

@@ -296,22 +296,29 @@ fn query_grad_kernel<F: Float>(
     for stage in 0..stages {
         let first = start + stage * tile;
         let available = end - first;
-        stage_rows::<F, f32, Shared<[f32]>>(
+        // A flagged key is never used here: its rows are staged as zeros, unread.
+        stage_unflagged_rows::<F, f32, Shared<[f32]>>(
             keys,
             &mut key_tile,
             row_offset(keys, batch, head, first),
             keys.stride(2),
             available,
+            key_flags,
+            batch * columns + first,
+            keys_flagged,
             tile,
             head_dim,
             units,
         );
-        stage_rows::<F, f32, Shared<[f32]>>(
+        stage_unflagged_rows::<F, f32, Shared<[f32]>>(
             values,
             &mut value_tile,
             row_offset(values, batch, head, first),
             values.stride(2),
             available,
+            key_flags,
+            batch * columns + first,
+            keys_flagged,
             tile,
             value_dim,
             units,
@@ -359,7 +366,8 @@ fn query_grad_kernel<F: Float>(
 }
 
 /// Entries per query row staged beside its query and gradient rows in the key kernel: `L`, `D`,
-/// and 1.0 if the row passes a gradient.
+/// and its kind: 0.0 if it passes no gradient, 1.0 if it does, 2.0 if it does and its query is
+/// zeroed (so its score is 0 and it gives `dK` nothing).
 const ROW_STATISTICS: usize = 3;
 
 /// One cube per (matrix, tile of `units` keys, chunk of `chunk_len` query rows), one unit per
@@ -418,16 +426,18 @@ fn key_grad_kernel<F: Float>(
         active = inside && !key_flagged;
     }
 
+    // A flagged key's own rows are never used: its score is a constant, and its value meets
+    // the gradient only through that score.
     let key = load_row::<F, f32>(
         keys,
         row_offset(keys, batch, head, column),
-        inside,
+        inside && !key_flagged,
         head_dim,
     );
     let value = load_row::<F, f32>(
         values,
         row_offset(values, batch, head, column),
-        inside,
+        inside && !key_flagged,
         value_dim,
     );
     let mut key_sums = Array::<f32>::new(head_dim);
@@ -500,6 +510,9 @@ fn key_grad_kernel<F: Float>(
                 statistics[0] = log_sum_exp[row_offset(log_sum_exp, batch, head, row)];
                 statistics[1] = row_dot;
                 statistics[2] = f32::new(1.0);
+                if flagged(zeroed_rows, batch * rows + row, rows_zeroed) {
+                    statistics[2] = f32::new(2.0);
+                }
             }
             #[unroll]
             for s in 0..ROW_STATISTICS {
@@ -510,18 +523,31 @@ fn key_grad_kernel<F: Float>(
         if active {
             for t in 0..tile {
                 let statistics = t * ROW_STATISTICS;
-                if statistics_tile[statistics + 2] > 0.5f32 {
+                let kind = statistics_tile[statistics + 2];
+                if kind > 0.5f32 {
+                    // Padding rows (a zeroed query) only take their weight's share of `dV`.
+                    let mut zeroed = false;
+                    if comptime!(rows_zeroed) {
+                        zeroed = kind > 1.5f32;
+                    }
                     let mut score = masked_score;
                     if !key_flagged {
-                        score =
-                            dot::<f32, Shared<[f32]>>(&key, &query_tile, t * head_dim, head_dim);
+                        score = f32::new(0.0);
+                        if !zeroed {
+                            score = dot::<f32, Shared<[f32]>>(
+                                &key,
+                                &query_tile,
+                                t * head_dim,
+                                head_dim,
+                            );
+                        }
                     }
                     let p = f32::exp(score - statistics_tile[statistics]);
                     #[unroll]
                     for c in 0..value_dim {
                         value_sums[c] += p * grad_tile[t * value_dim + c];
                     }
-                    if !key_flagged {
+                    if !key_flagged && !zeroed {
                         let dp =
                             dot::<f32, Shared<[f32]>>(&value, &grad_tile, t * value_dim, value_dim);
                         let ds = p * (dp - statistics_tile[statistics + 1]);
