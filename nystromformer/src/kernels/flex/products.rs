@@ -8,7 +8,7 @@
 
 use rayon::prelude::*;
 
-use super::rows::{fill_columns, fold_block, softmax_present};
+use super::rows::{all_flagged, fill_columns, fold_block, softmax_present};
 
 /// Keys per block of `B · V`: the `[m, KEY_BLOCK]` scores stay in L2 for m ≤ 256.
 pub(super) const KEY_BLOCK: usize = 256;
@@ -172,21 +172,26 @@ impl KeyBlocks<'_> {
         for start in (0..n).step_by(KEY_BLOCK) {
             let width = KEY_BLOCK.min(n - start);
             let scores = &mut scores[..rows * width];
-            // scores[i, j] = Σ_p q[i, p] · k[start + j, p]
-            let k_block = &self.keys[start * d..];
-            matmul(
-                rows,
-                width,
-                d,
-                scores,
-                false,
-                queries,
-                (d, 1),
-                k_block,
-                (1, d),
-            );
             let pad = &self.padding[start..start + width];
-            fill_columns(scores, width, pad, self.masked_score);
+            if all_flagged(pad) {
+                // Padding only (the tail of a batch padded to its longest sequence).
+                scores.fill(self.masked_score);
+            } else {
+                // scores[i, j] = Σ_p q[i, p] · k[start + j, p]
+                let k_block = &self.keys[start * d..];
+                matmul(
+                    rows,
+                    width,
+                    d,
+                    scores,
+                    false,
+                    queries,
+                    (d, 1),
+                    k_block,
+                    (1, d),
+                );
+                fill_columns(scores, width, pad, self.masked_score);
+            }
             fold_block(scores, width, &mut row_max, &mut row_sum, out, dv);
             let v_block = &self.values[start * dv..];
             matmul(

@@ -117,6 +117,12 @@ pub fn fill_columns(matrix: &mut [f32], width: usize, flags: &[f32], value: f32)
     }
 }
 
+/// Whether every flag is set: a block of keys that is all padding, whose scores are all the
+/// masked score whatever the keys hold, so that no product with the keys is needed.
+pub fn all_flagged(flags: &[f32]) -> bool {
+    flags.iter().all(|flag| *flag > 0.5)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
