@@ -11,7 +11,9 @@
 use rayon::prelude::*;
 
 use super::products::{Dims, KEY_BLOCK, QUERY_BLOCK, RowSoftmax, matmul};
-use super::rows::{all_flagged, fill_columns, row_dots, softmax_backward, softmax_from_stats};
+use super::rows::{
+    all_flagged, fill_columns, masked_keys_vanish, row_dots, softmax_backward, softmax_from_stats,
+};
 
 /// Query rows per step of `F · W`'s backward: larger than the forward's blocks, since one task
 /// runs a whole head here and five matrix products per step want enough rows to amortise.
@@ -117,13 +119,20 @@ pub fn landmark_values(
                     let g = &g[first * dv..][..rows * dv];
                     // P, padded keys at the score the forward gave them.
                     let padding_only = all_flagged(masked);
+                    let stats = &stats[first..first + rows];
+                    if padding_only
+                        && masked_keys_vanish(stats.iter().map(|row| row.max), masked_score)
+                    {
+                        // P is zero to f32 (see the forward): no gradient anywhere.
+                        continue;
+                    }
                     if padding_only {
                         probs.fill(masked_score);
                     } else {
                         matmul(rows, width, d, probs, false, q, (d, 1), k_block, (1, d));
                         fill_columns(probs, width, masked, masked_score);
                     }
-                    softmax_from_stats(probs, width, &stats[first..first + rows]);
+                    softmax_from_stats(probs, width, stats);
                     // dV += Pᵀ dO
                     matmul(width, dv, rows, d_v, true, probs, (1, width), g, (dv, 1));
                     if padding_only {

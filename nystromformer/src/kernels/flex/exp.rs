@@ -13,6 +13,9 @@ const LN2_LO: f32 = -2.121_944_4e-4;
 // Adding then subtracting 1.5 · 2^23 rounds to the nearest integer without a branch or a call.
 const ROUND: f32 = 12_582_912.0;
 
+/// The least input [`exp`] takes: below it, `e^EXP_FLOOR ≈ 1e-38` stands in for 0.
+pub const EXP_FLOOR: f32 = -87.3;
+
 /// How `a · b + c` is computed inside a [`multiversion!`] body.
 pub trait MulAdd {
     /// `a · b + c`.
@@ -42,7 +45,7 @@ impl MulAdd for Separate {
 /// `e^x`, the polynomial way (see the module), with `A`'s multiply-adds.
 #[inline(always)]
 pub fn exp<A: MulAdd>(x: f32) -> f32 {
-    let x = x.clamp(-87.3, 88.0);
+    let x = x.clamp(EXP_FLOOR, 88.0);
     // `ROUND + k` exactly, with `k = round(x / ln 2)` in its low mantissa bits.
     let shifted = A::mul_add(x, LOG2_E, ROUND);
     let k = shifted - ROUND;

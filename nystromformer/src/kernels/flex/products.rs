@@ -8,7 +8,7 @@
 
 use rayon::prelude::*;
 
-use super::rows::{all_flagged, fill_columns, fold_block, softmax_present};
+use super::rows::{all_flagged, fill_columns, fold_block, masked_keys_vanish, softmax_present};
 
 /// Keys per block of `B · V`: the `[m, KEY_BLOCK]` scores stay in L2 for m ≤ 256.
 pub(super) const KEY_BLOCK: usize = 256;
@@ -173,7 +173,13 @@ impl KeyBlocks<'_> {
             let width = KEY_BLOCK.min(n - start);
             let scores = &mut scores[..rows * width];
             let pad = &self.padding[start..start + width];
-            if all_flagged(pad) {
+            let padding_only = all_flagged(pad);
+            if padding_only && masked_keys_vanish(row_max.iter().copied(), self.masked_score) {
+                // Padding after every row's first valid keys (a batch padded to its longest
+                // sequence): its weights are zero to f32, so the block adds nothing.
+                continue;
+            }
+            if padding_only {
                 // Padding only (the tail of a batch padded to its longest sequence).
                 scores.fill(self.masked_score);
             } else {

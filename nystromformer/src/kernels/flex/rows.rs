@@ -3,7 +3,7 @@
 //! at run time. gemm picks its own kernels the same way; these loops are a third of the forward
 //! and the `exp` polynomial vectorises twice as wide with AVX2.
 
-use super::exp::{dot, exp, max, sum};
+use super::exp::{EXP_FLOOR, dot, exp, max, sum};
 use super::products::RowSoftmax;
 
 multiversion! {
@@ -123,9 +123,28 @@ pub fn all_flagged(flags: &[f32]) -> bool {
     flags.iter().all(|flag| *flag > 0.5)
 }
 
+/// Whether a masked key's weight `e^(masked_score − max)` is below [`EXP_FLOOR`] for every
+/// row's largest score `max`, that is zero to f32 (the tensor ops' softmax gives it exactly 0).
+/// A row that has met no key yet (`max` = −∞) keeps the weights.
+pub fn masked_keys_vanish(maxima: impl IntoIterator<Item = f32>, masked_score: f32) -> bool {
+    maxima
+        .into_iter()
+        .all(|max| masked_score - max <= EXP_FLOOR)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn masked_keys_vanish_only_far_below_every_row() {
+        assert!(masked_keys_vanish([0.0, 3.0], -1e9));
+        // A row that has met no key, and a mild masking score, keep the masked keys' weights.
+        assert!(!masked_keys_vanish([0.0, f32::NEG_INFINITY], -1e9));
+        assert!(!masked_keys_vanish([0.0], -3.0));
+        assert!(masked_keys_vanish([0.0], EXP_FLOOR));
+        assert!(!masked_keys_vanish([0.0], EXP_FLOOR + 1.0));
+    }
 
     #[test]
     fn folding_blocks_gives_the_softmax_of_the_whole_row() {
