@@ -65,7 +65,11 @@ pub fn measure(
         n: shape.n,
         head_dim: shape.head_dim,
         landmarks: implementation.landmarks(shape.landmarks),
-        padded: settings.padded,
+        // The fraction this length really has, after rounding to whole positions.
+        padded: match settings.padded {
+            0.0 => 0.0,
+            fraction => 1.0 - valid_positions(shape.n, fraction) as f64 / shape.n as f64,
+        },
         median_ms: None,
         min_ms: None,
         max_ms: None,

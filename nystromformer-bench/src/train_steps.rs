@@ -143,10 +143,16 @@ pub fn measure(mut step: TrainStep, warmup: usize, steps: usize) -> (TrainStep, 
     (step, steps as f64 / total, seconds)
 }
 
-/// Writes `record` as `DIR/train-steps-BACKEND.json` (atomically).
+/// Writes `record` as `DIR/train-steps-BACKEND.json` (atomically), `…-padded.json` for a
+/// padded batch, so that the two do not overwrite each other.
 pub fn write(dir: &Path, record: &TrainStepRecord) -> Result<(), String> {
     std::fs::create_dir_all(dir).map_err(|err| format!("{}: {err}", dir.display()))?;
-    let path = dir.join(format!("train-steps-{}.json", record.backend));
+    let padded = if record.valid_lengths.is_some() {
+        "-padded"
+    } else {
+        ""
+    };
+    let path = dir.join(format!("train-steps-{}{padded}.json", record.backend));
     let tmp = path.with_extension("tmp");
     let json = serde_json::to_string_pretty(record).map_err(|err| err.to_string())?;
     std::fs::write(&tmp, json + "\n").map_err(|err| format!("{}: {err}", tmp.display()))?;

@@ -123,7 +123,7 @@ pub fn landmark_values(
                     if padding_only
                         && masked_keys_vanish(stats.iter().map(|row| row.max), masked_score)
                     {
-                        // P is zero to f32 (see the forward): no gradient anywhere.
+                        // P is below `exp`'s floor (see the forward): no gradient anywhere.
                         continue;
                     }
                     if padding_only {

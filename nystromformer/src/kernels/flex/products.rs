@@ -176,7 +176,7 @@ impl KeyBlocks<'_> {
             let padding_only = all_flagged(pad);
             if padding_only && masked_keys_vanish(row_max.iter().copied(), self.masked_score) {
                 // Padding after every row's first valid keys (a batch padded to its longest
-                // sequence): its weights are zero to f32, so the block adds nothing.
+                // sequence): its weights are below `exp`'s floor, so the block adds nothing.
                 continue;
             }
             if padding_only {

@@ -123,9 +123,11 @@ pub fn all_flagged(flags: &[f32]) -> bool {
     flags.iter().all(|flag| *flag > 0.5)
 }
 
-/// Whether a masked key's weight `e^(masked_score − max)` is below [`EXP_FLOOR`] for every
-/// row's largest score `max`, that is zero to f32 (the tensor ops' softmax gives it exactly 0).
-/// A row that has met no key yet (`max` = −∞) keeps the weights.
+/// Whether `masked_score − max` is at most [`EXP_FLOOR`] for every row's largest score `max`:
+/// a masked key's weight is then what `exp` gives for anything below its floor (about 1e-38,
+/// which stands in for 0 and vanishes beside the row's sum of at least 1; at a masking score
+/// like the default −1e9 the tensor ops' softmax gives exactly 0). A row that has met no key yet
+/// (`max` = −∞) keeps the weights.
 pub fn masked_keys_vanish(maxima: impl IntoIterator<Item = f32>, masked_score: f32) -> bool {
     maxima
         .into_iter()
