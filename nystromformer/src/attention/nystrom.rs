@@ -276,7 +276,9 @@ pub(crate) fn nystrom_attention_with_flags(
     let own_query_padding =
         (!padding.self_attention).then(|| MaskFlags::new(mask_queries.as_ref(), dtype));
     let unmasked = MaskFlags::new(None, dtype);
-    let query_padding = match kernels_take_padding {
+    // Where the kernels do not take padding (flex), the rows were zeroed above, and the fused
+    // product still skips whole blocks of them.
+    let query_padding = match leak_free && options.custom_kernels && !return_kernels {
         true => own_query_padding.as_ref().unwrap_or(padding_flags),
         false => &unmasked,
     };

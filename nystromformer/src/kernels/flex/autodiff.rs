@@ -115,6 +115,7 @@ impl<C: CheckpointStrategy> LandmarkSoftmaxOps for Autodiff<Flex, C> {
                 landmark_keys.into_primitive(),
                 weights.into_primitive(),
                 missing.map(|flags| flags.into_primitive()),
+                query_padding.map(|flags| flags.into_primitive()),
             );
             (saved.output.clone(), saved)
         };

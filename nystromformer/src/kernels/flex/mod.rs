@@ -184,6 +184,7 @@ pub(super) fn attention_forward(
     landmark_keys: FlexTensor,
     weights: FlexTensor,
     missing: Flags<Flex>,
+    zeroed_rows: Flags<Flex>,
 ) -> SavedProduct {
     let (queries, q_shape) = contiguous(queries);
     let (keys, lk_shape) = contiguous(landmark_keys);
@@ -197,12 +198,17 @@ pub(super) fn attention_forward(
         dv: w_shape[3],
     };
     let missing = flag_values(missing, dims.batch, dims.m);
+    let zeroed_rows = match zeroed_rows {
+        Flags::Present(flags) => Some(contiguous(flags).0),
+        Flags::Absent => None,
+    };
     let (out, row_softmax) = products::landmark_attention(
         dims,
         slice(&queries),
         slice(&keys),
         slice(&values),
         slice(&missing),
+        zeroed_rows.as_ref().map(slice),
     );
     SavedProduct {
         dims,
@@ -297,7 +303,7 @@ impl LandmarkSoftmaxOps for Flex {
         query_padding: Flags<Flex>,
     ) -> FlexTensor {
         let queries = fill_rows::<Flex>(queries, &query_padding, 0.0);
-        attention_forward(queries, landmark_keys, weights, missing).output
+        attention_forward(queries, landmark_keys, weights, missing, query_padding).output
     }
 }
 

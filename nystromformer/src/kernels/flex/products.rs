@@ -230,13 +230,16 @@ impl KeyBlocks<'_> {
 
 /// `softmax(Q K̃ᵀ) · W` per `(batch, head)` and block of query rows: `[batch, heads, n, dv]`,
 /// and each row's softmax over the present landmarks, `[batch, heads, n]`. Missing landmark
-/// keys get zero weight; a row without any landmark is zero.
+/// keys get zero weight; a row without any landmark is zero. `padded_rows` (`[batch, n]`
+/// flags) marks query rows that are zeros: a block of them takes the present landmarks' mean
+/// of `W` without any product.
 pub fn landmark_attention(
     dims: Dims,
     queries: &[f32],
     landmark_keys: &[f32],
     weights: &[f32],
     missing: &[f32],
+    padded_rows: Option<&[f32]>,
 ) -> (Vec<f32>, Vec<RowSoftmax>) {
     let Dims {
         heads, n, m, d, dv, ..
@@ -253,12 +256,22 @@ pub fn landmark_attention(
             let lk_t = transpose(&landmark_keys[bh * m * d..][..m * d], m, d);
             let w = &weights[bh * m * dv..][..m * dv];
             let absent = &missing[b * m..][..m];
+            let padded = padded_rows.map(|flags| &flags[b * n..][..n]);
+            let zero_row = padded.map(|_| zero_query_row(w, absent, dv));
             out.par_chunks_mut(ROW_BLOCK * dv)
                 .zip(stats.par_chunks_mut(ROW_BLOCK))
                 .enumerate()
                 .for_each(|(block, (out, stats))| {
                     let first = block * ROW_BLOCK;
                     let rows = out.len() / dv;
+                    if let (Some(padded), Some((mean, softmax))) = (padded, &zero_row)
+                        && all_flagged(&padded[first..first + rows])
+                    {
+                        out.chunks_exact_mut(dv)
+                            .for_each(|row| row.copy_from_slice(mean));
+                        stats.fill(*softmax);
+                        return;
+                    }
                     let q = &queries[(bh * n + first) * d..][..rows * d];
                     let mut scores = vec![0.0f32; rows * m];
                     // scores[r, j] = Σ_p q[r, p] · lk[j, p]
@@ -268,6 +281,31 @@ pub fn landmark_attention(
                 });
         });
     (out, stats)
+}
+
+/// What `F · W` gives a query row of zeros: it scores 0 against every landmark, so its softmax
+/// is uniform over the present ones (`max` 0, `inv_sum` 1 / their count, as
+/// [`softmax_present`] leaves it) and its output their mean row of `w` (`[m, dv]`); with none
+/// present, zero.
+fn zero_query_row(w: &[f32], absent: &[f32], dv: usize) -> (Vec<f32>, RowSoftmax) {
+    let present = absent.iter().filter(|gone| **gone <= 0.5).count();
+    let mut mean = vec![0.0f32; dv];
+    if present == 0 {
+        let softmax = RowSoftmax {
+            max: f32::MIN,
+            inv_sum: 0.0,
+        };
+        return (mean, softmax);
+    }
+    let inv_sum = 1.0 / present as f32;
+    for (row, gone) in w.chunks_exact(dv).zip(absent) {
+        if *gone <= 0.5 {
+            mean.iter_mut()
+                .zip(row)
+                .for_each(|(mean, x)| *mean += inv_sum * x);
+        }
+    }
+    (mean, RowSoftmax { max: 0.0, inv_sum })
 }
 
 /// The row-major `[cols, rows]` transpose of the row-major `[rows, cols]` matrix `x`.
