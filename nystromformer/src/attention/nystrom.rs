@@ -191,12 +191,12 @@ pub(crate) fn nystrom_attention_with_flags(
     let mask_keys = padding.mask_pad.clone();
     let mask_queries = padding.queries().cloned();
     let leak_free = options.mask_policy == MaskPolicy::LeakFree;
-    // The CubeCL kernels take padded rows as zeros without using them, which saves zeroing
-    // them: three passes over Q, K and V forward, three backward.
+    // The custom stages take padded rows as zeros (the CubeCL kernels without reading them,
+    // flex by zeroing them where it reads them), which saves the attention zeroing them all.
     let kernels_take_padding = leak_free
         && options.custom_kernels
         && !return_kernels
-        && kernels::cube_kernels_take_padding(&q, &k, &v);
+        && kernels::kernels_take_padding(&q, &k, &v);
     let (q, k, v) = match leak_free && !kernels_take_padding {
         // Select, not multiply: 0 · NaN is NaN.
         true => (
@@ -276,9 +276,7 @@ pub(crate) fn nystrom_attention_with_flags(
     let own_query_padding =
         (!padding.self_attention).then(|| MaskFlags::new(mask_queries.as_ref(), dtype));
     let unmasked = MaskFlags::new(None, dtype);
-    // Where the kernels do not take padding (flex), the rows were zeroed above, and the fused
-    // product still skips whole blocks of them.
-    let query_padding = match leak_free && options.custom_kernels && !return_kernels {
+    let query_padding = match kernels_take_padding {
         true => own_query_padding.as_ref().unwrap_or(padding_flags),
         false => &unmasked,
     };

@@ -374,20 +374,23 @@ pub const MAX_KERNEL_HEAD_DIM: usize = 128;
 /// `(m / 16)²` entries of every product in registers. Larger `m` runs as tensor ops there.
 pub const MAX_KERNEL_LANDMARKS: usize = 256;
 
-/// Whether the attention's CubeCL kernels run on keys `k` and values `v` (f32 or f16, head sizes
-/// within [`MAX_KERNEL_HEAD_DIM`]) and so take the leak-free policy's padding as it is: the
-/// landmarks read the valid rows alone, `B · V` gives a padded key the masked score and a zero
-/// value without using either, and `F · W` a padded query row zeros without reading it,
-/// forward and backward (where those rows get a zero gradient). The attention then skips
-/// zeroing the padded rows of `Q`, `K` and `V`: three passes over them forward and three
-/// backward.
-pub(crate) fn cube_kernels_take_padding(q: &Tensor<4>, k: &Tensor<4>, v: &Tensor<4>) -> bool {
+/// Whether the attention's custom stages run on `q`, `k` and `v` and so take the leak-free
+/// policy's padding as it is, which spares the attention its own zeroing of the padded rows of
+/// `Q`, `K` and `V` (three passes over them forward and three backward). The landmarks read the
+/// valid rows alone; padded rows get a zero gradient.
+/// - The CubeCL kernels (f32 or f16, head sizes within [`MAX_KERNEL_HEAD_DIM`]) never read
+///   them: `B · V` gives a padded key the masked score and a zero value, `F · W` a padded query
+///   row zeros.
+/// - The fused flex stages (f32) zero them inside the stage that needs them: `B · V` its keys and
+///   values, `F · W` its queries, which it also skips in blocks of padded rows.
+pub(crate) fn kernels_take_padding(q: &Tensor<4>, k: &Tensor<4>, v: &Tensor<4>) -> bool {
     let (d, d_v) = (k.dims()[3], v.dims()[3]);
     // The stages decide from the queries (or their landmarks) and the keys: both must apply.
-    [q, k]
+    let on_cube = [q, k]
         .iter()
         .all(|x| custom_kernels_apply(*x) && extension::on_cube_device(*x))
-        && fits_cube_kernels(k, [d, d_v])
+        && fits_cube_kernels(k, [d, d_v]);
+    on_cube || [q, k, v].iter().all(|x| on_flex(*x))
 }
 
 /// Whether the CubeCL kernels take head sizes `head_dims` for tensors like `x` (always true off

@@ -174,11 +174,14 @@ pub fn landmark_values(
 }
 
 /// Gradients of [`super::products::landmark_attention`] for the output gradient `grad`
-/// (`[batch, heads, n, dv]`), per `(batch, head)` in blocks of query rows.
+/// (`[batch, heads, n, dv]`), per `(batch, head)` in blocks of query rows. `zeroed_rows`
+/// (`[batch, n]` flags) marks the query rows the forward took as zeros: a block of them only
+/// adds its share to `dW`, and its rows' `dQ` is left zero (the caller's zeroing discards it).
 pub fn landmark_attention(
     dims: Dims,
     forward: Forward,
     missing: &[f32],
+    zeroed_rows: Option<&[f32]>,
     grad: &[f32],
 ) -> InputGrads {
     let Dims {
@@ -208,6 +211,12 @@ pub fn landmark_attention(
                 let g = &grad[(bh * n + first) * dv..][..rows * dv];
                 let out = &forward.output[(bh * n + first) * dv..][..rows * dv];
                 let stats = &forward.row_softmax[bh * n + first..][..rows];
+                if zeroed_rows.is_some_and(|flags| all_flagged(&flags[b * n + first..][..rows])) {
+                    // Rows of zeros score 0 against every landmark: P is uniform over the
+                    // present ones, and with Q = 0 the term dSᵀ Q of dK̃ vanishes.
+                    add_uniform_rows(d_w, g, stats, absent, dv);
+                    continue;
+                }
                 // P over the landmarks present, zero elsewhere.
                 matmul(rows, m, d, probs, false, q, (d, 1), lk, (1, d));
                 softmax_from_stats(probs, m, stats);
@@ -224,6 +233,29 @@ pub fn landmark_attention(
             }
         },
     )
+}
+
+/// `dW += Pᵀ dO` for rows whose softmax is uniform over the present landmarks (rows of zeros):
+/// each present landmark's row of `d_w` (`[m, dv]`) gains `Σ_i inv_sum_i · dO_i`.
+fn add_uniform_rows(
+    d_w: &mut [f32],
+    grad: &[f32],
+    stats: &[RowSoftmax],
+    absent: &[f32],
+    dv: usize,
+) {
+    let mut weighted = vec![0.0f32; dv];
+    for (row, softmax) in grad.chunks_exact(dv).zip(stats) {
+        weighted
+            .iter_mut()
+            .zip(row)
+            .for_each(|(sum, g)| *sum += softmax.inv_sum * g);
+    }
+    for (d_w, gone) in d_w.chunks_exact_mut(dv).zip(absent) {
+        if *gone <= 0.5 {
+            d_w.iter_mut().zip(&weighted).for_each(|(x, w)| *x += w);
+        }
+    }
 }
 
 /// The output gradient of one `(batch, head)` with the rows the forward zeroed cleared: their

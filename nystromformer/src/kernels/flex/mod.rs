@@ -126,12 +126,21 @@ pub(super) struct SavedProduct {
     queries: FlexTensor,
     keys: FlexTensor,
     values: FlexTensor,
-    /// `[batch, n]` padding flags of `B · V`'s keys; `None` for `F · W`.
-    padding: Option<FlexTensor>,
+    kind: ProductKind,
     missing: FlexTensor,
     masked_score: f32,
     output: FlexTensor,
     row_softmax: Vec<RowSoftmax>,
+}
+
+/// Which product a [`SavedProduct`] is, with the flags that only its backward reads.
+#[derive(Debug, Clone)]
+#[cfg_attr(not(feature = "autodiff"), allow(dead_code))]
+enum ProductKind {
+    /// `B · V`, with the `[batch, n]` padding flags of its keys.
+    Values { padding: FlexTensor },
+    /// `F · W`, with the `[batch, n]` flags of the query rows it took as zeros, if any.
+    Attention { zeroed_rows: Option<FlexTensor> },
 }
 
 /// `B · V` (see [`products::landmark_values`]), kept for its backward.
@@ -170,7 +179,7 @@ pub(super) fn values_forward(
         queries,
         keys,
         values,
-        padding: Some(padding),
+        kind: ProductKind::Values { padding },
         missing,
         masked_score,
         output: output(out, [dims.batch, dims.heads, dims.m, dims.dv]),
@@ -215,7 +224,7 @@ pub(super) fn attention_forward(
         queries,
         keys,
         values,
-        padding: None,
+        kind: ProductKind::Attention { zeroed_rows },
         missing,
         masked_score: f32::MIN,
         output: output(out, [dims.batch, dims.heads, dims.n, dims.dv]),
@@ -243,8 +252,8 @@ pub(super) fn product_backward(saved: SavedProduct, grad: FlexTensor) -> [FlexTe
         d,
         dv,
     } = dims;
-    match &saved.padding {
-        Some(padding) => {
+    match &saved.kind {
+        ProductKind::Values { padding } => {
             let grads = backward::landmark_values(
                 dims,
                 forward,
@@ -259,9 +268,14 @@ pub(super) fn product_backward(saved: SavedProduct, grad: FlexTensor) -> [FlexTe
                 output(grads.values, [batch, heads, n, dv]),
             ]
         }
-        None => {
-            let grads =
-                backward::landmark_attention(dims, forward, slice(&saved.missing), slice(&grad));
+        ProductKind::Attention { zeroed_rows } => {
+            let grads = backward::landmark_attention(
+                dims,
+                forward,
+                slice(&saved.missing),
+                zeroed_rows.as_ref().map(slice),
+                slice(&grad),
+            );
             [
                 output(grads.queries, [batch, heads, n, d]),
                 output(grads.keys, [batch, heads, m, d]),
@@ -271,8 +285,9 @@ pub(super) fn product_backward(saved: SavedProduct, grad: FlexTensor) -> [FlexTe
     }
 }
 
-/// The fused products read every row: padding that counts as zeros is zeroed first (the attention
-/// asks for that on CubeCL devices only, whose kernels skip the pass).
+/// The fused products read every row: padding that counts as zeros is zeroed first, here rather
+/// than in the attention, which then leaves `Q`, `K` and `V` as they are (see
+/// `kernels_take_padding`).
 impl LandmarkSoftmaxOps for Flex {
     fn landmark_values(
         landmark_queries: FlexTensor,
