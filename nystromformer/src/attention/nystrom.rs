@@ -130,7 +130,7 @@ pub struct NystromAttentionOutput {
 /// Under [`MaskPolicy::LeakFree`] a sequence's output at its valid positions does not depend on
 /// the batch it comes in: its segments are cut over its own valid tokens, padded rows count as
 /// zeros in every product (so NaN or infinity in the padding cannot leak, and they get no
-/// gradient; the CubeCL kernels never use them, the other paths zero them first), and a
+/// gradient; the custom kernels never use them, the tensor-op path zeroes them first), and a
 /// sequence with at most `num_landmarks` valid keys gets exact softmax attention, as it would
 /// alone. [`PinvInit::Original`] takes its scale from the whole batch and so is not invariant.
 ///
@@ -191,8 +191,8 @@ pub(crate) fn nystrom_attention_with_flags(
     let mask_keys = padding.mask_pad.clone();
     let mask_queries = padding.queries().cloned();
     let leak_free = options.mask_policy == MaskPolicy::LeakFree;
-    // The custom stages take padded rows as zeros (the CubeCL kernels without reading them,
-    // flex by zeroing them where it reads them), which saves the attention zeroing them all.
+    // The custom stages take padded rows as zeros without reading them, which saves zeroing
+    // them: three passes over Q, K and V forward, three backward.
     let kernels_take_padding = leak_free
         && options.custom_kernels
         && !return_kernels

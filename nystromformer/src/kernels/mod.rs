@@ -378,11 +378,12 @@ pub const MAX_KERNEL_LANDMARKS: usize = 256;
 /// policy's padding as it is, which spares the attention its own zeroing of the padded rows of
 /// `Q`, `K` and `V` (three passes over them forward and three backward). The landmarks read the
 /// valid rows alone; padded rows get a zero gradient.
-/// - The CubeCL kernels (f32 or f16, head sizes within [`MAX_KERNEL_HEAD_DIM`]) never read
-///   them: `B · V` gives a padded key the masked score and a zero value, `F · W` a padded query
-///   row zeros.
-/// - The fused flex stages (f32) zero them inside the stage that needs them: `B · V` its keys and
-///   values, `F · W` its queries, which it also skips in blocks of padded rows.
+/// - The CubeCL kernels (f32 or f16, head sizes within [`MAX_KERNEL_HEAD_DIM`]) skip them:
+///   `B · V` gives a padded key the masked score and a zero value, `F · W` a padded query row
+///   zeros.
+/// - The fused flex stages (f32) overwrite what padded rows give their scores, and zero their
+///   copy of a block of values (or, backward, keys and queries) that holds some; whole blocks
+///   of padding they skip.
 pub(crate) fn kernels_take_padding(q: &Tensor<4>, k: &Tensor<4>, v: &Tensor<4>) -> bool {
     let (d, d_v) = (k.dims()[3], v.dims()[3]);
     // The stages decide from the queries (or their landmarks) and the keys: both must apply.

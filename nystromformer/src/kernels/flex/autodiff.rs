@@ -24,7 +24,6 @@ use crate::kernels::extension::{
 };
 use crate::kernels::flags::Flags;
 use crate::kernels::recorded::{SavedForward, record};
-use crate::kernels::reference::{fill_rows, padded_as_zeros};
 use crate::kernels::segment_rows::SegmentRows;
 
 impl SavedForward<Flex, 3> for SavedProduct {
@@ -83,8 +82,6 @@ impl<C: CheckpointStrategy> LandmarkSoftmaxOps for Autodiff<Flex, C> {
         masked_score: f32,
         zero_padded: bool,
     ) -> FloatTensor<Self> {
-        // Tracked, so that the zeroed rows get no gradient.
-        let [keys, values] = padded_as_zeros::<Self, _>([keys, values], &padding, zero_padded);
         let nodes = [landmark_queries.node(), keys.node(), values.node()];
         let forward = || {
             let saved = values_forward(
@@ -94,6 +91,7 @@ impl<C: CheckpointStrategy> LandmarkSoftmaxOps for Autodiff<Flex, C> {
                 padding.map(|flags| flags.into_primitive()),
                 missing.map(|flags| flags.into_primitive()),
                 masked_score,
+                zero_padded,
             );
             (saved.output.clone(), saved)
         };
@@ -107,7 +105,6 @@ impl<C: CheckpointStrategy> LandmarkSoftmaxOps for Autodiff<Flex, C> {
         missing: Flags<Self>,
         query_padding: Flags<Self>,
     ) -> FloatTensor<Self> {
-        let queries = fill_rows::<Self>(queries, &query_padding, 0.0);
         let nodes = [queries.node(), landmark_keys.node(), weights.node()];
         let forward = || {
             let saved = attention_forward(

@@ -12,7 +12,8 @@ use rayon::prelude::*;
 
 use super::products::{Dims, KEY_BLOCK, QUERY_BLOCK, RowSoftmax, matmul};
 use super::rows::{
-    all_flagged, fill_columns, masked_keys_vanish, row_dots, softmax_backward, softmax_from_stats,
+    all_flagged, fill_columns, fill_flagged_rows, masked_keys_vanish, no_flags, row_dots,
+    rows_zeroed, softmax_backward, softmax_from_stats,
 };
 
 /// Query rows per step of `F · W`'s backward: larger than the forward's blocks, since one task
@@ -69,13 +70,16 @@ impl InputGrads {
 }
 
 /// Gradients of [`super::products::landmark_values`] for the output gradient `grad`
-/// (`[batch, heads, m, dv]`), per `(batch, head)` in blocks of keys.
+/// (`[batch, heads, m, dv]`), per `(batch, head)` in blocks of keys. With `zero_padded` the
+/// padded keys and values counted as zeros: they are never read, and get zero gradients.
+#[allow(clippy::too_many_arguments)]
 pub fn landmark_values(
     dims: Dims,
     forward: Forward,
     padding: &[f32],
     missing: &[f32],
     masked_score: f32,
+    zero_padded: bool,
     grad: &[f32],
 ) -> InputGrads {
     let Dims {
@@ -104,9 +108,18 @@ pub fn landmark_values(
             let mut d_scores = vec![0.0f32; chunk * block];
             for start in (0..n).step_by(KEY_BLOCK) {
                 let width = KEY_BLOCK.min(n - start);
-                let k_block = &k[start * d..][..width * d];
-                let v_block = &v[start * dv..][..width * dv];
                 let masked = &pad[start..start + width];
+                let k_block = &k[start * d..][..width * d];
+                // dQ̃'s product reads the keys; a padded one's dS is 0, and 0 · NaN is NaN.
+                let zeroed_keys;
+                let k_block = match zero_padded && !no_flags(masked) {
+                    true => {
+                        zeroed_keys = rows_zeroed(k_block, d, masked);
+                        &zeroed_keys
+                    }
+                    false => k_block,
+                };
+                let v_block = &v[start * dv..][..width * dv];
                 let d_k = &mut d_k[start * d..][..width * d];
                 let d_v = &mut d_v[start * dv..][..width * dv];
                 // In chunks of query rows (one for m ≤ 256), so that exact attention's
@@ -133,13 +146,16 @@ pub fn landmark_values(
                         fill_columns(probs, width, masked, masked_score);
                     }
                     softmax_from_stats(probs, width, stats);
-                    // dV += Pᵀ dO
-                    matmul(width, dv, rows, d_v, true, probs, (1, width), g, (dv, 1));
+                    // dV += Pᵀ dO (for padded values that count as zeros, cleared below)
+                    if !(padding_only && zero_padded) {
+                        matmul(width, dv, rows, d_v, true, probs, (1, width), g, (dv, 1));
+                    }
                     if padding_only {
                         // Masked scores are constants: dS is zero, and so are its products.
                         continue;
                     }
-                    // dP = dO Vᵀ, then dS = P ∘ (dP − δ)
+                    // dP = dO Vᵀ, then dS = P ∘ (dP − δ); padded columns, whatever their values
+                    // hold, are then overwritten.
                     matmul(
                         rows,
                         width,
@@ -168,6 +184,9 @@ pub fn landmark_values(
                     );
                     matmul(width, d, rows, d_k, true, d_scores, (1, width), q, (d, 1));
                 }
+                if zero_padded {
+                    fill_flagged_rows(d_v, dv, masked, 0.0);
+                }
             }
         },
     )
@@ -175,8 +194,8 @@ pub fn landmark_values(
 
 /// Gradients of [`super::products::landmark_attention`] for the output gradient `grad`
 /// (`[batch, heads, n, dv]`), per `(batch, head)` in blocks of query rows. `zeroed_rows`
-/// (`[batch, n]` flags) marks the query rows the forward took as zeros: a block of them only
-/// adds its share to `dW`, and its rows' `dQ` is left zero (the caller's zeroing discards it).
+/// (`[batch, n]` flags) marks the query rows the forward took as zeros, whatever they held:
+/// they are never read and get a zero `dQ`, and a block of them only adds its share to `dW`.
 pub fn landmark_attention(
     dims: Dims,
     forward: Forward,
@@ -217,6 +236,18 @@ pub fn landmark_attention(
                     add_uniform_rows(d_w, g, stats, absent, dv);
                     continue;
                 }
+                let zeroed = zeroed_rows
+                    .map(|flags| &flags[b * n + first..][..rows])
+                    .filter(|flags| !no_flags(flags));
+                // dK̃'s product reads the queries, and 0 · NaN is NaN.
+                let zeroed_queries;
+                let q = match zeroed {
+                    Some(flags) => {
+                        zeroed_queries = rows_zeroed(q, d, flags);
+                        &zeroed_queries
+                    }
+                    None => q,
+                };
                 // P over the landmarks present, zero elsewhere.
                 matmul(rows, m, d, probs, false, q, (d, 1), lk, (1, d));
                 softmax_from_stats(probs, m, stats);
@@ -230,6 +261,9 @@ pub fn landmark_attention(
                 let d_q = &mut d_q[first * d..][..rows * d];
                 matmul(rows, d, m, d_q, false, d_scores, (m, 1), lk, (d, 1));
                 matmul(m, d, rows, d_k, true, d_scores, (1, m), q, (d, 1));
+                if let Some(flags) = zeroed {
+                    fill_flagged_rows(d_q, d, flags, 0.0);
+                }
             }
         },
     )

@@ -88,7 +88,6 @@ use super::extension::{
     DepthwiseConvOps, ElementwiseOps, LandmarkSoftmaxOps, LayerNormOps, PinvOps, SegmentMeanOps,
 };
 use super::flags::Flags;
-use super::reference::{fill_rows, padded_as_zeros};
 use super::segment_rows::SegmentRows;
 
 /// A tensor's `f32` elements in row-major order (a copy only when it is strided) and its shape.
@@ -137,8 +136,12 @@ pub(super) struct SavedProduct {
 #[derive(Debug, Clone)]
 #[cfg_attr(not(feature = "autodiff"), allow(dead_code))]
 enum ProductKind {
-    /// `B · V`, with the `[batch, n]` padding flags of its keys.
-    Values { padding: FlexTensor },
+    /// `B · V`, with the `[batch, n]` padding flags of its keys, and whether padded keys and
+    /// values counted as zeros.
+    Values {
+        padding: FlexTensor,
+        zero_padded: bool,
+    },
     /// `F · W`, with the `[batch, n]` flags of the query rows it took as zeros, if any.
     Attention { zeroed_rows: Option<FlexTensor> },
 }
@@ -151,6 +154,7 @@ pub(super) fn values_forward(
     padding: Flags<Flex>,
     missing: Flags<Flex>,
     masked_score: f32,
+    zero_padded: bool,
 ) -> SavedProduct {
     let (queries, lq_shape) = contiguous(landmark_queries);
     let (keys, k_shape) = contiguous(keys);
@@ -173,13 +177,17 @@ pub(super) fn values_forward(
         slice(&padding),
         slice(&missing),
         masked_score,
+        zero_padded,
     );
     SavedProduct {
         dims,
         queries,
         keys,
         values,
-        kind: ProductKind::Values { padding },
+        kind: ProductKind::Values {
+            padding,
+            zero_padded,
+        },
         missing,
         masked_score,
         output: output(out, [dims.batch, dims.heads, dims.m, dims.dv]),
@@ -253,13 +261,17 @@ pub(super) fn product_backward(saved: SavedProduct, grad: FlexTensor) -> [FlexTe
         dv,
     } = dims;
     match &saved.kind {
-        ProductKind::Values { padding } => {
+        ProductKind::Values {
+            padding,
+            zero_padded,
+        } => {
             let grads = backward::landmark_values(
                 dims,
                 forward,
                 slice(padding),
                 slice(&saved.missing),
                 saved.masked_score,
+                *zero_padded,
                 slice(&grad),
             );
             [
@@ -285,9 +297,9 @@ pub(super) fn product_backward(saved: SavedProduct, grad: FlexTensor) -> [FlexTe
     }
 }
 
-/// The fused products read every row: padding that counts as zeros is zeroed first, here rather
-/// than in the attention, which then leaves `Q`, `K` and `V` as they are (see
-/// `kernels_take_padding`).
+/// Padding that counts as zeros is never read: the products overwrite what it gives their
+/// scores, and zero their copy of a block of values (or queries) that holds some; the attention
+/// then leaves `Q`, `K` and `V` as they are (see `kernels_take_padding`).
 impl LandmarkSoftmaxOps for Flex {
     fn landmark_values(
         landmark_queries: FlexTensor,
@@ -298,7 +310,6 @@ impl LandmarkSoftmaxOps for Flex {
         masked_score: f32,
         zero_padded: bool,
     ) -> FlexTensor {
-        let [keys, values] = padded_as_zeros::<Flex, _>([keys, values], &padding, zero_padded);
         values_forward(
             landmark_queries,
             keys,
@@ -306,6 +317,7 @@ impl LandmarkSoftmaxOps for Flex {
             padding,
             missing,
             masked_score,
+            zero_padded,
         )
         .output
     }
@@ -317,7 +329,6 @@ impl LandmarkSoftmaxOps for Flex {
         missing: Flags<Flex>,
         query_padding: Flags<Flex>,
     ) -> FlexTensor {
-        let queries = fill_rows::<Flex>(queries, &query_padding, 0.0);
         attention_forward(queries, landmark_keys, weights, missing, query_padding).output
     }
 }

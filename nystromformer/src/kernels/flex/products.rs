@@ -8,7 +8,10 @@
 
 use rayon::prelude::*;
 
-use super::rows::{all_flagged, fill_columns, fold_block, masked_keys_vanish, softmax_present};
+use super::rows::{
+    all_flagged, fill_columns, fill_flagged_rows, fold_block, masked_keys_vanish, no_flags,
+    rows_zeroed, softmax_present,
+};
 
 /// Keys per block of `B · V`: the `[m, KEY_BLOCK]` scores stay in L2 for m ≤ 256.
 pub(super) const KEY_BLOCK: usize = 256;
@@ -102,8 +105,11 @@ pub struct Dims {
 
 /// `softmax(Q̃ Kᵀ) · V` per `(batch, head)` and block of query rows: `[batch, heads, m, dv]`,
 /// and each row's softmax, `[batch, heads, m]`, which the backward needs. Padded keys get the
-/// score `masked_score`; rows of missing landmark queries are zero. With every query as a
-/// "landmark" (`m = n_q`, nothing missing) this is exact attention, FlashAttention-style.
+/// score `masked_score`; rows of missing landmark queries are zero. With `zero_padded` the
+/// padded values count as zeros, whatever they hold (the leak-free policy's padding), else as
+/// they are (HF's). With every query as a "landmark" (`m = n_q`, nothing missing) this is
+/// exact attention, FlashAttention-style.
+#[allow(clippy::too_many_arguments)]
 pub fn landmark_values(
     dims: Dims,
     landmark_queries: &[f32],
@@ -112,6 +118,7 @@ pub fn landmark_values(
     padding: &[f32],
     missing: &[f32],
     masked_score: f32,
+    zero_padded: bool,
 ) -> (Vec<f32>, Vec<RowSoftmax>) {
     let Dims {
         heads, n, m, d, dv, ..
@@ -128,6 +135,7 @@ pub fn landmark_values(
                 values: &values[bh * n * dv..][..n * dv],
                 padding: &padding[b * n..][..n],
                 masked_score,
+                zero_padded,
                 d,
                 dv,
             };
@@ -154,6 +162,8 @@ struct KeyBlocks<'a> {
     /// `[n]` padding flags.
     padding: &'a [f32],
     masked_score: f32,
+    /// Whether padded values count as zeros (they are then never read).
+    zero_padded: bool,
     d: usize,
     dv: usize,
 }
@@ -183,7 +193,8 @@ impl KeyBlocks<'_> {
                 // Padding only (the tail of a batch padded to its longest sequence).
                 scores.fill(self.masked_score);
             } else {
-                // scores[i, j] = Σ_p q[i, p] · k[start + j, p]
+                // scores[i, j] = Σ_p q[i, p] · k[start + j, p]; a padded key's column, whatever
+                // its key holds, is then overwritten.
                 let k_block = &self.keys[start * d..];
                 matmul(
                     rows,
@@ -199,7 +210,19 @@ impl KeyBlocks<'_> {
                 fill_columns(scores, width, pad, self.masked_score);
             }
             fold_block(scores, width, &mut row_max, &mut row_sum, out, dv);
-            let v_block = &self.values[start * dv..];
+            if padding_only && self.zero_padded {
+                // Zero values: the block adds to each row's sum alone.
+                continue;
+            }
+            let v_block = &self.values[start * dv..][..width * dv];
+            let zeroed;
+            let v_block = match self.zero_padded && !no_flags(pad) {
+                true => {
+                    zeroed = rows_zeroed(v_block, dv, pad);
+                    &zeroed
+                }
+                false => v_block,
+            };
             matmul(
                 rows,
                 dv,
@@ -231,8 +254,8 @@ impl KeyBlocks<'_> {
 /// `softmax(Q K̃ᵀ) · W` per `(batch, head)` and block of query rows: `[batch, heads, n, dv]`,
 /// and each row's softmax over the present landmarks, `[batch, heads, n]`. Missing landmark
 /// keys get zero weight; a row without any landmark is zero. `padded_rows` (`[batch, n]`
-/// flags) marks query rows that are zeros: a block of them takes the present landmarks' mean
-/// of `W` without any product.
+/// flags) marks query rows that count as zeros, whatever they hold: a block of them takes the
+/// present landmarks' mean of `W` without any product.
 pub fn landmark_attention(
     dims: Dims,
     queries: &[f32],
@@ -274,8 +297,12 @@ pub fn landmark_attention(
                     }
                     let q = &queries[(bh * n + first) * d..][..rows * d];
                     let mut scores = vec![0.0f32; rows * m];
-                    // scores[r, j] = Σ_p q[r, p] · lk[j, p]
+                    // scores[r, j] = Σ_p q[r, p] · lk[j, p]; a padded row's, whatever its query
+                    // holds, is then 0, as a row of zeros scores.
                     matmul(rows, m, d, &mut scores, false, q, (d, 1), &lk_t, (m, 1));
+                    if let Some(padded) = padded {
+                        fill_flagged_rows(&mut scores, m, &padded[first..first + rows], 0.0);
+                    }
                     softmax_present(&mut scores, m, absent, stats);
                     matmul(rows, dv, m, out, false, &scores, (m, 1), w, (dv, 1));
                 });

@@ -117,6 +117,29 @@ pub fn fill_columns(matrix: &mut [f32], width: usize, flags: &[f32], value: f32)
     }
 }
 
+/// Sets row `i` of the row-major `[rows, width]` matrix to `value` wherever `flags[i]` is set.
+pub fn fill_flagged_rows(matrix: &mut [f32], width: usize, flags: &[f32], value: f32) {
+    for (row, flag) in matrix.chunks_exact_mut(width).zip(flags) {
+        if *flag > 0.5 {
+            row.fill(value);
+        }
+    }
+}
+
+/// A copy of the row-major `[rows, width]` matrix with the rows that `flags` sets zeroed: padded
+/// rows that count as zeros, for a product that would otherwise read what they hold (0 · NaN is
+/// NaN).
+pub fn rows_zeroed(matrix: &[f32], width: usize, flags: &[f32]) -> Vec<f32> {
+    let mut copy = matrix.to_vec();
+    fill_flagged_rows(&mut copy, width, flags, 0.0);
+    copy
+}
+
+/// Whether no flag is set.
+pub fn no_flags(flags: &[f32]) -> bool {
+    flags.iter().all(|flag| *flag <= 0.5)
+}
+
 /// Whether every flag is set: a block of keys that is all padding, whose scores are all the
 /// masked score whatever the keys hold, so that no product with the keys is needed.
 pub fn all_flagged(flags: &[f32]) -> bool {
@@ -196,6 +219,17 @@ mod tests {
                 .zip(&weights)
                 .all(|(a, b)| (a - b).abs() < 1e-6)
         );
+    }
+
+    #[test]
+    fn flagged_rows_are_zeroed_in_a_copy_whatever_they_hold() {
+        let matrix = [1.0, 2.0, f32::NAN, f32::INFINITY, 5.0, 6.0];
+        let flags = [0.0, 1.0, 0.0];
+        assert_eq!(
+            rows_zeroed(&matrix, 2, &flags),
+            [1.0, 2.0, 0.0, 0.0, 5.0, 6.0]
+        );
+        assert!(no_flags(&[0.0, 0.0]) && !no_flags(&flags));
     }
 
     #[test]
