@@ -18,8 +18,9 @@
 //! here; their keys are never read, since their score is a constant. Their values count as zeros
 //! under the leak-free policy (`zero_padded`): then a padded key adds only its weight to the
 //! normaliser, so the kernel counts them and adds them at the end of the chunk in one step
-//! (`add_zero_rows`), with no value row staged or read, and NaN in the padding cannot leak.
-//! A batch padded to its longest sequence thus pays little for its padding.
+//! (`add_zero_rows`), with no value row staged or read, and NaN in the padding cannot leak; a
+//! chunk that is all padding runs no stage at all. A batch padded to its longest sequence thus
+//! pays little for its padding.
 
 use burn::backend::cubecl::dtype_to_storage_type;
 use burn::tensor::{DType, Shape};
@@ -29,6 +30,7 @@ use burn_cubecl::ops::numeric::empty_device_contiguous_dtype;
 use burn_cubecl::tensor::CubeTensor;
 use cubecl::prelude::*;
 
+use super::cube_sum::cube_sum;
 use super::online_softmax::{add, add_zero_rows, dot, empty_state, load_row, maximum, total};
 use super::tiles::{row_offset, rows_in_place, rows_per_tile, stage_unflagged_rows};
 use super::{flagged, flags_or, statistics_shape};
@@ -109,6 +111,7 @@ pub fn launch(
         value_dim,
         rows_per_tile(head_dim + value_dim),
         units,
+        units.trailing_zeros() as usize,
         padded,
         // Without padding there is nothing to zero.
         padded && zero_padded,
@@ -156,6 +159,7 @@ fn chunk_kernel<F: Float>(
     #[comptime] value_dim: usize,
     #[comptime] tile: usize,
     #[comptime] units: usize,
+    #[comptime] log2_units: usize,
     #[comptime] padded: bool,
     #[comptime] zero_padded: bool,
     #[define(F)] _dtype: ElemType,
@@ -198,7 +202,25 @@ fn chunk_kernel<F: Float>(
     let value_stride = values.stride(2);
     // Padded keys met so far, with `zero_padded`: added to the state after the last stage.
     let mut zero_rows = f32::new(0.0);
-    let stages = (end - start).div_ceil(tile);
+    let mut stages = (end - start).div_ceil(tile);
+    if comptime!(zero_padded) {
+        // A chunk of padding alone (the tail of a batch padded to its longest sequence) only
+        // adds its count: the cube skips its stages, a loop bound that every device honours,
+        // where a branch may still cost both sides (lavapipe).
+        let mut partial = Shared::<[f32]>::new_slice(units);
+        if valid_keys::<F>(
+            padding,
+            batch * n + start,
+            end - start,
+            &mut partial,
+            units,
+            log2_units,
+        ) == 0.0f32
+        {
+            zero_rows = (end - start) as f32;
+            stages = 0;
+        }
+    }
     for stage in 0..stages {
         let first = start + stage * tile;
         let available = end - first;
@@ -292,6 +314,28 @@ fn chunk_kernel<F: Float>(
     for c in 0..value_dim {
         partial_values[unit * value_dim + c] = state[c];
     }
+}
+
+/// The number of keys among the `len` from `flags[first]` that `flags` does not mark, to every
+/// unit of the cube (`2^log2_units` of them, which must all call it), through `partial`.
+#[cube]
+fn valid_keys<F: Float>(
+    flags: &Tensor<F>,
+    first: usize,
+    len: usize,
+    partial: &mut Shared<[f32]>,
+    #[comptime] units: usize,
+    #[comptime] log2_units: usize,
+) -> f32 {
+    let mut valid = f32::new(0.0);
+    let mut i = UNIT_POS as usize;
+    while i < len {
+        if flags[first + i] == F::new(0.0) {
+            valid += 1.0f32;
+        }
+        i += units;
+    }
+    cube_sum::<Shared<[f32]>>(valid, partial, log2_units)
 }
 
 /// One unit per (matrix, landmark): merges the chunks' partial softmax sums. `missing` is
