@@ -1,5 +1,7 @@
 //! A sum over the units of a cube, through shared memory: each unit's value, added pairwise in
-//! `log2(units)` rounds.
+//! `log2(units)` rounds. Also what the kernels sum that way to learn that a whole cube has
+//! nothing to do (a chunk of padding), which they then skip by a loop bound: every device honours
+//! that, where a branch may cost both its sides (lavapipe runs them under a lane mask).
 
 use cubecl::prelude::*;
 
@@ -23,4 +25,42 @@ pub fn cube_sum<L: List<f32>>(value: f32, partial: &mut L, #[comptime] log2_unit
     // The next sum overwrites `partial`.
     sync_cube();
     total
+}
+
+/// The number of entries among the `len` from `flags[first]` that `flags` does not mark (0.0),
+/// to every unit of the cube (`units = 2^log2_units` of them, which must all call it), through
+/// `partial` (`units` entries of shared memory).
+#[cube]
+pub fn unflagged_count<F: Float>(
+    flags: &Tensor<F>,
+    first: usize,
+    len: usize,
+    partial: &mut Shared<[f32]>,
+    #[comptime] units: usize,
+    #[comptime] log2_units: usize,
+) -> f32 {
+    let mut count = f32::new(0.0);
+    let mut i = UNIT_POS as usize;
+    while i < len {
+        if flags[first + i] == F::new(0.0) {
+            count += 1.0f32;
+        }
+        i += units;
+    }
+    cube_sum::<Shared<[f32]>>(count, partial, log2_units)
+}
+
+/// The number of the cube's units for which `active` holds, to every unit (`2^log2_units` of
+/// them, which must all call it), through `partial`.
+#[cube]
+pub fn active_count(
+    active: bool,
+    partial: &mut Shared<[f32]>,
+    #[comptime] log2_units: usize,
+) -> f32 {
+    let mut one = f32::new(0.0);
+    if active {
+        one = f32::new(1.0);
+    }
+    cube_sum::<Shared<[f32]>>(one, partial, log2_units)
 }

@@ -30,7 +30,7 @@ use burn_cubecl::ops::numeric::empty_device_contiguous_dtype;
 use burn_cubecl::tensor::CubeTensor;
 use cubecl::prelude::*;
 
-use super::cube_sum::cube_sum;
+use super::cube_sum::unflagged_count;
 use super::online_softmax::{add, add_zero_rows, dot, empty_state, load_row, maximum, total};
 use super::tiles::{row_offset, rows_in_place, rows_per_tile, stage_unflagged_rows};
 use super::{flagged, flags_or, statistics_shape};
@@ -205,18 +205,17 @@ fn chunk_kernel<F: Float>(
     let mut stages = (end - start).div_ceil(tile);
     if comptime!(zero_padded) {
         // A chunk of padding alone (the tail of a batch padded to its longest sequence) only
-        // adds its count: the cube skips its stages, a loop bound that every device honours,
-        // where a branch may still cost both sides (lavapipe).
+        // adds its count: the cube skips its stages (see `super::cube_sum`).
         let mut partial = Shared::<[f32]>::new_slice(units);
-        if valid_keys::<F>(
+        let valid = unflagged_count::<F>(
             padding,
             batch * n + start,
             end - start,
             &mut partial,
             units,
             log2_units,
-        ) == 0.0f32
-        {
+        );
+        if valid == 0.0f32 {
             zero_rows = (end - start) as f32;
             stages = 0;
         }
@@ -314,28 +313,6 @@ fn chunk_kernel<F: Float>(
     for c in 0..value_dim {
         partial_values[unit * value_dim + c] = state[c];
     }
-}
-
-/// The number of keys among the `len` from `flags[first]` that `flags` does not mark, to every
-/// unit of the cube (`2^log2_units` of them, which must all call it), through `partial`.
-#[cube]
-fn valid_keys<F: Float>(
-    flags: &Tensor<F>,
-    first: usize,
-    len: usize,
-    partial: &mut Shared<[f32]>,
-    #[comptime] units: usize,
-    #[comptime] log2_units: usize,
-) -> f32 {
-    let mut valid = f32::new(0.0);
-    let mut i = UNIT_POS as usize;
-    while i < len {
-        if flags[first + i] == F::new(0.0) {
-            valid += 1.0f32;
-        }
-        i += units;
-    }
-    cube_sum::<Shared<[f32]>>(valid, partial, log2_units)
 }
 
 /// One unit per (matrix, landmark): merges the chunks' partial softmax sums. `missing` is

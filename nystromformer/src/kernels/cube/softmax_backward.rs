@@ -30,6 +30,7 @@ use burn_cubecl::ops::numeric::empty_device_contiguous_dtype;
 use burn_cubecl::tensor::CubeTensor;
 use cubecl::prelude::*;
 
+use super::cube_sum::{active_count, unflagged_count};
 use super::online_softmax::{dot, load_row};
 use super::tiles::{row_offset, rows_in_place, rows_per_tile, stage_rows, stage_unflagged_rows};
 use super::{flagged, flags_or};
@@ -41,6 +42,9 @@ const CHUNK: usize = 256;
 
 /// Rows of a kernel's own side per cube, one per unit.
 const UNITS: usize = 64;
+
+/// `log2(UNITS)`, for the sums over a cube's units.
+const LOG2_UNITS: usize = UNITS.trailing_zeros() as usize;
 
 /// What a flagged key means.
 #[derive(Debug, Clone, Copy)]
@@ -146,6 +150,7 @@ pub fn launch(product: ProductBackward) -> (CubeTensor, CubeTensor, CubeTensor) 
         value_dim,
         rows_per_tile(head_dim + value_dim),
         UNITS,
+        LOG2_UNITS,
         keys_flagged,
         rows_flagged,
         rows_zeroed,
@@ -177,6 +182,7 @@ pub fn launch(product: ProductBackward) -> (CubeTensor, CubeTensor, CubeTensor) 
         value_dim,
         rows_per_tile(head_dim + value_dim + ROW_STATISTICS),
         UNITS,
+        LOG2_UNITS,
         keys_flagged,
         skip_flagged,
         rows_flagged,
@@ -227,6 +233,7 @@ fn query_grad_kernel<F: Float>(
     #[comptime] value_dim: usize,
     #[comptime] tile: usize,
     #[comptime] units: usize,
+    #[comptime] log2_units: usize,
     #[comptime] keys_flagged: bool,
     #[comptime] rows_flagged: bool,
     #[comptime] rows_zeroed: bool,
@@ -292,7 +299,27 @@ fn query_grad_kernel<F: Float>(
     if end > columns {
         end = columns;
     }
-    let stages = (end - start).div_ceil(tile);
+    let mut stages = (end - start).div_ceil(tile);
+    if comptime!(keys_flagged || rows_flagged || rows_zeroed) {
+        // No row of the cube takes a gradient (padded queries), or no key of the chunk gives
+        // one (padded keys): the cube's sums stay zero without a stage.
+        let mut partial = Shared::<[f32]>::new_slice(units);
+        let mut idle = active_count(active, &mut partial, log2_units) == 0.0f32;
+        if comptime!(keys_flagged) {
+            let keys = unflagged_count::<F>(
+                key_flags,
+                batch * columns + start,
+                end - start,
+                &mut partial,
+                units,
+                log2_units,
+            );
+            idle = idle || keys == 0.0f32;
+        }
+        if idle {
+            stages = 0;
+        }
+    }
     for stage in 0..stages {
         let first = start + stage * tile;
         let available = end - first;
@@ -394,6 +421,7 @@ fn key_grad_kernel<F: Float>(
     #[comptime] value_dim: usize,
     #[comptime] tile: usize,
     #[comptime] units: usize,
+    #[comptime] log2_units: usize,
     #[comptime] keys_flagged: bool,
     #[comptime] skip_flagged: bool,
     #[comptime] rows_flagged: bool,
@@ -459,7 +487,15 @@ fn key_grad_kernel<F: Float>(
     if end > rows {
         end = rows;
     }
-    let stages = (end - start).div_ceil(tile);
+    let mut stages = (end - start).div_ceil(tile);
+    if comptime!(keys_flagged && skip_flagged) {
+        // Every key of the cube skipped (a tile of padded keys taken as zeros): its sums stay
+        // zero without a stage.
+        let mut partial = Shared::<[f32]>::new_slice(units);
+        if active_count(active, &mut partial, log2_units) == 0.0f32 {
+            stages = 0;
+        }
+    }
     for stage in 0..stages {
         let first = start + stage * tile;
         let available = end - first;
