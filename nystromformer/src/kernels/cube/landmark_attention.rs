@@ -6,7 +6,9 @@
 //! softmax (`super::online_softmax`), so `F` only ever exists one entry at a time. A cube holds
 //! [`ROWS_PER_CUBE`] queries of one head; the landmark keys and rows of `W` come past them in
 //! tiles staged in shared memory (`super::tiles`), each loaded once per cube rather than once per
-//! query. The queries are read in place from the head split's strided view.
+//! query. The queries are read in place from the head split's strided view. A query row taken as
+//! zeros (padding) scores 0 against every landmark without being read, and a cube of such rows
+//! alone runs no stage: its rows are the present landmarks' mean row of `W` (`uniform_rows`).
 //!
 //! For training, the kernel can also leave each row's log-sum-exp over its landmarks
 //! (`with_statistics`), in f32 whatever the input type: the backward
@@ -20,6 +22,7 @@ use burn_cubecl::ops::numeric::empty_device_contiguous_dtype;
 use burn_cubecl::tensor::CubeTensor;
 use cubecl::prelude::*;
 
+use super::cube_sum::active_count;
 use super::online_softmax::{add, dot, empty_state, load_row, maximum, total};
 use super::tiles::{row_offset, rows_in_place, rows_per_tile, stage_rows};
 use super::{flagged, flags_or, statistics_shape};
@@ -27,6 +30,9 @@ use crate::kernels::flags::Flags;
 
 /// Query rows per cube, one per unit.
 const ROWS_PER_CUBE: usize = 64;
+
+/// `log2(ROWS_PER_CUBE)`, for the sums over a cube's units.
+const LOG2_ROWS_PER_CUBE: usize = ROWS_PER_CUBE.trailing_zeros() as usize;
 
 /// Launches the kernel; see [`crate::kernels::fused_landmark_attention`] for the contract.
 /// Returns the output and, with `with_statistics`, each row's log-sum-exp (`[batch, heads, n,
@@ -86,6 +92,7 @@ pub fn launch(
         with_statistics,
         rows_per_tile(head_dim + value_dim),
         ROWS_PER_CUBE,
+        LOG2_ROWS_PER_CUBE,
         any_missing,
         queries_padded,
         dtype_to_storage_type(dtype),
@@ -115,6 +122,7 @@ fn landmark_attention_kernel<F: Float>(
     #[comptime] with_statistics: bool,
     #[comptime] tile: usize,
     #[comptime] units: usize,
+    #[comptime] log2_units: usize,
     #[comptime] any_missing: bool,
     #[comptime] queries_padded: bool,
     #[define(F)] _dtype: ElemType,
@@ -150,7 +158,29 @@ fn landmark_attention_kernel<F: Float>(
     let mut weight_tile = Shared::<[f32]>::new_slice(tile * value_dim);
     // 1.0 where the tile's landmark is missing or past `m`: skipped.
     let mut skip_tile = Shared::<[f32]>::new_slice(tile);
-    let stages = m.div_ceil(tile);
+    let mut stages = m.div_ceil(tile);
+    if comptime!(queries_padded) {
+        let mut partial = Shared::<[f32]>::new_slice(units);
+        if active_count(read, &mut partial, log2_units) == 0.0f32 {
+            // Padded rows alone (the tail of a batch padded to its longest sequence): no
+            // stage, each row the present landmarks' mean row of `W`.
+            stages = 0;
+            uniform_rows::<F>(
+                weights,
+                missing,
+                context,
+                log_sum_exp,
+                matrix,
+                batch,
+                row,
+                inside,
+                value_dim,
+                with_statistics,
+                units,
+                any_missing,
+            );
+        }
+    }
     for stage in 0..stages {
         let first = stage * tile;
         let available = m - first;
@@ -209,7 +239,7 @@ fn landmark_attention_kernel<F: Float>(
         // The next stage overwrites the tiles.
         sync_cube();
     }
-    if !inside {
+    if !inside || stages == 0 {
         terminate!();
     }
 
@@ -231,5 +261,66 @@ fn landmark_attention_kernel<F: Float>(
             statistic = maximum(&state, value_dim) + f32::ln(sum);
         }
         log_sum_exp[row] = statistic;
+    }
+}
+
+/// What a cube of query rows taken as zeros writes: each row scores 0 against every landmark, so
+/// its softmax is uniform over the present ones and its output their mean row of `W`, with the
+/// log-sum-exp `ln(count)`; with none present, a zero row and 0. The cube's units share the
+/// mean's columns, then each writes its row. Every unit of the cube must call it.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn uniform_rows<F: Float>(
+    weights: &Tensor<F>,
+    missing: &Tensor<F>,
+    context: &mut Tensor<F>,
+    log_sum_exp: &mut Tensor<f32>,
+    matrix: usize,
+    batch: usize,
+    row: usize,
+    inside: bool,
+    #[comptime] value_dim: usize,
+    #[comptime] with_statistics: bool,
+    #[comptime] units: usize,
+    #[comptime] any_missing: bool,
+) {
+    let m = weights.shape(2);
+    let mut present = f32::new(0.0);
+    for j in 0..m {
+        if !flagged(missing, batch * m + j, any_missing) {
+            present += 1.0f32;
+        }
+    }
+    let mut inverse = f32::new(0.0);
+    if present > 0.0f32 {
+        inverse = f32::new(1.0) / present;
+    }
+    let mut mean = Shared::<[f32]>::new_slice(value_dim);
+    let mut c = UNIT_POS as usize;
+    while c < value_dim {
+        let mut sum = f32::new(0.0);
+        for j in 0..m {
+            if !flagged(missing, batch * m + j, any_missing) {
+                sum += f32::cast_from(weights[(matrix * m + j) * value_dim + c]);
+            }
+        }
+        mean[c] = sum * inverse;
+        c += units;
+    }
+    sync_cube();
+    if inside {
+        let n = context.shape(2);
+        let target = matrix * n + row;
+        #[unroll]
+        for c in 0..value_dim {
+            context[target * value_dim + c] = F::cast_from(mean[c]);
+        }
+        if comptime!(with_statistics) {
+            let mut statistic = f32::new(0.0);
+            if present > 0.0f32 {
+                statistic = f32::ln(present);
+            }
+            log_sum_exp[target] = statistic;
+        }
     }
 }
