@@ -228,7 +228,7 @@ fn prop_finite<const N: usize>(
 /// The whole attention's output and input gradients with and without the kernels, padded keys
 /// scored at `min_float`. Under the leak-free policy the padded rows of Q, K and V hold NaN,
 /// which neither path may let through (the CubeCL kernels take those rows as zeros without
-/// reading them; the tensor ops zero them).
+/// reading them, flex without letting them reach a result; the tensor ops zero them).
 fn attention_case(
     [batch, heads, n, d, m]: [usize; 5],
     valid: &[usize],

@@ -191,8 +191,8 @@ pub(crate) fn nystrom_attention_with_flags(
     let mask_keys = padding.mask_pad.clone();
     let mask_queries = padding.queries().cloned();
     let leak_free = options.mask_policy == MaskPolicy::LeakFree;
-    // The custom stages take padded rows as zeros without reading them, which saves zeroing
-    // them: three passes over Q, K and V forward, three backward.
+    // The custom stages take padded rows as zeros (nothing they hold reaches a result), which
+    // saves zeroing them: three passes over Q, K and V forward, three backward.
     let kernels_take_padding = leak_free
         && options.custom_kernels
         && !return_kernels

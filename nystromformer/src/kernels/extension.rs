@@ -252,7 +252,8 @@ fn flags(mask: &MaskFlags) -> Flags<Dispatch> {
 /// Padding as the leak-free policy has it, without a pass that zeroes it first: with
 /// `zero_padded`, `B · V` takes padded keys and values as zeros, and `F · W` takes the query rows
 /// that `query_padding` flags as zeros; either way NaN there cannot leak, and those rows get a
-/// zero gradient. The CubeCL kernels never use them; the other bodies zero them.
+/// zero gradient. The CubeCL kernels never use them; flex overwrites what they give its scores and
+/// zeroes them in its copies of the blocks that hold some; the tensor-op body zeroes them.
 #[backend_extension(
     Cube: cfg(feature = "cube-kernels"),
     Fusion: cfg(feature = "cube-kernels"),

@@ -190,7 +190,7 @@ pub(crate) fn landmark_values_with_flags(
 /// blocks of keys under an online softmax, so the `[n_q, n_k]` scores are never stored, and
 /// under autodiff a backward that recomputes them block by block from each row's statistics.
 /// (Flex's own `attention` differentiates as tensor ops that keep every `[n_q, n_k]` matrix.)
-/// Padded keys get zero weight (they and their values are zeroed first, so NaN there cannot
+/// Padded keys get zero weight (they and their values count as zeros, so NaN there cannot
 /// leak, forward or backward, and they get no gradient) and a
 /// query without any key attends to nothing: its output is zero. `None` where it does not
 /// apply: f32 on flex, tracked tensors only with the `autodiff` feature.

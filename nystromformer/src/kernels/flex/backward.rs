@@ -71,7 +71,8 @@ impl InputGrads {
 
 /// Gradients of [`super::products::landmark_values`] for the output gradient `grad`
 /// (`[batch, heads, m, dv]`), per `(batch, head)` in blocks of keys. With `zero_padded` the
-/// padded keys and values counted as zeros: they are never read, and get zero gradients.
+/// padded keys and values counted as zeros: what they hold never reaches a gradient, and they
+/// get zero gradients.
 #[allow(clippy::too_many_arguments)]
 pub fn landmark_values(
     dims: Dims,
@@ -110,9 +111,10 @@ pub fn landmark_values(
                 let width = KEY_BLOCK.min(n - start);
                 let masked = &pad[start..start + width];
                 let k_block = &k[start * d..][..width * d];
-                // dQ̃'s product reads the keys; a padded one's dS is 0, and 0 · NaN is NaN.
+                // dQ̃'s product reads the keys; a padded one's dS is 0, and 0 · NaN is NaN. (A
+                // block of padding alone never reads them.)
                 let zeroed_keys;
-                let k_block = match zero_padded && !no_flags(masked) {
+                let k_block = match zero_padded && !no_flags(masked) && !all_flagged(masked) {
                     true => {
                         zeroed_keys = rows_zeroed(k_block, d, masked);
                         &zeroed_keys
@@ -185,6 +187,8 @@ pub fn landmark_values(
                     matmul(width, d, rows, d_k, true, d_scores, (1, width), q, (d, 1));
                 }
                 if zero_padded {
+                    // Exact zeros, whatever the products left there.
+                    fill_flagged_rows(d_k, d, masked, 0.0);
                     fill_flagged_rows(d_v, dv, masked, 0.0);
                 }
             }
@@ -195,7 +199,8 @@ pub fn landmark_values(
 /// Gradients of [`super::products::landmark_attention`] for the output gradient `grad`
 /// (`[batch, heads, n, dv]`), per `(batch, head)` in blocks of query rows. `zeroed_rows`
 /// (`[batch, n]` flags) marks the query rows the forward took as zeros, whatever they held:
-/// they are never read and get a zero `dQ`, and a block of them only adds its share to `dW`.
+/// what they hold never reaches a gradient, they get a zero `dQ`, and a block of them only adds
+/// its share to `dW`.
 pub fn landmark_attention(
     dims: Dims,
     forward: Forward,

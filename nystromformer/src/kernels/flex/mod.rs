@@ -297,9 +297,10 @@ pub(super) fn product_backward(saved: SavedProduct, grad: FlexTensor) -> [FlexTe
     }
 }
 
-/// Padding that counts as zeros is never read: the products overwrite what it gives their
-/// scores, and zero their copy of a block of values (or queries) that holds some; the attention
-/// then leaves `Q`, `K` and `V` as they are (see `kernels_take_padding`).
+/// Padding that counts as zeros never reaches an output or a gradient: the products overwrite
+/// what it gives their scores, and zero their copy of a block of values (backward, of keys or
+/// queries) that holds some; the attention then leaves `Q`, `K` and `V` as they are (see
+/// `kernels_take_padding`).
 impl LandmarkSoftmaxOps for Flex {
     fn landmark_values(
         landmark_queries: FlexTensor,

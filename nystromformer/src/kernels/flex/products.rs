@@ -162,7 +162,7 @@ struct KeyBlocks<'a> {
     /// `[n]` padding flags.
     padding: &'a [f32],
     masked_score: f32,
-    /// Whether padded values count as zeros (they are then never read).
+    /// Whether padded values count as zeros (they then never reach the output).
     zero_padded: bool,
     d: usize,
     dv: usize,
