@@ -8,12 +8,14 @@
 //! `dK = dSᵀ Q`. Masked scores are constants, so their `dS` is zero; a row whose output the
 //! forward zeroed (a missing landmark query, a query without any landmark) passes no gradient.
 
+use std::borrow::Cow;
+
 use rayon::prelude::*;
 
 use super::products::{Dims, KEY_BLOCK, QUERY_BLOCK, RowSoftmax, matmul};
 use super::rows::{
-    all_flagged, fill_columns, fill_flagged_rows, masked_keys_vanish, no_flags, row_dots,
-    rows_zeroed, softmax_backward, softmax_from_stats,
+    all_flagged, fill_columns, fill_flagged_rows, masked_keys_vanish, row_dots, rows_zeroed,
+    softmax_backward, softmax_from_stats,
 };
 
 /// Query rows per step of `F · W`'s backward: larger than the forward's blocks, since one task
@@ -113,14 +115,11 @@ pub fn landmark_values(
                 let k_block = &k[start * d..][..width * d];
                 // dQ̃'s product reads the keys; a padded one's dS is 0, and 0 · NaN is NaN. (A
                 // block of padding alone never reads them.)
-                let zeroed_keys;
-                let k_block = match zero_padded && !no_flags(masked) && !all_flagged(masked) {
-                    true => {
-                        zeroed_keys = rows_zeroed(k_block, d, masked);
-                        &zeroed_keys
-                    }
-                    false => k_block,
+                let k_block = match zero_padded && !all_flagged(masked) {
+                    true => rows_zeroed(k_block, d, masked),
+                    false => Cow::Borrowed(k_block),
                 };
+                let k_block: &[f32] = &k_block;
                 let v_block = &v[start * dv..][..width * dv];
                 let d_k = &mut d_k[start * d..][..width * d];
                 let d_v = &mut d_v[start * dv..][..width * dv];
@@ -241,18 +240,13 @@ pub fn landmark_attention(
                     add_uniform_rows(d_w, g, stats, absent, dv);
                     continue;
                 }
-                let zeroed = zeroed_rows
-                    .map(|flags| &flags[b * n + first..][..rows])
-                    .filter(|flags| !no_flags(flags));
+                let zeroed = zeroed_rows.map(|flags| &flags[b * n + first..][..rows]);
                 // dK̃'s product reads the queries, and 0 · NaN is NaN.
-                let zeroed_queries;
                 let q = match zeroed {
-                    Some(flags) => {
-                        zeroed_queries = rows_zeroed(q, d, flags);
-                        &zeroed_queries
-                    }
-                    None => q,
+                    Some(flags) => rows_zeroed(q, d, flags),
+                    None => Cow::Borrowed(q),
                 };
+                let q: &[f32] = &q;
                 // P over the landmarks present, zero elsewhere.
                 matmul(rows, m, d, probs, false, q, (d, 1), lk, (1, d));
                 softmax_from_stats(probs, m, stats);

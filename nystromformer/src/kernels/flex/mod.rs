@@ -127,7 +127,6 @@ pub(super) struct SavedProduct {
     values: FlexTensor,
     kind: ProductKind,
     missing: FlexTensor,
-    masked_score: f32,
     output: FlexTensor,
     row_softmax: Vec<RowSoftmax>,
 }
@@ -136,10 +135,11 @@ pub(super) struct SavedProduct {
 #[derive(Debug, Clone)]
 #[cfg_attr(not(feature = "autodiff"), allow(dead_code))]
 enum ProductKind {
-    /// `B · V`, with the `[batch, n]` padding flags of its keys, and whether padded keys and
-    /// values counted as zeros.
+    /// `B · V`, with the `[batch, n]` padding flags of its keys, the score they got, and whether
+    /// padded keys and values counted as zeros.
     Values {
         padding: FlexTensor,
+        masked_score: f32,
         zero_padded: bool,
     },
     /// `F · W`, with the `[batch, n]` flags of the query rows it took as zeros, if any.
@@ -186,10 +186,10 @@ pub(super) fn values_forward(
         values,
         kind: ProductKind::Values {
             padding,
+            masked_score,
             zero_padded,
         },
         missing,
-        masked_score,
         output: output(out, [dims.batch, dims.heads, dims.m, dims.dv]),
         row_softmax,
     }
@@ -234,7 +234,6 @@ pub(super) fn attention_forward(
         values,
         kind: ProductKind::Attention { zeroed_rows },
         missing,
-        masked_score: f32::MIN,
         output: output(out, [dims.batch, dims.heads, dims.n, dims.dv]),
         row_softmax,
     }
@@ -263,6 +262,7 @@ pub(super) fn product_backward(saved: SavedProduct, grad: FlexTensor) -> [FlexTe
     match &saved.kind {
         ProductKind::Values {
             padding,
+            masked_score,
             zero_padded,
         } => {
             let grads = backward::landmark_values(
@@ -270,7 +270,7 @@ pub(super) fn product_backward(saved: SavedProduct, grad: FlexTensor) -> [FlexTe
                 forward,
                 slice(padding),
                 slice(&saved.missing),
-                saved.masked_score,
+                *masked_score,
                 *zero_padded,
                 slice(&grad),
             );

@@ -6,11 +6,13 @@
 //! Inputs are contiguous row-major `f32` slices: `[batch, heads, rows, cols]`, masks as
 //! `[batch, n]` flags (`1.0` at `true`).
 
+use std::borrow::Cow;
+
 use rayon::prelude::*;
 
 use super::rows::{
-    all_flagged, fill_columns, fill_flagged_rows, fold_block, masked_keys_vanish, no_flags,
-    rows_zeroed, softmax_present,
+    all_flagged, fill_columns, fill_flagged_rows, fold_block, masked_keys_vanish, rows_zeroed,
+    softmax_present,
 };
 
 /// Keys per block of `B · V`: the `[m, KEY_BLOCK]` scores stay in L2 for m ≤ 256.
@@ -215,14 +217,11 @@ impl KeyBlocks<'_> {
                 continue;
             }
             let v_block = &self.values[start * dv..][..width * dv];
-            let zeroed;
-            let v_block = match self.zero_padded && !no_flags(pad) {
-                true => {
-                    zeroed = rows_zeroed(v_block, dv, pad);
-                    &zeroed
-                }
-                false => v_block,
+            let v_block = match self.zero_padded {
+                true => rows_zeroed(v_block, dv, pad),
+                false => Cow::Borrowed(v_block),
             };
+            let v_block: &[f32] = &v_block;
             matmul(
                 rows,
                 dv,

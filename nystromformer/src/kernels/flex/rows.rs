@@ -3,6 +3,8 @@
 //! at run time. gemm picks its own kernels the same way; these loops are a third of the forward
 //! and the `exp` polynomial vectorises twice as wide with AVX2.
 
+use std::borrow::Cow;
+
 use super::exp::{EXP_FLOOR, dot, exp, max, sum};
 use super::products::RowSoftmax;
 
@@ -126,18 +128,16 @@ pub fn fill_flagged_rows(matrix: &mut [f32], width: usize, flags: &[f32], value:
     }
 }
 
-/// A copy of the row-major `[rows, width]` matrix with the rows that `flags` sets zeroed: padded
-/// rows that count as zeros, for a product that would otherwise read what they hold (0 · NaN is
-/// NaN).
-pub fn rows_zeroed(matrix: &[f32], width: usize, flags: &[f32]) -> Vec<f32> {
+/// The row-major `[rows, width]` matrix with the rows that `flags` sets zeroed, in a copy only
+/// when some flag is set: padded rows that count as zeros, for a product that would otherwise
+/// read what they hold (0 · NaN is NaN).
+pub fn rows_zeroed<'a>(matrix: &'a [f32], width: usize, flags: &[f32]) -> Cow<'a, [f32]> {
+    if flags.iter().all(|flag| *flag <= 0.5) {
+        return Cow::Borrowed(matrix);
+    }
     let mut copy = matrix.to_vec();
     fill_flagged_rows(&mut copy, width, flags, 0.0);
-    copy
-}
-
-/// Whether no flag is set.
-pub fn no_flags(flags: &[f32]) -> bool {
-    flags.iter().all(|flag| *flag <= 0.5)
+    Cow::Owned(copy)
 }
 
 /// Whether every flag is set: a block of keys that is all padding, whose scores are all the
@@ -225,11 +225,14 @@ mod tests {
     fn flagged_rows_are_zeroed_in_a_copy_whatever_they_hold() {
         let matrix = [1.0, 2.0, f32::NAN, f32::INFINITY, 5.0, 6.0];
         let flags = [0.0, 1.0, 0.0];
-        assert_eq!(
-            rows_zeroed(&matrix, 2, &flags),
-            [1.0, 2.0, 0.0, 0.0, 5.0, 6.0]
-        );
-        assert!(no_flags(&[0.0, 0.0]) && !no_flags(&flags));
+        let zeroed = rows_zeroed(&matrix, 2, &flags);
+        assert!(matches!(zeroed, Cow::Owned(_)));
+        assert_eq!(*zeroed, [1.0, 2.0, 0.0, 0.0, 5.0, 6.0]);
+        // Without a flag set, the matrix itself: no copy.
+        assert!(matches!(
+            rows_zeroed(&matrix, 2, &[0.0; 3]),
+            Cow::Borrowed(_)
+        ));
     }
 
     #[test]
