@@ -28,7 +28,7 @@ pub fn cube_sum<L: List<f32>>(value: f32, partial: &mut L, #[comptime] log2_unit
 }
 
 /// The number of entries among the `len` from `flags[first]` that `flags` does not mark (0.0),
-/// to every unit of the cube (`units = 2^log2_units` of them, which must all call it), through
+/// to every unit of the cube (`units` of them, a power of two, which must all call it), through
 /// `partial` (`units` entries of shared memory).
 #[cube]
 pub fn unflagged_count<F: Float>(
@@ -37,7 +37,6 @@ pub fn unflagged_count<F: Float>(
     len: usize,
     partial: &mut Shared<[f32]>,
     #[comptime] units: usize,
-    #[comptime] log2_units: usize,
 ) -> f32 {
     let mut count = f32::new(0.0);
     let mut i = UNIT_POS as usize;
@@ -47,20 +46,16 @@ pub fn unflagged_count<F: Float>(
         }
         i += units;
     }
-    cube_sum::<Shared<[f32]>>(count, partial, log2_units)
+    cube_sum::<Shared<[f32]>>(count, partial, comptime!(units.trailing_zeros() as usize))
 }
 
-/// The number of the cube's units for which `active` holds, to every unit (`2^log2_units` of
-/// them, which must all call it), through `partial`.
+/// The number of the cube's units for which `active` holds, to every unit (`units` of them, a
+/// power of two, which must all call it), through `partial`.
 #[cube]
-pub fn active_count(
-    active: bool,
-    partial: &mut Shared<[f32]>,
-    #[comptime] log2_units: usize,
-) -> f32 {
+pub fn active_count(active: bool, partial: &mut Shared<[f32]>, #[comptime] units: usize) -> f32 {
     let mut one = f32::new(0.0);
     if active {
         one = f32::new(1.0);
     }
-    cube_sum::<Shared<[f32]>>(one, partial, log2_units)
+    cube_sum::<Shared<[f32]>>(one, partial, comptime!(units.trailing_zeros() as usize))
 }

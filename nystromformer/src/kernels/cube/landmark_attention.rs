@@ -31,9 +31,6 @@ use crate::kernels::flags::Flags;
 /// Query rows per cube, one per unit.
 const ROWS_PER_CUBE: usize = 64;
 
-/// `log2(ROWS_PER_CUBE)`, for the sums over a cube's units.
-const LOG2_ROWS_PER_CUBE: usize = ROWS_PER_CUBE.trailing_zeros() as usize;
-
 /// Launches the kernel; see [`crate::kernels::fused_landmark_attention`] for the contract.
 /// Returns the output and, with `with_statistics`, each row's log-sum-exp (`[batch, heads, n,
 /// 1]`, f32; 0 for a row without landmarks).
@@ -92,7 +89,6 @@ pub fn launch(
         with_statistics,
         rows_per_tile(head_dim + value_dim),
         ROWS_PER_CUBE,
-        LOG2_ROWS_PER_CUBE,
         any_missing,
         queries_padded,
         dtype_to_storage_type(dtype),
@@ -122,7 +118,6 @@ fn landmark_attention_kernel<F: Float>(
     #[comptime] with_statistics: bool,
     #[comptime] tile: usize,
     #[comptime] units: usize,
-    #[comptime] log2_units: usize,
     #[comptime] any_missing: bool,
     #[comptime] queries_padded: bool,
     #[define(F)] _dtype: ElemType,
@@ -161,7 +156,7 @@ fn landmark_attention_kernel<F: Float>(
     let mut stages = m.div_ceil(tile);
     if comptime!(queries_padded) {
         let mut partial = Shared::<[f32]>::new_slice(units);
-        if active_count(read, &mut partial, log2_units) == 0.0f32 {
+        if active_count(read, &mut partial, units) == 0.0f32 {
             // Padded rows alone (the tail of a batch padded to its longest sequence): no
             // stage, each row the present landmarks' mean row of `W`.
             stages = 0;

@@ -111,7 +111,6 @@ pub fn launch(
         value_dim,
         rows_per_tile(head_dim + value_dim),
         units,
-        units.trailing_zeros() as usize,
         padded,
         // Without padding there is nothing to zero.
         padded && zero_padded,
@@ -159,7 +158,6 @@ fn chunk_kernel<F: Float>(
     #[comptime] value_dim: usize,
     #[comptime] tile: usize,
     #[comptime] units: usize,
-    #[comptime] log2_units: usize,
     #[comptime] padded: bool,
     #[comptime] zero_padded: bool,
     #[define(F)] _dtype: ElemType,
@@ -207,14 +205,8 @@ fn chunk_kernel<F: Float>(
         // A chunk of padding alone (the tail of a batch padded to its longest sequence) only
         // adds its count: the cube skips its stages (see `super::cube_sum`).
         let mut partial = Shared::<[f32]>::new_slice(units);
-        let valid = unflagged_count::<F>(
-            padding,
-            batch * n + start,
-            end - start,
-            &mut partial,
-            units,
-            log2_units,
-        );
+        let valid =
+            unflagged_count::<F>(padding, batch * n + start, end - start, &mut partial, units);
         if valid == 0.0f32 {
             zero_rows = (end - start) as f32;
             stages = 0;

@@ -43,9 +43,6 @@ const CHUNK: usize = 256;
 /// Rows of a kernel's own side per cube, one per unit.
 const UNITS: usize = 64;
 
-/// `log2(UNITS)`, for the sums over a cube's units.
-const LOG2_UNITS: usize = UNITS.trailing_zeros() as usize;
-
 /// What a flagged key means.
 #[derive(Debug, Clone, Copy)]
 pub enum FlaggedKeys {
@@ -150,7 +147,6 @@ pub fn launch(product: ProductBackward) -> (CubeTensor, CubeTensor, CubeTensor) 
         value_dim,
         rows_per_tile(head_dim + value_dim),
         UNITS,
-        LOG2_UNITS,
         keys_flagged,
         rows_flagged,
         rows_zeroed,
@@ -182,7 +178,6 @@ pub fn launch(product: ProductBackward) -> (CubeTensor, CubeTensor, CubeTensor) 
         value_dim,
         rows_per_tile(head_dim + value_dim + ROW_STATISTICS),
         UNITS,
-        LOG2_UNITS,
         keys_flagged,
         skip_flagged,
         rows_flagged,
@@ -233,7 +228,6 @@ fn query_grad_kernel<F: Float>(
     #[comptime] value_dim: usize,
     #[comptime] tile: usize,
     #[comptime] units: usize,
-    #[comptime] log2_units: usize,
     #[comptime] keys_flagged: bool,
     #[comptime] rows_flagged: bool,
     #[comptime] rows_zeroed: bool,
@@ -304,7 +298,7 @@ fn query_grad_kernel<F: Float>(
         // No row of the cube takes a gradient (padded queries), or no key of the chunk gives
         // one (padded keys): the cube's sums stay zero without a stage.
         let mut partial = Shared::<[f32]>::new_slice(units);
-        let mut idle = active_count(active, &mut partial, log2_units) == 0.0f32;
+        let mut idle = active_count(active, &mut partial, units) == 0.0f32;
         if comptime!(keys_flagged) {
             let keys = unflagged_count::<F>(
                 key_flags,
@@ -312,7 +306,6 @@ fn query_grad_kernel<F: Float>(
                 end - start,
                 &mut partial,
                 units,
-                log2_units,
             );
             idle = idle || keys == 0.0f32;
         }
@@ -421,7 +414,6 @@ fn key_grad_kernel<F: Float>(
     #[comptime] value_dim: usize,
     #[comptime] tile: usize,
     #[comptime] units: usize,
-    #[comptime] log2_units: usize,
     #[comptime] keys_flagged: bool,
     #[comptime] skip_flagged: bool,
     #[comptime] rows_flagged: bool,
@@ -492,7 +484,7 @@ fn key_grad_kernel<F: Float>(
         // Every key of the cube skipped (a tile of padded keys taken as zeros): its sums stay
         // zero without a stage.
         let mut partial = Shared::<[f32]>::new_slice(units);
-        if active_count(active, &mut partial, log2_units) == 0.0f32 {
+        if active_count(active, &mut partial, units) == 0.0f32 {
             stages = 0;
         }
     }
