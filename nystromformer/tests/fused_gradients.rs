@@ -1130,3 +1130,24 @@ fn the_weights_backward_kernel_takes_its_largest_landmark_count() {
         assert_agree(&what, ["Q̃", "K̃", "B V"], &fused, &reference, 1e-3);
     }
 }
+
+/// HF's layout with a sequence that is all padding: its rows score every key at the masked
+/// score, a uniform softmax. The kernels' backward once recomputed it from a log-sum-exp
+/// `-1e9 + ln n`, which f32 rounds to `-1e9`, and gave each key weight 1 instead of `1/n`
+/// (`dV` n times too large); the random shapes above drew it only now and then.
+#[test]
+fn a_sequence_of_padding_alone_takes_the_same_gradients_in_hf_layout() {
+    for (name, device) in tracked_devices() {
+        for valid in [[0, 0, 0], [0, 7, 2]] {
+            attention_case(
+                [3, 2, 7, 3, 4],
+                &valid,
+                MaskPolicy::HfCompatible,
+                MASKED_SCORE,
+                11,
+                &device,
+            )
+            .unwrap_or_else(|err| panic!("{name}: {err}"));
+        }
+    }
+}

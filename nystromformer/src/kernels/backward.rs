@@ -6,8 +6,8 @@
 //! matmul for the products and, on fusion backends, the elementwise steps merged.
 //!
 //! The softmax products follow FlashAttention-2's backward. With `P = softmax(S)` recomputed from
-//! the scores and each row's log-sum-exp `L` that the forward left (`P = exp(S − L)`, no
-//! reductions), `O = P V` and `dO` the gradient of `O`:
+//! the scores and each row's statistics that the forward left, its largest score `M` and
+//! `L = ln Σ exp(S − M)` (`P = exp(S − M − L)`, no reductions), `O = P V` and `dO` the gradient of `O`:
 //!
 //! ```text
 //! dV = Pᵀ dO,   dP = dO Vᵀ,   D = rowsum(dO ∘ O),   dS = P ∘ (dP − D),
@@ -15,7 +15,7 @@
 //! ```
 //!
 //! (`Q` already carries the `1/√d` scale.) `P` exists only inside the backward, one stage at a
-//! time; between forward and backward only the output and `L` are kept. The pseudo-inverse
+//! time; between forward and backward only the output, `M` and `L` are kept. The pseudo-inverse
 //! replays its iteration from `A` and `c` and walks it back; `W = A⁺ (B V)` from the landmarks
 //! rebuilds `A` and `c` and chains the pseudo-inverse's backward between those of the product
 //! and of `A`'s softmax.
@@ -45,12 +45,13 @@ pub fn landmark_attention_backward<B: Backend>(
     missing: Flags<B>,
     query_padding: Flags<B>,
     output: FloatTensor<B>,
-    log_sum_exp: FloatTensor<B>,
+    softmax_statistics: FloatTensor<B>,
     grad: FloatTensor<B>,
 ) -> (FloatTensor<B>, FloatTensor<B>, FloatTensor<B>) {
     let queries = fill_rows::<B>(queries, &query_padding, 0.0);
     let scores = B::float_matmul(queries.clone(), B::float_transpose(landmark_keys.clone()));
-    let probabilities = fill_keys::<B>(softmax_from::<B>(scores, log_sum_exp), &missing, 0.0);
+    let probabilities =
+        fill_keys::<B>(softmax_from::<B>(scores, softmax_statistics), &missing, 0.0);
     let [score_grad, weights_grad] =
         softmax_product_backward::<B>(probabilities, weights, output, grad);
     let query_grad = B::float_matmul(score_grad.clone(), landmark_keys);
@@ -77,7 +78,7 @@ pub fn landmark_values_backward<B: Backend>(
     masked_score: f32,
     zero_padded: bool,
     output: FloatTensor<B>,
-    log_sum_exp: FloatTensor<B>,
+    softmax_statistics: FloatTensor<B>,
     grad: FloatTensor<B>,
 ) -> (FloatTensor<B>, FloatTensor<B>, FloatTensor<B>) {
     let [keys, values] = padded_as_zeros::<B, _>([keys, values], &padding, zero_padded);
@@ -85,7 +86,7 @@ pub fn landmark_values_backward<B: Backend>(
     let grad = fill_rows::<B>(grad, &missing, 0.0);
     let scores = B::float_matmul(landmark_queries.clone(), B::float_transpose(keys.clone()));
     let scores = fill_keys::<B>(scores, &padding, masked_score);
-    let probabilities = softmax_from::<B>(scores, log_sum_exp);
+    let probabilities = softmax_from::<B>(scores, softmax_statistics);
     let [score_grad, values_grad] =
         softmax_product_backward::<B>(probabilities, values, output, grad);
     // A padded key's score is the constant masked score.
@@ -98,13 +99,30 @@ pub fn landmark_values_backward<B: Backend>(
     )
 }
 
-/// `exp(S − L)`, the softmax of each row of `scores` from its log-sum-exp `[.., rows, 1]` (f32):
-/// in f32, as the kernels compute it, and returned in the scores' type.
-fn softmax_from<B: Backend>(scores: FloatTensor<B>, log_sum_exp: FloatTensor<B>) -> FloatTensor<B> {
+/// `exp((S − max) − ln Σ)`, the softmax of each row of `scores` from its statistics
+/// `[.., rows, 2]` (f32: the row's largest score and the logarithm of its sum of exponentials
+/// below it): in f32, as the kernels compute it, and returned in the scores' type.
+fn softmax_from<B: Backend>(
+    scores: FloatTensor<B>,
+    softmax_statistics: FloatTensor<B>,
+) -> FloatTensor<B> {
     let (shape, dtype) = (Shape::new(dims(&scores)), scores.dtype());
+    let [batch, heads, rows, _] = dims(&softmax_statistics);
+    let statistic = |i: usize| {
+        let column = B::float_slice(
+            softmax_statistics.clone(),
+            &[
+                (0..batch).into(),
+                (0..heads).into(),
+                (0..rows).into(),
+                (i..i + 1).into(),
+            ],
+        );
+        B::float_expand(column, shape.clone())
+    };
     let scores = cast_to::<B>(scores, DType::F32);
-    let probabilities = B::float_exp(B::float_sub(scores, B::float_expand(log_sum_exp, shape)));
-    cast_to::<B>(probabilities, dtype)
+    let shifted = B::float_sub(B::float_sub(scores, statistic(0)), statistic(1));
+    cast_to::<B>(B::float_exp(shifted), dtype)
 }
 
 /// For `O = P V` with `P` a row softmax of scores `S`: the gradients of `S` and of `V`.

@@ -246,7 +246,7 @@ fn flags(mask: &MaskFlags) -> Flags<Dispatch> {
 /// The two softmax products; masks arrive as `1.0` at `true`. The default bodies are the
 /// tensor-op path ([`super::reference`]); CubeCL devices and flex have fused forwards, flex
 /// under autodiff a fused backward (`kernels/flex/autodiff.rs`) and CubeCL devices one that
-/// recomputes each softmax from the log-sum-exp of the `*_with_statistics` forwards
+/// recomputes each softmax from the statistics of the `*_with_statistics` forwards
 /// (`kernels/cube/autodiff.rs`).
 ///
 /// Padding as the leak-free policy has it, without a pass that zeroes it first: with
@@ -301,9 +301,14 @@ pub trait LandmarkSoftmaxOps: Backend {
         )
     }
 
-    /// [`landmark_values`] and each row's log-sum-exp (`[batch, heads, m, 1]`, f32 whatever the
-    /// input type), for a backward that recomputes the softmax
-    /// ([`LandmarkSoftmaxOps::landmark_values_backward`]).
+    /// [`landmark_values`] and each row's softmax statistics (`[batch, heads, m, 2]`, f32
+    /// whatever the input type: the row's largest score `M` and `ln Σ exp(s − M)`), for a
+    /// backward that recomputes the softmax ([`LandmarkSoftmaxOps::landmark_values_backward`]).
+    ///
+    /// Two numbers, not the log-sum-exp `M + ln Σ`: a row whose keys are all padding scores them
+    /// all at the masked score (`-1e9` in HF's layout), where an f32 has no room left for
+    /// `ln Σ` (its spacing there is 64), and a backward from the sum would weigh each key 1
+    /// where the forward weighed it `1/n`.
     // Only the CubeCL devices' autodiff implementation calls it.
     #[cfg_attr(
         not(all(feature = "autodiff", feature = "cube-kernels")),
@@ -330,8 +335,9 @@ pub trait LandmarkSoftmaxOps: Backend {
         )
     }
 
-    /// [`landmark_attention`] and each row's log-sum-exp (`[batch, heads, n, 1]`, f32 whatever
-    /// the input type), for a backward that recomputes the softmax
+    /// [`landmark_attention`] and each row's softmax statistics (`[batch, heads, n, 2]`, f32
+    /// whatever the input type; as [`LandmarkSoftmaxOps::landmark_values_with_statistics`]
+    /// has them), for a backward that recomputes the softmax
     /// ([`LandmarkSoftmaxOps::landmark_attention_backward`]).
     // Only the CubeCL devices' autodiff implementation calls it.
     #[cfg_attr(
@@ -358,14 +364,14 @@ pub trait LandmarkSoftmaxOps: Backend {
     /// The gradients of [`LandmarkSoftmaxOps::landmark_values`]' landmark queries, keys and
     /// values for the gradient `grad` of its output, from what
     /// [`LandmarkSoftmaxOps::landmark_values_with_statistics`] gave (`output`, and
-    /// `log_sum_exp`, `[.., m, 1]` in f32). The default body is tensor ops
+    /// `softmax_statistics`, `[.., m, 2]` in f32). The default body is tensor ops
     /// ([`super::backward::landmark_values_backward`]); CubeCL devices run two kernels.
     #[cfg_attr(
         not(all(feature = "autodiff", feature = "cube-kernels")),
         allow(dead_code)
     )]
     #[allow(clippy::too_many_arguments)]
-    #[fusion(meta = |landmark_queries, keys, values, _padding, _missing, _masked_score, _zero_padded, _output, _log_sum_exp, _grad| (landmark_queries.clone(), keys.clone(), values.clone()))]
+    #[fusion(meta = |landmark_queries, keys, values, _padding, _missing, _masked_score, _zero_padded, _output, _softmax_statistics, _grad| (landmark_queries.clone(), keys.clone(), values.clone()))]
     fn landmark_values_backward(
         landmark_queries: FloatTensor<Self>,
         keys: FloatTensor<Self>,
@@ -375,7 +381,7 @@ pub trait LandmarkSoftmaxOps: Backend {
         masked_score: f32,
         zero_padded: bool,
         output: FloatTensor<Self>,
-        log_sum_exp: FloatTensor<Self>,
+        softmax_statistics: FloatTensor<Self>,
         grad: FloatTensor<Self>,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
         super::backward::landmark_values_backward::<Self>(
@@ -387,7 +393,7 @@ pub trait LandmarkSoftmaxOps: Backend {
             masked_score,
             zero_padded,
             output,
-            log_sum_exp,
+            softmax_statistics,
             grad,
         )
     }
@@ -395,14 +401,14 @@ pub trait LandmarkSoftmaxOps: Backend {
     /// The gradients of [`LandmarkSoftmaxOps::landmark_attention`]'s queries, landmark keys and
     /// weights for the gradient `grad` of its output, from what
     /// [`LandmarkSoftmaxOps::landmark_attention_with_statistics`] gave (`output`, and
-    /// `log_sum_exp`, `[.., n, 1]` in f32). The default body is tensor ops
+    /// `softmax_statistics`, `[.., n, 2]` in f32). The default body is tensor ops
     /// ([`super::backward::landmark_attention_backward`]); CubeCL devices run two kernels.
     #[cfg_attr(
         not(all(feature = "autodiff", feature = "cube-kernels")),
         allow(dead_code)
     )]
     #[allow(clippy::too_many_arguments)]
-    #[fusion(meta = |queries, landmark_keys, weights, _missing, _query_padding, _output, _log_sum_exp, _grad| (queries.clone(), landmark_keys.clone(), weights.clone()))]
+    #[fusion(meta = |queries, landmark_keys, weights, _missing, _query_padding, _output, _softmax_statistics, _grad| (queries.clone(), landmark_keys.clone(), weights.clone()))]
     fn landmark_attention_backward(
         queries: FloatTensor<Self>,
         landmark_keys: FloatTensor<Self>,
@@ -410,7 +416,7 @@ pub trait LandmarkSoftmaxOps: Backend {
         #[extension_type] missing: Flags<Self>,
         #[extension_type] query_padding: Flags<Self>,
         output: FloatTensor<Self>,
-        log_sum_exp: FloatTensor<Self>,
+        softmax_statistics: FloatTensor<Self>,
         grad: FloatTensor<Self>,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
         super::backward::landmark_attention_backward::<Self>(
@@ -420,7 +426,7 @@ pub trait LandmarkSoftmaxOps: Backend {
             missing,
             query_padding,
             output,
-            log_sum_exp,
+            softmax_statistics,
             grad,
         )
     }
@@ -918,8 +924,8 @@ fn context_shape(queries: &Shape, weights: &Shape) -> Shape {
     Shape::new([queries[0], queries[1], queries[2], weights[3]])
 }
 
-/// The output of a softmax product (`shape`, in `input`'s type) and its log-sum-exp per row
-/// (`[batch, heads, rows, 1]`, f32).
+/// The output of a softmax product (`shape`, in `input`'s type) and its softmax statistics per
+/// row (`[batch, heads, rows, 2]`, f32).
 #[cfg(feature = "cube-kernels")]
 #[cfg_attr(
     not(all(feature = "autodiff", feature = "cube-kernels")),
@@ -936,7 +942,7 @@ fn with_statistics(
     (
         burn::backend::fusion::custom::TensorSpec::new(shape, input.dtype),
         burn::backend::fusion::custom::TensorSpec::new(
-            Shape::new([batch, heads, rows, 1]),
+            Shape::new([batch, heads, rows, 2]),
             burn::tensor::DType::F32,
         ),
     )

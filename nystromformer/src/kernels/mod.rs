@@ -20,9 +20,10 @@
 //! (a padding mask, or `m` not dividing the length: each segment's rows found through its
 //! ranks, where the tensor ops multiply a `[batch, m, n]` weight matrix with every head). The
 //! attention then holds no `n × m` matrix at all. Under autodiff (feature `autodiff`) the same
-//! kernels run forward, the softmax products also leaving each row's log-sum-exp, and the
-//! backward is kernels too: two per softmax product that recompute its softmax from that
-//! log-sum-exp (FlashAttention-2's backward, `cube/softmax_backward.rs`), one that replays the
+//! kernels run forward, the softmax products also leaving each row's softmax statistics (its
+//! largest score and the log of its sum of exponentials), and the backward is kernels too: two
+//! per softmax product that recompute its softmax from those statistics (FlashAttention-2's
+//! backward, `cube/softmax_backward.rs`), one that replays the
 //! pseudo-inverse iteration and walks it back (`cube/pinv_backward.rs`, and
 //! `cube/landmark_weights_backward.rs` for `W`, which also goes back through `A`), and the
 //! landmarks' spread over their segments: training keeps no `n × m` matrix from forward to
@@ -44,7 +45,7 @@
 //! takes about three launches forward and twenty-five backward.
 //!
 //! The CubeCL kernels also take f16, forward and backward: they read and write f16, keep their
-//! softmax state, tiles, log-sum-exp and partial gradients in f32 and run the pseudo-inverse in
+//! softmax state, tiles, statistics and partial gradients in f32 and run the pseudo-inverse in
 //! f32. Everywhere else (ndarray, bf16, f16 on flex, tracked tensors without the `autodiff`
 //! feature) the tensor-op stages run; all paths compute the same maths and agree to float
 //! rounding (`tests/custom_kernels.rs`, gradients included). The CubeCL kernels

@@ -58,8 +58,8 @@ pub(super) fn padded_as_zeros<B: Backend, const N: usize>(
     }
 }
 
-/// [`landmark_values`] and each row's log-sum-exp of the masked scores (`[batch, heads, m, 1]`,
-/// f32), what the backward recomputes the softmax from.
+/// [`landmark_values`] and each row's softmax statistics over the masked scores (`[batch, heads,
+/// m, 2]`, f32: see [`softmax_statistics`]), what the backward recomputes the softmax from.
 #[cfg_attr(
     not(all(feature = "autodiff", feature = "cube-kernels")),
     allow(dead_code)
@@ -75,13 +75,14 @@ pub fn landmark_values_with_statistics<B: Backend>(
 ) -> (FloatTensor<B>, FloatTensor<B>) {
     let [keys, values] = padded_as_zeros::<B, _>([keys, values], &padding, zero_padded);
     let scores = value_scores::<B>(landmark_queries, keys, padding, masked_score);
-    let log_sum_exp = log_sum_exp::<B>(scores.clone());
+    let softmax_statistics = softmax_statistics::<B>(scores.clone());
     let output = values_from_scores::<B>(scores, values, missing);
-    (output, cast_to::<B>(log_sum_exp, DType::F32))
+    (output, cast_to::<B>(softmax_statistics, DType::F32))
 }
 
-/// [`landmark_attention`] and each row's log-sum-exp over its landmarks (`[batch, heads, n, 1]`,
-/// f32; any finite value for a row without landmarks, whose weights the backward zeroes).
+/// [`landmark_attention`] and each row's softmax statistics over its landmarks (`[batch, heads,
+/// n, 2]`, f32: see [`softmax_statistics`]; any finite values for a row without landmarks, whose
+/// weights the backward zeroes).
 #[cfg_attr(
     not(all(feature = "autodiff", feature = "cube-kernels")),
     allow(dead_code)
@@ -95,9 +96,9 @@ pub fn landmark_attention_with_statistics<B: Backend>(
 ) -> (FloatTensor<B>, FloatTensor<B>) {
     let queries = fill_rows::<B>(queries, &query_padding, 0.0);
     let scores = landmark_scores::<B>(queries, landmark_keys, &missing);
-    let log_sum_exp = log_sum_exp::<B>(scores.clone());
+    let softmax_statistics = softmax_statistics::<B>(scores.clone());
     let output = attention_from_scores::<B>(scores, weights, &missing);
-    (output, cast_to::<B>(log_sum_exp, DType::F32))
+    (output, cast_to::<B>(softmax_statistics, DType::F32))
 }
 
 /// `Q̃ Kᵀ` with padded keys at `masked_score`, `[batch, heads, m, n]`.
@@ -215,17 +216,19 @@ pub(super) fn cast_to<B: Backend>(x: FloatTensor<B>, dtype: DType) -> FloatTenso
     }
 }
 
-/// `max + ln Σ exp(s − max)` of each row of `scores`, as `[.., rows, 1]`.
+/// Each row's softmax statistics, `[.., rows, 2]`: its largest score `max` and `ln Σ exp(s − max)`
+/// (see [`super::extension::LandmarkSoftmaxOps::landmark_values_with_statistics`] for why two
+/// numbers and not their sum).
 #[cfg_attr(
     not(all(feature = "autodiff", feature = "cube-kernels")),
     allow(dead_code)
 )]
-fn log_sum_exp<B: Backend>(scores: FloatTensor<B>) -> FloatTensor<B> {
+fn softmax_statistics<B: Backend>(scores: FloatTensor<B>) -> FloatTensor<B> {
     let maximum = B::float_max_dim(scores.clone(), 3);
     let shape = Shape::new(dims(&scores));
     let shifted = B::float_sub(scores, B::float_expand(maximum.clone(), shape));
     let sum = B::float_sum_dim(B::float_exp(shifted), 3);
-    B::float_add(maximum, B::float_log(sum))
+    B::float_cat(vec![maximum, B::float_log(sum)], 3)
 }
 
 /// See [`super::fused_pinv`]: `Z₀ = Aᵀ / c`, then per iteration `P = A Z`, `T = 7P − P P`,
@@ -515,11 +518,26 @@ mod tests {
         t.into_data().convert::<f32>().try_into_vec().unwrap()
     }
 
-    /// Row `r`'s log-sum-exp of `scores` (`[rows, len]`, host), computed directly.
-    fn log_sum_exp_of(scores: &[f32], len: usize, r: usize) -> f32 {
+    /// Row `r`'s softmax statistics of `scores` (`[rows, len]`, host), computed directly: its
+    /// largest score and `ln Σ exp(s − max)`.
+    fn statistics_of(scores: &[f32], len: usize, r: usize) -> [f32; 2] {
         let row = &scores[r * len..(r + 1) * len];
         let max = row.iter().copied().fold(f32::MIN, f32::max);
-        max + row.iter().map(|s| (s - max).exp()).sum::<f32>().ln()
+        [max, row.iter().map(|s| (s - max).exp()).sum::<f32>().ln()]
+    }
+
+    /// Asserts that `got` (`[rows, 2]`, host) holds [`statistics_of`] each row of `scores`.
+    fn assert_statistics(got: &[f32], scores: &[f32], len: usize) {
+        assert_eq!(got.len(), 2 * scores.len() / len);
+        for (r, got) in got.chunks(2).enumerate() {
+            let expected = statistics_of(scores, len, r);
+            for (got, expected) in got.iter().zip(expected) {
+                assert!(
+                    (got - expected).abs() < 1e-5,
+                    "row {r}: {got} against {expected}"
+                );
+            }
+        }
     }
 
     /// With NaN in the padding, the bodies that take it as zeros give what the zeroed inputs give
@@ -560,10 +578,11 @@ mod tests {
                 zero_padded,
             )
         };
-        let (output, log_sum_exp) = values(fill(&k, f32::NAN), fill(&v, f32::NAN), padding(), true);
+        let (output, softmax_statistics) =
+            values(fill(&k, f32::NAN), fill(&v, f32::NAN), padding(), true);
         let (expected, expected_lse) = values(fill(&k, 0.0), fill(&v, 0.0), padding(), false);
         same("B · V", output.clone(), expected.clone());
-        let backward = |keys, values, zero_padded, output, log_sum_exp| {
+        let backward = |keys, values, zero_padded, output, softmax_statistics| {
             super::super::backward::landmark_values_backward::<Dispatch>(
                 q.clone().into_dispatch(),
                 keys,
@@ -573,7 +592,7 @@ mod tests {
                 -1e9,
                 zero_padded,
                 output,
-                log_sum_exp,
+                softmax_statistics,
                 grad.clone().into_dispatch(),
             )
         };
@@ -582,7 +601,7 @@ mod tests {
             fill(&v, f32::NAN),
             true,
             output,
-            log_sum_exp,
+            softmax_statistics,
         );
         let reference = backward(fill(&k, 0.0), fill(&v, 0.0), false, expected, expected_lse);
         same("B · V, dQ̃", got.0, reference.0);
@@ -737,7 +756,7 @@ mod tests {
     }
 
     #[test]
-    fn the_statistics_bodies_give_the_plain_result_and_each_rows_log_sum_exp() {
+    fn the_statistics_bodies_give_the_plain_result_and_each_rows_softmax_statistics() {
         let device = Device::flex();
         let [m, n, d] = [3, 7, 4];
         let random =
@@ -766,20 +785,30 @@ mod tests {
             host(Tensor::from_dispatch(output)),
             Tensor::<4>::from_dispatch(statistics),
         );
-        assert_eq!(statistics.dims(), [1, 1, m, 1]);
+        assert_eq!(statistics.dims(), [1, 1, m, 2]);
         assert_eq!(statistics.dtype(), DType::F32);
         let statistics = host(statistics);
         assert_eq!(output, plain);
         // Scores over the valid keys only: the padded ones weigh e^(-1e9) = 0.
         let valid_keys = k.clone().slice([0..1, 0..1, 0..5, 0..d]);
         let scores = host(q.clone().matmul(valid_keys.transpose()));
-        assert_eq!(statistics.len(), m);
-        for (r, &got) in statistics.iter().enumerate() {
-            let expected = log_sum_exp_of(&scores, 5, r);
-            assert!(
-                (got - expected).abs() < 1e-5,
-                "row {r}: {got} against {expected}"
-            );
+        assert_statistics(&statistics, &scores, 5);
+
+        // Every key padded: all scored at -1e9, a uniform softmax, `ln Σ` = ln n kept apart
+        // from the maximum (the f32 sum -1e9 + ln 7 is -1e9).
+        let all_padded = Tensor::<2>::ones([1, n], &device).into_dispatch();
+        let (_, statistics) = landmark_values_with_statistics::<Dispatch>(
+            q.clone().into_dispatch(),
+            k.clone().into_dispatch(),
+            v.clone().into_dispatch(),
+            Flags::Present(all_padded),
+            Flags::Absent,
+            -1e9,
+            false,
+        );
+        for row in host(Tensor::from_dispatch(statistics)).chunks(2) {
+            assert_eq!(row[0], -1e9);
+            assert!((row[1] - (n as f32).ln()).abs() < 1e-5, "{row:?}");
         }
 
         // F · W over the landmarks: landmark 1 missing, so each row sums over 0 and 2.
@@ -810,14 +839,7 @@ mod tests {
             2,
         );
         let scores = host(k.matmul(present.transpose()));
-        assert_eq!(statistics.len(), n);
-        for (r, &got) in statistics.iter().enumerate() {
-            let expected = log_sum_exp_of(&scores, 2, r);
-            assert!(
-                (got - expected).abs() < 1e-5,
-                "row {r}: {got} against {expected}"
-            );
-        }
+        assert_statistics(&statistics, &scores, 2);
     }
 
     #[test]

@@ -1,8 +1,8 @@
 //! Training through the CubeCL stages: [`LandmarkSoftmaxOps`], [`PinvOps`] (the pseudo-inverse
 //! alone, and `W` from the landmarks) and [`SegmentMeanOps`] (the landmarks) for
 //! `Autodiff<Cube>`. A tracked call runs the kernel forward and keeps its inputs, and for the
-//! softmax products their output and each row's log-sum-exp, which the forward kernel leaves in
-//! f32; the backward is the extension's `*_backward` operations, kernels too
+//! softmax products their output and each row's softmax statistics (largest score and log of
+//! the sum of exponentials), which the forward kernel leaves in f32; the backward is the extension's `*_backward` operations, kernels too
 //! (`softmax_backward.rs`, `pinv_backward.rs`, `landmark_weights_backward.rs`), which recompute
 //! from them, so no `n × m` matrix is kept from the forward to the backward. A landmark keeps
 //! only its input's length and a factor; its backward spreads the gradient over the segment.
@@ -21,7 +21,7 @@ use crate::kernels::recorded::{SavedForward, record};
 use crate::kernels::segment_rows::SegmentRows;
 
 /// What the `F · W` stage keeps: its inputs, the missing-landmark and query-padding flags, its
-/// output and each row's log-sum-exp (`[batch, heads, n, 1]`, f32).
+/// output and each row's softmax statistics (`[batch, heads, n, 2]`, f32).
 #[derive(Debug, Clone)]
 struct SavedAttention<B: Backend> {
     queries: FloatTensor<B>,
@@ -30,12 +30,12 @@ struct SavedAttention<B: Backend> {
     missing: Flags<B>,
     query_padding: Flags<B>,
     output: FloatTensor<B>,
-    log_sum_exp: FloatTensor<B>,
+    softmax_statistics: FloatTensor<B>,
 }
 
 /// What the `B · V` stage keeps: its inputs, both masks' flags, the score of a padded key and
-/// whether it counts as zeros, its output and each row's log-sum-exp (`[batch, heads, m, 1]`,
-/// f32).
+/// whether it counts as zeros, its output and each row's softmax statistics (`[batch, heads, m,
+/// 2]`, f32).
 #[derive(Debug, Clone)]
 struct SavedValues<B: Backend> {
     landmark_queries: FloatTensor<B>,
@@ -46,7 +46,7 @@ struct SavedValues<B: Backend> {
     masked_score: f32,
     zero_padded: bool,
     output: FloatTensor<B>,
-    log_sum_exp: FloatTensor<B>,
+    softmax_statistics: FloatTensor<B>,
 }
 
 /// What `W = A⁺ (B V)` from the landmarks keeps: its inputs (`A`, `c` and the iteration are
@@ -112,7 +112,7 @@ impl SavedForward<Cube, 3> for SavedAttention<Cube> {
                 self.missing,
                 self.query_padding,
                 self.output,
-                self.log_sum_exp,
+                self.softmax_statistics,
                 grad,
             );
         [queries, landmark_keys, weights]
@@ -131,7 +131,7 @@ impl SavedForward<Cube, 3> for SavedValues<Cube> {
                 self.masked_score,
                 self.zero_padded,
                 self.output,
-                self.log_sum_exp,
+                self.softmax_statistics,
                 grad,
             );
         [landmark_queries, keys, values]
@@ -207,7 +207,7 @@ impl<C: CheckpointStrategy> LandmarkSoftmaxOps for Autodiff<Cube, C> {
                 padding.map(|flags| flags.into_primitive()),
                 missing.map(|flags| flags.into_primitive()),
             );
-            let (output, log_sum_exp) =
+            let (output, softmax_statistics) =
                 <Cube as LandmarkSoftmaxOps>::landmark_values_with_statistics(
                     landmark_queries.clone(),
                     keys.clone(),
@@ -226,7 +226,7 @@ impl<C: CheckpointStrategy> LandmarkSoftmaxOps for Autodiff<Cube, C> {
                 masked_score,
                 zero_padded,
                 output: output.clone(),
-                log_sum_exp,
+                softmax_statistics,
             };
             (output, saved)
         })
@@ -248,7 +248,7 @@ impl<C: CheckpointStrategy> LandmarkSoftmaxOps for Autodiff<Cube, C> {
                 missing.map(|flags| flags.into_primitive()),
                 query_padding.map(|flags| flags.into_primitive()),
             );
-            let (output, log_sum_exp) =
+            let (output, softmax_statistics) =
                 <Cube as LandmarkSoftmaxOps>::landmark_attention_with_statistics(
                     queries.clone(),
                     landmark_keys.clone(),
@@ -263,7 +263,7 @@ impl<C: CheckpointStrategy> LandmarkSoftmaxOps for Autodiff<Cube, C> {
                 missing,
                 query_padding,
                 output: output.clone(),
-                log_sum_exp,
+                softmax_statistics,
             };
             (output, saved)
         })

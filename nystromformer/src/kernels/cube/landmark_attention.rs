@@ -10,8 +10,8 @@
 //! zeros (padding) scores 0 against every landmark without being read, and a cube of such rows
 //! alone runs no stage: its rows are the present landmarks' mean row of `W` (`uniform_rows`).
 //!
-//! For training, the kernel can also leave each row's log-sum-exp over its landmarks
-//! (`with_statistics`), in f32 whatever the input type: the backward
+//! For training, the kernel can also leave each row's softmax statistics over its landmarks
+//! (`with_statistics`: its largest score and the log of its sum of exponentials), in f32 whatever the input type: the backward
 //! (`super::softmax_backward`) recomputes `F` from it without the softmax's reductions.
 
 use burn::backend::cubecl::dtype_to_storage_type;
@@ -32,8 +32,8 @@ use crate::kernels::flags::Flags;
 const ROWS_PER_CUBE: usize = 64;
 
 /// Launches the kernel; see [`crate::kernels::fused_landmark_attention`] for the contract.
-/// Returns the output and, with `with_statistics`, each row's log-sum-exp (`[batch, heads, n,
-/// 1]`, f32; 0 for a row without landmarks).
+/// Returns the output and, with `with_statistics`, each row's softmax statistics (`[batch, heads,
+/// n, 2]`, f32; zeros for a row without landmarks).
 pub fn launch(
     queries: CubeTensor,
     landmark_keys: CubeTensor,
@@ -59,7 +59,7 @@ pub fn launch(
         Shape::new([batch, heads, n, value_dim]),
         dtype,
     );
-    let log_sum_exp = empty_device_contiguous_dtype(
+    let softmax_statistics = empty_device_contiguous_dtype(
         client.clone(),
         queries.device.clone(),
         statistics_shape([batch, heads, n], with_statistics),
@@ -82,7 +82,7 @@ pub fn launch(
         missing.into_tensor_arg(),
         query_padding.into_tensor_arg(),
         context.clone().into_tensor_arg(),
-        log_sum_exp.clone().into_tensor_arg(),
+        softmax_statistics.clone().into_tensor_arg(),
         row_tiles,
         head_dim,
         value_dim,
@@ -93,14 +93,14 @@ pub fn launch(
         queries_padded,
         dtype_to_storage_type(dtype),
     );
-    (context, with_statistics.then_some(log_sum_exp))
+    (context, with_statistics.then_some(softmax_statistics))
 }
 
 /// One cube per (matrix, tile of `units` query rows), one unit per row; `queries` may be strided
 /// (last dimension contiguous), the other tensors are contiguous. The head sizes are compile-time
 /// constants so that the row's query and accumulator live in registers. `missing` is read only
 /// when `any_missing`; `query_padding` (`[batch, n]`, 1.0 at a query row taken as zeros, which
-/// is never read) only when `queries_padded`. `log_sum_exp` gets each row's log-sum-exp when
+/// is never read) only when `queries_padded`. `softmax_statistics` gets each row's maximum and log-sum when
 /// `with_statistics` (else it is a placeholder).
 #[allow(clippy::too_many_arguments)]
 #[cube(launch)]
@@ -111,7 +111,7 @@ fn landmark_attention_kernel<F: Float>(
     missing: &Tensor<F>,
     query_padding: &Tensor<F>,
     context: &mut Tensor<F>,
-    log_sum_exp: &mut Tensor<f32>,
+    softmax_statistics: &mut Tensor<f32>,
     row_tiles: usize,
     #[comptime] head_dim: usize,
     #[comptime] value_dim: usize,
@@ -164,7 +164,7 @@ fn landmark_attention_kernel<F: Float>(
                 weights,
                 missing,
                 context,
-                log_sum_exp,
+                softmax_statistics,
                 matrix,
                 batch,
                 row,
@@ -251,17 +251,19 @@ fn landmark_attention_kernel<F: Float>(
     }
     // Only the training forward pays for the logarithm.
     if comptime!(with_statistics) {
-        let mut statistic = f32::new(0.0);
+        let (mut largest, mut log_sum) = (f32::new(0.0), f32::new(0.0));
         if sum > 0.0f32 {
-            statistic = maximum(&state, value_dim) + f32::ln(sum);
+            largest = maximum(&state, value_dim);
+            log_sum = f32::ln(sum);
         }
-        log_sum_exp[row] = statistic;
+        softmax_statistics[row * 2] = largest;
+        softmax_statistics[row * 2 + 1] = log_sum;
     }
 }
 
 /// What a cube of query rows taken as zeros writes: each row scores 0 against every landmark, so
 /// its softmax is uniform over the present ones and its output their mean row of `W`, with the
-/// log-sum-exp `ln(count)`; with none present, a zero row and 0. The cube's units share the
+/// statistics `(0, ln(count))`; with none present, a zero row and zeros. The cube's units share the
 /// mean's columns, then each writes its row. Every unit of the cube must call it.
 #[cube]
 #[allow(clippy::too_many_arguments)]
@@ -269,7 +271,7 @@ fn uniform_rows<F: Float>(
     weights: &Tensor<F>,
     missing: &Tensor<F>,
     context: &mut Tensor<F>,
-    log_sum_exp: &mut Tensor<f32>,
+    softmax_statistics: &mut Tensor<f32>,
     matrix: usize,
     batch: usize,
     row: usize,
@@ -311,11 +313,12 @@ fn uniform_rows<F: Float>(
             context[target * value_dim + c] = F::cast_from(mean[c]);
         }
         if comptime!(with_statistics) {
-            let mut statistic = f32::new(0.0);
+            let mut log_sum = f32::new(0.0);
             if present > 0.0f32 {
-                statistic = f32::ln(present);
+                log_sum = f32::ln(present);
             }
-            log_sum_exp[target] = statistic;
+            softmax_statistics[target * 2] = f32::new(0.0);
+            softmax_statistics[target * 2 + 1] = log_sum;
         }
     }
 }

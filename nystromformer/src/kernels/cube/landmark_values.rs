@@ -9,8 +9,9 @@
 //! each landmark, rescaling each partial sum to the landmark's overall maximum. The `[m, n]`
 //! kernel `B` is never written; the partial results take `d_v / CHUNK` of its size.
 //!
-//! For training, the merge can also leave each landmark's log-sum-exp over the keys
-//! (`with_statistics`), in f32 whatever the input type, from which the backward
+//! For training, the merge can also leave each landmark's softmax statistics over the keys
+//! (`with_statistics`: the overall maximum and the log of the merged sum), in f32 whatever the
+//! input type, from which the backward
 //! (`super::softmax_backward`) recomputes `B`.
 //!
 //! Padded keys get the tensor-op path's finite masked score (`min_float`, in f32) rather than
@@ -46,7 +47,8 @@ const MAX_LANDMARKS_PER_CUBE: usize = 128;
 const MERGE_UNITS_PER_CUBE: u32 = 128;
 
 /// Launches both kernels; see [`crate::kernels::fused_landmark_values`] for the contract. Returns
-/// the output and, with `with_statistics`, each row's log-sum-exp (`[batch, heads, m, 1]`, f32).
+/// the output and, with `with_statistics`, each row's softmax statistics (`[batch, heads, m, 2]`,
+/// f32).
 #[allow(clippy::too_many_arguments)]
 pub fn launch(
     landmark_queries: CubeTensor,
@@ -81,7 +83,7 @@ pub fn launch(
     let statistics = empty(Shape::new([matrices, chunks, m, 2]), DType::F32);
     let partial_values = empty(Shape::new([matrices, chunks, m, value_dim]), DType::F32);
     let output = empty(Shape::new([batch, heads, m, value_dim]), dtype);
-    let log_sum_exp = empty(
+    let softmax_statistics = empty(
         statistics_shape([batch, heads, m], with_statistics),
         DType::F32,
     );
@@ -126,14 +128,14 @@ pub fn launch(
         partial_values.into_tensor_arg(),
         missing.into_tensor_arg(),
         output.clone().into_tensor_arg(),
-        log_sum_exp.clone().into_tensor_arg(),
+        softmax_statistics.clone().into_tensor_arg(),
         heads,
         value_dim,
         with_statistics,
         any_missing,
         dtype_to_storage_type(dtype),
     );
-    (output, with_statistics.then_some(log_sum_exp))
+    (output, with_statistics.then_some(softmax_statistics))
 }
 
 /// One cube per (matrix, chunk, group of `units` landmarks), one unit per landmark. `keys` and
@@ -309,7 +311,7 @@ fn chunk_kernel<F: Float>(
 
 /// One unit per (matrix, landmark): merges the chunks' partial softmax sums. `missing` is
 /// `[batch, m]`, 1.0 where a segment is not a landmark (its row is zero), and read only when
-/// `any_missing`. `log_sum_exp` gets each row's log-sum-exp when `with_statistics` (else it is a
+/// `any_missing`. `softmax_statistics` gets each row's maximum and log-sum when `with_statistics` (else it is a
 /// placeholder).
 #[allow(clippy::too_many_arguments)]
 #[cube(launch)]
@@ -318,7 +320,7 @@ fn merge_kernel<F: Float>(
     partial_values: &Tensor<f32>,
     missing: &Tensor<F>,
     output: &mut Tensor<F>,
-    log_sum_exp: &mut Tensor<f32>,
+    softmax_statistics: &mut Tensor<f32>,
     heads: usize,
     #[comptime] value_dim: usize,
     #[comptime] with_statistics: bool,
@@ -368,6 +370,7 @@ fn merge_kernel<F: Float>(
         output[row * value_dim + c] = F::cast_from(accumulator[c] * inverse);
     }
     if comptime!(with_statistics) {
-        log_sum_exp[row] = overall_max + f32::ln(total);
+        softmax_statistics[row * 2] = overall_max;
+        softmax_statistics[row * 2 + 1] = f32::ln(total);
     }
 }

@@ -93,7 +93,7 @@ impl LandmarkSoftmaxOps for CubeBackend {
         masked_score: f32,
         zero_padded: bool,
     ) -> (FloatTensor<Self>, FloatTensor<Self>) {
-        let (output, log_sum_exp) = landmark_values::launch(
+        let (output, softmax_statistics) = landmark_values::launch(
             landmark_queries,
             keys,
             values,
@@ -103,7 +103,10 @@ impl LandmarkSoftmaxOps for CubeBackend {
             zero_padded,
             true,
         );
-        (output, log_sum_exp.expect("asked for the statistics"))
+        (
+            output,
+            softmax_statistics.expect("asked for the statistics"),
+        )
     }
 
     fn landmark_attention_with_statistics(
@@ -113,7 +116,7 @@ impl LandmarkSoftmaxOps for CubeBackend {
         missing: Flags<Self>,
         query_padding: Flags<Self>,
     ) -> (FloatTensor<Self>, FloatTensor<Self>) {
-        let (output, log_sum_exp) = landmark_attention::launch(
+        let (output, softmax_statistics) = landmark_attention::launch(
             queries,
             landmark_keys,
             weights,
@@ -121,7 +124,10 @@ impl LandmarkSoftmaxOps for CubeBackend {
             query_padding,
             true,
         );
-        (output, log_sum_exp.expect("asked for the statistics"))
+        (
+            output,
+            softmax_statistics.expect("asked for the statistics"),
+        )
     }
 
     fn landmark_values_backward(
@@ -133,7 +139,7 @@ impl LandmarkSoftmaxOps for CubeBackend {
         masked_score: f32,
         zero_padded: bool,
         output: FloatTensor<Self>,
-        log_sum_exp: FloatTensor<Self>,
+        softmax_statistics: FloatTensor<Self>,
         grad: FloatTensor<Self>,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
         // A padded key taken as zero, value included, has no gradient and adds nothing to any
@@ -147,7 +153,7 @@ impl LandmarkSoftmaxOps for CubeBackend {
             keys,
             values,
             output,
-            log_sum_exp,
+            softmax_statistics,
             grad,
             key_flags: padding,
             flagged_keys,
@@ -163,7 +169,7 @@ impl LandmarkSoftmaxOps for CubeBackend {
         missing: Flags<Self>,
         query_padding: Flags<Self>,
         output: FloatTensor<Self>,
-        log_sum_exp: FloatTensor<Self>,
+        softmax_statistics: FloatTensor<Self>,
         grad: FloatTensor<Self>,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
         softmax_backward::launch(ProductBackward {
@@ -171,7 +177,7 @@ impl LandmarkSoftmaxOps for CubeBackend {
             keys: landmark_keys,
             values: weights,
             output,
-            log_sum_exp,
+            softmax_statistics,
             grad,
             key_flags: missing,
             flagged_keys: FlaggedKeys::Skipped,
@@ -339,12 +345,14 @@ fn flags_or(flags: Flags<CubeBackend>, stand_in: &CubeTensor) -> CubeTensor {
     }
 }
 
-/// The shape of a softmax product's log-sum-exp per row, `[batch, heads, rows, 1]`; without
+/// The shape of a softmax product's statistics, `[batch, heads, rows, 2]` (each row's largest
+/// score and `ln Σ exp(s − max)`, as `LandmarkSoftmaxOps::landmark_values_with_statistics` has
+/// them); without
 /// `with_statistics` one entry, a placeholder that the kernel compiled without statistics never
 /// writes.
 fn statistics_shape([batch, heads, rows]: [usize; 3], with_statistics: bool) -> Shape {
     match with_statistics {
-        true => Shape::new([batch, heads, rows, 1]),
+        true => Shape::new([batch, heads, rows, 2]),
         false => Shape::new([1]),
     }
 }

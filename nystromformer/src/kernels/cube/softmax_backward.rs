@@ -1,9 +1,10 @@
 //! The backward of a softmax product `O = softmax(Q Kᵀ) V` (`F · W` and `B · V`) in two kernels,
-//! FlashAttention-2 style: `P` is recomputed from the scores and each row's log-sum-exp `L` that
-//! the forward kernel left, and never stored. With `D = rowsum(dO ∘ O)`:
+//! FlashAttention-2 style: `P` is recomputed from the scores and each row's statistics that the
+//! forward kernel left, its largest score `M` and `L = ln Σ exp(s − M)`, and never stored. With
+//! `D = rowsum(dO ∘ O)`:
 //!
 //! ```text
-//! s = q·k,  p = exp(s − L),  dp = dO·v,  ds = p (dp − D)
+//! s = q·k,  p = exp(s − M − L),  dp = dO·v,  ds = p (dp − D)
 //! dQ = Σ over keys of ds k           (the query kernel: a unit per query row)
 //! dK = Σ over queries of ds q,  dV = Σ over queries of p dO      (the key kernel: a unit per key)
 //! ```
@@ -47,7 +48,7 @@ const UNITS: usize = 64;
 #[derive(Debug, Clone, Copy)]
 pub enum FlaggedKeys {
     /// No weight and no gradient: left out of the softmax (missing landmarks), or kept in its
-    /// normaliser through the saved log-sum-exp with a zero value (padded keys taken as zeros),
+    /// normaliser through the saved statistics with a zero value (padded keys taken as zeros),
     /// which adds nothing to any other gradient either.
     Skipped,
     /// Scored at this constant (padded keys).
@@ -65,8 +66,8 @@ pub struct ProductBackward {
     pub values: CubeTensor,
     /// `O`.
     pub output: CubeTensor,
-    /// `L`, `[batch, heads, queries, 1]`, f32.
-    pub log_sum_exp: CubeTensor,
+    /// `M` and `L`, `[batch, heads, queries, 2]`, f32.
+    pub softmax_statistics: CubeTensor,
     /// `dO`.
     pub grad: CubeTensor,
     /// `[batch, keys]` flags, and what they mean.
@@ -87,15 +88,15 @@ pub fn launch(product: ProductBackward) -> (CubeTensor, CubeTensor, CubeTensor) 
         keys,
         values,
         output,
-        log_sum_exp,
+        softmax_statistics,
         grad,
         key_flags,
         flagged_keys,
         row_flags,
         zeroed_rows,
     } = product;
-    let [queries, keys, values, output, log_sum_exp, grad] =
-        [queries, keys, values, output, log_sum_exp, grad].map(rows_in_place);
+    let [queries, keys, values, output, softmax_statistics, grad] =
+        [queries, keys, values, output, softmax_statistics, grad].map(rows_in_place);
     let (keys_flagged, rows_flagged) = (key_flags.is_present(), row_flags.is_present());
     let rows_zeroed = zeroed_rows.is_present();
     let key_flags = flags_or(key_flags, &queries);
@@ -135,7 +136,7 @@ pub fn launch(product: ProductBackward) -> (CubeTensor, CubeTensor, CubeTensor) 
         keys.clone().into_tensor_arg(),
         values.clone().into_tensor_arg(),
         output.clone().into_tensor_arg(),
-        log_sum_exp.clone().into_tensor_arg(),
+        softmax_statistics.clone().into_tensor_arg(),
         grad.clone().into_tensor_arg(),
         key_flags.clone().into_tensor_arg(),
         row_flags.clone().into_tensor_arg(),
@@ -164,7 +165,7 @@ pub fn launch(product: ProductBackward) -> (CubeTensor, CubeTensor, CubeTensor) 
         keys.into_tensor_arg(),
         values.into_tensor_arg(),
         output.into_tensor_arg(),
-        log_sum_exp.into_tensor_arg(),
+        softmax_statistics.into_tensor_arg(),
         grad.into_tensor_arg(),
         key_flags.into_tensor_arg(),
         row_flags.into_tensor_arg(),
@@ -216,7 +217,7 @@ fn query_grad_kernel<F: Float>(
     keys: &Tensor<F>,
     values: &Tensor<F>,
     output: &Tensor<F>,
-    log_sum_exp: &Tensor<f32>,
+    softmax_statistics: &Tensor<f32>,
     grad: &Tensor<F>,
     key_flags: &Tensor<F>,
     row_flags: &Tensor<F>,
@@ -274,9 +275,11 @@ fn query_grad_kernel<F: Float>(
     for c in 0..value_dim {
         row_dot += row_grad[c] * row_output[c];
     }
-    let mut row_lse = f32::new(0.0);
+    let (mut row_max, mut row_log_sum) = (f32::new(0.0), f32::new(0.0));
     if inside {
-        row_lse = log_sum_exp[row_offset(log_sum_exp, batch, head, row)];
+        let at = row_offset(softmax_statistics, batch, head, row);
+        row_max = softmax_statistics[at];
+        row_log_sum = softmax_statistics[at + 1];
     }
     let mut sums = Array::<f32>::new(head_dim);
     #[unroll]
@@ -361,7 +364,7 @@ fn query_grad_kernel<F: Float>(
                 if counts_tile[t] > 0.5f32 {
                     let score =
                         dot::<f32, Shared<[f32]>>(&query, &key_tile, t * head_dim, head_dim);
-                    let p = f32::exp(score - row_lse);
+                    let p = f32::exp((score - row_max) - row_log_sum);
                     let dp =
                         dot::<f32, Shared<[f32]>>(&row_grad, &value_tile, t * value_dim, value_dim);
                     let ds = p * (dp - row_dot);
@@ -385,10 +388,10 @@ fn query_grad_kernel<F: Float>(
     }
 }
 
-/// Entries per query row staged beside its query and gradient rows in the key kernel: `L`, `D`,
-/// and its kind: 0.0 if it passes no gradient, 1.0 if it does, 2.0 if it does and its query is
-/// zeroed (so its score is 0 and it gives `dK` nothing).
-const ROW_STATISTICS: usize = 3;
+/// Entries per query row staged beside its query and gradient rows in the key kernel: `M`, `L`,
+/// `D`, and its kind: 0.0 if it passes no gradient, 1.0 if it does, 2.0 if it does and its query
+/// is zeroed (so its score is 0 and it gives `dK` nothing).
+const ROW_STATISTICS: usize = 4;
 
 /// One cube per (matrix, tile of `units` keys, chunk of `chunk_len` query rows), one unit per
 /// key: its part of `dK` and `dV` over the chunk's rows, into `key_grad` and `value_grad`
@@ -400,7 +403,7 @@ fn key_grad_kernel<F: Float>(
     keys: &Tensor<F>,
     values: &Tensor<F>,
     output: &Tensor<F>,
-    log_sum_exp: &Tensor<f32>,
+    softmax_statistics: &Tensor<f32>,
     grad: &Tensor<F>,
     key_flags: &Tensor<F>,
     row_flags: &Tensor<F>,
@@ -518,9 +521,10 @@ fn key_grad_kernel<F: Float>(
         if unit < tile {
             let row = first + unit;
             let mut statistics = Array::<f32>::new(ROW_STATISTICS);
-            statistics[0] = f32::new(0.0);
-            statistics[1] = f32::new(0.0);
-            statistics[2] = f32::new(0.0);
+            #[unroll]
+            for s in 0..ROW_STATISTICS {
+                statistics[s] = f32::new(0.0);
+            }
             let mut passes = false;
             if unit < available {
                 passes = !flagged(row_flags, batch * rows + row, rows_flagged);
@@ -535,11 +539,13 @@ fn key_grad_kernel<F: Float>(
                     row_dot +=
                         f32::cast_from(grad[grad_row + c]) * f32::cast_from(output[output_row + c]);
                 }
-                statistics[0] = log_sum_exp[row_offset(log_sum_exp, batch, head, row)];
-                statistics[1] = row_dot;
-                statistics[2] = f32::new(1.0);
+                let at = row_offset(softmax_statistics, batch, head, row);
+                statistics[0] = softmax_statistics[at];
+                statistics[1] = softmax_statistics[at + 1];
+                statistics[2] = row_dot;
+                statistics[3] = f32::new(1.0);
                 if flagged(zeroed_rows, batch * rows + row, rows_zeroed) {
-                    statistics[2] = f32::new(2.0);
+                    statistics[3] = f32::new(2.0);
                 }
             }
             #[unroll]
@@ -551,7 +557,7 @@ fn key_grad_kernel<F: Float>(
         if active {
             for t in 0..tile {
                 let statistics = t * ROW_STATISTICS;
-                let kind = statistics_tile[statistics + 2];
+                let kind = statistics_tile[statistics + 3];
                 if kind > 0.5f32 {
                     // Padding rows (a zeroed query) only take their weight's share of `dV`.
                     let mut zeroed = false;
@@ -570,7 +576,9 @@ fn key_grad_kernel<F: Float>(
                             );
                         }
                     }
-                    let p = f32::exp(score - statistics_tile[statistics]);
+                    let p = f32::exp(
+                        (score - statistics_tile[statistics]) - statistics_tile[statistics + 1],
+                    );
                     #[unroll]
                     for c in 0..value_dim {
                         value_sums[c] += p * grad_tile[t * value_dim + c];
@@ -578,7 +586,7 @@ fn key_grad_kernel<F: Float>(
                     if !key_flagged && !zeroed {
                         let dp =
                             dot::<f32, Shared<[f32]>>(&value, &grad_tile, t * value_dim, value_dim);
-                        let ds = p * (dp - statistics_tile[statistics + 1]);
+                        let ds = p * (dp - statistics_tile[statistics + 2]);
                         #[unroll]
                         for c in 0..head_dim {
                             key_sums[c] += ds * query_tile[t * head_dim + c];
