@@ -2,6 +2,12 @@
 //! `log2(units)` rounds. Also what the kernels sum that way to learn that a whole cube has
 //! nothing to do (a chunk of padding), which they then skip by a loop bound: every device honours
 //! that, where a branch may cost both its sides (lavapipe runs them under a lane mask).
+//!
+//! The total is read with `workgroup_uniform_load` (WGSL's `workgroupUniformLoad`; a barrier and
+//! a load elsewhere), which marks it the same for the whole cube: a loop bound or a branch taken
+//! from it may then hold barriers. A plain read of shared memory is, to WGSL's uniformity
+//! analysis, a value that may differ between units, and Tint (Chrome's WebGPU) refuses a barrier
+//! under control flow taken from it (`tools/wgsl_check` runs that check on the tests' kernels).
 
 use cubecl::prelude::*;
 
@@ -9,7 +15,7 @@ use cubecl::prelude::*;
 /// (that many entries of shared memory). Every unit of the cube must call it; it returns the
 /// total to every unit, and `partial` may be reused as soon as it returns.
 #[cube]
-pub fn cube_sum<L: List<f32>>(value: f32, partial: &mut L, #[comptime] log2_units: usize) -> f32 {
+pub fn cube_sum(value: f32, partial: &mut Shared<[f32]>, #[comptime] log2_units: usize) -> f32 {
     let unit = UNIT_POS as usize;
     partial[unit] = value;
     sync_cube();
@@ -21,7 +27,7 @@ pub fn cube_sum<L: List<f32>>(value: f32, partial: &mut L, #[comptime] log2_unit
         }
         sync_cube();
     }
-    let total = partial[0];
+    let total = workgroup_uniform_load(&partial[0]);
     // The next sum overwrites `partial`.
     sync_cube();
     total
@@ -46,7 +52,7 @@ pub fn unflagged_count<F: Float>(
         }
         i += units;
     }
-    cube_sum::<Shared<[f32]>>(count, partial, comptime!(units.trailing_zeros() as usize))
+    cube_sum(count, partial, comptime!(units.trailing_zeros() as usize))
 }
 
 /// The number of the cube's units for which `active` holds, to every unit (`units` of them, a
@@ -57,5 +63,5 @@ pub fn active_count(active: bool, partial: &mut Shared<[f32]>, #[comptime] units
     if active {
         one = f32::new(1.0);
     }
-    cube_sum::<Shared<[f32]>>(one, partial, comptime!(units.trailing_zeros() as usize))
+    cube_sum(one, partial, comptime!(units.trailing_zeros() as usize))
 }

@@ -264,7 +264,7 @@ fn tap_gradient_kernel<F: Float>(
         entry += TAP_UNITS;
     }
     let mut sums = Shared::<[f32]>::new_slice(TAP_UNITS);
-    let total = cube_sum::<Shared<[f32]>>(sum, &mut sums, LOG2_TAP_UNITS);
+    let total = cube_sum(sum, &mut sums, LOG2_TAP_UNITS);
     if unit == 0 {
         partial[CUBE_POS] = total;
     }

@@ -199,7 +199,7 @@ fn layer_norm_kernel<F: Float>(
                 values[k] = v;
                 sum += v;
             }
-            let mean = cube_sum::<Shared<[f32]>>(sum, &mut partial, LOG2_UNITS) / width;
+            let mean = cube_sum(sum, &mut partial, LOG2_UNITS) / width;
             // Centred first, then squared: no cancellation when |mean| ≫ std.
             let mut squares = f32::new(0.0);
             #[unroll]
@@ -210,7 +210,7 @@ fn layer_norm_kernel<F: Float>(
                     squares += centred * centred;
                 }
             }
-            let variance = cube_sum::<Shared<[f32]>>(squares, &mut partial, LOG2_UNITS) / width;
+            let variance = cube_sum(squares, &mut partial, LOG2_UNITS) / width;
             let inv_std = f32::new(1.0) / f32::sqrt(variance + epsilon);
             #[unroll]
             for k in 0..columns {
@@ -291,8 +291,8 @@ fn layer_norm_backward_kernel<F: Float>(
                 sum_g += g;
                 sum_gh += g * h;
             }
-            let mean_g = cube_sum::<Shared<[f32]>>(sum_g, &mut partial, LOG2_UNITS) / width;
-            let mean_gh = cube_sum::<Shared<[f32]>>(sum_gh, &mut partial, LOG2_UNITS) / width;
+            let mean_g = cube_sum(sum_g, &mut partial, LOG2_UNITS) / width;
+            let mean_gh = cube_sum(sum_gh, &mut partial, LOG2_UNITS) / width;
             #[unroll]
             for k in 0..columns {
                 let c = unit + k * UNITS;

@@ -1,0 +1,130 @@
+// Validates the WGSL shaders that CubeCL compiled during a run with Tint, the WGSL compiler of
+// Chrome's WebGPU (Dawn, through the `webgpu` npm package, on its null backend: no GPU needed).
+//
+// Why: the tests run wgpu, whose compiler (naga) does not enforce WGSL's uniformity rules for
+// barriers, while Tint does; a shader naga accepts can be refused by every Chromium browser.
+//
+// Usage:
+//   CUBECL_DEBUG_LOG=/tmp/cubecl-wgsl.log cargo test --workspace --release
+//   node tools/wgsl_check/check.mjs /tmp/cubecl-wgsl.log [--own nystromformer::]
+//
+// `CUBECL_DEBUG_LOG` makes CubeCL log every kernel it compiles, source included, between
+// `[START_KERNEL_COMPILATION]` and `[END_KERNEL_COMPILATION]`. Each distinct source is compiled
+// once. A Tint error in a kernel whose name starts with an `--own` prefix fails the check (exit
+// 1); errors in other kernels (Burn's and CubeCL's, which this project cannot change) are listed
+// and counted. Kernels whose pipelines would exceed WebGPU's guaranteed limits (16 KiB of
+// workgroup memory, 256 units per workgroup) are listed too, as information: the kernels size
+// themselves from the device's own limits.
+
+import { readFileSync } from 'node:fs';
+import { create, globals } from 'webgpu';
+
+const args = process.argv.slice(2);
+const own = [];
+let logPath;
+for (let i = 0; i < args.length; i++) {
+  if (args[i] === '--own') own.push(args[++i]);
+  else logPath = args[i];
+}
+if (!logPath) {
+  console.error('usage: node check.mjs LOG [--own PREFIX]...');
+  process.exit(2);
+}
+
+/** The compiled kernels of a CubeCL compilation log: one `{ name, source }` per distinct source. */
+function kernelsOf(log) {
+  const bySource = new Map();
+  const blocks = log.split('[START_KERNEL_COMPILATION]').slice(1);
+  for (const block of blocks) {
+    const end = block.indexOf('[END_KERNEL_COMPILATION]');
+    // A block cut short (a process that exited while logging) has no end marker.
+    if (end < 0) continue;
+    const body = block.slice(0, end);
+    const name = (body.match(/^name: (.*)$/m) || [, '(unnamed)'])[1].trim();
+    const source = body.match(/\nsource:\n```[^\n]*\n([\s\S]*)\n```\s*$/);
+    if (!source) continue;
+    if (!bySource.has(source[1])) bySource.set(source[1], name);
+  }
+  return [...bySource].map(([source, name]) => ({ name, source }));
+}
+
+const log = readFileSync(logPath, 'utf8');
+const kernels = kernelsOf(log);
+if (kernels.length === 0) {
+  console.error(`${logPath}: no compiled kernel source found (was CUBECL_DEBUG_LOG set?)`);
+  process.exit(2);
+}
+
+Object.assign(globalThis, globals);
+const gpu = create(['backend=null']);
+const adapter = await gpu.requestAdapter();
+if (!adapter) {
+  console.error("Dawn's null adapter is unavailable");
+  process.exit(2);
+}
+// Every optional feature (f16, subgroups) but WebGPU's default limits, so that a pipeline that
+// needs more than every device guarantees shows up.
+const device = await adapter.requestDevice({ requiredFeatures: [...adapter.features] });
+device.addEventListener('uncapturederror', () => {});
+
+const isOwn = (name) => own.some((prefix) => name.startsWith(prefix));
+const refused = { own: [], other: [] };
+const overLimits = [];
+
+for (const { name, source } of kernels) {
+  device.pushErrorScope('validation');
+  const module = device.createShaderModule({ code: source });
+  const info = await module.getCompilationInfo();
+  const moduleError = await device.popErrorScope();
+  const errors = info.messages.filter((m) => m.type === 'error');
+  if (errors.length > 0 || moduleError) {
+    const lines = source.split('\n');
+    // Tint follows each error with notes (type 'info') that trace its cause.
+    const detail = errors.length
+      ? info.messages
+          .filter((m) => m.type !== 'warning')
+          .map((m) => `  ${m.lineNum}:${m.linePos} ${m.message}\n    ${(lines[m.lineNum - 1] || '').trim()}`)
+          .join('\n')
+      : `  ${moduleError.message}`;
+    (isOwn(name) ? refused.own : refused.other).push(`${name}\n${detail}`);
+    continue;
+  }
+  device.pushErrorScope('validation');
+  device.createComputePipeline({ layout: 'auto', compute: { module } });
+  const pipelineError = await device.popErrorScope();
+  if (pipelineError) {
+    overLimits.push(`${name}\n  ${pipelineError.message.split('\n')[0]}`);
+  }
+}
+
+/** Prints `entries` ("name\n  first line..."), one line per distinct entry with its count. */
+function printGrouped(heading, entries) {
+  if (entries.length === 0) return;
+  const counts = new Map();
+  for (const entry of entries) {
+    const [name, first] = entry.split('\n');
+    const key = `${name}\n    ${first.trim().replace(/^\d+:\d+ /, '')}`;
+    counts.set(key, (counts.get(key) || 0) + 1);
+  }
+  console.log(`\n${heading}`);
+  for (const [key, count] of counts) console.log(`  ${count} × ${key}`);
+}
+
+console.log(`${kernels.length} distinct kernels compiled by Tint`);
+printGrouped(
+  `${overLimits.length} whose pipeline needs more than WebGPU's default limits:`,
+  overLimits,
+);
+// Mostly the device's native extensions (64-bit integers, float atomics) that CubeCL uses where
+// the adapter offers them, as lavapipe does; CubeCL compiles without them for a browser.
+printGrouped(
+  `${refused.other.length} refused by Tint outside ${own.join(', ') || '(no --own)'}:`,
+  refused.other,
+);
+if (refused.own.length) {
+  console.log(`\n${refused.own.length} of this project's kernels refused by Tint:`);
+  for (const entry of refused.own) console.log(entry);
+  process.exit(1);
+}
+console.log(`\nno kernel of ${own.join(', ') || '(no --own)'} refused`);
+process.exit(0);
