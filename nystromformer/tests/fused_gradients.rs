@@ -1151,3 +1151,23 @@ fn a_sequence_of_padding_alone_takes_the_same_gradients_in_hf_layout() {
         }
     }
 }
+
+/// A masking score far below `-1e9` (`min_float` takes any finite negative value): the kernels'
+/// running maximum starts at `-1e30`, below which a masked score once weighed nothing even for a
+/// row with no other key, leaving it `0 / 0`.
+#[test]
+fn a_masking_score_below_the_kernels_start_gives_the_same_results() {
+    for (name, device) in tracked_devices() {
+        for min_float in [-1e35, f64::from(f32::MIN)] {
+            attention_case(
+                [3, 2, 7, 3, 4],
+                &[0, 7, 2],
+                MaskPolicy::HfCompatible,
+                min_float,
+                5,
+                &device,
+            )
+            .unwrap_or_else(|err| panic!("{name}, min_float {min_float}: {err}"));
+        }
+    }
+}

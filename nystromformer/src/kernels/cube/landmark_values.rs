@@ -32,7 +32,9 @@ use burn_cubecl::tensor::CubeTensor;
 use cubecl::prelude::*;
 
 use super::cube_sum::unflagged_count;
-use super::online_softmax::{add, add_zero_rows, dot, empty_state, load_row, maximum, total};
+use super::online_softmax::{
+    MAX_START, add, add_zero_rows, dot, empty_state, kernel_masked_score, load_row, maximum, total,
+};
 use super::tiles::{row_offset, rows_in_place, rows_per_tile, stage_unflagged_rows};
 use super::{flagged, flags_or, statistics_shape};
 use crate::kernels::flags::Flags;
@@ -60,6 +62,7 @@ pub fn launch(
     zero_padded: bool,
     with_statistics: bool,
 ) -> (CubeTensor, Option<CubeTensor>) {
+    let masked_score = kernel_masked_score(masked_score);
     let landmark_queries = into_contiguous(landmark_queries);
     let keys = rows_in_place(keys);
     let values = rows_in_place(values);
@@ -337,7 +340,7 @@ fn merge_kernel<F: Float>(
     let matrix = row / m;
     let batch = matrix / heads;
 
-    let mut overall_max = f32::new(-1.0e30);
+    let mut overall_max = f32::new(MAX_START);
     for chunk in 0..chunks {
         let unit = (matrix * chunks + chunk) * m + landmark;
         let chunk_max = statistics[unit * 2];

@@ -11,6 +11,20 @@
 
 use cubecl::prelude::*;
 
+/// Where a running maximum starts: below every score the kernels take, masked ones included (see
+/// [`kernel_masked_score`]), so that the first score's rescaling factor is exactly 0; finite
+/// because WGSL has no infinity literal.
+pub const MAX_START: f32 = -1.0e30;
+
+/// `masked_score` as the kernels score a padded key: no lower than `-1e29`, above
+/// [`MAX_START`], where a lower one (`min_float` may be any finite negative value) would weigh
+/// nothing even in a row of padded keys alone and leave it `0 / 0`. Exact: beside any real score
+/// a masked key weighs `exp(masked − max) = 0` either way, and a row of masked keys alone is
+/// uniform whatever their common score.
+pub fn kernel_masked_score(masked_score: f32) -> f32 {
+    masked_score.max(MAX_START / 10.0)
+}
+
 /// An empty state for value rows of `value_dim` entries.
 #[cube]
 pub fn empty_state<F: Float>(#[comptime] value_dim: usize) -> Array<F> {
@@ -19,9 +33,7 @@ pub fn empty_state<F: Float>(#[comptime] value_dim: usize) -> Array<F> {
     for c in 0..value_dim {
         state[c] = F::new(0.0);
     }
-    // Below any score, masked ones included, so the first score's rescaling factor is exactly
-    // 0; finite because WGSL has no infinity literal.
-    state[value_dim] = F::new(-1.0e30);
+    state[value_dim] = F::new(MAX_START);
     state[value_dim + 1] = F::new(0.0);
     state
 }

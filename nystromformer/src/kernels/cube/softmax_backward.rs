@@ -32,7 +32,7 @@ use burn_cubecl::tensor::CubeTensor;
 use cubecl::prelude::*;
 
 use super::cube_sum::{active_count, unflagged_count};
-use super::online_softmax::{dot, load_row};
+use super::online_softmax::{dot, kernel_masked_score, load_row};
 use super::tiles::{row_offset, rows_in_place, rows_per_tile, stage_rows, stage_unflagged_rows};
 use super::{flagged, flags_or};
 use crate::kernels::flags::Flags;
@@ -104,7 +104,8 @@ pub fn launch(product: ProductBackward) -> (CubeTensor, CubeTensor, CubeTensor) 
     let zeroed_rows = flags_or(zeroed_rows, &queries);
     let (skip_flagged, masked_score) = match flagged_keys {
         FlaggedKeys::Skipped => (true, 0.0),
-        FlaggedKeys::Scored(score) => (false, score),
+        // As the forward scored them (`landmark_values::launch`).
+        FlaggedKeys::Scored(score) => (false, kernel_masked_score(score)),
     };
     let [batch, heads, rows, head_dim] = queries.meta.shape().dims::<4>();
     let columns = keys.meta.shape()[2];
