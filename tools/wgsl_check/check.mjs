@@ -6,7 +6,7 @@
 //
 // Usage:
 //   CUBECL_DEBUG_LOG=/tmp/cubecl-wgsl.log cargo test --workspace --release
-//   node tools/wgsl_check/check.mjs /tmp/cubecl-wgsl.log [--own nystromformer::]
+//   node tools/wgsl_check/check.mjs /tmp/cubecl-wgsl.log [--own nystromformer::] [--own-storage-buffers N]
 //
 // `CUBECL_DEBUG_LOG` makes CubeCL log every kernel it compiles, source included, between
 // `[START_KERNEL_COMPILATION]` and `[END_KERNEL_COMPILATION]`. Each distinct source is compiled
@@ -14,7 +14,9 @@
 // 1); errors in other kernels (Burn's and CubeCL's, which this project cannot change) are listed
 // and counted. Kernels whose pipelines would exceed WebGPU's guaranteed limits (16 KiB of
 // workgroup memory, 256 units per workgroup) are listed too, as information: the kernels size
-// themselves from the device's own limits.
+// themselves from the device's own limits. With `--own-storage-buffers N`, an `--own` kernel that
+// binds more than N storage buffers fails the check (the library runs its kernels only on devices
+// that bind `KERNEL_STORAGE_BUFFERS`).
 
 import { readFileSync } from 'node:fs';
 import { create, globals } from 'webgpu';
@@ -22,9 +24,15 @@ import { create, globals } from 'webgpu';
 const args = process.argv.slice(2);
 const own = [];
 let logPath;
+let ownStorageBuffers = Infinity;
 for (let i = 0; i < args.length; i++) {
   if (args[i] === '--own') own.push(args[++i]);
+  else if (args[i] === '--own-storage-buffers') ownStorageBuffers = Number(args[++i]);
   else logPath = args[i];
+}
+if (!Number.isFinite(ownStorageBuffers) && ownStorageBuffers !== Infinity) {
+  console.error('--own-storage-buffers takes a number');
+  process.exit(2);
 }
 if (!logPath) {
   console.error('usage: node check.mjs LOG [--own PREFIX]...');
@@ -70,6 +78,7 @@ device.addEventListener('uncapturederror', () => {});
 const isOwn = (name) => own.some((prefix) => name.startsWith(prefix));
 const refused = { own: [], other: [] };
 const overLimits = [];
+let ownMostStorageBuffers = 0;
 
 for (const { name, source } of kernels) {
   device.pushErrorScope('validation');
@@ -93,7 +102,12 @@ for (const { name, source } of kernels) {
   device.createComputePipeline({ layout: 'auto', compute: { module } });
   const pipelineError = await device.popErrorScope();
   if (pipelineError) {
-    overLimits.push(`${name}\n  ${pipelineError.message.split('\n')[0]}`);
+    const message = pipelineError.message.split('\n')[0];
+    overLimits.push(`${name}\n  ${message}`);
+    const buffers = message.match(/number of storage buffers \((\d+)\)/);
+    if (buffers && isOwn(name)) {
+      ownMostStorageBuffers = Math.max(ownMostStorageBuffers, Number(buffers[1]));
+    }
   }
 }
 
@@ -121,10 +135,19 @@ printGrouped(
   `${refused.other.length} refused by Tint outside ${own.join(', ') || '(no --own)'}:`,
   refused.other,
 );
+let failed = false;
 if (refused.own.length) {
   console.log(`\n${refused.own.length} of this project's kernels refused by Tint:`);
   for (const entry of refused.own) console.log(entry);
-  process.exit(1);
+  failed = true;
 }
+if (ownMostStorageBuffers > ownStorageBuffers) {
+  console.log(
+    `\none of this project's kernels binds ${ownMostStorageBuffers} storage buffers, ` +
+      `more than --own-storage-buffers ${ownStorageBuffers}`,
+  );
+  failed = true;
+}
+if (failed) process.exit(1);
 console.log(`\nno kernel of ${own.join(', ') || '(no --own)'} refused`);
 process.exit(0);

@@ -39,17 +39,30 @@ pub fn on_cube_device<const D: usize>(x: &Tensor<D>) -> bool {
     is_cube_device(&x.device())
 }
 
-/// Whether `device` is a CubeCL device (with autodiff or not) and this build has the CubeCL
-/// kernels. (The device variants exist only with their backend's feature, hence `#[cfg]` rather
-/// than `cfg!`.)
+/// Whether `device` is a CubeCL device (with autodiff or not) that binds the kernels' storage
+/// buffers ([`super::KERNEL_STORAGE_BUFFERS`]), and this build has the CubeCL kernels. (The
+/// device variants exist only with their backend's feature, hence `#[cfg]` rather than `cfg!`.)
 pub fn is_cube_device(device: &Device) -> bool {
     #[cfg(feature = "cube-kernels")]
-    return matches!(inner_device(device), DispatchDevice::Cube(_));
+    return match inner_device(device) {
+        DispatchDevice::Cube(cube) => {
+            binds_enough(cube.client().properties().hardware.max_bindings)
+        }
+        // The only variant in a build with no other backend.
+        #[allow(unreachable_patterns)]
+        _ => false,
+    };
     #[cfg(not(feature = "cube-kernels"))]
     {
         let _ = device;
         false
     }
+}
+
+/// Whether a device binding `max_bindings` storage buffers per kernel takes every CubeCL kernel.
+#[cfg(feature = "cube-kernels")]
+fn binds_enough(max_bindings: u32) -> bool {
+    max_bindings >= super::KERNEL_STORAGE_BUFFERS
 }
 
 /// Whether `x` lives on flex (tracked or not) and this build has the fused flex stages.
@@ -946,4 +959,16 @@ fn with_statistics(
             burn::tensor::DType::F32,
         ),
     )
+}
+
+#[cfg(all(test, feature = "cube-kernels"))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_device_binding_webgpus_guaranteed_eight_buffers_runs_tensor_ops() {
+        assert!(!binds_enough(8));
+        assert!(!binds_enough(super::super::KERNEL_STORAGE_BUFFERS - 1));
+        assert!(binds_enough(super::super::KERNEL_STORAGE_BUFFERS));
+    }
 }

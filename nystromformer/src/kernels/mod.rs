@@ -371,6 +371,14 @@ pub(crate) fn landmark_weights_with_flags(
 /// would spill. Larger heads run as tensor ops there (flex has no such limit).
 pub const MAX_KERNEL_HEAD_DIM: usize = 128;
 
+/// The most storage buffers that one of the library's CubeCL kernels binds (its tensors and
+/// CubeCL's metadata buffer; `W`'s backward binds that many). On a device that binds fewer per
+/// kernel every stage runs as tensor ops, which Burn's fusion sizes to the device: WebGPU
+/// guarantees only 8, which is what a browser grants a page that asks for no more (wgpu asks for
+/// the adapter's limit, which desktop drivers put well above). CI's WGSL check
+/// (`tools/wgsl_check`) fails if a kernel binds more than this.
+pub const KERNEL_STORAGE_BUFFERS: u32 = 13;
+
 /// The largest `m` that the CubeCL pseudo-inverse takes: each of a cube's 256 units holds
 /// `(m / 16)²` entries of every product in registers. Larger `m` runs as tensor ops there.
 pub const MAX_KERNEL_LANDMARKS: usize = 256;
