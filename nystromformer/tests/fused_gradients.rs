@@ -951,7 +951,8 @@ fn fused_landmark_weights_gradients_match_the_tensor_ops() {
 
 /// Training in f16 on a CubeCL device runs the kernels forward and backward, and their
 /// gradients are at least as close to the f32 result as the f16 tensor ops' are: the kernels keep the
-/// softmax statistics (the log-sum-exp that the backward recomputes the softmax from), the
+/// softmax statistics (each row's maximum and log-sum that the backward recomputes the softmax
+/// from), the
 /// partial gradients and the pseudo-inverse in f32, and round only what they read and write.
 #[test]
 fn f16_training_runs_the_kernels_as_accurately_as_the_tensor_ops() {

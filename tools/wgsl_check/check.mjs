@@ -104,7 +104,8 @@ for (const { name, source } of kernels) {
   if (pipelineError) {
     const message = pipelineError.message.split('\n')[0];
     overLimits.push(`${name}\n  ${message}`);
-    const buffers = message.match(/number of storage buffers \((\d+)\)/);
+    // Anywhere in the message: Dawn may name another limit first.
+    const buffers = pipelineError.message.match(/number of storage buffers \((\d+)\)/);
     if (buffers && isOwn(name)) {
       ownMostStorageBuffers = Math.max(ownMostStorageBuffers, Number(buffers[1]));
     }
@@ -136,6 +137,14 @@ printGrouped(
   refused.other,
 );
 let failed = false;
+const ownCompiled = kernels.filter(({ name }) => isOwn(name)).length;
+if (own.length && ownCompiled === 0) {
+  // A renamed crate or a new log format would otherwise pass with nothing checked.
+  console.log(`\nno kernel of ${own.join(', ')} in the log: nothing of this project was checked`);
+  failed = true;
+} else if (own.length) {
+  console.log(`\n${ownCompiled} of the distinct kernels are ${own.join(', ')}'s`);
+}
 if (refused.own.length) {
   console.log(`\n${refused.own.length} of this project's kernels refused by Tint:`);
   for (const entry of refused.own) console.log(entry);

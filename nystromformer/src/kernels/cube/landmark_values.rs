@@ -14,8 +14,9 @@
 //! input type, from which the backward
 //! (`super::softmax_backward`) recomputes `B`.
 //!
-//! Padded keys get the tensor-op path's finite masked score (`min_float`, in f32) rather than
-//! being skipped, so that a row whose every key is padded gets the same uniform weights there and
+//! Padded keys get the tensor-op path's finite masked score (`min_float`, in f32, raised to
+//! `-1e29` if lower: `online_softmax::kernel_masked_score`, which gives the same weights) rather
+//! than being skipped, so that a row whose every key is padded gets the same uniform weights there and
 //! here; their keys are never read, since their score is a constant. Their values count as zeros
 //! under the leak-free policy (`zero_padded`): then a padded key adds only its weight to the
 //! normaliser, so the kernel counts them and adds them at the end of the chunk in one step
