@@ -950,10 +950,10 @@ fn fused_landmark_weights_gradients_match_the_tensor_ops() {
 }
 
 /// Training in f16 on a CubeCL device runs the kernels forward and backward, and their
-/// gradients are at least as close to the f32 result as the f16 tensor ops' are: the kernels keep the
-/// softmax statistics (each row's maximum and log-sum that the backward recomputes the softmax
-/// from), the
-/// partial gradients and the pseudo-inverse in f32, and round only what they read and write.
+/// gradients are at least as close to the f32 result as the f16 tensor ops' are: the kernels keep
+/// the softmax statistics (each row's maximum and log-sum, which the backward recomputes the
+/// softmax from), the partial gradients and the pseudo-inverse in f32, and round only what they
+/// read and write.
 #[test]
 fn f16_training_runs_the_kernels_as_accurately_as_the_tensor_ops() {
     use burn::tensor::{DType, FloatDType};

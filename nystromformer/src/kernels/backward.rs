@@ -7,7 +7,8 @@
 //!
 //! The softmax products follow FlashAttention-2's backward. With `P = softmax(S)` recomputed from
 //! the scores and each row's statistics that the forward left, its largest score `M` and
-//! `L = ln Σ exp(S − M)` (`P = exp(S − M − L)`, no reductions), `O = P V` and `dO` the gradient of `O`:
+//! `L = ln Σ exp(S − M)` (`P = exp(S − M − L)`, no reductions), `O = P V` and `dO` the gradient
+//! of `O`:
 //!
 //! ```text
 //! dV = Pᵀ dO,   dP = dO Vᵀ,   D = rowsum(dO ∘ O),   dS = P ∘ (dP − D),

@@ -216,9 +216,10 @@ pub(super) fn cast_to<B: Backend>(x: FloatTensor<B>, dtype: DType) -> FloatTenso
     }
 }
 
-/// Each row's softmax statistics, `[.., rows, 2]`: its largest score `max` and `ln Σ exp(s − max)`
-/// (see [`super::extension::LandmarkSoftmaxOps::landmark_values_with_statistics`] for why two
-/// numbers and not their sum).
+/// Each row's softmax statistics, `[.., rows, 2]`: its largest score `max` and
+/// `ln Σ exp(s − max)` (see
+/// [`super::extension::LandmarkSoftmaxOps::landmark_values_with_statistics`] for why two numbers
+/// and not their sum).
 #[cfg_attr(
     not(all(feature = "autodiff", feature = "cube-kernels")),
     allow(dead_code)

@@ -2,11 +2,11 @@
 //! alone, and `W` from the landmarks) and [`SegmentMeanOps`] (the landmarks) for
 //! `Autodiff<Cube>`. A tracked call runs the kernel forward and keeps its inputs, and for the
 //! softmax products their output and each row's softmax statistics (largest score and log of
-//! the sum of exponentials), which the forward kernel leaves in f32; the backward is the extension's `*_backward` operations, kernels too
-//! (`softmax_backward.rs`, `pinv_backward.rs`, `landmark_weights_backward.rs`), which recompute
-//! from them, so no `n × m` matrix is kept from the forward to the backward. A landmark keeps
-//! only its input's length and a factor; its backward spreads the gradient over the segment.
-//! Masks are constants.
+//! the sum of exponentials), which the forward kernel leaves in f32; the backward is the
+//! extension's `*_backward` operations, kernels too (`softmax_backward.rs`, `pinv_backward.rs`,
+//! `landmark_weights_backward.rs`), which recompute from them, so no `n × m` matrix is kept from
+//! the forward to the backward. A landmark keeps only its input's length and a factor; its
+//! backward spreads the gradient over the segment. Masks are constants.
 
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::ops::FloatTensorOps;

@@ -11,8 +11,9 @@
 //! alone runs no stage: its rows are the present landmarks' mean row of `W` (`uniform_rows`).
 //!
 //! For training, the kernel can also leave each row's softmax statistics over its landmarks
-//! (`with_statistics`: its largest score and the log of its sum of exponentials), in f32 whatever the input type: the backward
-//! (`super::softmax_backward`) recomputes `F` from it without the softmax's reductions.
+//! (`with_statistics`: its largest score and the log of its sum of exponentials), in f32
+//! whatever the input type: the backward (`super::softmax_backward`) recomputes `F` from them
+//! without the softmax's reductions.
 
 use burn::backend::cubecl::dtype_to_storage_type;
 use burn::tensor::{DType, Shape};
@@ -100,8 +101,8 @@ pub fn launch(
 /// (last dimension contiguous), the other tensors are contiguous. The head sizes are compile-time
 /// constants so that the row's query and accumulator live in registers. `missing` is read only
 /// when `any_missing`; `query_padding` (`[batch, n]`, 1.0 at a query row taken as zeros, which
-/// is never read) only when `queries_padded`. `softmax_statistics` gets each row's maximum and log-sum when
-/// `with_statistics` (else it is a placeholder).
+/// is never read) only when `queries_padded`. `softmax_statistics` gets each row's maximum and
+/// log-sum when `with_statistics` (else it is a placeholder).
 #[allow(clippy::too_many_arguments)]
 #[cube(launch)]
 fn landmark_attention_kernel<F: Float>(

@@ -11,18 +11,17 @@
 //!
 //! For training, the merge can also leave each landmark's softmax statistics over the keys
 //! (`with_statistics`: the overall maximum and the log of the merged sum), in f32 whatever the
-//! input type, from which the backward
-//! (`super::softmax_backward`) recomputes `B`.
+//! input type, from which the backward (`super::softmax_backward`) recomputes `B`.
 //!
 //! Padded keys get the tensor-op path's finite masked score (`min_float`, in f32, raised to
 //! `-1e29` if lower: `online_softmax::kernel_masked_score`, which gives the same weights) rather
-//! than being skipped, so that a row whose every key is padded gets the same uniform weights there and
-//! here; their keys are never read, since their score is a constant. Their values count as zeros
-//! under the leak-free policy (`zero_padded`): then a padded key adds only its weight to the
-//! normaliser, so the kernel counts them and adds them at the end of the chunk in one step
-//! (`add_zero_rows`), with no value row staged or read, and NaN in the padding cannot leak; a
-//! chunk that is all padding runs no stage at all. A batch padded to its longest sequence thus
-//! pays little for its padding.
+//! than being skipped, so that a row whose every key is padded gets the same uniform weights
+//! there and here; their keys are never read, since their score is a constant. Their values
+//! count as zeros under the leak-free policy (`zero_padded`): then a padded key adds only its
+//! weight to the normaliser, so the kernel counts them and adds them at the end of the chunk in
+//! one step (`add_zero_rows`), with no value row staged or read, and NaN in the padding cannot
+//! leak; a chunk that is all padding runs no stage at all. A batch padded to its longest sequence
+//! thus pays little for its padding.
 
 use burn::backend::cubecl::dtype_to_storage_type;
 use burn::tensor::{DType, Shape};
@@ -315,8 +314,8 @@ fn chunk_kernel<F: Float>(
 
 /// One unit per (matrix, landmark): merges the chunks' partial softmax sums. `missing` is
 /// `[batch, m]`, 1.0 where a segment is not a landmark (its row is zero), and read only when
-/// `any_missing`. `softmax_statistics` gets each row's maximum and log-sum when `with_statistics` (else it is a
-/// placeholder).
+/// `any_missing`. `softmax_statistics` gets each row's maximum and log-sum when
+/// `with_statistics` (else it is a placeholder).
 #[allow(clippy::too_many_arguments)]
 #[cube(launch)]
 fn merge_kernel<F: Float>(

@@ -347,9 +347,8 @@ fn flags_or(flags: Flags<CubeBackend>, stand_in: &CubeTensor) -> CubeTensor {
 
 /// The shape of a softmax product's statistics, `[batch, heads, rows, 2]` (each row's largest
 /// score and `ln Σ exp(s − max)`, as `LandmarkSoftmaxOps::landmark_values_with_statistics` has
-/// them); without
-/// `with_statistics` one entry, a placeholder that the kernel compiled without statistics never
-/// writes.
+/// them); without `with_statistics` one entry, a placeholder that the kernel compiled without
+/// statistics never writes.
 fn statistics_shape([batch, heads, rows]: [usize; 3], with_statistics: bool) -> Shape {
     match with_statistics {
         true => Shape::new([batch, heads, rows, 2]),
