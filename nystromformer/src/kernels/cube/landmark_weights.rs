@@ -26,6 +26,7 @@ use cubecl::prelude::*;
 
 use super::blocks::GRID;
 use super::landmark_means::{ranked_mean, sequence_of};
+use super::online_softmax::MAX_START;
 use super::pinv::{WORK_SLOTS, invert};
 use super::tiles::rows_in_place;
 use super::{flagged, flags_or};
@@ -258,7 +259,7 @@ pub fn landmark_softmax<F: Float>(
     let mut row = UNIT_POS as usize;
     while row < m {
         let query = (matrix * m + row) * head_dim;
-        let mut maximum = f32::new(-1.0e30);
+        let mut maximum = f32::new(MAX_START);
         for j in 0..m {
             let mut score = f32::new(0.0);
             if !flagged(missing_keys, batch * m + j, any_missing_keys) {
