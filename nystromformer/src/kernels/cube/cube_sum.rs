@@ -18,15 +18,16 @@ use cubecl::prelude::*;
 pub fn cube_sum(value: f32, partial: &mut Shared<[f32]>, #[comptime] log2_units: usize) -> f32 {
     let unit = UNIT_POS as usize;
     partial[unit] = value;
-    sync_cube();
     let half = comptime!((1usize << log2_units) / 2);
     for step in 0..log2_units {
+        // Each round reads what the previous one (or the store above) wrote.
+        sync_cube();
         let stride = half >> step;
         if unit < stride {
             partial[unit] += partial[unit + stride];
         }
-        sync_cube();
     }
+    // Its barrier makes the last round's sum visible: no barrier of our own before it.
     let total = workgroup_uniform_load(&partial[0]);
     // The next sum overwrites `partial`.
     sync_cube();
