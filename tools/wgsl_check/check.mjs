@@ -88,16 +88,18 @@ const overLimits = [];
 let ownMostStorageBuffers = 0;
 
 /**
- * `source` without the lines before its first WGSL declaration and without what follows its last
- * `}`: where a log line written through another handle lands (see the header).
+ * `source` without the lines before its first WGSL declaration and without what follows the `}`
+ * that opens its last line to do so (CubeCL closes each function at the line's start): where a
+ * log line written through another handle lands (see the header).
  */
 function withoutForeignLines(source) {
   const lines = source.split('\n');
   const declaration =
-    /^(@|var\b|var<|enable\b|requires\b|diagnostic\b|struct\b|const\b|const_assert\b|override\b|fn\b|alias\b|\/\/)/;
+    /^(@|var\b|enable\b|requires\b|diagnostic\b|struct\b|const\b|const_assert\b|override\b|fn\b|alias\b|\/\/)/;
   const first = lines.findIndex((line) => declaration.test(line));
-  const body = first < 0 ? '' : lines.slice(first).join('\n');
-  return body.slice(0, body.lastIndexOf('}') + 1);
+  const last = lines.findLastIndex((line) => line.startsWith('}'));
+  if (first < 0 || last < first) return '';
+  return [...lines.slice(first, last), '}'].join('\n');
 }
 
 /** Tint's verdict on `source`: its module, or the errors (with their notes) as text. */
