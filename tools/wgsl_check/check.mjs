@@ -124,8 +124,8 @@ async function compile(source) {
 const recovered = [];
 for (const { name, source } of kernels) {
   let { module, detail } = await compile(source);
-  const trimmed = withoutForeignLines(source);
-  if (!module && trimmed !== source) {
+  const trimmed = module ? source : withoutForeignLines(source);
+  if (trimmed !== source) {
     const again = await compile(trimmed);
     if (again.module) recovered.push(name);
     ({ module, detail } = again);
